@@ -1,0 +1,95 @@
+"""One hook call end to end: data -> facts -> engine -> cards. No Flask in here.
+
+Import direction is one-way: this module uses prefetch, facts, engine and cards; none of them
+uses it. `Knowledge` is everything built once per process in `create_app`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from .cards import render_cards
+from .engine import RuleEngine
+from .facts import PatientData, build_facts
+from .fhir_client import FhirClient
+from .hook_request import HookRequest
+from .prefetch import FhirAccess, resolve
+from .rulebook import RenderContext, RuleSpec
+from .services import Service
+from .terminology import Terminology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Knowledge:
+    terminology: Terminology
+    specs: dict[str, RuleSpec]
+    engine: RuleEngine
+    services: dict[tuple[str, str], Service]
+
+
+@dataclass
+class Advice:
+    cards: list[dict]
+    rule_ids: list[str]
+    timings_ms: dict[str, float]
+    fetched_keys: list[str]
+    incomplete_keys: list[str]
+
+
+def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> Advice:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
+        return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
+    access = fhir_access(req, config)
+    resolved = resolve(service.prefetch_keys, req.prefetch, req.context, access, lambda a: _client(a, config))
+    timings["data"] = _ms(started)
+    data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
+                       req.selections)
+    term = knowledge.terminology
+    fact_set = build_facts(data, term, evaluation_date(config))
+    timings["facts"] = _ms(started) - timings["data"]
+    evaluation = knowledge.engine.evaluate(fact_set.facts)
+    timings["engine"] = _ms(started) - timings["data"] - timings["facts"]
+    ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
+                        class_title=term.class_title, groups=term.groups, facts=fact_set.facts)
+    matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in service.rule_ids}
+    cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
+    timings["total"] = _ms(started)
+    if fact_set.skipped:
+        log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
+    return Advice(cards, sorted(matches), timings, resolved.fetched, sorted(resolved.incomplete))
+
+
+def fhir_access(req: HookRequest, config) -> FhirAccess:
+    if not req.fhir_server:
+        return FhirAccess(None, None, False, "no fhirServer in the request")
+    if req.fhir_server.startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
+        return FhirAccess(req.fhir_server, None, False, "fhirServer is not https")
+    if req.access_token:
+        return FhirAccess(req.fhir_server, req.access_token, True)
+    allowlisted = any(req.fhir_server == base or req.fhir_server.startswith(base.rstrip("/") + "/")
+                      or req.fhir_server.startswith(base.rstrip("/") + ":")
+                      for base in config["FHIR_UNAUTHENTICATED_ALLOWLIST"])
+    if config["FHIR_UNAUTHENTICATED_READS"] and allowlisted:
+        return FhirAccess(req.fhir_server, None, True)
+    return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
+
+
+def evaluation_date(config) -> date:
+    fixed = config.get("EVALUATION_DATE")
+    return date.fromisoformat(fixed) if fixed else datetime.now(timezone.utc).date()
+
+
+def _client(access: FhirAccess, config) -> FhirClient:
+    return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
+                      read_timeout=config["FHIR_READ_TIMEOUT"], deadline=config["FHIR_DEADLINE"],
+                      max_pages=config["FHIR_MAX_PAGES"])
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)

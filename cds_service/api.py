@@ -1,0 +1,80 @@
+"""HTTP surface: discovery and hook calls (CDS Hooks 2.0), as a Flask blueprint."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Blueprint, Response, abort, current_app, request
+
+from .advice import Knowledge, advise
+from .hook_request import BadRequest, parse_hook_request
+from .prefetch import BadPrefetch, PreconditionFailed
+
+log = logging.getLogger(__name__)
+bp = Blueprint("cds", __name__)
+
+
+def knowledge() -> Knowledge:
+    return current_app.extensions["legmove"]
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
+                    mimetype="application/json")
+
+
+def outcome(status: int, code: str, diagnostics: str) -> Response:
+    """Every non-2xx carries an OperationOutcome without internals (checklist 8)."""
+    issue = {"severity": "error", "code": code, "diagnostics": diagnostics}
+    return json_response({"resourceType": "OperationOutcome", "issue": [issue]}, status)
+
+
+@bp.get("/cds-services")
+def discovery():
+    services = [s.discovery_entry() for s in knowledge().services.values()]
+    return json_response({"services": services})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    started = time.perf_counter()
+    hooks = {hook for (sid, hook) in knowledge().services if sid == service_id}
+    if not hooks:
+        abort(404)
+    if not request.mimetype or request.mimetype.lower() != "application/json":
+        return outcome(415, "not-supported", "send the hook call as application/json")
+    body = read_json()
+    try:
+        hook_request = parse_hook_request(body, hooks)
+    except BadRequest as exc:
+        return outcome(400, "invalid", str(exc))
+    service = knowledge().services[(service_id, hook_request.hook)]
+    try:
+        result = advise(hook_request, service, knowledge(), current_app.config)
+    except BadPrefetch as exc:
+        return outcome(400, "invalid", str(exc))
+    except PreconditionFailed as exc:
+        log.info("412 for %s/%s: %s", service_id, hook_request.hook, exc)
+        return outcome(412, "not-found", str(exc))
+    log.info("hook=%s service=%s instance=%s rules=%s cards=%d total_ms=%.1f timings=%s fetched=%s incomplete=%s",
+             hook_request.hook, service_id, hook_request.hook_instance[:64], ",".join(result.rule_ids) or "-",
+             len(result.cards), (time.perf_counter() - started) * 1000, result.timings_ms, result.fetched_keys,
+             result.incomplete_keys)
+    return json_response({"cards": result.cards})
+
+
+def read_json():
+    """Parse the body once; malformed, non-UTF-8, NaN-bearing or absurdly deep JSON is a 400."""
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        abort(Response(outcome(400, "invalid", "the body is not UTF-8").get_data(), 400, mimetype="application/json"))
+    except (ValueError, RecursionError) as exc:
+        message = "the body is not valid JSON" if not isinstance(exc, RecursionError) else "the JSON is nested too deeply"
+        abort(Response(outcome(400, "invalid", message).get_data(), 400, mimetype="application/json"))
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"JSON constant {name} is not allowed")

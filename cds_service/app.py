@@ -1,0 +1,62 @@
+"""Application factory: configuration, knowledge, engine and routes, built once per process."""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from .advice import Knowledge
+from .api import bp, outcome
+from .config import CONFIGS, from_environment
+from .engine import engine_for
+from .rulebook import REGISTRY
+from .services import build_services
+from .terminology import Terminology
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: str | type | None = None, **overrides) -> Flask:
+    app = Flask(__name__)
+    name = config if isinstance(config, str) else os.environ.get("LEGMOVE_CONFIG", "production")
+    app.config.from_object(config if isinstance(config, type) else CONFIGS[name])
+    from_environment(app)
+    app.config.update(overrides)
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app.extensions["legmove"] = build_knowledge(app.config)
+    CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
+         allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    return app
+
+
+def build_knowledge(config) -> Knowledge:
+    """Load terminology and rules and compile the ruleset; any defect stops start-up."""
+    import rules
+
+    rules.load_all()
+    terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
+    enabled = config["ENABLED_RULES"]
+    specs = [s for s in REGISTRY.values()
+             if (s.id in enabled if enabled is not None else s.enabled_by_default) or s.stratum != "card"]
+    engine = engine_for(specs)
+    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs))
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.response is not None:
+            return exc.response
+        codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+        return outcome(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return outcome(500, "exception", "internal error; the service logged the details")

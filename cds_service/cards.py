@@ -1,0 +1,173 @@
+"""Rendering: rule matches -> CDS Hooks 2.0 cards.
+
+Every card says why it fired (the rule's explanation plus each resource, value, unit and date
+it rests on), where its advice comes from (`source` and the citation), and which rule made it
+(`extension`). Suggested resources are validated against the FHIR R4 models (R4B package,
+R4-compatible) before they leave. Nothing empty or null is ever emitted (checklist section 1).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from .rulebook import CardDraft, RenderContext, RuleSpec
+from .terminology import SYSTEM_LABELS
+
+log = logging.getLogger(__name__)
+
+INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
+OVERRIDE_SYSTEM = "urn:legmove-cds:override-reason"
+EXTENSION_KEY = "org.legmove-cds.explanation"
+MAX_SUMMARY = 139
+
+
+class SuggestionInvalid(Exception):
+    """A rule built a resource that is not valid FHIR R4: a bug, surfaced as a 500."""
+
+
+def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: dict[str, dict],
+                 ctx: RenderContext) -> list[dict]:
+    cards = []
+    for rule_id, matches in card_matches.items():
+        spec = specs[rule_id]
+        if ctx.hook not in spec.hooks:
+            continue
+        draft = spec.render(matches, ctx)
+        if draft is not None:
+            cards.append(_card(spec, draft, facts_by_id))
+    cards.sort(key=lambda card: (INDICATOR_ORDER[card["indicator"]], card["extension"][EXTENSION_KEY]["rule"]))
+    return [prune(card) for card in cards]
+
+
+def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict]) -> dict:
+    evidence = _expand(draft.evidence, facts_by_id)
+    findings = sorted({f["name"] for f in draft.evidence if f.get("kind") == "finding"})
+    card = {
+        "uuid": str(uuid.uuid4()),
+        "summary": guard_summary(draft.summary),
+        "indicator": draft.indicator,
+        "detail": _detail(spec, draft, evidence),
+        "source": {"label": source_label(spec), "url": spec.source_url},
+        "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+                            for code, display in draft.override_reasons],
+        "extension": {EXTENSION_KEY: {
+            "rule": spec.id,
+            "ruleTitle": spec.title,
+            "citation": spec.citation,
+            "findings": findings,
+            "resources": sorted({f["resource_ref"] for f in evidence if "resource_ref" in f}),
+        }},
+    }
+    if draft.suggestions:
+        card["selectionBehavior"] = draft.selection_behavior
+        card["suggestions"] = [_suggestion(s) for s in draft.suggestions]
+    return card
+
+
+def _suggestion(draft) -> dict:
+    actions = []
+    for action in draft.actions:
+        rendered = {"type": action.type, "description": action.description}
+        if action.type == "delete":
+            rendered["resourceId"] = action.resource_id
+        else:
+            rendered["resource"] = validated(action.resource)
+        actions.append(rendered)
+    suggestion = {"label": draft.label, "uuid": str(uuid.uuid4()), "actions": actions}
+    if draft.is_recommended:
+        suggestion["isRecommended"] = True
+    return suggestion
+
+
+def validated(resource: dict) -> dict:
+    """Round-trip through the R4 model: a malformed suggestion is a bug, never sent to an EHR."""
+    try:
+        model = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    except Exception as exc:
+        raise SuggestionInvalid(f"invalid suggested {resource.get('resourceType')}: {exc}") from exc
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def guard_summary(summary: str) -> str:
+    """Catalog 2.3: fewer than 140 characters, cut to 136 plus '...' as a last resort."""
+    return summary if len(summary) <= MAX_SUMMARY else summary[:136] + "..."
+
+
+def source_label(spec: RuleSpec) -> str:
+    seeds = re.findall(r"\b(\d{3})_[0-9a-f]+\.txt", spec.citation)
+    basis = [f"seed {', '.join(dict.fromkeys(seeds))}"] if seeds else []
+    if "AASM 2024" in spec.citation:
+        basis.append("AASM 2024")
+    return f"legmove-cds {spec.id}" + (f" ({'; '.join(basis)})" if basis else "")
+
+
+# ---- detail ------------------------------------------------------------------------------
+
+def _expand(evidence: list[dict], facts_by_id: dict[str, dict]) -> list[dict]:
+    """Base facts behind the evidence, findings replaced by what they were derived from."""
+    out, seen, stack = [], set(), list(evidence)
+    while stack:
+        fact = stack.pop(0)
+        if fact.get("kind") == "finding":
+            stack[:0] = [facts_by_id[i] for i in fact.get("basis", []) if i in facts_by_id]
+            continue
+        key = fact.get("resource_ref") or fact.get("id")
+        if fact.get("kind") in ("context", "params") or key in seen:
+            continue
+        seen.add(key)
+        out.append(fact)
+    return out
+
+
+def _detail(spec: RuleSpec, draft: CardDraft, evidence: list[dict]) -> str:
+    lines = [line for line in (describe(fact) for fact in evidence) if line]
+    parts = [draft.why]
+    if lines:
+        parts.append("**Based on:**\n" + "\n".join(f"- {line}" for line in lines))
+    parts.append(f"*Rule {spec.id}: {escape(spec.title)}. Source: {escape(spec.citation)}.*")
+    return "\n\n".join(parts)
+
+
+def describe(fact: dict) -> str | None:
+    """One evidence line: resource, code, value with units, date."""
+    ref = escape(fact.get("resource_ref", ""))
+    kind = fact.get("kind")
+    if kind == "condition":
+        system = SYSTEM_LABELS.get(fact["system"], fact["system"])
+        return (f"{ref}: {system} {escape(fact['code'])} *{escape(fact['display'])}* "
+                f"({fact['clinical_status']}, {fact['verification_status']}, recorded {fact['recorded']})")
+    if kind == "lab":
+        title = fact["analyte"].capitalize() if fact["analyte"] != "tsat" else "Transferrin saturation"
+        if not fact.get("usable"):
+            raw = f"{fact['raw_value']:g} {escape(fact['raw_unit'])}" if "raw_value" in fact else "no numeric value"
+            return f"{ref}: {title} (LOINC {fact['loinc']}) {raw} on {fact['date']}: not usable (unit or value not understood)"
+        comparator = "" if fact["comparator"] == "=" else fact["comparator"]
+        return (f"{ref}: {title} (LOINC {fact['loinc']}) {comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
+                f" = {comparator}{fact['value']:g} {fact['unit']} on {fact['date']} ({fact['days_ago']} days ago)")
+    if kind == "medication":
+        origin = "draft order" if fact["origin"] == "draft" else "active medication"
+        return f"{ref}: {escape(fact['name'])} ({origin}, since {fact['since']})"
+    if kind == "pending_lab_order":
+        return f"{ref}: pending {fact['analyte']} order ({fact['status']})"
+    return None
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>&~])")
+
+
+def escape(text: str) -> str:
+    """Text copied from FHIR must not become markup: the sandbox renders raw HTML in detail."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def prune(value):
+    """Drop None, '', [] and {} recursively (checklist section 1)."""
+    if isinstance(value, dict):
+        pruned = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [v for v in (prune(v) for v in value) if v not in (None, "", [], {})]
+    return value

@@ -1,0 +1,53 @@
+"""Flask configuration objects. Environment variables override any key (prefix LEGMOVE_).
+
+`Config` holds production-safe defaults; `DevelopmentConfig` is what `make run` uses on a
+laptop; `TestConfig` pins the evaluation date so fixtures do not age.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+class Config:
+    SERVICE_NAME = "legmove-cds"
+    MAX_CONTENT_LENGTH = 5 * 1024 * 1024  # bytes; a hook call with a large prefetch stays far below
+    # FHIR server access (checklist section 7)
+    FHIR_CONNECT_TIMEOUT = 1.0  # seconds per connection attempt
+    FHIR_READ_TIMEOUT = 2.0  # seconds per read
+    FHIR_DEADLINE = 3.0  # seconds for all FHIR queries of one hook call
+    FHIR_MAX_PAGES = 5  # pages followed per prefetch key before the key counts as incomplete
+    FHIR_ALLOW_HTTP = False  # plain-http fhirServer (loopback test servers only)
+    FHIR_UNAUTHENTICATED_READS = False  # query a fhirServer that came without fhirAuthorization
+    FHIR_UNAUTHENTICATED_ALLOWLIST: list[str] = []  # base URLs for which that is allowed
+    # Clinical knowledge
+    KNOWLEDGE_OVERRIDES: dict = {}  # keys of knowledge/settings.json to override
+    ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default
+    EVALUATION_DATE: str | None = None  # ISO date; None means today (UTC)
+    CORS_ORIGINS = "*"
+
+
+class DevelopmentConfig(Config):
+    FHIR_ALLOW_HTTP = True
+    FHIR_UNAUTHENTICATED_READS = True
+    FHIR_UNAUTHENTICATED_ALLOWLIST = ["http://127.0.0.1", "http://localhost"]
+
+
+class TestConfig(DevelopmentConfig):
+    TESTING = True
+    EVALUATION_DATE = "2026-11-22"
+
+
+CONFIGS = {"production": Config, "development": DevelopmentConfig, "test": TestConfig}
+
+
+def from_environment(app) -> None:
+    """Apply LEGMOVE_* variables: JSON values where they parse, plain strings otherwise."""
+    for key, raw in os.environ.items():
+        if not key.startswith("LEGMOVE_") or key == "LEGMOVE_CONFIG":
+            continue
+        name = key[len("LEGMOVE_"):]
+        try:
+            app.config[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            app.config[name] = raw
