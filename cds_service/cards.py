@@ -155,12 +155,14 @@ def describe(fact: dict) -> str | None:
     return None
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>&~])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def escape(text: str) -> str:
-    """Text copied from FHIR must not become markup: the sandbox renders raw HTML in detail."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    """Text copied from FHIR must not become markup: the sandbox renders raw HTML in detail.
+    HTML-significant characters become entities; Markdown ones get a backslash."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
 
 
 def prune(value):

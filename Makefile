@@ -1,0 +1,34 @@
+# Quick start: `make run` serves on $(PORT); `make test` runs the whole suite.
+# Both create .venv on first use; the only prerequisite is Python 3.11 or 3.12 with a C compiler
+# (durable-rules 2.0.28 ships as source only).
+PORT ?= 8080
+WORKERS ?= 2
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))' 2>/dev/null; then echo $$p; break; fi; done)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench rules clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (durable-rules does not import on 3.13)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	LEGMOVE_CONFIG=$${LEGMOVE_CONFIG:-development} $(BIN)/gunicorn --preload --workers $(WORKERS) \
+		--bind 0.0.0.0:$(PORT) --max-requests 5000 --max-requests-jitter 500 --access-logfile - \
+		'cds_service.app:create_app()'
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,42 @@
+"""Every rule's firing and non-firing fixtures, through prefetch and through a real FHIR server."""
+import pytest
+
+from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fired_rules, fixture_id, load_fixture,
+                      namespaced, prefetched_resources)
+from cds_service.rulebook import REGISTRY
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
+def test_fixture_through_prefetch(client, path):
+    fixture = load_fixture(path)
+    response = client.post(f"/cds-services/{fixture['service']}", json=fixture["request"])
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert_valid_cds_response(body)
+    fired = fired_rules(body)
+    assert set(fixture["expect"]["fires"]) <= fired, fixture["description"]
+    assert not set(fixture["expect"]["silent"]) & fired, fixture["description"]
+
+
+@pytest.mark.fhir_server
+@pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
+def test_fixture_through_fhir_server(client, fhir_server, path):
+    fixture = load_fixture(path)
+    request = fixture["request"]
+    fhir_server.transaction(namespaced(prefetched_resources(request), path.stem))
+    response = client.post(f"/cds-services/{fixture['service']}", json=as_server_request(request, fhir_server))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert_valid_cds_response(body)
+    fired = fired_rules(body)
+    assert set(fixture["expect"]["fires"]) <= fired, fixture["description"]
+    assert not set(fixture["expect"]["silent"]) & fired, fixture["description"]
+
+
+def test_every_card_rule_has_a_firing_and_a_non_firing_fixture():
+    fixtures = [load_fixture(p) for p in FIXTURES]
+    for rule_id, spec in REGISTRY.items():
+        if spec.stratum != "card":
+            continue
+        assert any(rule_id in f["expect"]["fires"] for f in fixtures), f"{rule_id} has no firing fixture"
+        assert any(rule_id in f["expect"]["silent"] for f in fixtures), f"{rule_id} has no non-firing fixture"
