@@ -181,34 +181,49 @@ class RuleEngine:
         evaluation = Evaluation()
         with self._lock:
             sid = uuid.uuid4().hex
+            # Serialise and validate everything before the session exists: a session whose
+            # actions never ran crashes the process when deleted (notes 5.3).
+            texts = [self._prepare(evaluation, sid, fact) for fact in [{"kind": SENTINEL_KIND}, *ordered]]
             token = _current.set(evaluation)
+            offset, actions_ran = None, False
             try:
-                offset = self._assert(evaluation, sid, {"kind": SENTINEL_KIND})
-                for fact in ordered:
-                    self._assert(evaluation, sid, fact)
+                for text in texts:
+                    fact_offset = self._assert_text(text)
+                    offset = fact_offset if offset is None else offset
                 errors: list = []
+                actions_ran = True
                 self._ruleset.do_actions(offset, lambda error, state: errors.append(error) if error else None)
                 self._raise_errors(evaluation, errors, sid)
                 return evaluation
             finally:
-                try:
-                    self._ruleset.delete_state(sid)
-                except Exception:  # pragma: no cover - the sentinel makes this path safe
-                    log.exception("could not delete engine session")
+                self._cleanup(sid, offset, actions_ran)
                 _current.reset(token)
 
-    def _assert(self, evaluation: Evaluation, sid: str, fact: dict) -> int:
+    def _prepare(self, evaluation: Evaluation, sid: str, fact: dict) -> str:
         fid = evaluation.take_id()
         record = dict(fact, sid=sid, id=fid)
         text = fact_json(record)
+        evaluation.facts_by_id[fid] = record
+        return text
+
+    def _assert_text(self, text: str) -> int:
         try:
             code, offset = durable_rules_engine.assert_fact(self._ruleset._handle, text)
         except durable_rules_engine.error as exc:
-            raise EngineError(f"engine rejected a {fact.get('kind')} fact: error {exc}") from exc
+            raise EngineError(f"engine rejected a fact: error {exc}") from exc
         if code not in (0, 1):
-            raise EngineError(f"engine returned code {code} for a {fact.get('kind')} fact")
-        evaluation.facts_by_id[fid] = record
+            raise EngineError(f"engine returned code {code} for a fact")
         return offset
+
+    def _cleanup(self, sid: str, offset: int | None, actions_ran: bool) -> None:
+        if offset is None:
+            return  # not even the sentinel reached the engine: no session exists
+        try:
+            if not actions_ran:  # initialise the session's action context before deleting it
+                self._ruleset.do_actions(offset, lambda error, state: None)
+            self._ruleset.delete_state(sid)
+        except Exception:  # pragma: no cover - logged; the sentinel makes this path safe
+            log.exception("could not delete engine session")
 
     def _raise_errors(self, evaluation: Evaluation, errors: list, sid: str) -> None:
         if evaluation.errors:

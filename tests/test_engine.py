@@ -1,0 +1,147 @@
+"""The durable-rules wrapper against the defects measured in durable-rules-notes.md (R10)."""
+import re
+import threading
+
+import pytest
+from durable.lang import c, m, none, when_all
+
+from cds_service.advice import Knowledge
+from cds_service.engine import EngineError, RuleDefinitionError, RuleEngine, RuleError, fact_json
+from cds_service.rulebook import CARD, DERIVE, RuleSpec
+
+from conftest import ROOT, load_fixture
+
+
+def card(rule_id, condition):
+    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
+                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
+
+
+def derive(rule_id, condition, produces, fn=lambda match: {}):
+    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=DERIVE, condition=condition,
+                    module=__name__, derive=fn, produces=produces)
+
+
+def test_no_background_threads_are_started():
+    before = {t.ident for t in threading.enumerate()}
+    engine = RuleEngine([card("T1", when_all(c.x << (m.kind == "a")))], name="threads_probe")
+    engine.evaluate([{"kind": "a"}])
+    assert {t.ident for t in threading.enumerate()} == before
+
+
+def test_action_exception_names_the_rule_and_returns_no_cards():
+    def broken(match):
+        raise ZeroDivisionError("boom")
+
+    engine = RuleEngine([derive("BROKEN", when_all(c.x << (m.kind == "a")), "never", broken),
+                         card("CONSUMER", when_all(c.f << ((m.kind == "finding") & (m.name == "never"))))],
+                        name="broken_probe")
+    with pytest.raises(RuleError) as info:
+        engine.evaluate([{"kind": "a"}])
+    assert info.value.rule_id == "BROKEN"
+    assert engine.evaluate([{"kind": "b"}]).card_matches == {}  # the engine is still healthy
+
+
+def test_more_sessions_than_the_engine_limit(app):
+    """The stock engine allows 1024 live sessions; every evaluation must delete its own."""
+    engine = RuleEngine([card("J", when_all(c.a << (m.kind == "a"), c.b << (m.kind == "b")))], name="sessions_probe")
+    for i in range(2000):
+        facts = [{"kind": "a", "n": i}] if i % 2 else []  # half a join, or nothing: only the sentinel fires
+        assert engine.evaluate(facts).card_matches == {}
+
+
+@pytest.mark.parametrize("alias", ["w", "med", "a", "x", "warf", "al", "be"])
+def test_none_sees_a_negating_fact_asserted_in_any_order(alias):
+    rule = when_all(getattr(c, alias) << (m.kind == "warfarin"), none(m.kind == "inr"))
+    engine = RuleEngine([card("NEG", rule)], name=f"none_probe_{alias}")
+    assert engine.evaluate([{"kind": "warfarin"}, {"kind": "inr"}]).card_matches == {}
+    assert "NEG" in engine.evaluate([{"kind": "warfarin"}]).card_matches
+
+
+def test_chained_findings_reach_card_rules():
+    engine = RuleEngine([derive("D", when_all(c.x << (m.kind == "a")), "seen", lambda match: {"v": 1}),
+                         card("C", when_all(c.f << ((m.kind == "finding") & (m.name == "seen"))))], name="chain_probe")
+    evaluation = engine.evaluate([{"kind": "a"}])
+    finding = evaluation.card_matches["C"][0]["f"]
+    assert finding["rule"] == "D" and evaluation.facts_by_id[finding["basis"][0]]["kind"] == "a"
+
+
+def test_floats_the_engine_parser_rejects_are_rewritten():
+    engine = RuleEngine([card("SMALL", when_all(c.x << ((m.kind == "v") & (m.value < 0.001))))], name="float_probe")
+    assert "SMALL" in engine.evaluate([{"kind": "v", "value": 1e-05}]).card_matches
+    assert fact_json({"value": 1e-05}) == '{"value":1.0e-05}'
+    assert fact_json({"value": 1e16}) == '{"value":1.0e+16}'
+
+
+@pytest.mark.parametrize("fact", [
+    {"kind": "v", "value": float("inf")},
+    {"kind": "v", "value": float("nan")},
+    {"kind": "v", **{f"p{i}": i for i in range(300)}},
+    {"kind": "v", "nested": {"a": 1}},
+    {"kind": "v", "$hidden": 1},
+    {"kind": "v", "items": 1},
+])
+def test_unsafe_facts_are_rejected_before_the_engine(fact):
+    engine = RuleEngine([card("ANY", when_all(c.x << (m.kind == "v")))], name="unsafe_probe")
+    with pytest.raises(EngineError):
+        engine.evaluate([fact])
+    assert "ANY" in engine.evaluate([{"kind": "v"}]).card_matches  # and the process carries on
+
+
+@pytest.mark.parametrize("specs, message", [
+    ([card("EMPTY", when_all(m.alias == "x"))], "empty condition list"),
+    ([card("ALIAS", when_all(c.s << (m.kind == "a")))], "reserved alias"),
+    ([derive("D2", when_all(c.x << (m.kind == "a")), "f2"),
+      card("NEGF", when_all(c.y << (m.kind == "b"), none((m.kind == "finding") & (m.name == "f2"))))],
+     "none() over a derived kind"),
+    ([derive("LONELY", when_all(c.x << (m.kind == "a")), "nobody_reads_this")], "consumed by no rule"),
+    ([card("ORREF", when_all(c.p << (m.kind == "p"),
+                             c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit))))],
+     "follows an | group"),
+])
+def test_registration_lint_stops_start_up(specs, message):
+    with pytest.raises(RuleDefinitionError, match=re.escape(message)):
+        RuleEngine(specs, name="lint_probe")
+
+
+def test_or_then_alias_comparison_defect_is_real():
+    """Why the lint exists: the engine drops the comparison in this shape (measured here)."""
+    bad = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit)))
+    good = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & (m.v < c.p.limit) & ((m.u == 1) | (m.u == 2))))
+    from cds_service import engine as engine_module
+    original = engine_module.lint
+    engine_module.lint = lambda specs, definition: None
+    try:
+        probe = RuleEngine([card("BAD", bad), card("GOOD", good)], name="or_defect_probe")
+    finally:
+        engine_module.lint = original
+    matched = probe.evaluate([{"kind": "p", "limit": 50.0}, {"kind": "a", "u": 1, "v": 111.0}]).card_matches
+    assert "BAD" in matched and "GOOD" not in matched
+
+
+def test_a_rule_that_raises_gives_one_clean_500_and_the_app_keeps_working(app):
+    knowledge = app.extensions["legmove"]
+
+    def explode(matches, ctx):
+        raise RuntimeError("renderer bug")
+
+    def derive_explode(match):
+        raise KeyError("missing field")
+
+    specs = dict(knowledge.specs)
+    specs["X-BOOM"] = RuleSpec(id="X-BOOM", title="boom", citation="test", stratum=DERIVE, module=__name__,
+                               condition=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
+                               derive=derive_explode, produces="iron_check_due")
+    broken = Knowledge(knowledge.terminology, specs, RuleEngine(list(specs.values()), name="boom_app"),
+                       knowledge.services)
+    fixture = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+    client = app.test_client()
+    app.extensions["legmove"] = broken
+    try:
+        response = client.post("/cds-services/legmove-patient-view", json=fixture["request"])
+    finally:
+        app.extensions["legmove"] = knowledge
+    assert response.status_code == 500
+    text = response.get_data(as_text=True)
+    assert "OperationOutcome" in text and "KeyError" not in text and "Traceback" not in text
+    assert client.post("/cds-services/legmove-patient-view", json=fixture["request"]).status_code == 200
