@@ -230,9 +230,9 @@ class Terminology:
         return match
 
     def _match_atc(self, code: str, display: str | None) -> MedicationMatch | None:
-        if any(code.startswith(prefix) for prefix in self.drugs["atc_excluded"]) and not code.startswith("N05AN01"):
-            return None
         classes = [cls for cls, prefixes in self.drugs["atc_prefixes"].items() if any(code.startswith(p) for p in prefixes)]
+        if any(code.startswith(prefix) for prefix in self.drugs["atc_not_antipsychotic"]):
+            classes = [cls for cls in classes if cls != "antipsychotic"]  # lithium, pimavanserin, xanomeline
         if "antipsychotic" in classes:
             specific = [c for c, codes in self.drugs["atc_antipsychotic_by_substance"].items() if code in codes]
             classes = [c for c in classes if c != "antipsychotic"] + (specific or ["antipsychotic"])
