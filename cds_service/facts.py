@@ -58,6 +58,7 @@ class _Builder:
         self.today = today
         self.skipped: list[tuple[str, str]] = []
         self.medications = self._index_medications()
+        self._matches: dict[tuple, object] = {}  # lives for this call only, like all patient data
 
     def build(self) -> FactSet:
         facts: list[dict] = [{"kind": "context", "hook": self.data.hook}, params_fact(self.term)]
@@ -249,7 +250,10 @@ class _Builder:
                   for t in [text_of(d.get("route")), *(c.get("display") for c in codings_of(d.get("route")))] if t]
         if not codings and not texts:
             return self._skip(res, "medication has no code and no text")
-        match = self.term.match_medication(codings, texts, routes)
+        key = (tuple((c.get("system"), c.get("code")) for c in codings), tuple(texts), tuple(routes))
+        if key not in self._matches:  # refills repeat one product: classify it once per call
+            self._matches[key] = self.term.match_medication(codings, texts, routes)
+        match = self._matches[key]
         if match is None:
             return None
         for note in match.notes:
