@@ -41,28 +41,27 @@ class Advice:
 
 
 def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> Advice:
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    clock = _Stopwatch()
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
     access = fhir_access(req, config)
     resolved = resolve(service.prefetch_keys, req.prefetch, req.context, access, lambda a: _client(a, config))
-    timings["data"] = _ms(started)
+    clock.lap("data")
     data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
                        req.selections)
     term = knowledge.terminology
     fact_set = build_facts(data, term, evaluation_date(config))
-    timings["facts"] = _ms(started) - timings["data"]
+    clock.lap("facts")
     evaluation = knowledge.engine.evaluate(fact_set.facts)
-    timings["engine"] = _ms(started) - timings["data"] - timings["facts"]
+    clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts)
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in service.rule_ids}
     cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
-    timings["total"] = _ms(started)
+    clock.lap("cards")
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
-    return Advice(cards, sorted(matches), timings, resolved.fetched, sorted(resolved.incomplete))
+    return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete))
 
 
 def fhir_access(req: HookRequest, config) -> FhirAccess:
@@ -91,5 +90,14 @@ def _client(access: FhirAccess, config) -> FhirClient:
                       max_pages=config["FHIR_MAX_PAGES"])
 
 
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 2)
+class _Stopwatch:
+    """Milliseconds per stage, for the request log."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round((now - self.last) * 1000, 2)
+        self.last = now

@@ -28,6 +28,8 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app.extensions["legmove"] = build_knowledge(app.config)
+    log.warning("OPEN MODE: CDS client JWTs are not verified by this version; expose the service only to "
+                "trusted clients on a trusted network")
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)

@@ -13,7 +13,7 @@ import uuid
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from .rulebook import CardDraft, RenderContext, RuleSpec
+from .rulebook import CardDraft, RenderContext, RuleSpec, escape
 from .terminology import SYSTEM_LABELS
 
 log = logging.getLogger(__name__)
@@ -153,16 +153,6 @@ def describe(fact: dict) -> str | None:
     if kind == "pending_lab_order":
         return f"{ref}: pending {fact['analyte']} order ({fact['status']})"
     return None
-
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
-
-
-def escape(text: str) -> str:
-    """Text copied from FHIR must not become markup: the sandbox renders raw HTML in detail.
-    HTML-significant characters become entities; Markdown ones get a backslash."""
-    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
 
 
 def prune(value):

@@ -12,6 +12,7 @@ Derivations fire before any card rule (salience), so findings are settled when c
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -144,3 +145,14 @@ def name_list(names: list[str], shown: int = 3) -> str:
     unique = list(dict.fromkeys(names))
     text = ", ".join(unique[:shown])
     return text + (f" +{len(unique) - shown} more" if len(unique) > shown else "")
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def escape(text: str) -> str:
+    """Text copied from FHIR must not become markup: the sandbox renders raw HTML in detail.
+    HTML-significant characters become entities; Markdown ones get a backslash. Rules call
+    this on every value they put into `why`."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", " ")

@@ -8,7 +8,7 @@ so switching profile changes data, not rules.
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import lab_order, medication_proposal
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
 SEEDS_IRON = "seed 000_e09f97222edeabb3.txt, 001_9c4bd8494c6f1f15.txt, 002_bc010253c106cbbd.txt"
 AASM_2024_URL = "https://doi.org/10.5664/jcsm.11390"
@@ -105,7 +105,7 @@ def rls_low_ferritin(matches, ctx):
            "check the value against the clinical picture.")
     suggestions = []
     if on_iron:
-        why += "\n\nAlready on iron: " + "; ".join(f"{f['name']} since {f['since']}" for f in on_iron) + ". Recheck ferritin."
+        why += "\n\nAlready on iron: " + "; ".join(f"{escape(f['name'])} since {escape(f['since'])}" for f in on_iron) + ". Recheck ferritin."
     else:
         suggestions.append(SuggestionDraft(label="Start oral iron (ferrous sulfate 325 mg tablet)",
                                            actions=[medication_proposal(ctx.patient_id, *FERROUS_SULFATE_325)]))

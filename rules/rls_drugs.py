@@ -8,7 +8,7 @@ the `rls_worsening` drug group in `knowledge/drugs.json`; the facts layer tags e
 from durable.lang import c, item, m, when_all
 
 from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, escape, fill, name_list
 
 SEEDS_DRUGS = "seed 000_e09f97222edeabb3.txt, 001_9c4bd8494c6f1f15.txt (SNRI, mirtazapine: AASM 2024 addition)"
 CETIRIZINE_10 = ("1014678", "cetirizine hydrochloride 10 MG Oral Tablet")
@@ -24,7 +24,7 @@ def _worsening_class(drug: dict, ctx) -> str:
 
 def _drug_line(drug: dict, ctx) -> str:
     code = f" {drug['code']}" if drug.get("code") not in (None, "none") else ""
-    return (f"- **{drug['name']}** ({_worsening_class(drug, ctx)}), {drug['resource_ref']}; "
+    return (f"- **{escape(drug['name'])}** ({_worsening_class(drug, ctx)}), {escape(drug['resource_ref'])}; "
             f"matched by {HOW_MATCHED.get(drug['matched_by'], drug['matched_by'])}{code}")
 
 

@@ -313,3 +313,11 @@ def test_cors_headers_on_errors(client):
     response = client.post("/cds-services/legmove-patient-view", data=b"{", content_type="application/json",
                            headers={"Origin": "https://sandbox.cds-hooks.org"})
     assert response.status_code == 400 and response.headers.get("Access-Control-Allow-Origin")
+
+
+def test_markup_in_medication_names_is_escaped_in_rule_text(client):
+    body = copy.deepcopy(R3_FIRES["request"])
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["medicationCodeableConcept"] = {"text": "sertraline <script>x()</script> 50 mg"}
+    card = post(client, "legmove-orders", body).get_json()["cards"][0]
+    assert "<script>" not in json.dumps(card) and "&lt;script&gt;" in card["detail"]

@@ -145,3 +145,10 @@ def test_a_rule_that_raises_gives_one_clean_500_and_the_app_keeps_working(app):
     text = response.get_data(as_text=True)
     assert "OperationOutcome" in text and "KeyError" not in text and "Traceback" not in text
     assert client.post("/cds-services/legmove-patient-view", json=fixture["request"]).status_code == 200
+
+
+def test_rule_catalog_page_is_current():
+    from cds_service.cli import catalog_markdown
+
+    page = (ROOT / "docs/rules.md").read_text(encoding="utf-8")
+    assert page == catalog_markdown(), "regenerate with: legmove-cds rules > docs/rules.md"

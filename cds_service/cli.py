@@ -1,0 +1,51 @@
+"""`legmove-cds rules`: the rule catalog, read from the code, as Markdown for clinical review."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .rulebook import CARD, REGISTRY
+
+FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fhir_fixtures"
+
+
+def catalog_markdown() -> str:
+    import rules
+
+    rules.load_all()
+    fixtures = _fixtures_by_rule()
+    lines = ["# legmove-cds rule catalog", "",
+             "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
+             "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent) |",
+             "|---|---|---|---|---|---|---|"]
+    for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", s.id)):
+        kind = "card" if spec.stratum == CARD else f"finding `{spec.produces}`"
+        fires, silent = fixtures.get(spec.id, ([], []))
+        lines.append(f"| **{spec.id}** {spec.title} | {kind} | {', '.join(spec.hooks) or '(any hook)'} | {spec.logic} | "
+                     f"{spec.citation} | `{spec.module}` | {len(fires)} / {len(silent)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fixtures_by_rule() -> dict[str, tuple[list[str], list[str]]]:
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for path in sorted(FIXTURE_DIR.glob("R*/*.json")):
+        expect = json.loads(path.read_text(encoding="utf-8"))["expect"]
+        for rule in expect["fires"]:
+            found.setdefault(rule, ([], []))[0].append(path.stem)
+        for rule in expect["silent"]:
+            found.setdefault(rule, ([], []))[1].append(path.stem)
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="legmove-cds", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("rules", help="print the rule catalog as Markdown")
+    args = parser.parse_args(argv)
+    if args.command == "rules":
+        print(catalog_markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()
