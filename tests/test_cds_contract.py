@@ -320,4 +320,5 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
     draft = body["context"]["draftOrders"]["entry"][0]["resource"]
     draft["medicationCodeableConcept"] = {"text": "sertraline <script>x()</script> 50 mg"}
     card = post(client, "legmove-orders", body).get_json()["cards"][0]
-    assert "<script>" not in json.dumps(card) and "&lt;script&gt;" in card["detail"]
+    # detail is Markdown and must be escaped; summary and labels are plain text by the spec
+    assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
