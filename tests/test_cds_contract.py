@@ -322,3 +322,19 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
     card = post(client, "legmove-orders", body).get_json()["cards"][0]
     # detail is Markdown and must be escaped; summary and labels are plain text by the spec
     assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
+
+
+@pytest.mark.fhir_server
+def test_fhir_server_rejecting_the_token_is_412(client, fhir_server):
+    body = as_server_request(R1_FIRES["request"], fhir_server)
+    body["fhirAuthorization"]["access_token"] = "not-the-right-token"
+    assert "HTTP 401" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+
+
+def test_prefetch_tokens_expand_from_context():
+    from cds_service.prefetch import expand
+
+    context = {"patientId": "p-42", "userId": "PractitionerRole/pr-7"}
+    assert expand("Condition?patient={{context.patientId}}", context) == "Condition?patient=p-42"
+    assert expand("{{context.userId}}", context) == "PractitionerRole/pr-7"
+    assert expand("Encounter/{{context.encounterId}}", context) is None
