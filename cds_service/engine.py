@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import durable_rules_engine
 from durable import engine as durable_engine
-from durable.lang import c, m, when_all
+from durable.lang import m, when_all
 
 from .rulebook import CARD, DERIVE, Match, RuleSpec
 
@@ -313,16 +313,21 @@ def negated_kinds(definition: dict) -> set[str]:
 
 
 def _kinds_in(expression) -> set[str]:
+    return _literals_of(expression, "kind")
+
+
+def _literals_of(expression, field_name: str) -> set[str]:
+    """String literals a compiled condition compares `field_name` with (e.g. kinds, finding names)."""
     found: set[str] = set()
     if isinstance(expression, dict):
         for key, value in expression.items():
-            if key == "kind" and isinstance(value, str):
+            if key == field_name and isinstance(value, str):
                 found.add(value)
             else:
-                found |= _kinds_in(value)
+                found |= _literals_of(value, field_name)
     elif isinstance(expression, list):
         for item in expression:
-            found |= _kinds_in(item)
+            found |= _literals_of(item, field_name)
     return found
 
 
@@ -350,7 +355,7 @@ def lint(specs: list[RuleSpec], definition: dict) -> None:
                 if _reference_after_or(expression):
                     problems.append(f"{spec.id}: a comparison with another alias follows an | group inside &; "
                                     "durable-rules 2.0.28 ignores it there, so put it before the | group")
-                consumed_findings |= _finding_names(expression)
+                consumed_findings |= _literals_of(expression, "name")
         if spec.stratum == CARD and spec.render is None:
             problems.append(f"{spec.id}: card rule without a render function")
         if not (spec.title and spec.citation):
@@ -395,20 +400,6 @@ def _reference_after_or(expression) -> bool:
     return False
 
 
-def _finding_names(expression) -> set[str]:
-    names: set[str] = set()
-    if isinstance(expression, dict):
-        for key, value in expression.items():
-            if key == "name" and isinstance(value, str):
-                names.add(value)
-            else:
-                names |= _finding_names(value)
-    elif isinstance(expression, list):
-        for item in expression:
-            names |= _finding_names(item)
-    return names
-
-
 def _literal_problems(expression) -> list[str]:
     problems = []
     if isinstance(expression, dict):
@@ -437,5 +428,3 @@ def engine_for(specs: list[RuleSpec]) -> RuleEngine:
             _ENGINES[key] = RuleEngine(specs, name=f"legmove_{len(_ENGINES)}")
         return _ENGINES[key]
 
-
-__all__ = ["RuleEngine", "EngineError", "RuleError", "RuleDefinitionError", "engine_for", "c", "m"]

@@ -96,7 +96,7 @@ class _Builder:
     # ---- patient identity ---------------------------------------------------------------
 
     def _belongs_to_patient(self, res: dict, ref: str) -> bool:
-        if res.get("resourceType") in ("Patient",):
+        if res.get("resourceType") == "Patient":
             ok = res.get("id") == self.data.patient_id
         elif res.get("resourceType") == "Medication":
             return False  # indexed separately; never a fact of its own

@@ -6,16 +6,19 @@ from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fi
 from cds_service.rulebook import REGISTRY
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
-def test_fixture_through_prefetch(client, path):
-    fixture = load_fixture(path)
-    response = client.post(f"/cds-services/{fixture['service']}", json=fixture["request"])
+def assert_expected_cards(fixture, response):
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert_valid_cds_response(body)
     fired = fired_rules(body)
     assert set(fixture["expect"]["fires"]) <= fired, fixture["description"]
     assert not set(fixture["expect"]["silent"]) & fired, fixture["description"]
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
+def test_fixture_through_prefetch(client, path):
+    fixture = load_fixture(path)
+    assert_expected_cards(fixture, client.post(f"/cds-services/{fixture['service']}", json=fixture["request"]))
 
 
 @pytest.mark.fhir_server
@@ -25,12 +28,7 @@ def test_fixture_through_fhir_server(client, fhir_server, path):
     request = fixture["request"]
     fhir_server.transaction(namespaced(prefetched_resources(request), path.stem))
     response = client.post(f"/cds-services/{fixture['service']}", json=as_server_request(request, fhir_server))
-    assert response.status_code == 200, response.get_data(as_text=True)
-    body = response.get_json()
-    assert_valid_cds_response(body)
-    fired = fired_rules(body)
-    assert set(fixture["expect"]["fires"]) <= fired, fixture["description"]
-    assert not set(fixture["expect"]["silent"]) & fired, fixture["description"]
+    assert_expected_cards(fixture, response)
 
 
 def test_every_card_rule_has_a_firing_and_a_non_firing_fixture():
