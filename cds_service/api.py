@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, abort, current_app, request
 
 from .advice import Knowledge, advise
+from .client_auth import Unauthorized
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
 
@@ -28,6 +29,23 @@ def outcome(status: int, code: str, diagnostics: str) -> Response:
     """Every non-2xx carries an OperationOutcome without internals (checklist 8)."""
     issue = {"severity": "error", "code": code, "diagnostics": diagnostics}
     return json_response({"resourceType": "OperationOutcome", "issue": [issue]}, status)
+
+
+@bp.before_request
+def authenticate_client():
+    """Every call but the CORS preflight (and discovery, unless configured) needs a valid client JWT."""
+    verifier = current_app.extensions.get("legmove_client_verifier")
+    if verifier is None or request.method == "OPTIONS":
+        return None
+    if request.path.rstrip("/") == "/cds-services" and not current_app.config["DISCOVERY_REQUIRES_AUTH"]:
+        return None
+    try:
+        claims = verifier.verify(request.headers.get("Authorization"), request.path)
+    except Unauthorized as exc:
+        log.warning("401 on %s %s: %s", request.method, request.path, exc)
+        return outcome(401, "security", "unauthorized")
+    log.debug("client %s authenticated (jti %s)", claims["iss"], claims["jti"])
+    return None
 
 
 @bp.get("/cds-services")

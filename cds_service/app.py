@@ -9,6 +9,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge
+from .client_auth import verifier_from_config
 from .api import bp, outcome
 from .config import CONFIGS, from_environment
 from .engine import engine_for
@@ -28,8 +29,12 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app.extensions["legmove"] = build_knowledge(app.config)
-    log.warning("OPEN MODE: CDS client JWTs are not verified by this version; expose the service only to "
-                "trusted clients on a trusted network")
+    app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
+    if app.extensions["legmove_client_verifier"] is None:
+        log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
+                    "LEGMOVE_PUBLIC_BASE_URL and LEGMOVE_TRUSTED_ISSUERS); use only on a trusted network")
+    else:
+        log.info("client JWTs required from issuers: %s", ", ".join(app.config["TRUSTED_ISSUERS"]))
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)

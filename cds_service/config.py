@@ -25,6 +25,15 @@ class Config:
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default
     EVALUATION_DATE: str | None = None  # ISO date; None means today (UTC)
     CORS_ORIGINS = "*"
+    # Trusting CDS clients (checklist 11.1). Off means open mode, announced loudly at start-up.
+    CLIENT_AUTH = False
+    PUBLIC_BASE_URL: str | None = None  # e.g. "https://cds.example.org": each endpoint's JWT `aud` is this + path
+    TRUSTED_ISSUERS: dict = {}  # iss -> {"jwks": {...}} | {"jwks_file": path} | {"jwks_url": url}, optional "jku": [urls]
+    JWT_LEEWAY = 60  # seconds, for exp/iat/nbf (Epic sets nbf minutes before iat)
+    DISCOVERY_REQUIRES_AUTH = False
+    REPLAY_STORE = "sqlite:///var/legmove-replay.sqlite3"  # or redis://127.0.0.1:6379/0; shared by all workers
+    JWKS_URL_TTL = 300  # seconds a fetched JWKS is reused
+    JWKS_ALLOW_HTTP = False  # plain-http JWKS URLs (loopback test servers only)
 
 
 class DevelopmentConfig(Config):
