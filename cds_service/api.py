@@ -6,6 +6,7 @@ import logging
 import time
 
 from flask import Blueprint, Response, abort, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise
 from .client_auth import Unauthorized
@@ -57,28 +58,46 @@ def discovery():
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
     started = time.perf_counter()
+    record = {"event": "hook_call", "service": service_id}
+    status = 500
+    try:
+        response = _call_service(service_id, record)
+        status = response.status_code
+        return response
+    except HTTPException as exc:
+        status = exc.code or 500
+        raise
+    finally:
+        record.update(status=status, total_ms=round((time.perf_counter() - started) * 1000, 2))
+        if status == 500:
+            record.setdefault("outcome", "internal error")
+        log.info("hook call answered %s", status, extra=record)
+
+
+def _call_service(service_id: str, record: dict) -> Response:
     hooks = {hook for (sid, hook) in knowledge().services if sid == service_id}
     if not hooks:
-        abort(404)
+        return outcome(404, "not-found", f"no CDS service with id '{service_id[:60]}'")
     if not request.mimetype or request.mimetype.lower() != "application/json":
         return outcome(415, "not-supported", "send the hook call as application/json")
     body = read_json()
     try:
         hook_request = parse_hook_request(body, hooks)
     except BadRequest as exc:
+        record["outcome"] = str(exc)
         return outcome(400, "invalid", str(exc))
+    record.update(hook=hook_request.hook, request_id=hook_request.hook_instance[:64])
     service = knowledge().services[(service_id, hook_request.hook)]
     try:
         result = advise(hook_request, service, knowledge(), current_app.config)
     except BadPrefetch as exc:
+        record["outcome"] = str(exc)
         return outcome(400, "invalid", str(exc))
     except PreconditionFailed as exc:
-        log.info("412 for %s/%s: %s", service_id, hook_request.hook, exc)
+        record["outcome"] = str(exc)
         return outcome(412, "not-found", str(exc))
-    log.info("hook=%s service=%s instance=%s rules=%s cards=%d total_ms=%.1f timings=%s fetched=%s incomplete=%s",
-             hook_request.hook, service_id, hook_request.hook_instance[:64], ",".join(result.rule_ids) or "-",
-             len(result.cards), (time.perf_counter() - started) * 1000, result.timings_ms, result.fetched_keys,
-             result.incomplete_keys)
+    record.update(rules=result.rule_ids, cards=len(result.cards), timings_ms=result.timings_ms,
+                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, outcome="cards")
     return json_response({"cards": result.cards})
 
 

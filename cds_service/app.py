@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 
 from flask import Flask
 from flask_cors import CORS
@@ -13,6 +14,7 @@ from .client_auth import verifier_from_config
 from .api import bp, outcome
 from .config import CONFIGS, from_environment
 from .engine import engine_for
+from .logs import configure as configure_logs
 from .rulebook import REGISTRY
 from .services import build_services
 from .terminology import Terminology
@@ -26,8 +28,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.config.from_object(config if isinstance(config, type) else CONFIGS[name])
     from_environment(app)
     app.config.update(overrides)
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs(app.config.get("LOG_LEVEL", "INFO"))
     app.extensions["legmove"] = build_knowledge(app.config)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
@@ -65,5 +66,7 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unhandled error")
+        # the message may quote request data: type and frames at ERROR, the message at DEBUG only
+        log.error("unhandled %s", type(exc).__name__, extra={"frames": "".join(traceback.format_tb(exc.__traceback__))})
+        log.debug("unhandled error detail: %s", exc)
         return outcome(500, "exception", "internal error; the service logged the details")

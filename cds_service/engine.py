@@ -228,7 +228,10 @@ class RuleEngine:
     def _raise_errors(self, evaluation: Evaluation, errors: list, sid: str) -> None:
         if evaluation.errors:
             rule_id, exc, trace = evaluation.errors[0]
-            log.error("rule %s raised: %s", rule_id, trace)
+            # exception messages can quote patient values: the type and frames at ERROR, the rest at DEBUG
+            log.error("rule %s raised %s", rule_id, type(exc).__name__,
+                      extra={"rule": rule_id, "frames": "".join(traceback.format_tb(exc.__traceback__))})
+            log.debug("rule %s failure detail: %s", rule_id, trace)
             raise RuleError(rule_id, type(exc).__name__) from exc
         if errors:
             raise EngineError(f"engine error while running actions: {errors[0]}")
