@@ -10,6 +10,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge
+from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
 from .api import bp, outcome
 from .config import CONFIGS, from_environment
@@ -30,6 +31,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.config.update(overrides)
     configure_logs(app.config.get("LOG_LEVEL", "INFO"))
     app.extensions["legmove"] = build_knowledge(app.config)
+    warm_up_cards()
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "

@@ -91,6 +91,15 @@ def validated(resource: dict) -> dict:
     return model.model_dump(mode="json", exclude_none=True)
 
 
+def warm_up() -> None:
+    """Build the R4 models (and their lazily loaded element types) at start-up, not in a
+    clinician's first request; with gunicorn --preload the workers inherit them."""
+    from .orders import lab_order, medication_proposal
+
+    for action in (lab_order("warm-up", "2276-4", "Ferritin", "note"), medication_proposal("warm-up", "310325", "iron")):
+        validated(action.resource)
+
+
 def guard_summary(summary: str) -> str:
     """Catalog 2.3: fewer than 140 characters, cut to 136 plus '...' as a last resort."""
     return summary if len(summary) <= MAX_SUMMARY else summary[:136] + "..."
