@@ -37,7 +37,10 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
             continue
         draft = spec.render(matches, ctx)
         if draft is not None:
-            cards.append(_card(spec, draft, facts_by_id))
+            card = _card(spec, draft, facts_by_id)
+            if ctx.incomplete_keys:  # say that the card was made from part of the chart
+                card["extension"][EXTENSION_KEY]["incompleteData"] = list(ctx.incomplete_keys)
+            cards.append(card)
     cards.sort(key=lambda card: (INDICATOR_ORDER[card["indicator"]], card["extension"][EXTENSION_KEY]["rule"]))
     return [prune(card) for card in cards]
 

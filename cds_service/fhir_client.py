@@ -5,6 +5,7 @@ followed), is never logged, and lives only as long as one hook call.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import requests
 
 log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 20 * 1024 * 1024
 
 
 class FhirUnavailable(Exception):
@@ -71,18 +74,17 @@ class FhirClient:
         if remaining <= 0:
             raise FhirUnavailable("deadline for FHIR queries passed")
         timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-        started = time.monotonic()
         try:
-            response = self.session.get(url, timeout=timeout)
+            with self.session.get(url, timeout=timeout, stream=True) as response:
+                if response.status_code == 404 and "?" not in url:
+                    return {"resourceType": "Bundle", "type": "searchset", "total": 0}  # a read that found nothing
+                if response.status_code != 200:
+                    raise FhirUnavailable(f"FHIR server answered HTTP {response.status_code}")
+                raw = self._read_body(response)
         except requests.RequestException as exc:
             raise FhirUnavailable(f"{type(exc).__name__} talking to the FHIR server") from exc
-        log.debug("FHIR GET took %.1f ms, status %s", (time.monotonic() - started) * 1000, response.status_code)
-        if response.status_code == 404 and "?" not in url:
-            return {"resourceType": "Bundle", "type": "searchset", "total": 0}  # a read that found nothing
-        if response.status_code != 200:
-            raise FhirUnavailable(f"FHIR server answered HTTP {response.status_code}")
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError as exc:
             raise FhirUnavailable("FHIR server answered with something that is not JSON") from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
@@ -90,6 +92,19 @@ class FhirClient:
         if body["resourceType"] == "OperationOutcome":
             raise FhirUnavailable("FHIR server answered with an OperationOutcome")
         return body
+
+    def _read_body(self, response) -> bytes:
+        """The read timeout is per read: a server dripping bytes could outlast it, so the
+        deadline and a size cap are enforced while reading."""
+        chunks, size = [], 0
+        for chunk in response.iter_content(chunk_size=65536):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise FhirUnavailable(f"FHIR response larger than {MAX_RESPONSE_BYTES} bytes")
+            if time.monotonic() > self.deadline_at:
+                raise FhirUnavailable("deadline passed while reading a FHIR response")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def entries_of(bundle: dict) -> list[dict]:

@@ -33,6 +33,7 @@ class RenderContext:
     class_title: Callable[[str], str]
     groups: dict[str, frozenset[str]]
     facts: list[dict]  # base facts, for describing context (e.g. "already on iron"), never for firing
+    incomplete_keys: tuple[str, ...] = ()  # data keys whose later pages could not be read
 
 
 @dataclass
