@@ -22,6 +22,7 @@ INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 OVERRIDE_SYSTEM = "urn:legmove-cds:override-reason"
 EXTENSION_KEY = "org.legmove-cds.explanation"
 MAX_SUMMARY = 139
+EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of clinical-rules.md 1.2
 
 
 class SuggestionInvalid(Exception):
@@ -111,8 +112,7 @@ def guard_summary(summary: str) -> str:
 def source_label(spec: RuleSpec) -> str:
     seeds = re.findall(r"\b(\d{3})_[0-9a-f]+\.txt", spec.citation)
     basis = [f"seed {', '.join(dict.fromkeys(seeds))}"] if seeds else []
-    if "AASM 2024" in spec.citation:
-        basis.append("AASM 2024")
+    basis += [name for name in EXTERNAL_SOURCES if name in spec.citation]
     return f"legmove-cds {spec.id}" + (f" ({'; '.join(basis)})" if basis else "")
 
 

@@ -228,6 +228,7 @@ class _Builder:
             selected = selections is None or ref in selections
             if res.get("resourceType") == "MedicationRequest":
                 fact = self._medication(res, origin="draft", selected=selected)
+                facts += self._reason_conditions(res)
             elif res.get("resourceType") == "ServiceRequest":
                 fact = self._pending_order(dict(res, status="draft"), "draft")
             else:
@@ -235,6 +236,19 @@ class _Builder:
                 fact = None
             if fact:
                 facts.append(fact)
+        return facts
+
+    def _reason_conditions(self, order: dict) -> list[dict]:
+        """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
+        facts = []
+        for concept in as_list(order.get("reasonCode")):
+            for coding in codings_of(concept):
+                sets = self.term.codesets.sets_for(coding.get("system"), coding.get("code"))
+                if sets:
+                    facts.append({"kind": "condition", "resource_ref": reference_of(order), "system": coding["system"],
+                                  "code": coding["code"], "display": clip(coding.get("display") or coding["code"]),
+                                  "sets": sorted(sets), "clinical_status": "active",
+                                  "verification_status": "reason for this order", "recorded": "undated"})
         return facts
 
     def _index_medications(self) -> dict[str, dict]:

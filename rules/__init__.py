@@ -4,7 +4,7 @@ Add a new module here; `cds_service.services` reads the registry, never the modu
 """
 from importlib import import_module
 
-MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs")
+MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs", "rules.cramps")
 
 
 def load_all() -> None:

@@ -338,3 +338,10 @@ def test_prefetch_tokens_expand_from_context():
     assert expand("Condition?patient={{context.patientId}}", context) == "Condition?patient=p-42"
     assert expand("{{context.userId}}", context) == "PractitionerRole/pr-7"
     assert expand("Encounter/{{context.encounterId}}", context) is None
+
+
+def test_source_label_names_seeds_and_additions(client):
+    fixture = load_fixture(ROOT / "fhir_fixtures/R22/fires-quinine-for-cramps.json")
+    card = post(client, fixture["service"], fixture["request"]).get_json()["cards"][0]
+    assert card["source"]["label"] == "legmove-cds R22 (FDA 2010)"
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/draft-quinine"
