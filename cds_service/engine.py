@@ -207,13 +207,7 @@ class RuleEngine:
         return text
 
     def _assert_text(self, text: str) -> int:
-        try:
-            code, offset = durable_rules_engine.assert_fact(self._ruleset._handle, text)
-        except durable_rules_engine.error as exc:
-            raise EngineError(f"engine rejected a fact: error {exc}") from exc
-        if code not in (0, 1):
-            raise EngineError(f"engine returned code {code} for a fact")
-        return offset
+        return _assert_json(self._ruleset._handle, text)[1]
 
     def _cleanup(self, sid: str, offset: int | None, actions_ran: bool) -> None:
         if offset is None:
@@ -240,16 +234,24 @@ class RuleEngine:
             raise EngineError(f"engine reported an action failure: {str(state['exception'])[:200]}")
 
 
+def _assert_json(handle, text: str) -> tuple[int, int]:
+    """The C-level single-fact assert (R5), for base and derived facts alike: the stock
+    `c.assert_fact` re-serialises with json.dumps and would undo the float rewriting."""
+    try:
+        code, offset = durable_rules_engine.assert_fact(handle, text)
+    except durable_rules_engine.error as exc:
+        raise EngineError(f"engine rejected a fact: error {exc}") from exc
+    if code not in (0, 1):
+        raise EngineError(f"engine returned code {code} for a fact")
+    return code, offset
+
+
 def _assert_derived(closure, evaluation: Evaluation, finding: dict) -> None:
     """R8: assert a finding with a fresh id; a finding no rule consumes is an authoring error."""
     fid = evaluation.take_id()
     record = dict(finding, id=fid, sid=closure.s.sid)
-    validate_fact(record)
-    try:
-        closure.assert_fact(json.loads(fact_json(record)))
-    except durable_engine.MessageObservedException:
-        return
-    except durable_engine.MessageNotHandledException:
+    code, _ = _assert_json(closure._ruleset._handle, fact_json(record))
+    if code == 1:
         log.warning("finding %s from rule %s is consumed by no rule", finding.get("name"), finding.get("rule"))
         return
     evaluation.facts_by_id[fid] = record

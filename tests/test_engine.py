@@ -152,3 +152,12 @@ def test_rule_catalog_page_is_current():
 
     page = (ROOT / "docs/rules.md").read_text(encoding="utf-8")
     assert page == catalog_markdown(), "regenerate with: legmove-cds rules > docs/rules.md"
+
+
+def test_findings_with_tiny_floats_reach_card_rules():
+    """Derived facts go through the same serialiser as base facts (1e-05 must not become '1e-05')."""
+    engine = RuleEngine([derive("TINY", when_all(c.x << (m.kind == "a")), "tiny", lambda match: {"ratio": 1e-05}),
+                         card("USE", when_all(c.f << ((m.kind == "finding") & (m.name == "tiny") & (m.ratio < 0.001))))],
+                        name="tiny_probe")
+    evaluation = engine.evaluate([{"kind": "a"}])
+    assert evaluation.card_matches["USE"][0]["f"]["ratio"] == pytest.approx(1e-05)
