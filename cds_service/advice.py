@@ -57,6 +57,7 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
                         incomplete_keys=tuple(sorted(resolved.incomplete)))
+    # the service lists the card rules registered for this hook: the one place hooks are filtered
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in service.rule_ids}
     cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
     clock.lap("cards")

@@ -107,10 +107,10 @@ def read_json():
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
-        abort(Response(outcome(400, "invalid", "the body is not UTF-8").get_data(), 400, mimetype="application/json"))
+        abort(outcome(400, "invalid", "the body is not UTF-8"))
     except (ValueError, RecursionError) as exc:
         message = "the body is not valid JSON" if not isinstance(exc, RecursionError) else "the JSON is nested too deeply"
-        abort(Response(outcome(400, "invalid", message).get_data(), 400, mimetype="application/json"))
+        abort(outcome(400, "invalid", message))
 
 
 def _reject_constant(name: str):

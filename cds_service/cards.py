@@ -34,8 +34,6 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
     cards = []
     for rule_id, matches in card_matches.items():
         spec = specs[rule_id]
-        if ctx.hook not in spec.hooks:
-            continue
         draft = spec.render(matches, ctx)
         if draft is not None:
             card = _card(spec, draft, facts_by_id)

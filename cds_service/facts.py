@@ -116,21 +116,9 @@ class _Builder:
         clinical = first_code(res.get("clinicalStatus"))
         if clinical not in ACTIVE_CONDITION:
             return self._skip(res, f"clinicalStatus {clinical or 'missing'}")
-        for coding in codings_of(res.get("code")):
-            sets = self.term.codesets.sets_for(coding.get("system"), coding.get("code"))
-            if sets:
-                return {
-                    "kind": "condition",
-                    "resource_ref": reference_of(res),
-                    "system": coding["system"],
-                    "code": coding["code"],
-                    "display": clip(coding.get("display") or text_of(res.get("code")) or coding["code"]),
-                    "sets": sorted(sets),
-                    "clinical_status": clinical,
-                    "verification_status": verification or "unconfirmed",
-                    "recorded": clip(str(res.get("recordedDate") or res.get("onsetDateTime") or ""), 10) or "undated",
-                }
-        return None  # a condition no rule knows: not a fact, not worth a log line
+        recorded = clip(str(res.get("recordedDate") or res.get("onsetDateTime") or ""), 10) or "undated"
+        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", recorded)
+        return facts[0] if facts else None  # a condition no rule knows: not a fact, not worth a log line
 
     # ---- observations -------------------------------------------------------------------
 
@@ -240,15 +228,25 @@ class _Builder:
 
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
+        return self._coded_conditions(order, as_list(order.get("reasonCode")), "active", "reason for this order",
+                                      "undated", every=True)
+
+    def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, recorded: str,
+                          every: bool = False) -> list[dict]:
+        """Condition facts for the codings that fall in a known code set (the first only, unless `every`)."""
         facts = []
-        for concept in as_list(order.get("reasonCode")):
+        for concept in concepts:
             for coding in codings_of(concept):
                 sets = self.term.codesets.sets_for(coding.get("system"), coding.get("code"))
-                if sets:
-                    facts.append({"kind": "condition", "resource_ref": reference_of(order), "system": coding["system"],
-                                  "code": coding["code"], "display": clip(coding.get("display") or coding["code"]),
-                                  "sets": sorted(sets), "clinical_status": "active",
-                                  "verification_status": "reason for this order", "recorded": "undated"})
+                if not sets:
+                    continue
+                facts.append({"kind": "condition", "resource_ref": reference_of(res), "system": coding["system"],
+                              "code": coding["code"],
+                              "display": clip(coding.get("display") or text_of(concept) or coding["code"]),
+                              "sets": sorted(sets), "clinical_status": clinical, "verification_status": verification,
+                              "recorded": recorded})
+                if not every:
+                    return facts
         return facts
 
     def _index_medications(self) -> dict[str, dict]:
