@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 from flask import Blueprint, Response, abort, current_app, request
@@ -105,7 +106,7 @@ def read_json():
     """Parse the body once; malformed, non-UTF-8, NaN-bearing or absurdly deep JSON is a 400."""
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         abort(outcome(400, "invalid", "the body is not UTF-8"))
     except (ValueError, RecursionError) as exc:
@@ -115,3 +116,11 @@ def read_json():
 
 def _reject_constant(name: str):
     raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    """1e999 would parse to infinity, which no FHIR value can be: a 400 like NaN."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value

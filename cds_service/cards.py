@@ -63,10 +63,21 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict]) -> dic
             "resources": sorted({f["resource_ref"] for f in evidence if "resource_ref" in f}),
         }},
     }
-    if draft.suggestions:
+    suggestions = [s for s in draft.suggestions if _actionable(s)]
+    if suggestions:
         card["selectionBehavior"] = draft.selection_behavior
-        card["suggestions"] = [_suggestion(s) for s in draft.suggestions]
+        card["suggestions"] = [_suggestion(s) for s in suggestions]
     return card
+
+
+_REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _actionable(draft) -> bool:
+    """A delete needs the draft's `Type/id`; a draft sent without an id cannot be removed by
+    the EHR, so the card keeps its advice and drops that suggestion."""
+    return all(a.type != "delete" or (isinstance(a.resource_id, str) and _REFERENCE.match(a.resource_id))
+               for a in draft.actions)
 
 
 def _suggestion(draft) -> dict:

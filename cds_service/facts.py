@@ -8,7 +8,6 @@ the rules use are looked at, so the cost follows the relevant data, not the char
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -74,15 +73,32 @@ class _Builder:
                 if not self._belongs_to_patient(res, ref):
                     continue
                 by_type.setdefault(res.get("resourceType"), []).append(res)
-        facts += self._capped("condition", [f for r in by_type.get("Condition", []) if (f := self._condition(r))])
+        facts += self._capped("condition", self._convert(by_type.get("Condition", []), self._condition))
         facts += self._latest_labs(by_type.get("Observation", []))
-        facts += self._capped("pending_lab_order", [f for r in by_type.get("ServiceRequest", []) if (f := self._pending_order(r, "chart"))])
+        facts += self._capped("pending_lab_order",
+                              self._convert(by_type.get("ServiceRequest", []), lambda r: self._pending_order(r, "chart")))
         chart_meds = by_type.get("MedicationRequest", []) + by_type.get("MedicationStatement", [])
-        facts += self._capped("medication", [f for r in chart_meds if (f := self._chart_medication(r))])
-        facts += self._draft_facts()
+        facts += self._capped("medication", self._convert(chart_meds, self._chart_medication))
+        self._check_selections()
+        facts += self._convert(self.data.draft_orders, self._draft_facts, many=True)
         for ref, reason in self.skipped:
             log.debug("skipped %s: %s", ref, reason)  # references identify a patient: never at INFO
         return FactSet(facts, self.skipped)
+
+    def _convert(self, resources: list[dict], convert, many: bool = False) -> list[dict]:
+        """Apply a converter to each resource. A resource whose shape defeats the converter (a list
+        where a code belongs, say) is skipped and logged like any other unusable data: one bad
+        resource never costs the call, and never yields a fact."""
+        facts: list[dict] = []
+        for res in resources:
+            try:
+                result = convert(res)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                self._skip(res, f"unparseable ({type(exc).__name__})")
+                continue
+            if result:
+                facts += result if many else [result]
+        return facts
 
     def _skip(self, res: dict | str, reason: str) -> None:
         self.skipped.append((res if isinstance(res, str) else reference_of(res), reason))
@@ -139,7 +155,7 @@ class _Builder:
                 break
         if analyte is None:
             return None
-        status = res.get("status")
+        status = string(res.get("status"))
         if status not in FINAL_OBSERVATION:
             return self._skip(res, f"status {status}")
         if res.get("dataAbsentReason"):
@@ -178,7 +194,7 @@ class _Builder:
     # ---- orders and medications ---------------------------------------------------------
 
     def _pending_order(self, res: dict, origin: str) -> dict | None:
-        status = res.get("status")
+        status = string(res.get("status"))
         if status not in PENDING_ORDER_STATUS:
             return None
         for coding in codings_of(res.get("code")):
@@ -189,42 +205,39 @@ class _Builder:
         return None
 
     def _chart_medication(self, res: dict) -> dict | None:
-        status = res.get("status")
+        status = string(res.get("status"))
         if res.get("resourceType") == "MedicationRequest":
-            if status != "active" or res.get("intent") not in CHART_MED_REQUEST_INTENTS:
+            if status != "active" or string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS:
                 return None if status != "entered-in-error" else self._skip(res, "entered-in-error")
         elif status not in ACTIVE_STATEMENT:
             return None
         return self._medication(res, origin="chart", selected=False)
 
-    def _draft_facts(self) -> list[dict]:
-        facts: list[dict] = []
-        selections = set(self.data.selections) if self.data.selections is not None else None
+    def _check_selections(self) -> None:
         draft_refs = {reference_of(r) for r in self.data.draft_orders}
-        for sel in selections or ():
+        for sel in self.data.selections or ():
             if sel not in draft_refs:
                 self._skip(sel, "selection does not resolve to an entry of draftOrders")
-        for res in self.data.draft_orders:
-            ref = reference_of(res)
-            owner = res.get("subject") or res.get("patient")
-            if isinstance(owner, dict) and not refers_to_patient(owner.get("reference"), self.data.patient_id):
-                self._skip(ref, "draft order for another patient")
-                continue
-            if res.get("status") in DROPPED_DRAFT_STATUS:
-                self._skip(ref, f"draft status {res.get('status')}")
-                continue
-            selected = selections is None or ref in selections
-            if res.get("resourceType") == "MedicationRequest":
-                fact = self._medication(res, origin="draft", selected=selected)
-                facts += self._reason_conditions(res)
-            elif res.get("resourceType") == "ServiceRequest":
-                fact = self._pending_order(dict(res, status="draft"), "draft")
-            else:
-                self._skip(ref, f"draft type {res.get('resourceType')} not used by any rule")
-                fact = None
-            if fact:
-                facts.append(fact)
-        return facts
+
+    def _draft_facts(self, res: dict) -> list[dict]:
+        """Facts from one draft order: the medication or test, and its coded reasons."""
+        ref = reference_of(res)
+        owner = res.get("subject") or res.get("patient")
+        if isinstance(owner, dict) and not refers_to_patient(owner.get("reference"), self.data.patient_id):
+            self._skip(ref, "draft order for another patient")
+            return []
+        if string(res.get("status")) in DROPPED_DRAFT_STATUS:
+            self._skip(ref, f"draft status {res['status']}")
+            return []
+        selected = self.data.selections is None or ref in self.data.selections
+        if res.get("resourceType") == "MedicationRequest":
+            fact = self._medication(res, origin="draft", selected=selected)
+            return ([fact] if fact else []) + self._reason_conditions(res)
+        if res.get("resourceType") == "ServiceRequest":
+            fact = self._pending_order(dict(res, status="draft"), "draft")
+            return [fact] if fact else []
+        self._skip(ref, f"draft type {res.get('resourceType')} not used by any rule")
+        return []
 
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
@@ -341,6 +354,11 @@ def text_of(concept) -> str | None:
     return text if isinstance(text, str) and text.strip() else None
 
 
+def string(value) -> str | None:
+    """A FHIR primitive that must be a string, or None: a status sent as a list is not a status."""
+    return value if isinstance(value, str) else None
+
+
 def first_code(concept) -> str | None:
     codes = codings_of(concept)
     return codes[0]["code"] if codes else None
@@ -387,7 +405,7 @@ def observation_date(res: dict) -> date | None:
 
 
 _TEXT_VALUE = re.compile(r"\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*$")
-_MAX_ABS_VALUE = 1e9
+_MAX_ABS_VALUE = 1e9  # every analyte we read is a non-negative amount far below this
 
 
 def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
@@ -397,9 +415,9 @@ def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
         value = quantity.get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        value = float(value)
-        if not math.isfinite(value) or abs(value) > _MAX_ABS_VALUE:
+        if not (0 <= value <= _MAX_ABS_VALUE):  # NaN, inf, huge ints and negative amounts are misreads
             return None
+        value = float(value)
         comparator = quantity.get("comparator") if quantity.get("comparator") in ("<", "<=", ">", ">=") else "="
         unit = quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
         if unit is None and isinstance(quantity.get("unit"), str):

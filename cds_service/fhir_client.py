@@ -91,6 +91,8 @@ class FhirClient:
             raise FhirUnavailable("FHIR server answered with JSON that is not a FHIR resource")
         if body["resourceType"] == "OperationOutcome":
             raise FhirUnavailable("FHIR server answered with an OperationOutcome")
+        if body["resourceType"] == "Bundle" and bundle_defect(body):
+            raise FhirUnavailable(f"FHIR server answered with a malformed Bundle ({bundle_defect(body)})")
         return body
 
     def _read_body(self, response) -> bytes:
@@ -107,6 +109,15 @@ class FhirClient:
         return b"".join(chunks)
 
 
+def bundle_defect(bundle: dict) -> str | None:
+    """Why a Bundle cannot be read at all, or None. Reading a broken Bundle as empty would let
+    absence rules fire on garbage, so callers refuse it (400 for prefetch, 412 from a server)."""
+    for name in ("entry", "link"):
+        if bundle.get(name) is not None and not isinstance(bundle[name], list):
+            return f"Bundle.{name} is not an array"
+    return None
+
+
 def entries_of(bundle: dict) -> list[dict]:
     """Resources of a Bundle; search outcome entries and non-objects are not data."""
     out = []
@@ -115,7 +126,8 @@ def entries_of(bundle: dict) -> list[dict]:
             continue
         resource = entry.get("resource")
         search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
-        if isinstance(resource, dict) and search.get("mode") != "outcome" and resource.get("resourceType") != "OperationOutcome":
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(kind, str) and kind != "OperationOutcome" and search.get("mode") != "outcome":
             out.append(resource)
     return out
 

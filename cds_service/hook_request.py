@@ -38,6 +38,8 @@ def parse_hook_request(body, served_hooks: set[str]) -> HookRequest:
     if hook not in served_hooks:
         raise BadRequest(f"this service does not serve the hook '{hook[:60]}'")
     hook_instance = _string(body, "hookInstance")
+    if len(hook_instance) > 128:
+        raise BadRequest("'hookInstance' must be at most 128 characters (the spec asks for a UUID)")
     context = body.get("context")
     if not isinstance(context, dict):
         raise BadRequest("'context' is required and must be an object")

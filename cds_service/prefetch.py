@@ -13,7 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .fhir_client import FhirClient, FhirUnavailable, entries_of, failed_outcome, next_link
+from .fhir_client import FhirClient, FhirUnavailable, bundle_defect, entries_of, failed_outcome, next_link
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ class Resolved:
     fetched: list[str] = field(default_factory=list)
 
 
+def expected_type(key: str) -> str:
+    """The resource type a key's query returns: the part of the template before '?'."""
+    return QUERIES[key].split("?", 1)[0]
+
+
 def expand(template: str, context: dict) -> str | None:
     """Replace `{{context.x}}` tokens; None when a token cannot be resolved (client rule, too)."""
     missing = False
@@ -88,9 +93,14 @@ def resolve(keys: tuple[str, ...], prefetch: dict, context: dict, access: FhirAc
             resolved.resources[key] = []
         elif not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise BadPrefetch(f"prefetch key '{key}' is not a FHIR resource, a Bundle or null")
+        elif value["resourceType"] == "Bundle" and bundle_defect(value):
+            raise BadPrefetch(f"prefetch key '{key}': {bundle_defect(value)}")
         elif value["resourceType"] == "OperationOutcome" or (value["resourceType"] == "Bundle" and failed_outcome(value)):
             log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
             to_fetch.append(key)
+        elif value["resourceType"] not in ("Bundle", expected_type(key)):
+            raise BadPrefetch(f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of "
+                              f"{expected_type(key)}")
         elif value["resourceType"] == "Bundle":
             resolved.resources[key] = entries_of(value)
             if next_link(value):

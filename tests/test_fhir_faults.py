@@ -95,9 +95,10 @@ def test_faults_end_in_412_within_the_deadline(client, faulty_server, fault, say
     assert elapsed < DEADLINE + 1.0, f"{fault} took {elapsed:.2f} s"
 
 
-def test_malformed_bundle_is_no_data_not_a_crash(client, faulty_server):
+def test_malformed_bundle_is_412_never_read_as_empty(client, faulty_server):
+    """Read as 'no data', a broken Bundle would let absence rules (R1) fire on garbage."""
     response, elapsed = call(client, faulty_server, "badbundle")
-    assert response.status_code == 200 and response.get_json() == {"cards": []}
+    assert response.status_code == 412 and "malformed Bundle" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_endless_next_links_stop_at_the_page_cap_and_say_so(client, faulty_server):
