@@ -71,14 +71,21 @@ def fhir_access(req: HookRequest, config) -> FhirAccess:
         return FhirAccess(None, None, False, "no fhirServer in the request")
     if req.fhir_server.startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not https")
+    known = config["FHIR_SERVER_ALLOWLIST"]
+    if known is not None and not _under_any(req.fhir_server, known):
+        # without this any caller could make the service send requests (and tokens) anywhere (SSRF)
+        return FhirAccess(req.fhir_server, None, False, "fhirServer is not on the configured allowlist")
     if req.access_token:
         return FhirAccess(req.fhir_server, req.access_token, True)
-    allowlisted = any(req.fhir_server == base or req.fhir_server.startswith(base.rstrip("/") + "/")
-                      or req.fhir_server.startswith(base.rstrip("/") + ":")
-                      for base in config["FHIR_UNAUTHENTICATED_ALLOWLIST"])
-    if config["FHIR_UNAUTHENTICATED_READS"] and allowlisted:
+    if config["FHIR_UNAUTHENTICATED_READS"] and _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
         return FhirAccess(req.fhir_server, None, True)
     return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
+
+
+def _under_any(url: str, bases: list[str]) -> bool:
+    """`url` is one of `bases` or below one (a path or, for a bare host, a port)."""
+    return any(url == base or url.startswith(base.rstrip("/") + "/") or url.startswith(base.rstrip("/") + ":")
+               for base in bases)
 
 
 def evaluation_date(config) -> date:

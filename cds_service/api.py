@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
@@ -16,6 +17,7 @@ from .prefetch import BadPrefetch, PreconditionFailed
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
+OPENAPI = json.loads((Path(__file__).parent / "openapi.json").read_text(encoding="utf-8"))
 
 
 def knowledge() -> Knowledge:
@@ -39,6 +41,8 @@ def authenticate_client():
     verifier = current_app.extensions.get("legmove_client_verifier")
     if verifier is None or request.method == "OPTIONS":
         return None
+    if request.path == "/openapi.json":
+        return None  # describes the API, holds nothing about patients
     if request.path.rstrip("/") == "/cds-services" and not current_app.config["DISCOVERY_REQUIRES_AUTH"]:
         return None
     try:
@@ -48,6 +52,12 @@ def authenticate_client():
         return outcome(401, "security", "unauthorized")
     log.debug("client %s authenticated (jti %s)", claims["iss"], claims["jti"])
     return None
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 description of this surface (tests run schemathesis against it)."""
+    return json_response(OPENAPI)
 
 
 @bp.get("/cds-services")

@@ -18,6 +18,9 @@ class Config:
     FHIR_DEADLINE = 3.0  # seconds for all FHIR queries of one hook call
     FHIR_MAX_PAGES = 5  # pages followed per prefetch key before the key counts as incomplete
     FHIR_ALLOW_HTTP = False  # plain-http fhirServer (loopback test servers only)
+    # fhirServer bases this deployment may query (the EHRs it serves); None = any. Set it in
+    # production: otherwise a caller chooses where the service sends requests.
+    FHIR_SERVER_ALLOWLIST: list[str] | None = None
     FHIR_UNAUTHENTICATED_READS = False  # query a fhirServer that came without fhirAuthorization
     FHIR_UNAUTHENTICATED_ALLOWLIST: list[str] = []  # base URLs for which that is allowed
     # Clinical knowledge

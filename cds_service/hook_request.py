@@ -96,6 +96,9 @@ def _fhir_access(body: dict, context: dict) -> tuple[str | None, str | None]:
         raise BadRequest("fhirAuthorization.token_type must be 'Bearer'")
     if "expires_in" in auth and (isinstance(auth["expires_in"], bool) or not isinstance(auth["expires_in"], int)):
         raise BadRequest("fhirAuthorization.expires_in must be an integer")
+    for name in ("scope", "subject", "patient"):
+        if name in auth and not isinstance(auth[name], str):
+            raise BadRequest(f"fhirAuthorization.{name} must be a string")
     patient = auth.get("patient")
     if patient is not None and patient != context.get("patientId"):
         raise BadRequest("fhirAuthorization.patient differs from context.patientId")

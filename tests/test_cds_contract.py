@@ -345,3 +345,15 @@ def test_source_label_names_seeds_and_additions(client):
     card = post(client, fixture["service"], fixture["request"]).get_json()["cards"][0]
     assert card["source"]["label"] == "legmove-cds R22 (FDA 2010)"
     assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/draft-quinine"
+
+
+def test_fhir_server_outside_the_allowlist_is_never_queried(fhir_server):
+    """SSRF guard: with an allowlist, a fhirServer elsewhere is refused (412) before any request."""
+    from cds_service.app import create_app
+
+    guarded = create_app("test", LOG_LEVEL="WARNING", FHIR_SERVER_ALLOWLIST=["https://ehr.example.org/fhir"])
+    call = as_server_request(R1_FIRES["request"], fhir_server)
+    response = post(guarded.test_client(), "legmove-patient-view", call)
+    assert "not on the configured allowlist" in assert_outcome(response, 412)
+    allowed = create_app("test", LOG_LEVEL="WARNING", FHIR_SERVER_ALLOWLIST=[fhir_server.base_url])
+    assert post(allowed.test_client(), "legmove-patient-view", call).status_code == 200
