@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise
 from .client_auth import Unauthorized
+from .feedback import BadFeedback, StoreUnavailable, parse_feedback
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
 
@@ -109,7 +110,30 @@ def _call_service(service_id: str, record: dict) -> Response:
         return outcome(412, "not-found", str(exc))
     record.update(rules=result.rule_ids, cards=len(result.cards), timings_ms=result.timings_ms,
                   fetched=result.fetched_keys, incomplete=result.incomplete_keys, outcome="cards")
+    ledger = current_app.extensions["legmove_ledger"]
+    if result.cards and ledger is not None:
+        ledger.record_issued(service_id, hook_request.hook, result.cards)
     return json_response({"cards": result.cards})
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    """Checklist 10: 200 with an empty body; unknown card uuids are counted and skipped."""
+    ledger = current_app.extensions["legmove_ledger"]
+    if ledger is None or not any(sid == service_id for (sid, _) in knowledge().services):
+        return outcome(404, "not-found", f"no feedback endpoint for '{service_id[:60]}'")
+    if not request.mimetype or request.mimetype.lower() != "application/json":
+        return outcome(415, "not-supported", "send feedback as application/json")
+    try:
+        items = parse_feedback(read_json())
+        counts = ledger.record_feedback(service_id, items)
+    except BadFeedback as exc:
+        return outcome(400, "invalid", str(exc))
+    except StoreUnavailable:
+        log.error("feedback store unavailable")
+        return outcome(503, "transient", "feedback could not be stored; retry later")
+    log.info("feedback received", extra={"event": "feedback", "service": service_id, **counts})
+    return Response(status=200)
 
 
 def read_json():

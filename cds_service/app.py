@@ -15,6 +15,7 @@ from .client_auth import verifier_from_config
 from .api import bp, outcome
 from .config import CONFIGS, from_environment
 from .engine import engine_for
+from .feedback import CardLedger
 from .logs import configure as configure_logs
 from .rulebook import REGISTRY
 from .services import build_services
@@ -32,6 +33,8 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     configure_logs(app.config.get("LOG_LEVEL", "INFO"))
     app.extensions["legmove"] = build_knowledge(app.config)
     warm_up_cards()
+    app.extensions["legmove_ledger"] = (CardLedger(app.config["FEEDBACK_STORE"], app.config["FEEDBACK_STORE_COMMENTS"])
+                                        if app.config["FEEDBACK_STORE"] else None)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "

@@ -37,6 +37,10 @@ class Config:
     REPLAY_STORE = "sqlite:///var/legmove-replay.sqlite3"  # or redis://127.0.0.1:6379/0; shared by all workers
     JWKS_URL_TTL = 300  # seconds a fetched JWKS is reused
     JWKS_ALLOW_HTTP = False  # plain-http JWKS URLs (loopback test servers only)
+    # Card feedback (checklist 10): issued cards and clinicians' responses, via SQLAlchemy.
+    # None turns the feedback endpoint off (404). PostgreSQL: postgresql+psycopg://host/db
+    FEEDBACK_STORE: str | None = "sqlite:///var/legmove-feedback.sqlite3"
+    FEEDBACK_STORE_COMMENTS = False  # keep free-text userComment only after a privacy review
 
 
 class DevelopmentConfig(Config):

@@ -218,3 +218,16 @@ def test_redis_replay_store_against_the_local_redis():
     worker_a, worker_b = RedisReplayStore("redis://127.0.0.1:6379/0"), RedisReplayStore("redis://127.0.0.1:6379/0")
     assert worker_a.first_use("iss", jti, time.time() + 5)
     assert not worker_b.first_use("iss", jti, time.time() + 5)
+
+
+def test_feedback_follows_the_same_policy_with_its_own_audience(secured):
+    """Checklist 10: feedback carries a client JWT whose aud is the .../feedback URL."""
+    feedback_path = "/cds-services/legmove-patient-view/feedback"
+    body = {"feedback": [{"card": "unknown", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}
+
+    def send(bearer):
+        return secured.post(feedback_path, json=body, headers={"Authorization": f"Bearer {bearer}"})
+
+    assert_401(secured.post(feedback_path, json=body))
+    assert_401(send(token()))  # a token minted for the service endpoint is not valid here
+    assert send(token(aud=BASE + feedback_path)).status_code == 200

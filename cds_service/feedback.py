@@ -1,0 +1,198 @@
+"""Card feedback (CDS Hooks 2.0 Feedback, checklist section 10): which cards clinicians accepted or
+overrode, and why. This is how clinical informaticists learn which rules help and which annoy.
+
+Two tables, through SQLAlchemy Core so SQLite (the embedded default) and PostgreSQL both work:
+- `issued_card`: each card uuid we returned, with its rule, service and suggestion uuids. Written
+  only when a hook call returns cards, so a feedback item can be tied back to its rule.
+- `card_feedback`: one row per (card, outcome, timestamp); a client resending the same report is
+  absorbed, as the spec asks.
+Free-text `userComment` may hold patient details, so it is stored only when configured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (Column, DateTime, MetaData, String, Table, Text, UniqueConstraint, create_engine, insert,
+                        select)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+issued_card = Table(
+    "issued_card", metadata,
+    Column("card_uuid", String(36), primary_key=True),
+    Column("rule_id", String(32), nullable=False),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("suggestion_uuids", Text, nullable=False),  # JSON array
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+card_feedback = Table(
+    "card_feedback", metadata,
+    Column("card_uuid", String(36), nullable=False),
+    Column("rule_id", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", Text, nullable=False),  # JSON array of suggestion uuids
+    Column("reason_system", String(255)),
+    Column("reason_code", String(64)),
+    Column("user_comment", Text),
+    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="one_report_per_outcome"),
+)
+
+
+class BadFeedback(Exception):
+    """400: the body is not a CDS Hooks feedback document."""
+
+
+class StoreUnavailable(Exception):
+    """503: the feedback database cannot be reached."""
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    card: str
+    outcome: str
+    accepted: tuple[str, ...]
+    reason_system: str | None
+    reason_code: str | None
+    comment: str | None
+    timestamp: datetime
+
+
+def parse_feedback(body) -> list[FeedbackItem]:
+    if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
+        raise BadFeedback("the body must be {\"feedback\": [ ... ]} with at least one item")
+    if len(body["feedback"]) > 500:
+        raise BadFeedback("at most 500 feedback items per call")
+    return [_item(raw, i) for i, raw in enumerate(body["feedback"])]
+
+
+def _item(raw, i: int) -> FeedbackItem:
+    where = f"feedback[{i}]"
+    if not isinstance(raw, dict):
+        raise BadFeedback(f"{where} must be an object")
+    card, outcome = raw.get("card"), raw.get("outcome")
+    if not isinstance(card, str) or not 0 < len(card) <= 36:
+        raise BadFeedback(f"{where}.card must be the card's uuid")
+    if outcome not in ("accepted", "overridden"):
+        raise BadFeedback(f"{where}.outcome must be 'accepted' or 'overridden'")
+    accepted = raw.get("acceptedSuggestions", [])
+    if (not isinstance(accepted, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in accepted)
+            or (outcome == "accepted" and not accepted)):
+        raise BadFeedback(f"{where}.acceptedSuggestions must be a non-empty array of {{\"id\": uuid}} when accepted")
+    reason = raw.get("overrideReason")
+    coding = {}
+    comment = None
+    if reason is not None:
+        if not isinstance(reason, dict):
+            raise BadFeedback(f"{where}.overrideReason must be an object")
+        coding = reason.get("reason") or {}
+        comment = reason.get("userComment")
+        if not isinstance(coding, dict) or not all(isinstance(coding.get(k, ""), str) for k in ("system", "code")):
+            raise BadFeedback(f"{where}.overrideReason.reason must be a Coding")
+        if comment is not None and not isinstance(comment, str):
+            raise BadFeedback(f"{where}.overrideReason.userComment must be a string")
+    return FeedbackItem(card, outcome, tuple(a["id"][:64] for a in accepted), (coding.get("system") or None),
+                        (coding.get("code") or None), comment, _timestamp(raw.get("outcomeTimestamp"), where))
+
+
+def _timestamp(value, where: str) -> datetime:
+    """RFC 3339 with a zone; fromisoformat does not take lower-case t/z, so upper-case first."""
+    if not isinstance(value, str):
+        raise BadFeedback(f"{where}.outcomeTimestamp is required (RFC 3339 date-time)")
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise BadFeedback(f"{where}.outcomeTimestamp is not an RFC 3339 date-time") from None
+    if parsed.tzinfo is None:
+        raise BadFeedback(f"{where}.outcomeTimestamp needs a time zone")
+    return parsed.astimezone(timezone.utc)
+
+
+class CardLedger:
+    """Issued cards and their feedback. One engine per process: gunicorn forks after the app is
+    built (--preload), and a connection pool must never cross a fork."""
+
+    def __init__(self, url: str, store_comments: bool = False):
+        self.url = url
+        self.store_comments = store_comments
+        self._engine = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def engine(self):
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:////"):
+                    Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(self.url, pool_pre_ping=True)
+                metadata.create_all(engine)
+                self._engine, self._pid = engine, os.getpid()
+            return self._engine
+
+    def close(self) -> None:
+        """Return pooled connections (tests, shutdown)."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def record_issued(self, service_id: str, hook: str, cards: list[dict]) -> None:
+        """Remember which rule made each card. A failure is logged, never fails the hook call:
+        advice matters more than its bookkeeping."""
+        now = datetime.now(timezone.utc)
+        rows = [{"card_uuid": card["uuid"], "rule_id": card["extension"]["org.legmove-cds.explanation"]["rule"],
+                 "service_id": service_id, "hook": hook, "issued_at": now,
+                 "suggestion_uuids": json.dumps([s["uuid"] for s in card.get("suggestions", [])])} for card in cards]
+        try:
+            with self.engine().begin() as conn:
+                conn.execute(insert(issued_card), rows)
+        except SQLAlchemyError as exc:
+            log.warning("could not record issued cards: %s", type(exc).__name__)
+
+    def record_feedback(self, service_id: str, items: list[FeedbackItem]) -> dict[str, int]:
+        counts = {"stored": 0, "repeated": 0, "unknown_card": 0}
+        now = datetime.now(timezone.utc)
+        try:
+            for item in items:
+                counts[self._store(service_id, item, now)] += 1
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return counts
+
+    def _store(self, service_id: str, item: FeedbackItem, now: datetime) -> str:
+        """One transaction per item, so a repeated report rolls back alone."""
+        try:
+            with self.engine().begin() as conn:
+                return self._insert(conn, service_id, item, now)
+        except IntegrityError:
+            return "repeated"
+
+    def _insert(self, conn, service_id: str, item: FeedbackItem, now: datetime) -> str:
+        issued = conn.execute(select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
+            (issued_card.c.card_uuid == item.card) & (issued_card.c.service_id == service_id))).first()
+        if issued is None:
+            return "unknown_card"  # another deployment's card, or one issued before a store reset
+        offered = set(json.loads(issued.suggestion_uuids))
+        accepted = [s for s in item.accepted if s in offered]
+        row = {"card_uuid": item.card, "rule_id": issued.rule_id, "outcome": item.outcome,
+               "accepted_suggestions": json.dumps(accepted), "reason_system": item.reason_system,
+               "reason_code": item.reason_code, "user_comment": item.comment if self.store_comments else None,
+               "outcome_timestamp": item.timestamp, "received_at": now}
+        conn.execute(insert(card_feedback), row)
+        return "stored"
+
+    def feedback_for(self, card_uuid: str) -> list[dict]:
+        """For tests and reports."""
+        with self.engine().connect() as conn:
+            rows = conn.execute(select(card_feedback).where(card_feedback.c.card_uuid == card_uuid)).mappings().all()
+        return [dict(row) for row in rows]

@@ -1,0 +1,117 @@
+"""Card feedback (checklist 10) against real databases: a SQLite file and the local PostgreSQL."""
+import copy
+import json
+import uuid
+
+import pytest
+import sqlalchemy
+
+from cds_service.app import create_app
+from conftest import ROOT, load_fixture
+
+R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A fresh database per run on the local server, dropped afterwards."""
+    name = f"legmove_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def feedback_app(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=url, FEEDBACK_STORE_COMMENTS=False)
+    yield app
+    app.extensions["legmove_ledger"].close()
+
+
+def issue_card(client) -> dict:
+    response = client.post("/cds-services/legmove-orders", json=R3["request"])
+    assert response.status_code == 200
+    (card,) = response.get_json()["cards"]
+    return card
+
+
+def send(client, *items, service="legmove-orders"):
+    return client.post(f"/cds-services/{service}/feedback", json={"feedback": list(items)})
+
+
+def test_accepted_and_overridden_feedback_is_stored_with_the_rule(feedback_app):
+    client = feedback_app.test_client()
+    card = issue_card(client)
+    suggestion = card["suggestions"][0]["uuid"]
+    accepted = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": suggestion}],
+                "outcomeTimestamp": "2026-11-22T10:05:31.52z"}
+    response = send(client, accepted)
+    assert response.status_code == 200 and response.get_data() == b""
+    overridden = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z",
+                  "overrideReason": {"reason": {"system": "urn:legmove-cds:override-reason", "code": "benefit-outweighs-risk"},
+                                     "userComment": "Patient Jane Doe prefers it"}}
+    assert send(client, overridden).status_code == 200
+    rows = feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"])
+    assert {(r["rule_id"], r["outcome"]) for r in rows} == {("R3", "accepted"), ("R3", "overridden")}
+    by_outcome = {r["outcome"]: r for r in rows}
+    assert json.loads(by_outcome["accepted"]["accepted_suggestions"]) == [suggestion]
+    assert by_outcome["overridden"]["reason_code"] == "benefit-outweighs-risk"
+    assert by_outcome["overridden"]["user_comment"] is None  # free text kept only when configured
+
+
+def test_repeated_reports_are_stored_once_and_unknown_cards_are_skipped(feedback_app, caplog):
+    client = feedback_app.test_client()
+    card = issue_card(client)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
+    stranger = dict(item, card=str(uuid.uuid4()))
+    caplog.set_level("INFO", logger="cds_service.api")
+    assert send(client, item, item, stranger).status_code == 200
+    assert send(client, item).status_code == 200
+    assert len(feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"])) == 1
+    counts = [r for r in caplog.records if getattr(r, "event", None) == "feedback"]
+    assert (counts[0].stored, counts[0].repeated, counts[0].unknown_card) == (1, 1, 1)
+
+
+def test_a_card_uuid_from_another_service_is_unknown_there(feedback_app):
+    client = feedback_app.test_client()
+    card = issue_card(client)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
+    assert send(client, item, service="legmove-patient-view").status_code == 200
+    assert feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"]) == []
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "feedback"),
+    ({"feedback": []}, "at least one item"),
+    ({"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "outcome"),
+    ({"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "acceptedSuggestions"),
+    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00"}]}, "time zone"),
+    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"}]}, "RFC 3339"),
+    ({"feedback": [{"card": 5, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "card"),
+    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z",
+                    "overrideReason": {"reason": "no"}}]}, "Coding"),
+])
+def test_malformed_feedback_is_400(client, body, message):
+    response = client.post("/cds-services/legmove-orders/feedback", json=body)
+    assert response.status_code == 400 and message in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_feedback_for_an_unknown_service_is_404(client):
+    assert client.post("/cds-services/nope/feedback", json={"feedback": []}).status_code == 404
+
+
+def test_database_down_keeps_advice_flowing_and_feedback_says_retry():
+    app = create_app("test", LOG_LEVEL="CRITICAL",
+                     FEEDBACK_STORE="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1")
+    client = app.test_client()
+    card = issue_card(client)  # the hook call still answers with its card
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
+    response = send(client, item)
+    app.extensions["legmove_ledger"].close()
+    assert response.status_code == 503 and response.get_json()["resourceType"] == "OperationOutcome"
