@@ -52,7 +52,7 @@ def build_knowledge(config) -> Knowledge:
     """Load terminology and rules and compile the ruleset; any defect stops start-up."""
     import rules
 
-    rules.load_all()
+    rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
     enabled = config["ENABLED_RULES"]
     specs = [s for s in REGISTRY.values()

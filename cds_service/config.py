@@ -26,6 +26,7 @@ class Config:
     # Clinical knowledge
     KNOWLEDGE_OVERRIDES: dict = {}  # keys of knowledge/settings.json to override
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default
+    EXTRA_RULE_MODULES: list[str] = []  # import paths of site rule modules, loaded after rules/
     EVALUATION_DATE: str | None = None  # ISO date; None means today (UTC)
     CORS_ORIGINS = "*"
     # Trusting CDS clients (checklist 11.1). Off means open mode, announced loudly at start-up.

@@ -7,6 +7,7 @@ from importlib import import_module
 MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs", "rules.cramps")
 
 
-def load_all() -> None:
-    for name in MODULES:
+def load_all(extra: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the bundled modules, then any a deployment adds (config EXTRA_RULE_MODULES)."""
+    for name in (*MODULES, *extra):
         import_module(name)

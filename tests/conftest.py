@@ -196,3 +196,21 @@ def namespaced(resources: list[dict], prefix: str) -> list[dict]:
             resource["id"] = f"{prefix}.{resource['id']}"[:64]
         out.append(resource)
     return out
+
+
+def patient_variant(request: dict, number: int) -> tuple[dict, str]:
+    """The fixture's hook call for a new patient: every id and reference carries `pNNNN`."""
+    pid = f"p{number:04d}"
+    text = json.dumps(request)
+    old = request["context"]["patientId"]
+    text = text.replace(f'"Patient/{old}"', f'"Patient/{pid}"').replace(f'"{old}"', f'"{pid}"')
+    call = json.loads(text)
+    for value in list(call.get("prefetch", {}).values()) + [call["context"].get("draftOrders")]:
+        for entry in (value or {}).get("entry", []) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []:
+            resource = entry["resource"]
+            if resource["resourceType"] != "Patient":
+                resource["id"] = f"{pid}-{resource['id']}"
+    if "selections" in call["context"]:
+        call["context"]["selections"] = [s.replace("/", f"/{pid}-", 1) for s in call["context"]["selections"]]
+    call["hookInstance"] = f"{pid}-{call['hookInstance']}"
+    return call, pid

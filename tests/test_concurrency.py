@@ -10,28 +10,10 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from conftest import FIXTURES, fired_rules, load_fixture
+from conftest import FIXTURES, fired_rules, load_fixture, patient_variant
 
 PATIENTS = 240
 THREADS = 12
-
-
-def patient_variant(request: dict, number: int) -> tuple[dict, str]:
-    """The fixture's hook call for a new patient: every id and reference carries `pNNNN`."""
-    pid = f"p{number:04d}"
-    text = json.dumps(request)
-    old = request["context"]["patientId"]
-    text = text.replace(f'"Patient/{old}"', f'"Patient/{pid}"').replace(f'"{old}"', f'"{pid}"')
-    call = json.loads(text)
-    for value in list(call.get("prefetch", {}).values()) + [call["context"].get("draftOrders")]:
-        for entry in (value or {}).get("entry", []) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []:
-            resource = entry["resource"]
-            if resource["resourceType"] != "Patient":
-                resource["id"] = f"{pid}-{resource['id']}"
-    if "selections" in call["context"]:
-        call["context"]["selections"] = [s.replace("/", f"/{pid}-", 1) for s in call["context"]["selections"]]
-    call["hookInstance"] = f"{pid}-{call['hookInstance']}"
-    return call, pid
 
 
 @pytest.fixture(scope="module")
