@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, MetaData, String, Table, Text, UniqueConstraint, create_engine, insert,
-                        select)
+from sqlalchemy import (Column, DateTime, MetaData, String, Table, Text, UniqueConstraint, create_engine, event,
+                        insert, select)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,15 @@ def _timestamp(value, where: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    """WAL lets gunicorn workers write concurrently and makes a commit ~10x cheaper (no fsync
+    per commit with synchronous=NORMAL); this is bookkeeping on the hook's hot path."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class CardLedger:
     """Issued cards and their feedback. One engine per process: gunicorn forks after the app is
     built (--preload), and a connection pool must never cross a fork."""
@@ -135,6 +144,8 @@ class CardLedger:
                 if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:////"):
                     Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
                 engine = create_engine(self.url, pool_pre_ping=True)
+                if engine.dialect.name == "sqlite":
+                    event.listen(engine, "connect", _sqlite_wal)
                 metadata.create_all(engine)
                 self._engine, self._pid = engine, os.getpid()
             return self._engine
