@@ -45,7 +45,7 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
     access = fhir_access(req, config)
-    resolved = resolve(service.prefetch_keys, req.prefetch, req.context, access, lambda a: _client(a, config))
+    resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config))
     clock.lap("data")
     data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
                        req.selections)

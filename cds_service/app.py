@@ -14,7 +14,7 @@ from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
 from .api import bp, outcome
 from .config import CONFIGS, from_environment
-from .engine import engine_for
+from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from .logs import configure as configure_logs
 from .rulebook import REGISTRY
@@ -55,10 +55,11 @@ def build_knowledge(config) -> Knowledge:
     rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
     enabled = config["ENABLED_RULES"]
-    specs = [s for s in REGISTRY.values()
-             if (s.id in enabled if enabled is not None else s.enabled_by_default) or s.stratum != "card"]
+    specs = prune_unused_derivations([s for s in REGISTRY.values()
+                                      if (s.id in enabled if enabled is not None else s.enabled_by_default)
+                                      or s.stratum != "card"])
     engine = engine_for(specs)
-    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs))
+    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs, terminology))
 
 
 def _register_error_handlers(app: Flask) -> None:

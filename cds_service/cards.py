@@ -31,15 +31,21 @@ class SuggestionInvalid(Exception):
 
 def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: dict[str, dict],
                  ctx: RenderContext) -> list[dict]:
+    drafts = {rule_id: specs[rule_id].render(matches, ctx) for rule_id, matches in card_matches.items()}
+    drafts = {rule_id: draft for rule_id, draft in drafts.items() if draft is not None}
+    # one card per problem: a rule that reaches the same advice more strongly supersedes the weaker one
+    superseded = {loser: winner for winner in drafts for loser in specs[winner].supersedes if loser in drafts}
     cards = []
-    for rule_id, matches in card_matches.items():
-        spec = specs[rule_id]
-        draft = spec.render(matches, ctx)
-        if draft is not None:
-            card = _card(spec, draft, facts_by_id)
-            if ctx.incomplete_keys:  # say that the card was made from part of the chart
-                card["extension"][EXTENSION_KEY]["incompleteData"] = list(ctx.incomplete_keys)
-            cards.append(card)
+    for rule_id, draft in drafts.items():
+        if rule_id in superseded:
+            continue
+        card = _card(specs[rule_id], draft, facts_by_id)
+        replaced = sorted(loser for loser, winner in superseded.items() if winner == rule_id)
+        if replaced:
+            card["extension"][EXTENSION_KEY]["supersedes"] = replaced
+        if ctx.incomplete_keys:  # say that the card was made from part of the chart
+            card["extension"][EXTENSION_KEY]["incompleteData"] = list(ctx.incomplete_keys)
+        cards.append(card)
     cards.sort(key=lambda card: (INDICATOR_ORDER[card["indicator"]], card["extension"][EXTENSION_KEY]["rule"]))
     return [prune(card) for card in cards]
 
@@ -113,6 +119,11 @@ def warm_up() -> None:
         validated(action.resource)
 
 
+ANALYTE_TITLES = {"tsat": "Transferrin saturation", "hba1c": "HbA1c", "cbc": "CBC", "cmp": "CMP", "bmp": "BMP",
+                  "b12": "Vitamin B12", "tsh": "TSH", "spep": "SPEP", "egfr": "eGFR", "ast": "AST", "alt": "ALT",
+                  "gad7": "GAD-7", "phq9": "PHQ-9", "plms_index": "PLMS index"}
+
+
 def guard_summary(summary: str) -> str:
     """Catalog 2.3: fewer than 140 characters, cut to 136 plus '...' as a last resort."""
     return summary if len(summary) <= MAX_SUMMARY else summary[:136] + "..."
@@ -161,18 +172,32 @@ def describe(fact: dict) -> str | None:
         return (f"{ref}: {system} {escape(fact['code'])} *{escape(fact['display'])}* "
                 f"({fact['clinical_status']}, {fact['verification_status']}, recorded {fact['recorded']})")
     if kind == "lab":
-        title = fact["analyte"].capitalize() if fact["analyte"] != "tsat" else "Transferrin saturation"
+        title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
+        code = f"LOINC {fact['loinc']}" if fact.get("matched_by") != "text" else "matched by name"
+        if fact.get("matched_by") == "code" and not re.match(r"^\d+-\d$", fact["loinc"]):
+            code = f"local code {escape(fact['loinc'])}"
+        if "raw_value" not in fact and fact.get("usable") is False and "comparator" not in fact:
+            return f"{ref}: {title} ({code}) resulted on {fact['date']} ({fact['days_ago']} days ago)"
         if not fact.get("usable"):
             raw = f"{fact['raw_value']:g} {escape(fact['raw_unit'])}" if "raw_value" in fact else "no numeric value"
-            return f"{ref}: {title} (LOINC {fact['loinc']}) {raw} on {fact['date']}: not usable (unit or value not understood)"
-        comparator = "" if fact["comparator"] == "=" else fact["comparator"]
-        return (f"{ref}: {title} (LOINC {fact['loinc']}) {comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
+            return f"{ref}: {title} ({code}) {raw} on {fact['date']}: not usable (unit or value not understood)"
+        comparator = "" if fact["comparator"] == "=" else escape(fact["comparator"])
+        return (f"{ref}: {title} ({code}) {comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
                 f" = {comparator}{fact['value']:g} {fact['unit']} on {fact['date']} ({fact['days_ago']} days ago)")
     if kind == "medication":
-        origin = "draft order" if fact["origin"] == "draft" else "active medication"
+        origin = {"draft": "draft order", "recent": "recent order, no longer active"}.get(fact["origin"], "active medication")
         return f"{ref}: {escape(fact['name'])} ({origin}, since {fact['since']})"
-    if kind == "pending_lab_order":
-        return f"{ref}: pending {fact['analyte']} order ({fact['status']})"
+    if kind == "pending_test":
+        what = "result pending" if fact["origin"] == "result" else "order pending"
+        return f"{ref}: {ANALYTE_TITLES.get(fact['analyte'], fact['analyte'].capitalize())} {what} ({fact['status']})"
+    if kind == "order":
+        state = "draft order" if fact["origin"] == "draft" else f"order {fact['status']}"
+        how = "" if fact["matched_by"] == "code" else ", recognised by its text"
+        return f"{ref}: {escape(fact['name'])} ({state}{how})"
+    if kind == "procedure_done":
+        return f"{ref}: {fact['procedure'].upper() if fact['procedure'] == 'emg' else fact['procedure']} done on {escape(fact['date'])}"
+    if kind == "patient":
+        return f"age {fact['age_years']}" if fact["age_years"] >= 0 else None
     return None
 
 

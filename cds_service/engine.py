@@ -152,7 +152,13 @@ class RuleEngine:
             try:
                 match = _bound_facts(closure, aliases)
                 if spec.stratum == DERIVE:
-                    finding = dict(spec.derive(match), kind="finding", name=spec.produces, rule=spec.id,
+                    fields = spec.derive(match)
+                    if fields is None:  # the match failed a check the DSL cannot express (e.g. a date window)
+                        return
+                    clash = set(fields) & {"kind", "name", "rule", "basis", "id", "sid"}
+                    if clash:
+                        raise ValueError(f"a finding may not set {sorted(clash)}: the engine owns those fields")
+                    finding = dict(fields, kind="finding", name=spec.produces, rule=spec.id,
                                    basis=[f["id"] for f in match.values()])
                     _assert_derived(closure, evaluation, finding)
                 else:
@@ -334,6 +340,23 @@ def _literals_of(expression, field_name: str) -> set[str]:
         for item in expression:
             found |= _literals_of(item, field_name)
     return found
+
+
+def findings_read(spec: RuleSpec) -> set[str]:
+    """Finding names a rule's conditions mention (`m.name == "..."`)."""
+    compiled = spec.condition.define()
+    return _literals_of(compiled.get("all", compiled.get("any")), "name")
+
+
+def prune_unused_derivations(specs: list[RuleSpec]) -> list[RuleSpec]:
+    """Drop derivations whose finding no remaining rule reads: a card rule switched off by
+    configuration (R9, R10, R23, R24) takes its private findings with it."""
+    while True:
+        read = set().union(*(findings_read(s) for s in specs)) if specs else set()
+        kept = [s for s in specs if s.stratum != DERIVE or s.produces in read]
+        if len(kept) == len(specs):
+            return kept
+        specs = kept
 
 
 def lint(specs: list[RuleSpec], definition: dict) -> None:

@@ -8,23 +8,29 @@ the rules use are looked at, so the cost follows the relevant data, not the char
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 
-from .terminology import LOINC, UCUM, Terminology
+from .fhir_read import (as_list, clip, codings_of, first_code, observation_date, parse_fhir_date, quantity_of,
+                        reference_of, refers_to_patient, string, text_of)
+from .terminology import Terminology
 
 log = logging.getLogger(__name__)
 
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"entered-in-error", "refuted"}
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
+PENDING_OBSERVATION = {"preliminary", "registered"}  # drawn, not resulted: counts as a pending test only
 CHART_MED_REQUEST_INTENTS = {"order", "plan", "original-order"}
 ACTIVE_STATEMENT = {"active", "intended"}
+RECENT_MED_REQUEST = {"completed", "stopped", "on-hold"}  # "recent therapy" for new-start checks (R20)
 DROPPED_DRAFT_STATUS = {"entered-in-error", "cancelled"}
 PENDING_ORDER_STATUS = {"active", "draft"}
-MAX_TEXT = 120  # longest free text copied into a fact (card detail escapes it later)
+DONE_ORDER_STATUS = {"completed"}
+DONE_PROCEDURE = {"completed"}
+FINAL_REPORT = {"final", "amended", "corrected"}
 MAX_FACTS_PER_KIND = 200
+UNKNOWN_DAYS = -1  # a date we could not read: rules that need a date treat -1 as "unknown"
 
 
 @dataclass
@@ -73,10 +79,13 @@ class _Builder:
                 if not self._belongs_to_patient(res, ref):
                     continue
                 by_type.setdefault(res.get("resourceType"), []).append(res)
+        facts.append(self._patient(by_type.get("Patient", [])))
         facts += self._capped("condition", self._convert(by_type.get("Condition", []), self._condition))
-        facts += self._latest_labs(by_type.get("Observation", []))
-        facts += self._capped("pending_lab_order",
-                              self._convert(by_type.get("ServiceRequest", []), lambda r: self._pending_order(r, "chart")))
+        facts += self._observations(by_type.get("Observation", []))
+        facts += self._capped("order", self._convert(by_type.get("ServiceRequest", []),
+                                                     lambda r: self._service_request(r, "chart", False)))
+        facts += self._capped("procedure_done", self._convert(
+            by_type.get("Procedure", []) + by_type.get("DiagnosticReport", []), self._procedure_done))
         chart_meds = by_type.get("MedicationRequest", []) + by_type.get("MedicationStatement", [])
         facts += self._capped("medication", self._convert(chart_meds, self._chart_medication))
         self._check_selections()
@@ -109,6 +118,10 @@ class _Builder:
             return facts[:MAX_FACTS_PER_KIND]
         return facts
 
+    def _days_ago(self, value) -> int:
+        when = parse_fhir_date(value)
+        return (self.today - when).days if when else UNKNOWN_DAYS
+
     # ---- patient identity ---------------------------------------------------------------
 
     def _belongs_to_patient(self, res: dict, ref: str) -> bool:
@@ -123,6 +136,14 @@ class _Builder:
             self._skip(ref, "not the context patient's resource")
         return ok
 
+    def _patient(self, patients: list[dict]) -> dict:
+        """Always one patient fact, so rules can test age without an optional match; -1 = unknown."""
+        birth = parse_fhir_date(patients[0].get("birthDate")) if patients else None
+        if birth is None or birth > self.today:
+            return {"kind": "patient", "age_years": UNKNOWN_DAYS, "child": False}
+        age = self.today.year - birth.year - ((self.today.month, self.today.day) < (birth.month, birth.day))
+        return {"kind": "patient", "age_years": age, "child": age < 18}
+
     # ---- conditions ---------------------------------------------------------------------
 
     def _condition(self, res: dict) -> dict | None:
@@ -132,30 +153,37 @@ class _Builder:
         clinical = first_code(res.get("clinicalStatus"))
         if clinical not in ACTIVE_CONDITION:
             return self._skip(res, f"clinicalStatus {clinical or 'missing'}")
-        recorded = clip(str(res.get("recordedDate") or res.get("onsetDateTime") or ""), 10) or "undated"
-        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", recorded)
+        onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
+        dates = {"recorded": clip(str(res.get("recordedDate") or onset or ""), 10) or "undated",
+                 "recorded_days_ago": self._days_ago(res.get("recordedDate") or onset),
+                 "onset_days_ago": self._days_ago(onset or res.get("recordedDate"))}
+        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", dates)
         return facts[0] if facts else None  # a condition no rule knows: not a fact, not worth a log line
 
     # ---- observations -------------------------------------------------------------------
 
-    def _latest_labs(self, observations: list[dict]) -> list[dict]:
+    def _observations(self, observations: list[dict]) -> list[dict]:
+        """The latest final result per analyte, plus pending (preliminary) results."""
         latest: dict[str, dict] = {}
-        for res in observations:
-            fact = self._lab(res)
-            if fact and (fact["analyte"] not in latest or fact["days_ago"] < latest[fact["analyte"]]["days_ago"]):
+        pending: list[dict] = []
+        for fact in self._convert(observations, self._observation):
+            if fact["kind"] == "pending_test":
+                pending.append(fact)
+            elif fact["analyte"] not in latest or fact["days_ago"] < latest[fact["analyte"]]["days_ago"]:
                 latest[fact["analyte"]] = fact
-        return list(latest.values())
+        return list(latest.values()) + self._capped("pending_test", pending)
 
-    def _lab(self, res: dict) -> dict | None:
-        analyte, loinc = None, None
-        for coding in codings_of(res.get("code")):
-            if coding.get("system") == LOINC and coding.get("code") in self.term.loinc_to_analyte:
-                loinc = coding["code"]
-                analyte = self.term.loinc_to_analyte[loinc]
-                break
-        if analyte is None:
+    def _observation(self, res: dict) -> dict | None:
+        code = res.get("code")
+        found = self.term.observation_analyte(codings_of(code), [t for t in [text_of(code), *(
+            c.get("display") for c in codings_of(code))] if isinstance(t, str)])
+        if found is None:
             return None
+        analyte, code_value, how = found
         status = string(res.get("status"))
+        if status in PENDING_OBSERVATION:
+            return {"kind": "pending_test", "analyte": analyte.name, "resource_ref": reference_of(res),
+                    "status": status, "origin": "result"}
         if status not in FINAL_OBSERVATION:
             return self._skip(res, f"status {status}")
         if res.get("dataAbsentReason"):
@@ -169,15 +197,10 @@ class _Builder:
         lookback = int(self.term.settings[analyte.lookback_setting])
         if days_ago > lookback:
             return self._skip(res, f"older than the {lookback}-day lookback")
-        fact = {
-            "kind": "lab",
-            "analyte": analyte.name,
-            "resource_ref": reference_of(res),
-            "loinc": loinc,
-            "date": when.isoformat(),
-            "days_ago": max(days_ago, 0),
-            "usable": False,
-        }
+        fact = {"kind": "lab", "analyte": analyte.name, "resource_ref": reference_of(res), "loinc": clip(code_value, 40),
+                "matched_by": how, "date": when.isoformat(), "days_ago": max(days_ago, 0), "usable": False}
+        if analyte.panel:
+            return fact  # a resulted panel or questionnaire: done, no single value to compare
         value = quantity_of(res)
         if value is None:
             self._skip(res, "value missing or not a number")
@@ -189,29 +212,70 @@ class _Builder:
             self._skip(res, f"unknown unit {unit!r} for {analyte.name}")
             return fact
         fact.update(value=round(converted, 3), unit=analyte.unit, usable=True)
+        low = _reference_low(res)
+        if low is not None and low[1] == unit:
+            fact["below_reference"] = raw < low[0]
         return fact
 
-    # ---- orders and medications ---------------------------------------------------------
+    # ---- orders, procedures and medications ---------------------------------------------
 
-    def _pending_order(self, res: dict, origin: str) -> dict | None:
-        status = string(res.get("status"))
-        if status not in PENDING_ORDER_STATUS:
+    def _service_request(self, res: dict, origin: str, selected: bool) -> dict | None:
+        """A lab order (pending test) or a procedure order (PSG, EMG, imaging, referral)."""
+        status = "draft" if origin == "draft" else string(res.get("status"))
+        if status not in PENDING_ORDER_STATUS | DONE_ORDER_STATUS:
             return None
-        for coding in codings_of(res.get("code")):
-            analyte = self.term.loinc_to_analyte.get(coding.get("code")) if coding.get("system") == LOINC else None
-            if analyte:
-                return {"kind": "pending_lab_order", "analyte": analyte.name, "resource_ref": reference_of(res),
-                        "status": status, "origin": origin}
-        return None
+        code = res.get("code")
+        codings = codings_of(code)
+        texts = [t for t in [text_of(code), *(c.get("display") for c in codings)] if isinstance(t, str)]
+        lab = self.term.observation_analyte(codings, texts)
+        if lab and status in PENDING_ORDER_STATUS:
+            return {"kind": "pending_test", "analyte": lab[0].name, "resource_ref": reference_of(res),
+                    "status": status, "origin": origin}
+        procedure = self.term.procedures.match(codings, texts)
+        if procedure is None:
+            return None
+        reasons = [c for concept in as_list(res.get("reasonCode")) for c in codings_of(concept)]
+        unclassified = sum(1 for c in reasons if not self.term.codesets.sets_for(c.get("system"), c.get("code")))
+        return {"kind": "order", "procedure": procedure[0], "matched_by": procedure[1], "origin": origin,
+                "selected": selected, "status": status, "resource_ref": reference_of(res),
+                "name": clip(texts[0] if texts else self.term.procedures.titles[procedure[0]], 60),
+                "days_ago": self._days_ago(res.get("authoredOn")), "unclassified_reasons": unclassified}
+
+    def _procedure_done(self, res: dict) -> dict | None:
+        """A completed Procedure or a final DiagnosticReport (prior EMG, R12)."""
+        status = string(res.get("status"))
+        if status not in (DONE_PROCEDURE if res.get("resourceType") == "Procedure" else FINAL_REPORT):
+            return None
+        code = res.get("code")
+        codings = codings_of(code)
+        procedure = self.term.procedures.match(codings, [t for t in [text_of(code), *(
+            c.get("display") for c in codings)] if isinstance(t, str)])
+        if procedure is None:
+            return None
+        period = res.get("performedPeriod") if isinstance(res.get("performedPeriod"), dict) else {}
+        effective = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
+        when = (res.get("performedDateTime") or period.get("end") or period.get("start") or res.get("effectiveDateTime")
+                or effective.get("end") or res.get("issued"))
+        days_ago = self._days_ago(when)
+        if days_ago < 0:
+            return self._skip(res, "no parseable date (or a future one) on a procedure")
+        return {"kind": "procedure_done", "procedure": procedure[0], "matched_by": procedure[1],
+                "resource_ref": reference_of(res), "date": clip(str(when), 10), "days_ago": days_ago}
 
     def _chart_medication(self, res: dict) -> dict | None:
         status = string(res.get("status"))
+        origin = "chart"
         if res.get("resourceType") == "MedicationRequest":
-            if status != "active" or string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS:
+            if string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS or status not in {"active"} | RECENT_MED_REQUEST:
                 return None if status != "entered-in-error" else self._skip(res, "entered-in-error")
+            if status != "active":
+                origin = "recent"  # stopped or completed: history for new-start checks, never "on it now"
         elif status not in ACTIVE_STATEMENT:
             return None
-        return self._medication(res, origin="chart", selected=False)
+        fact = self._medication(res, origin=origin, selected=False)
+        if fact and origin == "recent" and not 0 <= fact["started_days_ago"] <= int(self.term.settings["new_start_window_days"]):
+            return None
+        return fact
 
     def _check_selections(self) -> None:
         draft_refs = {reference_of(r) for r in self.data.draft_orders}
@@ -232,32 +296,37 @@ class _Builder:
         selected = self.data.selections is None or ref in self.data.selections
         if res.get("resourceType") == "MedicationRequest":
             fact = self._medication(res, origin="draft", selected=selected)
-            return ([fact] if fact else []) + self._reason_conditions(res)
-        if res.get("resourceType") == "ServiceRequest":
-            fact = self._pending_order(dict(res, status="draft"), "draft")
-            return [fact] if fact else []
-        self._skip(ref, f"draft type {res.get('resourceType')} not used by any rule")
-        return []
+        elif res.get("resourceType") == "ServiceRequest":
+            fact = self._service_request(res, "draft", selected)
+        else:
+            self._skip(ref, f"draft type {res.get('resourceType')} not used by any rule")
+            return []
+        return ([fact] if fact else []) + self._reason_conditions(res)
 
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
+        dates = {"recorded": "undated", "recorded_days_ago": UNKNOWN_DAYS, "onset_days_ago": UNKNOWN_DAYS}
         return self._coded_conditions(order, as_list(order.get("reasonCode")), "active", "reason for this order",
-                                      "undated", every=True)
+                                      dates, every=True)
 
-    def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, recorded: str,
+    def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, dates: dict,
                           every: bool = False) -> list[dict]:
-        """Condition facts for the codings that fall in a known code set (the first only, unless `every`)."""
+        """Condition facts for the codings that fall in a known code set (the first only, unless
+        `every`); a concept with no known coding may still match a code set's listed phrases."""
         facts = []
         for concept in concepts:
-            for coding in codings_of(concept):
-                sets = self.term.codesets.sets_for(coding.get("system"), coding.get("code"))
-                if not sets:
-                    continue
-                facts.append({"kind": "condition", "resource_ref": reference_of(res), "system": coding["system"],
-                              "code": coding["code"],
-                              "display": clip(coding.get("display") or text_of(concept) or coding["code"]),
+            matches = [(c["system"], c["code"], c.get("display"), self.term.codesets.sets_for(c.get("system"), c["code"]))
+                       for c in codings_of(concept)]
+            matches = [m for m in matches if m[3]]
+            text = text_of(concept) or next((c.get("display") for c in codings_of(concept)
+                                             if isinstance(c.get("display"), str)), None)
+            if not matches and self.term.codesets.sets_for_text(text):
+                matches = [("text", "text", text, self.term.codesets.sets_for_text(text))]
+            for system, code, display, sets in matches:
+                facts.append({"kind": "condition", "resource_ref": reference_of(res), "system": system, "code": code,
+                              "display": clip(display if isinstance(display, str) else (text or code)),
                               "sets": sorted(sets), "clinical_status": clinical, "verification_status": verification,
-                              "recorded": recorded})
+                              **dates})
                 if not every:
                     return facts
         return facts
@@ -284,6 +353,8 @@ class _Builder:
         for note in match.notes:
             self._skip(reference_of(res), note)
         groups = sorted(g for g, classes in self.term.groups.items() if classes & set(match.classes))
+        period = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
+        started = res.get("authoredOn") or res.get("effectiveDateTime") or period.get("start") or res.get("dateAsserted")
         return {
             "kind": "medication",
             "origin": origin,
@@ -296,7 +367,8 @@ class _Builder:
             "ingredients": list(match.ingredients),
             "matched_by": match.matched_by,
             "code": match.code or "none",
-            "since": clip(str(res.get("authoredOn") or res.get("effectiveDateTime") or res.get("dateAsserted") or ""), 10) or "undated",
+            "since": clip(str(started or ""), 10) or "undated",
+            "started_days_ago": self._days_ago(started),
         }
 
     def _resolve_medication(self, res: dict) -> tuple[list[dict], list[str]]:
@@ -325,102 +397,27 @@ class _Builder:
         return codings, texts
 
 
+def _reference_low(res: dict) -> tuple[float, str | None] | None:
+    """The lower reference limit, when the lab sent one as a plain number with a unit."""
+    ranges = as_list(res.get("referenceRange"))
+    low = ranges[0].get("low") if ranges and isinstance(ranges[0], dict) else None
+    if not isinstance(low, dict) or isinstance(low.get("value"), bool) or not isinstance(low.get("value"), (int, float)):
+        return None
+    return float(low["value"]), (low.get("code") or low.get("unit"))
+
+
 def params_fact(term: Terminology) -> dict:
-    """The active threshold profile as a fact, so rules compare against data, not literals."""
-    name = term.settings["iron_profile"]
-    profile = term.settings["profiles"][name]
-    return {"kind": "params", "profile": name, "profile_title": profile["title"], "profile_source": profile["source"],
-            "ferritin_iron_indicated_below": float(profile["ferritin_iron_indicated_below"])}
-
-
-# ---- lenient FHIR readers -----------------------------------------------------------------
-
-
-def as_list(value) -> list:
-    """FHIR arrays sometimes arrive as single objects (the sandbox's category, reasonCode)."""
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def codings_of(concept) -> list[dict]:
-    if not isinstance(concept, dict):
-        return []
-    return [c for c in as_list(concept.get("coding")) if isinstance(c, dict) and isinstance(c.get("code"), str)]
-
-
-def text_of(concept) -> str | None:
-    text = concept.get("text") if isinstance(concept, dict) else None
-    return text if isinstance(text, str) and text.strip() else None
-
-
-def string(value) -> str | None:
-    """A FHIR primitive that must be a string, or None: a status sent as a list is not a status."""
-    return value if isinstance(value, str) else None
-
-
-def first_code(concept) -> str | None:
-    codes = codings_of(concept)
-    return codes[0]["code"] if codes else None
-
-
-def reference_of(res: dict) -> str:
-    rid = res.get("id")
-    return f"{res.get('resourceType')}/{rid if isinstance(rid, str) else '(no id)'}"
-
-
-def refers_to_patient(reference, patient_id: str) -> bool:
-    if not isinstance(reference, str):
-        return False
-    return reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}")
-
-
-def clip(text: str, limit: int = MAX_TEXT) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def parse_fhir_date(value) -> date | None:
-    """A full date or dateTime; partial dates (year, year-month) are too vague to compare."""
-    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", value):
-        return None
-    try:
-        if len(value) == 10:
-            return date.fromisoformat(value)
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(timezone.utc)
-        return parsed.date()
-    except ValueError:
-        return None
-
-
-def observation_date(res: dict) -> date | None:
-    period = res.get("effectivePeriod")
-    for candidate in (res.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None, res.get("issued")):
-        parsed = parse_fhir_date(candidate)
-        if parsed:
-            return parsed
-    return None
-
-
-_TEXT_VALUE = re.compile(r"\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*$")
-_MAX_ABS_VALUE = 1e9  # every analyte we read is a non-negative amount far below this
-
-
-def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
-    """(value, comparator, unit) from valueQuantity, or a ">60"-style valueString; None if unusable."""
-    quantity = res.get("valueQuantity")
-    if isinstance(quantity, dict):
-        value = quantity.get("value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        if not (0 <= value <= _MAX_ABS_VALUE):  # NaN, inf, huge ints and negative amounts are misreads
-            return None
-        value = float(value)
-        comparator = quantity.get("comparator") if quantity.get("comparator") in ("<", "<=", ">", ">=") else "="
-        unit = quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
-        if unit is None and isinstance(quantity.get("unit"), str):
-            unit = quantity["unit"]
-        return value, comparator, unit
-    return None  # valueString has no unit for these analytes, so it cannot be converted
+    """Configuration as a fact, so rules compare against data, not literals: every numeric or
+    yes/no setting (windows in days, thresholds), the active iron profile, and the numbers of both
+    profiles (R2 shows the other profile's verdict)."""
+    settings = term.settings
+    name = settings["iron_profile"]
+    if name not in settings["profiles"]:
+        raise ValueError(f"iron_profile {name!r} is not one of {sorted(settings['profiles'])}")
+    fact = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            for k, v in settings.items() if isinstance(v, (int, float, bool))}
+    fact.update(kind="params", profile=name, profile_title=settings["profiles"][name]["title"],
+                profile_source=settings["profiles"][name]["source"])
+    for profile, numbers in settings["profiles"].items():
+        fact.update({f"{profile}_{k}": float(v) for k, v in numbers.items() if isinstance(v, (int, float))})
+    return fact

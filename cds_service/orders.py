@@ -23,6 +23,25 @@ def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None
     return ActionDraft(type="create", description=f"Create a draft order for {display}", resource=resource)
 
 
+def procedure_order(patient_id: str, code: dict, priority: str = "routine", note: str | None = None) -> ActionDraft:
+    """A ServiceRequest for a procedure or referral; `code` is a configured {system, code, display}
+    or {text} (sites replace the unverified defaults, clinical-rules.md 8.3)."""
+    concept = {"text": code.get("display") or code.get("text")}
+    if code.get("system") and code.get("code"):
+        concept["coding"] = [{"system": code["system"], "code": code["code"], "display": code.get("display")}]
+    resource = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "priority": priority,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": concept,
+    }
+    if note:
+        resource["note"] = [{"text": note}]
+    return ActionDraft(type="create", description=f"Create a draft {priority} order: {concept['text']}", resource=resource)
+
+
 def medication_proposal(patient_id: str, rxcui: str, display: str) -> ActionDraft:
     resource = {
         "resourceType": "MedicationRequest",

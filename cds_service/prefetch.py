@@ -13,22 +13,30 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .terminology import Terminology
 from .fhir_client import FhirClient, FhirUnavailable, bundle_defect, entries_of, failed_outcome, next_link
 
 log = logging.getLogger(__name__)
 
-_LOINC = "http://loinc.org|"
-_IRON_LAB_CODES = ",".join(_LOINC + c for c in ("2276-4", "20567-4", "24373-3", "2502-3", "14801-5", "718-7"))
-_FERRITIN_CODES = ",".join(_LOINC + c for c in ("2276-4", "20567-4", "24373-3"))
+_PATIENT = "patient={{context.patientId}}"
 
-# Every search carries a _count or a code filter, so payloads follow what rules need (checklist 5).
-QUERIES = {
-    "conditions": "Condition?patient={{context.patientId}}&clinical-status=active,recurrence,relapse&_count=100",
-    "labs": "Observation?patient={{context.patientId}}&code=" + _IRON_LAB_CODES + "&_sort=-date&_count=50",
-    "lab_orders": "ServiceRequest?patient={{context.patientId}}&status=active,draft&code=" + _FERRITIN_CODES + "&_count=20",
-    "medication_requests": "MedicationRequest?patient={{context.patientId}}&status=active&_count=100",
-    "medication_statements": "MedicationStatement?patient={{context.patientId}}&status=active,intended&_count=100",
-}
+
+def queries(term: Terminology) -> dict[str, str]:
+    """Every data key a rule may need, as a CDS Hooks prefetch template. Observations are
+    filtered by the codes the rules know (including the deployment's local PLMS-index code),
+    and every search carries a _count, so payloads follow what rules need (checklist 5)."""
+    observation_codes = ",".join(f"{system}|{code}" for system, code in sorted(term.observation_codes))
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "conditions": f"Condition?{_PATIENT}&clinical-status=active,recurrence,relapse&_count=100",
+        "labs": f"Observation?{_PATIENT}&code={observation_codes}&_sort=-date&_count=100",
+        "service_requests": f"ServiceRequest?{_PATIENT}&status=active,draft,completed&_count=100",
+        "procedures": f"Procedure?{_PATIENT}&status=completed&_count=50",
+        "reports": f"DiagnosticReport?{_PATIENT}&status=final,amended,corrected&_count=50",
+        "medication_requests": f"MedicationRequest?{_PATIENT}&status=active,completed,stopped,on-hold&_count=100",
+        "medication_statements": f"MedicationStatement?{_PATIENT}&status=active,intended&_count=100",
+    }
+
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
@@ -58,9 +66,9 @@ class Resolved:
     fetched: list[str] = field(default_factory=list)
 
 
-def expected_type(key: str) -> str:
-    """The resource type a key's query returns: the part of the template before '?'."""
-    return QUERIES[key].split("?", 1)[0]
+def expected_type(template: str) -> str:
+    """The resource type a template returns: the part before '/' (a read) or '?' (a search)."""
+    return re.split(r"[/?]", template, maxsplit=1)[0]
 
 
 def expand(template: str, context: dict) -> str | None:
@@ -80,11 +88,11 @@ def expand(template: str, context: dict) -> str | None:
     return None if missing else text
 
 
-def resolve(keys: tuple[str, ...], prefetch: dict, context: dict, access: FhirAccess, client_factory) -> Resolved:
+def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory) -> Resolved:
     resolved = Resolved()
     to_fetch: list[str] = []
     partial: dict[str, dict] = {}
-    for key in keys:
+    for key, template in templates.items():
         if key not in prefetch:
             to_fetch.append(key)
             continue
@@ -98,9 +106,9 @@ def resolve(keys: tuple[str, ...], prefetch: dict, context: dict, access: FhirAc
         elif value["resourceType"] == "OperationOutcome" or (value["resourceType"] == "Bundle" and failed_outcome(value)):
             log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
             to_fetch.append(key)
-        elif value["resourceType"] not in ("Bundle", expected_type(key)):
+        elif value["resourceType"] not in ("Bundle", expected_type(template)):
             raise BadPrefetch(f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of "
-                              f"{expected_type(key)}")
+                              f"{expected_type(template)}")
         elif value["resourceType"] == "Bundle":
             resolved.resources[key] = entries_of(value)
             if next_link(value):
@@ -115,18 +123,18 @@ def resolve(keys: tuple[str, ...], prefetch: dict, context: dict, access: FhirAc
                                      f"queried: {access.reason}")
         resolved.incomplete.update(partial)
         return resolved
-    _fetch(resolved, to_fetch, partial, context, access, client_factory)
+    _fetch(resolved, {k: templates[k] for k in to_fetch}, partial, context, access, client_factory)
     return resolved
 
 
-def _fetch(resolved: Resolved, to_fetch: list[str], partial: dict[str, dict], context: dict, access: FhirAccess,
+def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict], context: dict, access: FhirAccess,
            client_factory) -> None:
     client: FhirClient = client_factory(access)
     try:
         jobs = {}
         with ThreadPoolExecutor(max_workers=max(1, min(4, len(to_fetch) + len(partial)))) as pool:
-            for key in to_fetch:
-                query = expand(QUERIES[key], context)
+            for key, template in to_fetch.items():
+                query = expand(template, context)
                 if query is None:
                     raise PreconditionFailed(f"prefetch key {key} needs a context field the request lacks")
                 jobs[key] = pool.submit(client.query, query)

@@ -89,7 +89,8 @@ class RuleSpec:
     derive: Callable[[Match], dict] | None = None
     render: Callable[[list[Match], RenderContext], CardDraft | None] | None = None
     produces: str | None = None  # finding name a derivation asserts
-    needs: tuple[str, ...] = ()  # data keys (see prefetch.QUERIES) the rule reads besides the hook context
+    needs: tuple[str, ...] = ()  # data keys (see prefetch.queries) the rule reads besides the hook context
+    supersedes: tuple[str, ...] = ()  # card rules whose card this one replaces when both fire (same problem)
 
     @property
     def priority(self) -> int:
@@ -107,7 +108,8 @@ def _register(spec: RuleSpec) -> None:
 
 def derivation(*, id: str, title: str, citation: str, when, produces: str, needs: tuple[str, ...] = (),
                logic: str = ""):
-    """Declare a finding rule: `fn(match) -> dict` returns the finding's fields."""
+    """Declare a finding rule: `fn(match) -> dict` returns the finding's fields, or None when the
+    match fails a check the DSL cannot express (then no finding is asserted)."""
 
     def decorate(fn):
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=DERIVE, condition=when,
@@ -119,7 +121,8 @@ def derivation(*, id: str, title: str, citation: str, when, produces: str, needs
 
 
 def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], when, logic: str,
-              needs: tuple[str, ...] = (), source_url: str | None = None, enabled_by_default: bool = True):
+              needs: tuple[str, ...] = (), source_url: str | None = None, enabled_by_default: bool = True,
+              supersedes: tuple[str, ...] = ()):
     """Declare a card rule: `fn(matches, ctx) -> CardDraft | None`, called once per hook call."""
 
     unknown = set(hooks) - set(HOOKS)
@@ -129,7 +132,8 @@ def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], whe
     def decorate(fn):
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=CARD, condition=when, module=fn.__module__,
                            hooks=tuple(hooks), render=fn, logic=logic, source_url=source_url,
-                           enabled_by_default=enabled_by_default, needs=tuple(needs)))
+                           enabled_by_default=enabled_by_default, needs=tuple(needs),
+                           supersedes=tuple(supersedes)))
         return fn
 
     return decorate

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prefetch import QUERIES
+from .engine import findings_read
+from .prefetch import queries
 from .rulebook import CARD, RuleSpec
+from .terminology import Terminology
 
 SERVICE_TEXT = {
     ("legmove-patient-view", "patient-view"): (
@@ -34,11 +36,11 @@ class Service:
     title: str
     description: str
     rule_ids: tuple[str, ...]  # card rules that can answer on this hook
-    prefetch_keys: tuple[str, ...]
+    prefetch: dict[str, str]  # key -> template, for the data its rules read
 
     def discovery_entry(self) -> dict:
         entry = {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
-                 "prefetch": {key: QUERIES[key] for key in self.prefetch_keys},
+                 "prefetch": dict(self.prefetch),
                  "usageRequirements": "Needs read access to Condition, Observation, ServiceRequest, MedicationRequest "
                                       "and MedicationStatement for the context patient (prefetch or fhirServer)."}
         if not entry["prefetch"]:
@@ -46,12 +48,29 @@ class Service:
         return entry
 
 
-def build_services(specs: list[RuleSpec]) -> dict[tuple[str, str], Service]:
-    derivation_needs = {key for spec in specs if spec.stratum != CARD for key in spec.needs}
+def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, str], Service]:
+    templates = queries(term)
     services = {}
     for (service_id, hook), (title, description) in SERVICE_TEXT.items():
         cards = [s for s in specs if s.stratum == CARD and hook in s.hooks]
-        keys = derivation_needs | {key for s in cards for key in s.needs}
+        keys = {key for s in _with_derivations(cards, specs) for key in s.needs}
         services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
-                                               tuple(k for k in QUERIES if k in keys))
+                                               {k: t for k, t in templates.items() if k in keys})
     return services
+
+
+def _with_derivations(cards: list[RuleSpec], specs: list[RuleSpec]) -> list[RuleSpec]:
+    """The card rules plus every derivation whose finding they read, directly or through another
+    derivation: a hook's prefetch asks only for what its own rules can use."""
+    producers: dict[str, list[RuleSpec]] = {}
+    for spec in specs:
+        if spec.stratum != CARD:
+            producers.setdefault(spec.produces, []).append(spec)
+    needed, queue = list(cards), list(cards)
+    while queue:
+        for finding in findings_read(queue.pop()):
+            for producer in producers.get(finding, []):
+                if producer not in needed:
+                    needed.append(producer)
+                    queue.append(producer)
+    return needed

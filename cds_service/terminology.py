@@ -42,11 +42,15 @@ class CodeSetMatcher:
     exact: dict[tuple[str, str], frozenset[str]]
     icd_prefixes: tuple[tuple[str, str], ...]  # (prefix without dot, set name)
     titles: dict[str, str]
+    excluded: frozenset[tuple[str, str]] = frozenset()  # (ICD key, set name) a prefix must not take
+    phrases: tuple[tuple[re.Pattern, str], ...] = ()  # text fallback (set name)
 
     @classmethod
     def from_data(cls, data: dict) -> "CodeSetMatcher":
         exact: dict[tuple[str, str], set[str]] = {}
         prefixes: list[tuple[str, str]] = []
+        excluded: set[tuple[str, str]] = set()
+        phrases: list[tuple[re.Pattern, str]] = []
         titles = {}
         for name, entry in data.items():
             if name.startswith("_"):
@@ -57,9 +61,12 @@ class CodeSetMatcher:
                     prefixes.append((_icd_key(code[:-1]), name))
                 else:
                     exact.setdefault((ICD10CM, _icd_key(code)), set()).add(name)
+            excluded.update((_icd_key(code), name) for code in entry.get("exclude", []))
             for code in entry.get("snomed", []):
                 exact.setdefault((SNOMED, code), set()).add(name)
-        return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles)
+            phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
+        return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
+                   tuple(phrases))
 
     def sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
         if not system or not code:
@@ -67,9 +74,18 @@ class CodeSetMatcher:
         if system == ICD10CM:
             key = _icd_key(code)
             found = set(self.exact.get((ICD10CM, key), ()))
-            found.update(name for prefix, name in self.icd_prefixes if key.startswith(prefix))
+            found.update(name for prefix, name in self.icd_prefixes
+                         if key.startswith(prefix) and (key, name) not in self.excluded)
             return frozenset(found)
         return self.exact.get((system, code.strip()), frozenset())
+
+    def sets_for_text(self, text: str | None) -> frozenset[str]:
+        """Only for concepts with listed phrases (catalog: "benign fasciculation"); the match is
+        recorded as "text" in the card detail."""
+        if not text:
+            return frozenset()
+        lowered = text.lower()
+        return frozenset(name for pattern, name in self.phrases if pattern.search(lowered))
 
 
 @dataclass(frozen=True)
@@ -77,9 +93,16 @@ class Analyte:
     name: str
     title: str
     loinc: tuple[str, ...]
-    unit: str
+    unit: str | None  # None for panels and questionnaires: a final result means "done"
     factors: dict[str, float]
     lookback_setting: str
+    panel: bool = False
+    text: tuple[re.Pattern, ...] = ()  # fallback for tests without a standard code (PLMS index)
+    text_exclude: tuple[str, ...] = ()
+
+    def named_in(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(p.search(lowered) for p in self.text) and not any(x in lowered for x in self.text_exclude)
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """Converted value, or None when the unit is not one we know for this analyte."""
@@ -87,6 +110,31 @@ class Analyte:
             return None
         factor = self.factors.get(unit.strip())
         return None if factor is None else value * factor
+
+
+class ProcedureMatcher:
+    """Which procedure an order or procedure record names: by code first, then by its text."""
+
+    def __init__(self, data: dict):
+        self.titles = {name: e["title"] for name, e in data.items() if not name.startswith("_")}
+        self.by_code = {(system, code): name for name, e in data.items() if not name.startswith("_")
+                        for system, codes in e["codes"].items() for code in codes}
+        self.patterns = [(name, [re.compile(r"(?<![\w-])" + re.escape(w.rstrip("*")) + (r"[\w-]*" if w.endswith("*") else "")
+                                            + r"(?![\w-])") for w in words])
+                         for name, e in data.items() if not name.startswith("_") for words in e["text"]]
+
+    def match(self, codings: list[dict], texts: list[str]) -> tuple[str, str] | None:
+        """(procedure, how) where how is 'code' or 'text'; None when nothing is recognised."""
+        for coding in codings:
+            name = self.by_code.get((coding.get("system"), coding.get("code")))
+            if name:
+                return name, "code"
+        for text in texts:
+            lowered = text.lower()
+            for name, words in self.patterns:
+                if all(w.search(lowered) for w in words):
+                    return name, "text"
+        return None
 
 
 @dataclass(frozen=True)
@@ -117,21 +165,48 @@ class Terminology:
 
     def __init__(self, settings_overrides: dict | None = None):
         self.codesets = CodeSetMatcher.from_data(_load_json("codesets.json"))
-        self.analytes = self._load_analytes(_load_json("labs.json"))
-        self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
+        self.procedures = ProcedureMatcher(_load_json("procedures.json"))
         self.drugs = _load_json("drugs.json")
         self.settings = {k: v for k, v in _load_json("settings.json").items() if not k.startswith("_")}
         self.settings.update(settings_overrides or {})
+        labs = _load_json("labs.json")
+        self.analytes = self._load_analytes(labs)
+        self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
+        self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
+        for name, entry in labs.items():  # local codes (PLMS index) are deployment settings, not data
+            local = self.settings.get(entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
+            if local:
+                self.observation_codes[(local["system"], local["code"])] = self.analytes[name]
         self._rows_by_rxcui, self._rows_by_ingredient = self._load_drug_table()
+        for rxcui, extra in self.drugs["extra_ingredients"].items():
+            if not rxcui.startswith("_"):
+                row = DrugRow(rxcui=rxcui, name=extra["name"], ingredient_key=rxcui, ingredient_name=extra["name"],
+                              drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                self._rows_by_ingredient.setdefault(rxcui, []).append(row)
         self.groups = self._groups()
 
     @staticmethod
     def _load_analytes(data: dict) -> dict[str, Analyte]:
         return {
-            name: Analyte(name, e["title"], tuple(e["loinc"]), e["unit"], dict(e["factors"]), e["lookback"])
+            name: Analyte(name, e["title"], tuple(e["loinc"]), e["unit"], dict(e["factors"]), e["lookback"],
+                          panel=bool(e.get("panel")),
+                          text=tuple(re.compile(rf"\b{re.escape(t)}\b") for t in e.get("text", [])),
+                          text_exclude=tuple(e.get("text_exclude", [])))
             for name, e in data.items()
             if not name.startswith("_")
         }
+
+    def observation_analyte(self, codings: list[dict], texts: list[str]) -> tuple[Analyte, str, str] | None:
+        """(analyte, code or text, how) for an Observation or a lab order; None if not ours."""
+        for coding in codings:
+            analyte = self.observation_codes.get((coding.get("system"), coding.get("code")))
+            if analyte:
+                return analyte, coding["code"], "code"
+        for text in texts:
+            for analyte in self.analytes.values():
+                if analyte.text and analyte.named_in(text):
+                    return analyte, text, "text"
+        return None
 
     @staticmethod
     def _load_drug_table() -> tuple[dict[str, list[DrugRow]], dict[str, list[DrugRow]]]:
@@ -169,7 +244,7 @@ class Terminology:
     def _name_index(self) -> dict[str, list[DrugRow]]:
         """Whole-word names (ingredients, WHO synonyms, bracketed brands) to table rows."""
         index: dict[str, list[DrugRow]] = {}
-        for rows in self._rows_by_rxcui.values():
+        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values()]:
             for row in rows:
                 if row.ingredient_name:
                     index.setdefault(normalise_name(row.ingredient_name, self.salt_words), []).append(row)
@@ -185,7 +260,21 @@ class Terminology:
         return frozenset(self.drugs["salt_words"])
 
     def match_medication(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
-        """Classify one medication; the first step that matches wins (section 9, steps 1-5)."""
+        """Classify one medication (section 9), then add the finer classes some rules need."""
+        match = self._match_steps(codings, texts, route_texts)
+        if match is None or not match.classes:
+            return match
+        atc_codes = [c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
+        words = {w for t in [*texts, match.name, *match.ingredients] for w in normalise_name(str(t), self.salt_words).split()}
+        for name, spec in self.drugs["subclasses"].items():
+            if name.startswith("_"):
+                continue
+            if words & set(spec["ingredients"]) or any(a.startswith(tuple(spec["atc"])) for a in atc_codes):
+                match.classes = (*match.classes, name)
+        return match
+
+    def _match_steps(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
+        """The first step that matches wins (section 9, steps 1-5)."""
         rx_codes = [c.get("code") for c in codings if c.get("system") == RXNORM and isinstance(c.get("code"), str)]
         display = next((t for t in texts if t), None)
         for code in rx_codes:

@@ -4,7 +4,8 @@ Add a new module here; `cds_service.services` reads the registry, never the modu
 """
 from importlib import import_module
 
-MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs", "rules.cramps")
+MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs", "rules.cramps", "rules.plm", "rules.fasciculation",
+           "rules.myoclonus", "rules.mimics", "rules.special_populations")
 
 
 def load_all(extra: tuple[str, ...] | list[str] = ()) -> None:

@@ -1,44 +1,100 @@
-"""Nocturnal leg cramps and the drugs that should not treat them.
+"""Nocturnal leg cramps and the treatments and tests they should not get: R5, R6, R22.
 
-R22 (Addition): the FDA Drug Safety Communication of 2010-07-08 and the Qualaquin boxed warning:
-quinine is approved only for malaria and is not to be used for leg cramps (serious and
-life-threatening haematologic reactions).
+Seed 000: dopaminergic therapy is wrong for simple cramps, and polysomnography is not indicated
+for them (PSG is for suspected PLMD with a sleep complaint). R22 is an Addition: the FDA Drug
+Safety Communication of 2010-07-08 and the Qualaquin boxed warning (quinine is approved only for
+malaria, not for leg cramps: serious and life-threatening haematologic reactions).
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.orders import remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, escape
+from cds_service.rulebook import CardDraft, card_rule, escape
+
+from .common import SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
 
 FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cramps; Qualaquin boxed warning"
+ORDER_HOOKS = (c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))))
+
+
+@card_rule(id="R5", title="Dopaminergic drug for simple leg cramps", citation=seeds(SEED_000),
+           hooks=("order-select", "order-sign"), needs=("conditions",),
+           logic="a selected/any draft dopamine agonist or levodopa, leg cramps present, and no RLS, PLMD, "
+                 "parkinsonism or (cabergoline/bromocriptine only) hyperprolactinaemia, also as the order's reason",
+           when=when_all(
+               ORDER_HOOKS,
+               c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
+               c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
+               none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD") | (item == "PARKINSONISM"))),
+           ))
+def dopaminergic_for_cramps(matches, ctx):
+    drafts = [as_drug(d) for d in unique(matches, "draft")]
+    cramps = conditions_in(ctx, "LEG_CRAMP")
+    why = ("Leg cramps are on the problem list, with no restless legs syndrome, PLMD or parkinsonism, and a dopaminergic "
+           "drug is being ordered. Seed 000: dopaminergic therapy is not indicated for simple leg cramps; calf "
+           "stretching is the first step.\n\n" + "\n".join(drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts))
+    suggestions, behavior = removal_suggestions(drafts)
+    return CardDraft(
+        summary="Dopaminergic therapy is not indicated for simple leg cramps; try calf stretching instead",
+        indicator="warning", why=why, evidence=drafts + cramps, suggestions=suggestions, selection_behavior=behavior,
+        override_reasons=[("other-indication", "Prescribed for another indication"),
+                          ("rls-suspected", "Restless legs suspected, not yet coded")],
+    )
+
+
+@card_rule(id="R6", title="Polysomnography for simple nocturnal cramps", citation=seeds(SEED_000),
+           hooks=("order-select", "order-sign"), needs=("conditions",),
+           logic="a selected/any draft polysomnography order, leg cramps present, no RLS, PLMD, sleep-disordered "
+                 "breathing or other sleep disorder, and no order reason other than a cramp code",
+           when=when_all(
+               ORDER_HOOKS,
+               c.psg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True) & (m.procedure == "psg")
+                         & (m.unclassified_reasons == 0)),
+               c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
+               none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD")
+                                                             | (item == "SLEEP_DISORDERED_BREATHING")
+                                                             | (item == "OTHER_SLEEP_DISORDER"))),
+               # any coded order reason that is not a cramp code points to another indication
+               none((m.kind == "condition") & (m.verification_status == "reason for this order")
+                    & m.sets.allItems(item != "LEG_CRAMP")),
+           ))
+def psg_for_cramps(matches, ctx):
+    orders = unique(matches, "psg")
+    why = ("Leg cramps are on the problem list and polysomnography is being ordered, with no restless legs syndrome, "
+           "PLMD, sleep-disordered breathing or other sleep disorder coded, and no other reason on the order. Seed 000: "
+           "polysomnography is not indicated for simple nocturnal leg cramps; it is for suspected PLMD with a sleep "
+           "complaint or daytime fatigue.")
+    suggestions, behavior = removal_suggestions(orders)
+    return CardDraft(
+        summary="Polysomnography is not indicated for simple nocturnal leg cramps",
+        indicator="warning", why=why, evidence=orders + conditions_in(ctx, "LEG_CRAMP"), suggestions=suggestions,
+        selection_behavior=behavior,
+        override_reasons=[("other-sleep-indication", "Ordered for another sleep indication"),
+                          ("plmd-suspected", "PLMD suspected, not yet coded")],
+    )
 
 
 @card_rule(id="R22", title="Quinine for leg cramps", citation=FDA_2010,
-           hooks=("order-select", "order-sign"),
+           hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a selected (order-select) or any (order-sign) draft of quinine, with no malaria coded as a "
                  "condition or as the order's reason",
            when=when_all(
-               c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+               ORDER_HOOKS,
                c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
                           & m.classes.anyItem(item == "quinine")),
                none((m.kind == "condition") & m.sets.anyItem(item == "MALARIA")),
            ))
 def quinine_for_cramps(matches, ctx):
-    drugs = list({match["drug"]["resource_ref"]: match["drug"] for match in matches}.values())
-    cramps = [f for f in ctx.facts if f.get("kind") == "condition" and "LEG_CRAMP" in f.get("sets", [])]
+    drugs = unique(matches, "drug")
+    cramps = conditions_in(ctx, "LEG_CRAMP")
     why = ("Quinine is being ordered and no malaria is coded. The FDA (2010) warns against quinine for leg cramps: "
            "serious and life-threatening haematologic reactions (thrombocytopenia, HUS/TTP) have been reported, and "
            "Qualaquin is approved only for malaria.")
     if cramps:
         why += " Leg cramps are on the problem list, the likely reason for this order."
     why += "\n\n" + "\n".join(f"- **{escape(d['name'])}**, {escape(d['resource_ref'])}" for d in drugs)
+    suggestions, behavior = removal_suggestions(drugs)
     return CardDraft(
         summary="Quinine is not recommended for leg cramps (FDA warning: serious hematologic reactions)",
-        indicator="warning",
-        why=why,
-        evidence=drugs + cramps,
-        suggestions=[SuggestionDraft(label=f"Remove this order ({d['name'][:40]})",
-                                     actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drugs],
-        selection_behavior="at-most-one" if len(drugs) == 1 else "any",
+        indicator="warning", why=why, evidence=drugs + cramps, suggestions=suggestions, selection_behavior=behavior,
         override_reasons=[("malaria-treatment", "Prescribed for malaria"),
                           ("benefit-outweighs-risk", "Benefit outweighs the risk; patient informed")],
     )

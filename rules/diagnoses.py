@@ -1,8 +1,10 @@
-"""Findings from the problem list: which leg-movement diagnoses are present.
+"""Findings from the problem list: which leg-movement diagnoses are present (or suspected).
 
 These derivations feed every topic module, so a code set is interpreted in one place.
 "Present" follows clinical-rules.md 2.2: an active, recurrent or relapsed Condition that is
-not refuted or entered in error (the facts layer has already dropped everything else).
+not refuted or entered in error (the facts layer has already dropped everything else);
+provisional and differential diagnoses count, so a finding means "suspected or confirmed".
+A coded reason on the order being placed counts too (the facts layer makes it a condition).
 """
 from durable.lang import c, item, m, when_all
 
@@ -11,28 +13,24 @@ from cds_service.rulebook import derivation
 CATALOG = "shared/reference/clinical-rules.md 2.2 and 8.1"
 
 
-def _condition_in(code_set: str):
-    return when_all(c.condition << ((m.kind == "condition") & m.sets.anyItem(item == code_set)))
+def _present(finding_id: str, title: str, code_set: str, produces: str, codes: str) -> None:
+    """Register `F-...`: present(code_set) -> finding `produces`."""
+
+    def derive(match):
+        return {"resource_ref": match["condition"]["resource_ref"]}
+
+    derive.__name__ = f"{produces}_present"
+    derivation(id=finding_id, title=title, citation=CATALOG, produces=produces, needs=("conditions",),
+               logic=f"present({code_set}): {codes}",
+               when=when_all(c.condition << ((m.kind == "condition") & m.sets.anyItem(item == code_set))))(derive)
 
 
-def _from_condition(match):
-    return {"resource_ref": match["condition"]["resource_ref"]}
-
-
-@derivation(id="F-RLS", title="Restless legs syndrome is present", citation=CATALOG,
-            when=_condition_in("RLS"), produces="rls", needs=("conditions",), logic="present(RLS): G25.81, SNOMED 32914008 or 1052284009")
-def rls_present(match):
-    return _from_condition(match)
-
-
-@derivation(id="F-PLMD", title="Periodic limb movement disorder is present", citation=CATALOG,
-            when=_condition_in("PLMD"), produces="plmd", needs=("conditions",), logic="present(PLMD): G47.61, SNOMED 418763003")
-def plmd_present(match):
-    return _from_condition(match)
-
-
-@derivation(id="F-LEG-COMPLAINT", title="A leg-movement complaint is present", citation=CATALOG,
-            when=_condition_in("LEG_MOVEMENT_COMPLAINT"), produces="leg_movement_complaint", needs=("conditions",),
-            logic="present(LEG_MOVEMENT_COMPLAINT): R25.2, R25.3, R25.8, R25.9, G47.62, G47.69, G25.3")
-def leg_complaint_present(match):
-    return _from_condition(match)
+_present("F-RLS", "Restless legs syndrome suspected or confirmed", "RLS", "rls",
+         "G25.81, SNOMED 32914008 or 1052284009, also as the order's reason")
+_present("F-PLMD", "Periodic limb movement disorder suspected or confirmed", "PLMD", "plmd", "G47.61, SNOMED 418763003")
+_present("F-LEG-COMPLAINT", "A leg-movement complaint is present", "LEG_MOVEMENT_COMPLAINT", "leg_movement_complaint",
+         "R25.2, R25.3, R25.8, R25.9, G47.62, G47.69, G25.3")
+_present("F-LEG-CRAMP", "Leg cramps are present", "LEG_CRAMP", "leg_cramp", "G47.62, R25.2, M62.831")
+_present("F-FASCICULATION", "Fasciculations are present", "FASCICULATION", "fasciculation",
+         "R25.3, SNOMED 82470000, or the text 'benign fasciculation'")
+_present("F-MYOCLONUS", "Myoclonus is present", "MYOCLONUS", "myoclonus", "G25.3, SNOMED 17450006")

@@ -1,26 +1,31 @@
-"""Iron stores in restless legs syndrome: R1 (no recent ferritin) and R2 (low ferritin).
+"""Iron stores in restless legs syndrome: R1 (no recent ferritin) and R2 (low iron stores).
 
 Seeds 000 and 001 ask for ferritin in every patient with suspected RLS, even with a normal
-haemoglobin (001), and treat ferritin below 50 ng/mL as an indication for iron (000).
-The threshold comes from the active profile (`settings.json`), asserted as the `params` fact,
-so switching profile changes data, not rules.
+haemoglobin (001), and treat ferritin below 50 ng/mL as an indication for iron (000). The AASM
+2024 guideline (an Addition) treats ferritin <= 75 ng/mL or TSAT < 20 % and suggests IV iron
+only for 75-100 ng/mL. Both are profiles in `knowledge/settings.json`; the active one is chosen
+by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess_iron` below is
+the whole threshold logic, written once for both profiles so each card can also state the
+other profile's verdict (catalog section 7).
 """
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import lab_order, medication_proposal
 from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-SEEDS_IRON = "seed 000_e09f97222edeabb3.txt, 001_9c4bd8494c6f1f15.txt, 002_bc010253c106cbbd.txt"
-AASM_2024_URL = "https://doi.org/10.5664/jcsm.11390"
+from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, seeds
+
+SEEDS_IRON = seeds(SEED_000, SEED_001, SEED_002)
 DRAW_ADVICE = ("Draw in the morning, fasting, and at least 24 h after the last iron-containing supplement "
                "(AASM 2024 good-practice statement).")
 FERROUS_SULFATE_325 = ("310325", "ferrous sulfate 325 MG Oral Tablet")
+ACUTE_PHASE = ("Ferritin is an acute-phase reactant (raised by inflammation, CKD and liver disease) and assays "
+               "differ; read the value against the clinical picture.")
 
 
 # ---- when is an iron review due? ----------------------------------------------------------
 
-@derivation(id="F-IRON-DUE-VIEW", title="Iron review due on opening the chart",
-            citation="shared/reference/clinical-rules.md R1, R2 (hooks)",
+@derivation(id="F-IRON-DUE-VIEW", title="Iron review due on opening the chart", citation=f"{CATALOG} R1, R2 (hooks)",
             when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
             produces="iron_check_due", logic="the hook is patient-view")
 def iron_due_on_view(match):
@@ -28,7 +33,7 @@ def iron_due_on_view(match):
 
 
 @derivation(id="F-IRON-DUE-ORDER", title="Iron review due when an RLS drug or iron is selected",
-            citation="shared/reference/clinical-rules.md R1, R2 (hooks)",
+            citation=f"{CATALOG} R1, R2 (hooks)",
             when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
                           c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
                                      & (m.groups.anyItem((item == "rls_drug") | (item == "iron"))))),
@@ -41,22 +46,22 @@ def iron_due_on_order(match):
 # ---- R1 -----------------------------------------------------------------------------------
 
 @card_rule(id="R1", title="RLS without recent ferritin", citation=SEEDS_IRON, source_url=AASM_2024_URL,
-           hooks=("patient-view", "order-select"), needs=("labs", "lab_orders"),
-           logic="present(RLS) and no final ferritin within the lookback and no pending ferritin order "
+           hooks=("patient-view", "order-select"), needs=("labs", "service_requests"),
+           logic="present(RLS) and no final ferritin within the lookback and no pending ferritin order or result "
                  "(order-select: only when an RLS drug or iron is selected)",
            when=when_all(
                c.rls << ((m.kind == "finding") & (m.name == "rls")),
                c.due << ((m.kind == "finding") & (m.name == "iron_check_due")),
                none((m.kind == "lab") & (m.analyte == "ferritin")),
-               none((m.kind == "pending_lab_order") & (m.analyte == "ferritin")),
-               none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "lab_orders"))),
+               none((m.kind == "pending_test") & (m.analyte == "ferritin")),
+               none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests"))),
            ))
 def rls_without_ferritin(matches, ctx):
     months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
     why = (f"Restless legs syndrome is on the problem list, and no final ferritin result (LOINC 2276-4, 20567-4, "
-           f"24373-3) dated within the last {months} months was found, nor a pending ferritin order. "
-           "Seeds 000 and 001 ask for ferritin in every patient with RLS, even when haemoglobin is normal (001).\n\n"
-           + DRAW_ADVICE)
+           f"24373-3) dated within the last {months} months was found, nor a pending ferritin order or result. "
+           "Seeds 000 and 001 ask for ferritin in every patient with RLS, even when haemoglobin is normal (001); "
+           "AASM 2024 asks for ferritin and transferrin saturation.\n\n" + DRAW_ADVICE)
     order = SuggestionDraft(
         label="Order iron studies",
         is_recommended=True,
@@ -75,51 +80,144 @@ def rls_without_ferritin(matches, ctx):
     )
 
 
+# ---- iron stores: one assessment, both profiles ------------------------------------------
+
+def _below(lab: dict, limit: float, inclusive: bool = False) -> bool | None:
+    """Is the value below `limit` (or at it, if inclusive)? A comparator makes the value a bound
+    (catalog 8.2): '<5' is below 10, '>60' is not below 50, '>20' against 50 is unknown (None)."""
+    value, comparator = lab["value"], lab["comparator"]
+    if comparator == "=":
+        return value <= limit if inclusive else value < limit
+    if comparator in ("<", "<="):  # the true value is at most `value`
+        certain = value <= limit if (comparator == "<" or inclusive) else value < limit
+        return True if certain else None
+    certain_not = value > limit if (comparator == ">=" and inclusive) else value >= limit  # at least `value`
+    return False if certain_not else None
+
+
+def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) -> dict:
+    """The verdict of each profile ('indicated', 'iv_only', 'in_range' or 'unknown') and the one to show."""
+    seed_low = _below(ferritin, params["seed_ferritin_iron_indicated_below"])
+    seed = {True: "indicated", False: "in_range", None: "unknown"}[seed_low]
+    tsat_low = _below(tsat, params["aasm2024_tsat_iron_indicated_below"]) if tsat else False
+    if patient["child"]:
+        aasm = {True: "indicated", False: "in_range", None: "unknown"}[_below(ferritin, params["aasm2024_child_ferritin_iron_indicated_below"])]
+    else:
+        at_or_below_75 = _below(ferritin, params["aasm2024_ferritin_iron_indicated_at_or_below"], inclusive=True)
+        up_to_100 = _below(ferritin, params["aasm2024_iv_only_up_to"], inclusive=True)
+        if at_or_below_75 or tsat_low:
+            aasm = "indicated"
+        elif at_or_below_75 is None or up_to_100 is None or tsat_low is None:
+            aasm = "unknown"
+        else:
+            aasm = "iv_only" if up_to_100 else "in_range"
+    shown = seed if params["profile"] == "seed" else aasm
+    if (params["profile"] == "seed" and shown == "in_range" and aasm == "indicated"
+            and params["show_guideline_disagreement"]):
+        shown = "disagreement"
+    return {"verdict": shown, "seed_verdict": seed, "aasm_verdict": aasm, "profile": params["profile"],
+            "ferritin": ferritin["value"], "tsat": tsat["value"] if tsat else -1.0, "child": patient["child"],
+            "by_tsat": bool(tsat_low) and not bool(_below(ferritin, params["aasm2024_ferritin_iron_indicated_at_or_below"], True))}
+
+
+_IRON_INPUTS = (
+    c.rls << ((m.kind == "finding") & (m.name == "rls")),
+    c.due << ((m.kind == "finding") & (m.name == "iron_check_due") & (m.trigger != "iron")),
+    c.params << (m.kind == "params"),
+    c.patient << (m.kind == "patient"),
+    c.ferritin << ((m.kind == "lab") & (m.analyte == "ferritin") & (m.usable == True)),
+)
+
+
+@derivation(id="F-IRON-STORES", title="Iron stores assessed (ferritin and TSAT)", citation=f"{CATALOG} R2 and 7",
+            when=when_all(*_IRON_INPUTS, c.tsat << ((m.kind == "lab") & (m.analyte == "tsat") & (m.usable == True))),
+            produces="iron_stores", needs=("labs", "patient"),
+            logic="RLS and a usable ferritin and TSAT within the lookback: verdict of both profiles")
+def iron_stores_with_tsat(match):
+    return assess_iron(match["ferritin"], match["tsat"], match["patient"], match["params"])
+
+
+@derivation(id="F-IRON-STORES-FERRITIN", title="Iron stores assessed (ferritin only)", citation=f"{CATALOG} R2 and 7",
+            when=when_all(*_IRON_INPUTS, none((m.kind == "lab") & (m.analyte == "tsat") & (m.usable == True))),
+            produces="iron_stores", needs=("labs", "patient"),
+            logic="RLS and a usable ferritin within the lookback, no usable TSAT: verdict of both profiles")
+def iron_stores_ferritin_only(match):
+    return assess_iron(match["ferritin"], None, match["patient"], match["params"])
+
+
 # ---- R2 -----------------------------------------------------------------------------------
 
-@card_rule(id="R2", title="RLS with low iron stores", citation=SEEDS_IRON, source_url=AASM_2024_URL,
-           hooks=("patient-view", "order-select"), needs=("labs", "medication_requests"),
-           logic="present(RLS) and the latest ferritin within the lookback is below the profile threshold "
-                 "(seed: < 50 ng/mL); order-select only when an RLS drug is selected",
-           when=when_all(
-               c.rls << ((m.kind == "finding") & (m.name == "rls")),
-               c.due << ((m.kind == "finding") & (m.name == "iron_check_due") & (m.trigger != "iron")),
-               c.params << (m.kind == "params"),
-               # The alias-reference comparison must come before the `|` group: durable-rules 2.0.28
-               # ignores it when it follows one (the engine lint rejects that shape).
-               c.ferritin << ((m.kind == "lab") & (m.analyte == "ferritin") & (m.usable == True)
-                              & (m.value < c.params.ferritin_iron_indicated_below)
-                              & ((m.comparator == "=") | (m.comparator == "<") | (m.comparator == "<="))),
-           ))
-def rls_low_ferritin(matches, ctx):
-    ferritin = matches[0]["ferritin"]
-    params = matches[0]["params"]
-    threshold = params["ferritin_iron_indicated_below"]
-    value = _number(ferritin["value"])
-    on_iron = [f for f in ctx.facts if f.get("kind") == "medication" and f.get("origin") == "chart"
-               and "iron" in f.get("groups", [])]
-    why = (f"Restless legs syndrome is on the problem list and the latest ferritin is **{value} ng/mL**, below "
-           f"the {params['profile_title']} threshold of {threshold} ng/mL ({params['profile_source']}). Seed 000: "
-           "a ferritin below 50 ng/mL means iron supplementation is needed.\n\n"
-           "Ferritin is an acute-phase reactant (raised by inflammation, CKD and liver disease) and assays differ; "
-           "check the value against the clinical picture.")
+@card_rule(id="R2", title="RLS with low iron stores", citation=f"{SEEDS_IRON}; {AASM_2024}", source_url=AASM_2024_URL,
+           hooks=("patient-view", "order-select"), needs=("labs", "medication_requests", "patient"),
+           logic="present(RLS) and the latest ferritin (and TSAT) within the lookback meet the active profile "
+                 "(seed: ferritin < 50 ng/mL; AASM 2024: <= 75 or TSAT < 20 %, IV only 75-100, child < 50); with the "
+                 "seed profile an info card when only AASM 2024 is met; order-select only when an RLS drug is selected",
+           when=when_all(c.iron << ((m.kind == "finding") & (m.name == "iron_stores")
+                                    & ((m.verdict == "indicated") | (m.verdict == "iv_only")
+                                       | (m.verdict == "disagreement")))))
+def rls_low_iron(matches, ctx):
+    iron = matches[0]["iron"]
+    params = next(f for f in ctx.facts if f["kind"] == "params")
+    labs = {f["analyte"]: f for f in facts_of(ctx, "lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
+    on_iron = [f for f in facts_of(ctx, "medication", origin="chart") if "iron" in f.get("groups", [])]
+    value = _number(iron["ferritin"])
+    tsat = _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
+    verdict = iron["verdict"]
+    why = [_profile_sentence(iron, params), _other_profile(iron, params), ACUTE_PHASE]
+    hb = labs.get("hemoglobin")
+    if hb and hb.get("below_reference"):
+        why.append("Haemoglobin is below its reference range: evaluate the cause of iron deficiency.")
     suggestions = []
-    if on_iron:
-        why += "\n\nAlready on iron: " + "; ".join(f"{escape(f['name'])} since {escape(f['since'])}" for f in on_iron) + ". Recheck ferritin."
-    else:
+    if verdict == "iv_only":
+        why.append("AASM 2024 suggests IV rather than oral iron in this band (e.g. ferric carboxymaltose); no order is "
+                   "proposed.")
+    elif verdict == "indicated" and on_iron:
+        why.append("Already on iron: " + "; ".join(f"{escape(f['name'])} since {escape(f['since'])}" for f in on_iron)
+                   + ". Recheck ferritin.")
+    elif verdict == "indicated":
         suggestions.append(SuggestionDraft(label="Start oral iron (ferrous sulfate 325 mg tablet)",
                                            actions=[medication_proposal(ctx.patient_id, *FERROUS_SULFATE_325)]))
+    summary = {
+        ("indicated", "seed"): fill("RLS with ferritin {value} ng/mL (below {threshold}): iron supplementation indicated",
+                                    value=value, threshold=_number(params["seed_ferritin_iron_indicated_below"])),
+        ("indicated", "aasm2024"): fill("RLS with ferritin {value} ng/mL, TSAT {tsat}%: meets the AASM 2024 threshold "
+                                        "for iron therapy", value=value, tsat=tsat),
+        ("iv_only", "aasm2024"): fill("RLS with ferritin {value} ng/mL (75-100): AASM 2024 suggests IV rather than oral "
+                                      "iron", value=value),
+        ("disagreement", "seed"): (fill("Ferritin {value} ng/mL meets the AASM 2024 iron threshold (75) but not the seed "
+                                        "threshold (50)", value=value) if not iron["by_tsat"] else
+                                   fill("TSAT {tsat}% meets the AASM 2024 iron threshold (20%) but ferritin {value} "
+                                        "ng/mL does not meet the seed threshold (50)", tsat=tsat, value=value)),
+    }[(verdict, iron["profile"])]
     return CardDraft(
-        summary=fill("RLS with ferritin {value} ng/mL (below {threshold}): iron supplementation indicated",
-                     value=value, threshold=_number(threshold)),
-        indicator="warning",
-        why=why,
-        evidence=[ferritin, matches[0]["rls"]] + on_iron,
+        summary=summary,
+        indicator="info" if verdict == "disagreement" else "warning",
+        why="\n\n".join(why),
+        evidence=[iron, *labs.values(), *on_iron],
         suggestions=suggestions,
         override_reasons=[("patient-contraindication", "Iron contraindicated or not tolerated"),
                           ("already-treated", "Iron already given or planned")],
     )
 
 
+def _profile_sentence(iron: dict, params: dict) -> str:
+    name = {"seed": f"the seed profile (ferritin < {_number(params['seed_ferritin_iron_indicated_below'])} ng/mL; "
+                    "seed 000: iron supplementation is needed below 50 ng/mL)",
+            "aasm2024": "the AASM 2024 profile (ferritin <= 75 ng/mL or TSAT < 20 %; IV iron only for 75-100 ng/mL)"}
+    text = (f"Restless legs syndrome is on the problem list. Threshold profile in use: **{params['profile_title']}** — "
+            f"{name[iron['profile']]}; source: {escape(params['profile_source'])}.")
+    if iron["child"] and iron["profile"] == "aasm2024":
+        text += " For a child the AASM profile uses ferritin < 50 ng/mL; that figure is from a secondary source and unverified."
+    return text
+
+
+def _other_profile(iron: dict, params: dict) -> str:
+    words = {"indicated": "iron therapy is indicated", "iv_only": "IV iron only is suggested",
+             "in_range": "this patient is in range", "unknown": "the verdict is unknown (value is a bound)"}
+    if iron["profile"] == "seed":
+        return f"Under AASM 2024 (ferritin <= 75 ng/mL or TSAT < 20 %): {words[iron['aasm_verdict']]}."
+    return f"Under the seed threshold (ferritin < 50 ng/mL): {words[iron['seed_verdict']]}."
+
+
 def _number(value) -> str:
-    return f"{float(value):g}"
+    return f"{round(float(value), 1):g}"

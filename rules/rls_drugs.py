@@ -1,47 +1,39 @@
-"""Drugs that worsen restless legs: R3 (on ordering) and R4 (chart review).
+"""Drugs in restless legs syndrome: those that worsen it (R3 on ordering, R4 on chart review) and
+dopaminergic treatment (R20).
 
 Seeds 000 and 001 name tricyclics, SSRIs, lithium and dopamine antagonists; 001 adds centrally
 acting antihistamines. SNRIs and mirtazapine are an Addition (AASM 2024 lists antidepressants
 among exacerbating factors), switchable with `rls_worsening_additions`. Which classes count is
 the `rls_worsening` drug group in `knowledge/drugs.json`; the facts layer tags each medication.
+R20 is an Addition (AASM 2024: against standard use of dopamine agonists and levodopa, because of
+augmentation); it fires only for a new start and never for parkinsonism.
 """
-from durable.lang import c, item, m, when_all
+from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, escape, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill, name_list
 
-SEEDS_DRUGS = "seed 000_e09f97222edeabb3.txt, 001_9c4bd8494c6f1f15.txt (SNRI, mirtazapine: AASM 2024 addition)"
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, drug_fields, drug_line,
+                     facts_of, seeds, unique, unique_drugs)
+from .iron import assess_iron
+
+SEEDS_DRUGS = f"{seeds(SEED_000, SEED_001)} (SNRI, mirtazapine: AASM 2024 addition)"
 CETIRIZINE_10 = ("1014678", "cetirizine hydrochloride 10 MG Oral Tablet")
-HOW_MATCHED = {"rxnorm-product": "RxNorm product code", "rxnorm-ingredient": "RxNorm ingredient code",
-               "atc": "ATC code", "text": "name (no usable code)"}
+RLS_ALTERNATIVES = [("1101338", "gabapentin enacarbil 600 MG Extended Release Oral Tablet"),
+                    ("483450", "pregabalin 75 MG Oral Capsule"),
+                    ("310431", "gabapentin 300 MG Oral Capsule")]
 
 
 def _worsening_class(drug: dict, ctx) -> str:
-    """Name a drug in two classes (promethazine) once, under the class this rule is about."""
-    classes = [cls for cls in drug["classes"] if cls in ctx.groups["rls_worsening"]]
-    return ctx.class_title(classes[0]) if classes else "RLS-worsening drug"
+    return class_of(drug, ctx.groups["rls_worsening"], ctx)
 
 
 def _drug_line(drug: dict, ctx) -> str:
-    code = f" {drug['code']}" if drug.get("code") not in (None, "none") else ""
-    return (f"- **{escape(drug['name'])}** ({_worsening_class(drug, ctx)}), {escape(drug['resource_ref'])}; "
-            f"matched by {HOW_MATCHED.get(drug['matched_by'], drug['matched_by'])}{code}")
-
-
-def _unique_drugs(matches, alias: str) -> list[dict]:
-    """One entry per ingredient set, across MedicationRequest and MedicationStatement."""
-    seen, drugs = set(), []
-    for match in matches:
-        drug = match[alias]
-        key = tuple(sorted(drug["ingredients"]))
-        if key not in seen:
-            seen.add(key)
-            drugs.append(drug)
-    return drugs
+    return drug_line(drug, _worsening_class(drug, ctx))
 
 
 def _diagnoses(matches) -> list[dict]:
-    return list({m_["dx"]["resource_ref"]: m_["dx"] for m_ in matches}.values())
+    return unique(matches, "dx")
 
 
 @card_rule(id="R3", title="RLS-worsening drug ordered", citation=SEEDS_DRUGS,
@@ -55,7 +47,7 @@ def _diagnoses(matches) -> list[dict]:
                           & m.groups.anyItem(item == "rls_worsening")),
            ))
 def worsening_drug_ordered(matches, ctx):
-    drugs = _unique_drugs(matches, "drug")
+    drugs = unique_drugs(matches, "drug")
     first = drugs[0]
     why = ("Restless legs syndrome or periodic limb movement disorder is on the problem list, and the order being "
            "placed is a drug that can worsen it (seeds 000 and 001: tricyclics, SSRIs, lithium, dopamine "
@@ -101,7 +93,7 @@ def worsening_drug_ordered(matches, ctx):
                c.drug << ((m.kind == "medication") & (m.origin == "chart") & m.groups.anyItem(item == "rls_worsening")),
            ))
 def worsening_drugs_review(matches, ctx):
-    drugs = _unique_drugs(matches, "drug")
+    drugs = unique_drugs(matches, "drug")
     names = [d["name"] for d in drugs]
     why = ("A leg-movement diagnosis or complaint is on the problem list and the patient takes medication that can "
            "cause or worsen restless legs (seeds 000 and 001). Review whether each is still needed.\n\n"
@@ -113,3 +105,78 @@ def worsening_drugs_review(matches, ctx):
         why=why,
         evidence=[m_["drug"] for m_ in matches] + _diagnoses(matches),
     )
+
+
+# ---- dopaminergic drafts (feed R5 and R20) --------------------------------------------------
+
+def _dopaminergic(match) -> dict:
+    return drug_fields(match["drug"])
+
+
+_DOPAMINERGIC_DRAFT = ((m.kind == "medication") & (m.origin == "draft") & m.groups.anyItem(item == "dopaminergic"))
+
+
+@derivation(id="F-DOPAMINERGIC-DRAFT", title="A dopaminergic drug is being ordered", citation=f"{CATALOG} R5, R20",
+            when=when_all(c.drug << (_DOPAMINERGIC_DRAFT & m.classes.allItems(item != "prolactin_lowering"))),
+            produces="dopaminergic_draft", logic="a draft dopamine agonist or levodopa other than cabergoline/bromocriptine")
+def dopaminergic_draft(match):
+    return _dopaminergic(match)
+
+
+@derivation(id="F-DOPAMINERGIC-DRAFT-PRL", title="A prolactin-lowering dopamine agonist is being ordered without "
+                                                 "hyperprolactinaemia", citation=f"{CATALOG} R5, R20",
+            when=when_all(c.drug << (_DOPAMINERGIC_DRAFT & m.classes.anyItem(item == "prolactin_lowering")),
+                          none((m.kind == "condition") & m.sets.anyItem(item == "HYPERPROLACTINAEMIA"))),
+            produces="dopaminergic_draft",
+            logic="a draft cabergoline or bromocriptine with no hyperprolactinaemia (E22.1, D35.2), also as the reason")
+def prolactin_lowering_draft(match):
+    return _dopaminergic(match)
+
+
+# ---- R20 --------------------------------------------------------------------------------------
+
+@card_rule(id="R20", title="Dopamine agonist or levodopa as RLS treatment", citation=AASM_2024, source_url=AASM_2024_URL,
+           hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "labs", "patient"),
+           logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
+                 "parkinsonism, and no order of either class in the new-start window; warning when iron is low",
+           when=when_all(
+               c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+               c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
+               c.rls << ((m.kind == "finding") & (m.name == "rls")),
+               none((m.kind == "condition") & m.sets.anyItem(item == "PARKINSONISM")),
+               none((m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic")),
+           ))
+def dopaminergic_for_rls(matches, ctx):
+    drafts = [as_drug(d) for d in unique(matches, "draft")]
+    first = drafts[0]
+    levodopa = "levodopa" in first["classes"] and "dopamine_agonist" not in first["classes"]
+    iron = _iron_verdict(ctx)
+    why = [("Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (no "
+            "order of a dopamine agonist or levodopa in the last "
+            f"{int(ctx.settings['new_start_window_days'])} days). AASM 2024 suggests against the standard use of "
+            "pramipexole, ropinirole, rotigotine and levodopa because of augmentation, and against cabergoline; "
+            "gabapentin enacarbil, gabapentin or pregabalin are preferred first-line options (the recommendation "
+            "strengths come from secondary summaries and are not quoted here)."),
+           "\n".join(drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts),
+           "Check renal function before dosing a gabapentinoid (R23)."]
+    if iron in ("indicated", "iv_only"):
+        why.append("**Iron stores are low for this patient (see R2): treat iron first.**")
+    suggestions = [SuggestionDraft(label=fill("Replace with {name}", name=name),
+                                   actions=[remove_draft(first["resource_ref"], first["name"]),
+                                            medication_proposal(ctx.patient_id, rxcui, name)])
+                   for rxcui, name in RLS_ALTERNATIVES] if len(drafts) == 1 else []
+    summary = ("Levodopa for RLS: AASM 2024 suggests against standard use (augmentation risk)" if levodopa else
+               "Dopamine agonist for RLS: AASM 2024 suggests against standard use (augmentation risk)")
+    return CardDraft(summary=summary, indicator="warning" if iron in ("indicated", "iv_only") else "info",
+                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls"), suggestions=suggestions,
+                     override_reasons=[("continuation", "Continuation of established therapy"),
+                                       ("alternatives-failed", "Alternatives tried or contraindicated")])
+
+
+def _iron_verdict(ctx) -> str | None:
+    """R2's verdict for this patient under the active profile, so iron comes first."""
+    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
+    if "ferritin" not in labs:
+        return None
+    params = facts_of(ctx, "params")[0]
+    return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], params)["verdict"]

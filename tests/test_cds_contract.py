@@ -39,7 +39,7 @@ def test_discovery_lists_each_service_hook_pair(client):
             # 2.0 tokens only: first-level primitive context fields, no FHIRPath
             tokens = [t for t in template.split("{{")[1:]]
             assert all(t.split("}}")[0] in ("context.patientId", "context.userId", "context.encounterId") for t in tokens)
-            assert "_count=" in template, "every search is bounded"
+            assert "_count=" in template or "?" not in template, "every search is bounded"
     assert_no_empty(services)
 
 
@@ -55,8 +55,10 @@ def assert_no_empty(value):
 
 def test_prefetch_templates_follow_what_the_rules_read(app):
     services = app.extensions["legmove"].services
-    assert set(services[("legmove-orders", "order-sign")].prefetch_keys) == {"conditions"}
-    assert {"labs", "lab_orders"} <= set(services[("legmove-patient-view", "patient-view")].prefetch_keys)
+    sign = set(services[("legmove-orders", "order-sign")].prefetch)
+    assert {"conditions", "procedures", "reports", "medication_requests"} <= sign  # R12 prior EMG, R20 new start
+    assert "service_requests" not in sign  # no order-sign rule reads chart orders
+    assert {"labs", "service_requests", "patient"} <= set(services[("legmove-patient-view", "patient-view")].prefetch)
 
 
 # ---- request checks ------------------------------------------------------------------------

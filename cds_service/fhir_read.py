@@ -1,0 +1,101 @@
+"""Lenient readers for FHIR R4 JSON as real EHRs send it: arrays that arrive as single objects,
+primitives of the wrong type, partial dates, values with comparators. Each returns None (or an
+empty list) for anything it cannot read with confidence; callers skip and log such data.
+"""
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+
+from .terminology import UCUM
+
+MAX_TEXT = 120  # longest free text copied into a fact (card detail escapes it later)
+
+def as_list(value) -> list:
+    """FHIR arrays sometimes arrive as single objects (the sandbox's category, reasonCode)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def codings_of(concept) -> list[dict]:
+    if not isinstance(concept, dict):
+        return []
+    return [c for c in as_list(concept.get("coding")) if isinstance(c, dict) and isinstance(c.get("code"), str)]
+
+
+def text_of(concept) -> str | None:
+    text = concept.get("text") if isinstance(concept, dict) else None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def string(value) -> str | None:
+    """A FHIR primitive that must be a string, or None: a status sent as a list is not a status."""
+    return value if isinstance(value, str) else None
+
+
+def first_code(concept) -> str | None:
+    codes = codings_of(concept)
+    return codes[0]["code"] if codes else None
+
+
+def reference_of(res: dict) -> str:
+    rid = res.get("id")
+    return f"{res.get('resourceType')}/{rid if isinstance(rid, str) else '(no id)'}"
+
+
+def refers_to_patient(reference, patient_id: str) -> bool:
+    if not isinstance(reference, str):
+        return False
+    return reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}")
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_fhir_date(value) -> date | None:
+    """A full date or dateTime; partial dates (year, year-month) are too vague to compare."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", value):
+        return None
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(timezone.utc)
+        return parsed.date()
+    except ValueError:
+        return None
+
+
+def observation_date(res: dict) -> date | None:
+    period = res.get("effectivePeriod")
+    for candidate in (res.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None, res.get("issued")):
+        parsed = parse_fhir_date(candidate)
+        if parsed:
+            return parsed
+    return None
+
+
+_TEXT_VALUE = re.compile(r"\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*$")
+_MAX_ABS_VALUE = 1e9  # every analyte we read is a non-negative amount far below this
+
+
+def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
+    """(value, comparator, unit) from valueQuantity, or a ">60"-style valueString; None if unusable."""
+    quantity = res.get("valueQuantity")
+    if isinstance(quantity, dict):
+        value = quantity.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not (0 <= value <= _MAX_ABS_VALUE):  # NaN, inf, huge ints and negative amounts are misreads
+            return None
+        value = float(value)
+        comparator = quantity.get("comparator") if quantity.get("comparator") in ("<", "<=", ">", ">=") else "="
+        unit = quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
+        if unit is None and isinstance(quantity.get("unit"), str):
+            unit = quantity["unit"]
+        return value, comparator, unit
+    return None  # valueString has no unit for these analytes, so it cannot be converted

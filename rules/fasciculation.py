@@ -1,0 +1,338 @@
+"""Fasciculations: red flags (R8), emergencies (R9, R10, off by default), the first-tier work-up
+(R11, R13) and tests that add nothing in stable benign fasciculation syndrome (R12, R21).
+
+Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations call for an
+urgent EMG/NCS and a neurology referral; sudden onset with a new deficit needs emergent imaging;
+ascending weakness with areflexia suggests Guillain-Barre syndrome. Without red flags: first-tier
+labs (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP), anxiety and depression screening, no routine
+repeat EMG, no lumbar MRI without radicular pain or UMN signs, no routine brain imaging.
+A red-flag finding turns the work-up into one critical referral card (R8 supersedes R11, R13).
+"""
+from durable.lang import c, item, m, none, when_all
+
+from cds_service.orders import lab_order, procedure_order
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
+
+from .common import (CATALOG, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions, seeds,
+                     unique)
+
+SEED = seeds(SEED_002)
+ORDER_HOOKS = (c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))))
+FASC = c.fasc << ((m.kind == "finding") & (m.name == "fasciculation"))
+FIRST_TIER = {  # test -> (analytes that satisfy it, order code, order display)
+    "glucose/HbA1c": (("glucose", "hba1c"), "1558-6", "Fasting glucose [Mass/volume] in Serum or Plasma"),
+    "CBC": (("cbc",), "58410-2", "CBC panel - Blood by Automated count"),
+    "CMP": (("cmp",), "24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma"),
+    "B12": (("b12",), "2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma"),
+    "TSH": (("tsh",), "3016-3", "Thyrotropin [Units/volume] in Serum or Plasma"),
+    "SPEP": (("spep",), "24351-9", "Protein electrophoresis panel - Serum or Plasma"),
+}
+
+
+# ---- red flags and when to look ------------------------------------------------------------
+
+@derivation(id="F-RED-FLAG", title="An ALS red flag is present", citation=f"{SEED}; {CATALOG} R8",
+            when=when_all(c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG")
+                                     & m.sets.allItems(item != "WEAK_RED_FLAG"))),
+            produces="red_flag", logic="present(WEAKNESS M62.81/26544005, ATROPHY M62.5*, DYSPHAGIA R13.1*, DYSARTHRIA R47.1)")
+def red_flag(match):
+    return {"resource_ref": match["flag"]["resource_ref"], "display": match["flag"]["display"],
+            "recorded_days_ago": match["flag"]["recorded_days_ago"]}
+
+
+@derivation(id="F-RED-FLAG-WEAK", title="A nonspecific red flag is present (R29.2, R53.1)", citation=f"{CATALOG} R8",
+            when=when_all(c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "WEAK_RED_FLAG")),
+                          c.params << ((m.kind == "params") & (m.r8_weak_red_flags == True))),
+            produces="red_flag", logic="present(R29.2 abnormal reflex or R53.1 weakness) while r8_weak_red_flags is on")
+def weak_red_flag(match):
+    return red_flag(match)
+
+
+@derivation(id="F-FASC-REVIEW-VIEW", title="Fasciculation review due on opening the chart", citation=f"{CATALOG} R8",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
+            produces="fasciculation_review_due", logic="the hook is patient-view")
+def fasciculation_review_on_view(match):
+    return {"trigger": "patient-view"}
+
+
+@derivation(id="F-FASC-REVIEW-ORDER", title="Fasciculation review due when an SSRI/SNRI is selected",
+            citation=f"{SEED}; {CATALOG} R8",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
+                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.classes.anyItem((item == "ssri") | (item == "snri")))),
+            produces="fasciculation_review_due",
+            logic="order-select of an SSRI or SNRI (002 treats anxiety in benign fasciculation syndrome with these)")
+def fasciculation_review_on_order(match):
+    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+
+
+# ---- R8 -------------------------------------------------------------------------------------
+
+@card_rule(id="R8", title="Fasciculations with ALS red flags", citation=SEED, hooks=("patient-view", "order-select"),
+           needs=("conditions", "service_requests", "procedures", "reports"), supersedes=("R11", "R13"),
+           logic="fasciculations and a red flag (weakness, atrophy, abnormal reflex, dysphagia, dysarthria) and no "
+                 "ALS/MND coded; info instead of critical when an EMG and a neurology referral follow the latest flag",
+           when=when_all(
+               FASC,
+               c.due << ((m.kind == "finding") & (m.name == "fasciculation_review_due")),
+               c.flag << ((m.kind == "finding") & (m.name == "red_flag")),
+               none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND")),
+           ))
+def fasciculation_red_flags(matches, ctx):
+    flags = unique(matches, "flag")
+    latest = min((f["recorded_days_ago"] for f in flags), default=-1)
+    emg, referral = _done_since(ctx, "emg", latest), _done_since(ctx, "neurology_referral", latest)
+    why = [f"Fasciculations with {escape(condition_names(flags, 3))} on the problem list, and no ALS or motor neuron "
+           "disease coded. Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations need "
+           "an urgent EMG/NCS and a neurology referral (R29.2 does not say whether reflexes are brisk or reduced; "
+           "R53.1 is nonspecific)."]
+    missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
+               if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
+    if missing:
+        why.append("First-tier labs not yet on file: " + ", ".join(missing) + " (they can go with the referral).")
+    if emg and referral:
+        why.append("An EMG/NCS and a neurology referral are already on file after the latest red flag: "
+                   + "; ".join(escape(f["resource_ref"]) for f in emg + referral) + ".")
+        return CardDraft(summary="Fasciculations with red flags: EMG/NCS and neurology referral already on file",
+                         indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
+    settings = ctx.settings
+    order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
+        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags (R8)"),
+        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags (R8)"),
+    ])
+    return CardDraft(
+        summary="Fasciculations with weakness, atrophy or abnormal reflexes: urgent EMG/NCS and neurology referral",
+        indicator="critical", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags, suggestions=[order],
+        override_reasons=[("already-arranged", "EMG or neurology review already arranged elsewhere"),
+                          ("known-cause", "Red flag has a known other cause")],
+    )
+
+
+def _done_since(ctx, procedure: str, flag_days_ago: int) -> list[dict]:
+    """Orders or results for `procedure` dated on or after the latest red flag (unknown dates do not count)."""
+    if flag_days_ago < 0:
+        return []
+    found = facts_of(ctx, "order", procedure=procedure) + facts_of(ctx, "procedure_done", procedure=procedure)
+    return [f for f in found if 0 <= f["days_ago"] <= flag_days_ago]
+
+
+# ---- R9 and R10 (off by default: coded data cannot say "ascending" or "new") ----------------
+
+@derivation(id="F-GBS-CODED", title="Recent Guillain-Barre syndrome coded", citation=f"{SEED}; {CATALOG} R9",
+            when=when_all(c.params << (m.kind == "params"),
+                          c.gbs << ((m.kind == "condition") & m.sets.anyItem(item == "GBS") & (m.onset_days_ago >= 0)
+                                    & (m.onset_days_ago <= c.params.gbs_onset_window_days))),
+            produces="gbs_suspected", logic="GBS (G61.0) with onset within gbs_onset_window_days")
+def gbs_coded(match):
+    return {"resource_ref": match["gbs"]["resource_ref"], "basis_text": "Guillain-Barre syndrome coded"}
+
+
+@derivation(id="F-GBS-PATTERN", title="Recent weakness with an abnormal reflex", citation=f"{SEED}; {CATALOG} R9",
+            when=when_all(c.params << (m.kind == "params"),
+                          c.weak << ((m.kind == "condition") & m.sets.anyItem(item == "WEAKNESS")
+                                     & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.params.gbs_onset_window_days)),
+                          c.reflex << ((m.kind == "condition") & m.sets.anyItem(item == "ABNORMAL_REFLEX")
+                                       & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.params.gbs_onset_window_days))),
+            produces="gbs_suspected", logic="WEAKNESS and ABNORMAL_REFLEX both with onset within gbs_onset_window_days")
+def gbs_pattern(match):
+    return {"resource_ref": match["weak"]["resource_ref"], "basis_text": "recent weakness with an abnormal reflex"}
+
+
+@card_rule(id="R9", title="Ascending weakness with areflexia (GBS)", citation=SEED, hooks=("patient-view",),
+           needs=("conditions",), enabled_by_default=False,
+           logic="recent GBS, or recent weakness together with an abnormal reflex (onset within 14 days)",
+           when=when_all(c.gbs << ((m.kind == "finding") & (m.name == "gbs_suspected"))))
+def ascending_weakness(matches, ctx):
+    found = unique(matches, "gbs")
+    why = (f"Basis: {', '.join(sorted({f['basis_text'] for f in found}))}, with onset within "
+           f"{int(ctx.settings['gbs_onset_window_days'])} days. Seed 002: ascending weakness with areflexia suggests "
+           "Guillain-Barre syndrome: admit, with respiratory monitoring (vital capacity). Coded data cannot express "
+           "'ascending' or 'areflexia' (R29.2 covers brisk and reduced reflexes): confirm at the bedside.")
+    return CardDraft(summary="Ascending weakness with areflexia: consider Guillain-Barre syndrome; admit with "
+                             "respiratory monitoring", indicator="critical", why=why, evidence=found)
+
+
+@card_rule(id="R10", title="Sudden fasciculations with a new deficit", citation=SEED, hooks=("patient-view",),
+           supersedes=("R11", "R13"),
+           needs=("conditions", "service_requests"), enabled_by_default=False,
+           logic="fasciculation and a new focal deficit, both with onset within 48 h, the deficit not before the "
+                 "fasciculation, no stroke coded and no head imaging ordered in the window",
+           when=when_all(
+               c.params << (m.kind == "params"),
+               c.fasc << ((m.kind == "condition") & m.sets.anyItem(item == "FASCICULATION") & (m.onset_days_ago >= 0)
+                          & (m.onset_days_ago <= c.params.acute_deficit_window_days)),
+               c.deficit << ((m.kind == "condition") & m.sets.anyItem(item == "NEW_FOCAL_DEFICIT")
+                             & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.fasc.onset_days_ago)),
+               none((m.kind == "condition") & m.sets.anyItem(item == "STROKE")),
+               none((m.kind == "order") & (m.procedure == "brain_imaging") & (m.days_ago >= 0) & (m.days_ago <= 2)),
+           ))
+def sudden_fasciculation_with_deficit(matches, ctx):
+    found = unique(matches, "fasc") + unique(matches, "deficit")
+    why = (f"{escape(condition_names(unique(matches, 'deficit')))} began within 48 hours together with new "
+           "fasciculations, no stroke is coded and no head imaging is ordered. Seed 002: sudden onset with a new "
+           "deficit needs emergent CT/MRI to exclude a stroke.")
+    order = SuggestionDraft(label="Order emergent head imaging", is_recommended=True, actions=[
+        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations (R10)")])
+    return CardDraft(summary="New fasciculations with a new neurological deficit: emergent CT/MRI to exclude stroke",
+                     indicator="critical", why=why, evidence=found, suggestions=[order])
+
+
+# ---- R11 first-tier labs -------------------------------------------------------------------
+
+def _missing_test(test: str, analytes: tuple[str, ...]) -> None:
+    """Register F-FIRST-TIER-<test>: fasciculation present and no result, pending result or order."""
+    is_analyte = (m.analyte == analytes[0]) if len(analytes) == 1 else ((m.analyte == analytes[0]) | (m.analyte == analytes[1]))
+
+    def derive(match):
+        return {"test": test}
+
+    derive.__name__ = f"first_tier_missing_{analytes[0]}"
+    derivation(id=f"F-FIRST-TIER-{analytes[0].upper()}", title=f"First-tier test missing: {test}",
+               citation=f"{SEED}; {CATALOG} R11", produces="first_tier_missing", needs=("labs", "service_requests"),
+               logic=f"fasciculation and no {test} result, pending result or order within the lookback",
+               when=when_all(FASC, none((m.kind == "lab") & is_analyte), none((m.kind == "pending_test") & is_analyte),
+                             none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests")))))(derive)
+
+
+for _test, (_analytes, _code, _display) in FIRST_TIER.items():
+    _missing_test(_test, _analytes)
+
+
+@card_rule(id="R11", title="First-tier labs for fasciculations", citation=SEED, hooks=("patient-view",),
+           needs=("labs", "service_requests"),
+           logic="fasciculation present and at least one first-tier test (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP) "
+                 "neither resulted within 12 months nor pending",
+           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "first_tier_missing"))))
+def first_tier_labs(matches, ctx):
+    missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
+    months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
+    why = (f"Fasciculations are on the problem list and these first-tier tests have no result in the last {months} "
+           f"months and are not pending: {', '.join(missing)}. Seed 002 lists fasting glucose or HbA1c, CBC, CMP, B12, "
+           "TSH and serum protein electrophoresis as the first tier; a haemoglobin alone does not count as a CBC.")
+    order = SuggestionDraft(label="Order missing first-tier labs", actions=[
+        lab_order(ctx.patient_id, FIRST_TIER[test][1], FIRST_TIER[test][2]) for test in missing])
+    return CardDraft(summary=fill("Fasciculations: first-tier labs missing ({missing})", limit=60,
+                                  missing=", ".join(missing)),
+                     indicator="info", why=why, evidence=unique(matches, "fasc"), suggestions=[order],
+                     override_reasons=[("done-elsewhere", "Done at another laboratory")])
+
+
+# ---- R12 repeat EMG ---------------------------------------------------------------------------
+
+@card_rule(id="R12", title="No routine repeat EMG in stable benign fasciculation syndrome", citation=SEED,
+           hooks=("order-select", "order-sign"), needs=("conditions", "procedures", "reports"),
+           logic="a selected/any draft EMG/NCS, fasciculation present, a prior EMG within 24 months, no red flag "
+                 "recorded since, no ALS/MND and no other EMG indication (radiculopathy, carpal tunnel, polyneuropathy)",
+           when=when_all(
+               ORDER_HOOKS, FASC,
+               c.params << (m.kind == "params"),
+               c.prior << ((m.kind == "procedure_done") & (m.procedure == "emg")
+                           & (m.days_ago <= c.params.prior_emg_window_days)),
+               c.emg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True) & (m.procedure == "emg")
+                         & (m.unclassified_reasons == 0)),
+               none((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG") & (m.recorded_days_ago < c.prior.days_ago)),
+               none((m.kind == "condition") & m.sets.anyItem(item == "EMG_OTHER_INDICATION")),
+               none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND")),
+           ))
+def repeat_emg(matches, ctx):
+    orders, priors = unique(matches, "emg"), unique(matches, "prior")
+    why = ("Fasciculations are on the problem list, an EMG was done within the last "
+           f"{round(int(ctx.settings['prior_emg_window_days']) / 30.4)} months, and no weakness, atrophy, abnormal "
+           "reflex, dysphagia or dysarthria has been recorded since. Seed 002: no routine repeat EMG in stable benign "
+           "fasciculation syndrome; repeat it when new deficits appear.")
+    suggestions, behavior = removal_suggestions(orders)
+    return CardDraft(summary="Repeat EMG is not indicated in stable benign fasciculation syndrome without new deficits",
+                     indicator="warning", why=why, evidence=orders + priors + unique(matches, "fasc"),
+                     suggestions=suggestions, selection_behavior=behavior,
+                     override_reasons=[("new-symptoms", "New symptoms not yet coded"),
+                                       ("other-indication", "Ordered for another indication")])
+
+
+# ---- R13 anxiety and depression screening -------------------------------------------------
+
+def _missing_screen(test: str, analyte: str, diagnosis: str) -> None:
+    def derive(match):
+        return {"test": test}
+
+    base = (FASC, none((m.kind == "lab") & (m.analyte == analyte)),
+            none((m.kind == "data_gap") & (m.key == "labs")))
+    derive.__name__ = f"screen_missing_{analyte}"
+    derivation(id=f"F-SCREEN-{analyte.upper()}", title=f"{test} not on file", citation=f"{SEED}; {CATALOG} R13",
+               produces="screen_missing", needs=("labs",), logic=f"fasciculation and no {test} within 12 months",
+               when=when_all(*base, c.params << ((m.kind == "params") & (m.r13_skip_if_diagnosed == False))))(derive)
+    derivation(id=f"F-SCREEN-{analyte.upper()}-DX", title=f"{test} not on file and no {diagnosis.lower()} coded",
+               citation=f"{SEED}; {CATALOG} R13", produces="screen_missing", needs=("labs",),
+               logic=f"as F-SCREEN-{analyte.upper()}, when r13_skip_if_diagnosed is on and no {diagnosis} is coded",
+               when=when_all(*base, c.params << ((m.kind == "params") & (m.r13_skip_if_diagnosed == True)),
+                             none((m.kind == "condition") & m.sets.anyItem(item == diagnosis))))(derive)
+
+
+_missing_screen("GAD-7", "gad7", "ANXIETY")
+_missing_screen("PHQ-9", "phq9", "DEPRESSION")
+
+
+@card_rule(id="R13", title="Anxiety and depression screening in fasciculations", citation=SEED,
+           hooks=("patient-view",), needs=("labs", "conditions"),
+           logic="fasciculation present and no GAD-7 or no PHQ-9 within 12 months (a coded anxiety/depression stands "
+                 "in when r13_skip_if_diagnosed is on); never suggests a drug",
+           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "screen_missing"))))
+def anxiety_depression_screening(matches, ctx):
+    missing = [t for t in ("GAD-7", "PHQ-9") if t in {match["missing"]["test"] for match in matches}]
+    why = ("Fasciculations are on the problem list and no " + " or ".join(missing) + " score from the last 12 months was "
+           "found. Seed 002: screen for anxiety and depression (GAD-7, PHQ-9) in benign fasciculations; anxiety "
+           "commonly drives and amplifies them.")
+    return CardDraft(summary=fill("Fasciculations: screen for anxiety and depression ({missing})",
+                                  missing=", ".join(missing)),
+                     indicator="info", why=why, evidence=unique(matches, "fasc"))
+
+
+# ---- R21 imaging -------------------------------------------------------------------------------
+
+_IMAGING_FREE_OF_OTHER_REASONS = (
+    none((m.kind == "condition") & (m.verification_status == "reason for this order")
+         & m.sets.allItems(item != "FASCICULATION")),
+)
+
+
+@derivation(id="F-LUMBAR-MRI-UNNEEDED", title="Lumbar MRI without radicular pain or UMN signs",
+            citation=f"{SEED}; {CATALOG} R21",
+            when=when_all(FASC, c.order << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True)
+                                             & (m.procedure == "lumbar_mri") & (m.unclassified_reasons == 0)),
+                          none((m.kind == "condition") & m.sets.anyItem((item == "RADICULOPATHY") | (item == "ABNORMAL_REFLEX"))),
+                          *_IMAGING_FREE_OF_OTHER_REASONS),
+            produces="imaging_not_indicated", logic="a lumbar MRI draft, fasciculation, no radiculopathy/sciatica or R29.2")
+def lumbar_mri_unneeded(match):
+    order = match["order"]
+    return {"site": "lumbar", "resource_ref": order["resource_ref"], "label": order["name"]}
+
+
+@derivation(id="F-BRAIN-IMAGING-UNNEEDED", title="Brain imaging for isolated fasciculations",
+            citation=f"{SEED}; {CATALOG} R21",
+            when=when_all(FASC, c.order << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True)
+                                             & (m.procedure == "brain_imaging") & (m.unclassified_reasons == 0)),
+                          none((m.kind == "condition") & m.sets.anyItem((item == "NEW_FOCAL_DEFICIT") | (item == "RED_FLAG")
+                                                                        | (item == "STROKE"))),
+                          *_IMAGING_FREE_OF_OTHER_REASONS),
+            produces="imaging_not_indicated", logic="a brain MRI/head CT draft, fasciculation, no other neurological finding")
+def brain_imaging_unneeded(match):
+    order = match["order"]
+    return {"site": "brain", "resource_ref": order["resource_ref"], "label": order["name"]}
+
+
+@card_rule(id="R21", title="Imaging not indicated for isolated fasciculations", citation=SEED,
+           hooks=("order-select", "order-sign"), needs=("conditions",),
+           logic="a lumbar MRI with no radicular pain or abnormal reflex, or brain imaging with no other neurological "
+                 "finding, ordered for a patient whose only finding is fasciculation",
+           when=when_all(ORDER_HOOKS, c.img << ((m.kind == "finding") & (m.name == "imaging_not_indicated"))))
+def imaging_for_isolated_fasciculations(matches, ctx):
+    orders = [dict(o, name=o["label"]) for o in unique(matches, "img")]
+    lumbar = any(o["site"] == "lumbar" for o in orders)
+    why = ("Fasciculations are the only neurological finding coded and imaging is being ordered. Seed 002: lumbar MRI "
+           "only with dermatomal radicular pain or upper motor neuron signs; no routine brain imaging for isolated "
+           "fasciculations.")
+    suggestions, behavior = removal_suggestions(orders)
+    summary = ("Lumbar MRI for isolated fasciculations is indicated only with radicular pain or UMN signs" if lumbar else
+               "Isolated fasciculations with no other neurological findings do not need routine brain imaging")
+    return CardDraft(summary=summary, indicator="info", why=why, evidence=orders + conditions_in(ctx, "FASCICULATION"),
+                     suggestions=suggestions, selection_behavior=behavior,
+                     override_reasons=[("other-indication", "Ordered for another indication")])

@@ -1,0 +1,116 @@
+"""What looks like restless legs but is not (or not only): akathisia (R17) and the mimics (R18).
+
+Seed 001 names neuroleptic-induced akathisia, PAD, venous disease, neuropathy, spinal stenosis,
+radiculopathy and cramps as mimics, and notes that the four RLS criteria alone misclassify 16 %
+of patients without RLS; seed 000 contrasts cramps. Akathisia here is caused by dopamine
+antagonists only (antipsychotics and antiemetics; catalog 6.2).
+"""
+from durable.lang import c, item, m, none, when_all
+
+from cds_service.rulebook import CardDraft, card_rule, derivation, escape, fill
+
+from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line, seeds,
+                     unique)
+
+MIMIC_FEATURES = {
+    "PAD": "peripheral arterial disease: pain with walking, not relieved by it; check the four distal pulses",
+    "LUMBAR_STENOSIS": "spinal stenosis: relief with lumbar flexion",
+    "RADICULOPATHY": "radiculopathy: dermatomal pain, not an urge to move",
+    "NEUROPATHY": "neuropathy: sensory deficits, not relieved by movement (it can also cause secondary RLS)",
+    "VENOUS": "venous disease: oedema and varicosities, no evening pattern",
+    "LEG_CRAMP": "cramps: a painful contraction relieved by stretching that muscle",
+}
+
+
+@derivation(id="F-RLS-REVIEW-VIEW", title="RLS review on opening the chart", citation=f"{CATALOG} R17-R19 (hooks)",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
+                          c.rls << ((m.kind == "finding") & (m.name == "rls"))),
+            produces="rls_review_due", logic="patient-view with RLS present")
+def rls_review_on_view(match):
+    return {"trigger": "patient-view"}
+
+
+@derivation(id="F-RLS-REVIEW-ORDER", title="RLS review when an RLS drug is selected", citation=f"{CATALOG} R17-R19 (hooks)",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
+                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.groups.anyItem(item == "rls_drug"))),
+            produces="rls_review_due", logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
+def rls_review_on_order(match):
+    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+
+
+# ---- R17 ------------------------------------------------------------------------------------
+
+@derivation(id="F-AKATHISIA-REVIEW-VIEW", title="Akathisia review on opening the chart", citation=f"{CATALOG} R17 (hooks)",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
+            produces="akathisia_review_due", logic="the hook is patient-view")
+def akathisia_review_on_view(match):
+    return {"trigger": "patient-view"}
+
+
+@derivation(id="F-AKATHISIA-REVIEW-ORDER", title="Akathisia review when an RLS drug is selected",
+            citation=f"{CATALOG} R17 (hooks)",
+            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
+                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.groups.anyItem(item == "rls_drug"))),
+            produces="akathisia_review_due", logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
+def akathisia_review_on_order(match):
+    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+
+
+@derivation(id="F-AKATHISIA-PATTERN", title="A dopamine antagonist started shortly before the restlessness",
+            citation=f"{seeds(SEED_001)}; {CATALOG} R17",
+            when=when_all(
+                c.params << (m.kind == "params"),
+                c.symptom << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "RESTLESSNESS"))),
+                c.drug << ((m.kind == "medication") & (m.origin == "chart") & (m.started_days_ago >= 0)
+                           & m.groups.anyItem(item == "dopamine_antagonist")),
+                none((m.kind == "condition") & m.sets.anyItem(item == "AKATHISIA")),
+            ),
+            produces="akathisia_suspected", needs=("conditions", "medication_requests", "medication_statements"),
+            logic="a systemic dopamine antagonist started 0-90 days before the onset of RLS or restlessness (unknown "
+                  "onset: today), no akathisia coded")
+def akathisia_pattern(match):
+    onset = max(match["symptom"]["onset_days_ago"], 0)  # unknown onset: measure from today
+    lead = match["drug"]["started_days_ago"] - onset
+    if not 0 <= lead <= match["params"]["akathisia_window_days"]:
+        return None  # started after the symptoms, or long before them
+    return dict(drug_fields(match["drug"]), lead_days=lead, symptom_ref=match["symptom"]["resource_ref"])
+
+
+@card_rule(id="R17", title="Akathisia rather than RLS", citation=seeds(SEED_001), hooks=("patient-view", "order-select"),
+           needs=("conditions", "medication_requests", "medication_statements"),
+           logic="RLS or restlessness whose onset follows the start of a dopamine antagonist by at most 90 days, with "
+                 "no akathisia coded",
+           when=when_all(c.due << ((m.kind == "finding") & (m.name == "akathisia_review_due")),
+                         c.drug << ((m.kind == "finding") & (m.name == "akathisia_suspected"))))
+def akathisia_rather_than_rls(matches, ctx):
+    drugs = [as_drug(d) for d in unique(matches, "drug")]
+    wanted = ctx.groups["dopamine_antagonist"]
+    first = drugs[0]
+    why = (f"Restlessness or RLS began {first['lead_days']} days after {escape(first['name'])} was started. Seed 001: "
+           "neuroleptic-induced akathisia mimics RLS. Akathisia is an inner, whole-body restlessness without an evening "
+           "pattern; RLS is limb-focused, worse at rest and in the evening, and relieved by movement.\n\n"
+           + "\n".join(drug_line(d, class_of(d, wanted, ctx)) for d in drugs))
+    return CardDraft(summary=fill("Restlessness on {drug} (dopamine antagonist): consider drug-induced akathisia rather "
+                                  "than RLS", drug=first["name"]),
+                     indicator="info", why=why, evidence=drugs)
+
+
+# ---- R18 ------------------------------------------------------------------------------------
+
+@card_rule(id="R18", title="Mimics before RLS treatment", citation=seeds(SEED_000, SEED_001),
+           hooks=("order-select", "patient-view"), needs=("conditions",),
+           logic="patient-view with RLS present, or order-select of an RLS drug, and a mimic present (PAD, venous "
+                 "disease, neuropathy, lumbar stenosis, radiculopathy, leg cramps)",
+           when=when_all(c.due << ((m.kind == "finding") & (m.name == "rls_review_due")),
+                         c.mimic << ((m.kind == "condition") & m.sets.anyItem(item == "MIMIC"))))
+def rls_mimics(matches, ctx):
+    mimics = unique(matches, "mimic")
+    kinds = [k for k in MIMIC_FEATURES if any(k in f["sets"] for f in mimics)]
+    why = ("A condition that mimics restless legs syndrome, or contributes to it, is on the problem list. Seeds 000 "
+           "and 001: rule out mimics before treating RLS; the four symptom criteria alone misclassify 16 % of patients "
+           "without RLS (001). Telling features:\n\n" + "\n".join(f"- {MIMIC_FEATURES[k]}" for k in kinds))
+    return CardDraft(summary=fill("Leg symptoms with {mimic}: rule out an RLS mimic before starting RLS treatment",
+                                  mimic=condition_names(mimics)),
+                     indicator="info", why=why, evidence=mimics)

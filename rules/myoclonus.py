@@ -1,0 +1,180 @@
+"""Myoclonus: metabolic causes (R14), causative drugs (R15) and the work-up labs (R16).
+
+Seed 003 lists metabolic causes (kidney or liver failure, electrolyte imbalance, hypoglycaemia,
+hyponatraemia) and drugs (levodopa, antipsychotics, antidepressants, opioids, alcohol
+withdrawal): treat the cause. The lab screen is this project's translation (seed-derived);
+seed 000 adds EEG/EMG to localise the origin and MRI of the spine with NCS for spinal myoclonus.
+"""
+from durable.lang import c, item, m, none, when_all
+
+from cds_service.orders import lab_order, remove_draft
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
+
+from .common import (CATALOG, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
+                     unique_drugs)
+
+SEED = seeds(SEED_003)
+MYO = c.myo << ((m.kind == "finding") & (m.name == "myoclonus"))
+PARAMS = c.params << (m.kind == "params")
+CMP = ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma")
+NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is never low (catalog 8.2)
+CAUSE_ORDER = ["kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"]
+LOCALISE = ("EEG/EMG can localise the origin of the jerks (seeds 000, 003); rhythmic jerks of the lower trunk and legs "
+            "suggest spinal myoclonus: MRI of the spine with nerve conduction studies (seed 000).")
+
+
+# ---- R14 metabolic causes ---------------------------------------------------------------------
+
+def _cause_coded(cause: str, code_set: str, codes: str) -> None:
+    def derive(match):
+        return {"cause": cause, "resource_ref": match["dx"]["resource_ref"]}
+
+    derive.__name__ = f"metabolic_cause_{code_set.lower()}"
+    derivation(id=f"F-CAUSE-{code_set}", title=f"Metabolic cause coded: {cause}", citation=f"{SEED}; {CATALOG} R14",
+               produces="metabolic_cause", needs=("conditions",), logic=f"present({code_set}): {codes}",
+               when=when_all(MYO, c.dx << ((m.kind == "condition") & m.sets.anyItem(item == code_set))))(derive)
+
+
+def _cause_measured(cause: str, analyte: str, below: float, window: str, logic: str) -> None:
+    def derive(match):
+        return {"cause": cause, "resource_ref": match["lab"]["resource_ref"]}
+
+    derive.__name__ = f"metabolic_cause_{analyte}"
+    derivation(id=f"F-CAUSE-LOW-{analyte.upper()}", title=f"Metabolic cause measured: {cause}",
+               citation=f"{SEED}; {CATALOG} R14", produces="metabolic_cause", needs=("labs",), logic=logic,
+               when=when_all(MYO, PARAMS, c.lab << ((m.kind == "lab") & (m.analyte == analyte) & (m.usable == True)
+                                                    & (m.days_ago <= getattr(c.params, window)) & (m.value < below)
+                                                    & NOT_A_LOWER_BOUND)))(derive)
+
+
+_cause_coded("kidney failure", "RENAL_FAILURE", "N18.4, N18.5, N18.6, Z99.2; SNOMED 46177005, 431857002, 236435004")
+_cause_coded("liver failure", "LIVER_FAILURE", "K72.*, K70.4*; SNOMED 59927004")
+_cause_coded("hyponatraemia", "HYPONATRAEMIA", "E87.1; SNOMED 89627008")
+_cause_coded("hypoglycaemia", "HYPOGLYCAEMIA", "E16.1, E16.2; SNOMED 302866003")
+_cause_measured("kidney failure", "egfr", 30, "metabolic_lookback_days", "eGFR < 30 mL/min/1.73m2 within 3 months")
+_cause_measured("hyponatraemia", "sodium", 135, "metabolic_value_lookback_days", "sodium < 135 mmol/L within 30 days")
+_cause_measured("hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
+                "glucose < 70 mg/dL (3.9 mmol/L) within 30 days")
+
+
+@card_rule(id="R14", title="Myoclonus with a metabolic cause", citation=SEED, hooks=("patient-view",),
+           needs=("conditions", "labs"), supersedes=("R16",),
+           logic="myoclonus and kidney failure, liver failure, hyponatraemia or hypoglycaemia, coded or measured "
+                 "(eGFR < 30 in 3 months, sodium < 135 or glucose < 70 mg/dL in 30 days)",
+           when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "metabolic_cause"))))
+def myoclonus_metabolic_cause(matches, ctx):
+    causes = [cause for cause in CAUSE_ORDER if cause in {match["cause"]["cause"] for match in matches}]
+    why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Seed 003: metabolic disturbances "
+           "(kidney or liver failure, electrolyte imbalance, hypoglycaemia, hyponatraemia) cause myoclonus; treat the "
+           "cause."]
+    recent_cmp = [f for f in facts_of(ctx, "lab", analyte="cmp") if f["days_ago"] <= ctx.settings["metabolic_lookback_days"]]
+    suggestions = []
+    if not recent_cmp:
+        suggestions.append(SuggestionDraft(label="Order a comprehensive metabolic panel",
+                                           actions=[lab_order(ctx.patient_id, *CMP)]))
+        why.append("No CMP in the last 3 months. " + LOCALISE)
+    return CardDraft(summary=fill("Myoclonus with {cause}: consider a metabolic cause", cause=" and ".join(causes[:2])),
+                     indicator="warning", why="\n\n".join(why), evidence=unique(matches, "myo") + unique(matches, "cause"),
+                     suggestions=suggestions)
+
+
+# ---- R15 drugs and alcohol withdrawal -----------------------------------------------------------
+
+@derivation(id="F-MYOCLONUS-DRUG-CHART", title="A myoclonus-causing drug is active", citation=f"{SEED}; {CATALOG} R15",
+            when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
+                          c.drug << ((m.kind == "medication") & (m.origin == "chart")
+                                     & m.groups.anyItem(item == "myoclonus_causing"))),
+            produces="myoclonus_cause", needs=("medication_requests", "medication_statements"),
+            logic="patient-view: an active systemic levodopa, antipsychotic, antidepressant or opioid")
+def myoclonus_drug_on_chart(match):
+    return _drug_cause(match["drug"])
+
+
+@derivation(id="F-MYOCLONUS-DRUG-DRAFT", title="A myoclonus-causing drug is being ordered",
+            citation=f"{SEED}; {CATALOG} R15",
+            when=when_all(MYO, c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.groups.anyItem(item == "myoclonus_causing"))),
+            produces="myoclonus_cause", logic="order hooks: a selected/any draft of those classes")
+def myoclonus_drug_ordered(match):
+    return _drug_cause(match["drug"])
+
+
+def _drug_cause(drug: dict) -> dict:
+    return dict(drug_fields(drug), cause="drug")
+
+
+@derivation(id="F-MYOCLONUS-ALCOHOL", title="Alcohol withdrawal coded", citation=f"{SEED}; {CATALOG} R15",
+            when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
+                          c.dx << ((m.kind == "condition") & m.sets.anyItem(item == "ALCOHOL_WITHDRAWAL"))),
+            produces="myoclonus_cause", logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.230, F10.239")
+def myoclonus_alcohol(match):
+    return {"cause": "alcohol", "resource_ref": match["dx"]["resource_ref"]}
+
+
+@card_rule(id="R15", title="Myoclonus and a causative drug", citation=SEED,
+           hooks=("patient-view", "order-select", "order-sign"), needs=("conditions",),
+           logic="myoclonus with an active (patient-view) or drafted (order hooks) systemic levodopa, antipsychotic, "
+                 "antidepressant or opioid, or with alcohol withdrawal coded (patient-view)",
+           when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "myoclonus_cause"))))
+def myoclonus_drug(matches, ctx):
+    drugs = [as_drug(d) for d in unique_drugs([match for match in matches if match["cause"]["cause"] == "drug"], "cause")]
+    alcohol = [match["cause"] for match in matches if match["cause"]["cause"] == "alcohol"]
+    wanted = ctx.groups["myoclonus_causing"]
+    why = ["Myoclonus is on the problem list. Seed 003 names levodopa, antipsychotics, antidepressants, opioids and "
+           "alcohol withdrawal as causes of myoclonus: review whether the cause can be removed."]
+    if drugs:
+        why.append("\n".join(drug_line(d, class_of(d, wanted, ctx)) for d in drugs))
+    if alcohol:
+        why.append("Alcohol withdrawal is coded.")
+    drafts = [d for d in drugs if d["origin"] == "draft"]
+    suggestions = [SuggestionDraft(label=fill("Remove this order ({name})", name=d["name"]),
+                                   actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
+    summary = (fill("Myoclonus: {drug} is a recognised cause of drug-induced myoclonus; review",
+                    drug=name_list([d["name"] for d in drugs], shown=1)) if drugs else
+               "Myoclonus with alcohol withdrawal coded: withdrawal is a recognised cause of myoclonus; review")
+    return CardDraft(summary=summary, indicator="warning", why="\n\n".join(why),
+                     evidence=unique(matches, "myo") + drugs + alcohol, suggestions=suggestions,
+                     selection_behavior="at-most-one" if len(drafts) == 1 else "any",
+                     override_reasons=[("benefit-outweighs-risk", "Benefit outweighs the risk")] if drafts else [])
+
+
+# ---- R16 work-up labs --------------------------------------------------------------------------
+
+def _recent(analyte: str):
+    return (m.kind == "lab") & (m.analyte == analyte) & (m.days_ago <= c.params.metabolic_lookback_days)
+
+
+def _screen_gap(suffix: str, logic: str, *missing) -> None:
+    """Register F-SCREEN-GAP-<suffix>: myoclonus, no CMP, and the named parts missing (3 months)."""
+
+    def derive(match):
+        return {"gap": suffix.lower()}
+
+    derive.__name__ = f"metabolic_screen_gap_{suffix.lower()}"
+    derivation(id=f"F-SCREEN-GAP-{suffix}", title=f"Metabolic screen incomplete: {logic}",
+               citation=f"{SEED_003}, {SEED_000}; {CATALOG} R16", produces="metabolic_screen_incomplete",
+               needs=("labs",), logic=f"no CMP and {logic} within metabolic_lookback_days",
+               when=when_all(MYO, PARAMS, none(_recent("cmp")), none((m.kind == "data_gap") & (m.key == "labs")),
+                             *(none(_recent(a)) for a in missing)))(derive)
+
+
+_screen_gap("LIVER", "no AST and no ALT", "ast", "alt")
+_screen_gap("SODIUM", "no BMP and no sodium", "bmp", "sodium")
+_screen_gap("GLUCOSE", "no BMP and no glucose", "bmp", "glucose")
+_screen_gap("RENAL", "no BMP, no creatinine and no eGFR", "bmp", "creatinine", "egfr")
+
+
+@card_rule(id="R16", title="Myoclonus work-up labs", citation=f"{seeds(SEED_003, SEED_000)} (seed-derived lab set)",
+           hooks=("patient-view",), needs=("labs",),
+           logic="myoclonus and, within 3 months, neither a CMP nor (a BMP or sodium + glucose + creatinine/eGFR) "
+                 "with AST or ALT",
+           when=when_all(MYO, c.gap << ((m.kind == "finding") & (m.name == "metabolic_screen_incomplete"))))
+def myoclonus_workup(matches, ctx):
+    why = ("Myoclonus is on the problem list and the metabolic screen of the last 3 months is incomplete (a CMP, or "
+           "electrolytes, glucose and renal function together with AST or ALT). Seed 003: look for kidney or liver "
+           "failure, electrolyte imbalance and hypoglycaemia.\n\n" + LOCALISE)
+    return CardDraft(summary="Myoclonus without recent metabolic labs: check electrolytes, glucose, renal and liver function",
+                     indicator="info", why=why, evidence=unique(matches, "myo"),
+                     suggestions=[SuggestionDraft(label="Order a comprehensive metabolic panel",
+                                                  actions=[lab_order(ctx.patient_id, *CMP)])])

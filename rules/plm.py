@@ -1,0 +1,90 @@
+"""Periodic limb movements: R7, PLMD criteria and PLMS without a complaint.
+
+Seeds 000 and 001: PLMD needs a polysomnographic PLMS index above 15/h in adults plus sleep
+disturbance or daytime fatigue; PLMS without such a complaint needs no treatment, and PLMS is
+common in RLS (treat the RLS). The child threshold (> 5/h) is an AASM 2024 Addition. The PLMS
+index has no LOINC code: a configurable local code or the test's name (catalog 8.4), never a
+"PLMS arousal index". Variant A (documentation check) is off unless `r7_documentation_check` is
+on, because it is noisy wherever sleep-study results are not coded.
+"""
+from durable.lang import c, item, m, none, when_all
+
+from cds_service.rulebook import CardDraft, card_rule, derivation, fill
+
+from .common import AASM_2024, CATALOG, SEED_000, SEED_001, conditions_in, facts_of, seeds, unique
+
+SEEDS = seeds(SEED_000, SEED_001)
+PARAMS = c.params << (m.kind == "params")
+VIEW = c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))
+NOT_AN_UPPER_BOUND = (m.comparator != "<") & (m.comparator != "<=")
+
+
+def _index_above(child: bool):
+    limit = c.params.plms_index_threshold_child if child else c.params.plms_index_threshold_adult
+    return (m.kind == "lab") & (m.analyte == "plms_index") & (m.usable == True) & (m.value > limit) & NOT_AN_UPPER_BOUND
+
+
+def _register_b(child: bool) -> None:
+    who = "child" if child else "adult"
+
+    def derive(match):
+        return {"variant": "B", "index": match["idx"]["value"], "resource_ref": match["idx"]["resource_ref"],
+                "threshold": match["params"][f"plms_index_threshold_{who}"]}
+
+    derive.__name__ = f"plms_without_complaint_{who}"
+    derivation(id=f"F-PLMS-NO-COMPLAINT-{who.upper()}", title=f"PLMS index above the {who} threshold without a complaint",
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
+               when=when_all(VIEW, PARAMS, c.patient << ((m.kind == "patient") & (m.child == child)),
+                             c.idx << _index_above(child),
+                             none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "SLEEP_COMPLAINT")))))(derive)
+
+
+def _register_a(missing: str, child: bool | None, *conditions) -> None:
+    who = "" if child is None else ("-CHILD" if child else "-ADULT")
+
+    def derive(match):
+        return {"variant": "A", "missing": missing, "resource_ref": match["plmd"]["resource_ref"]}
+
+    derive.__name__ = f"plmd_criterion_missing_{missing}{who.lower().replace('-', '_')}"
+    patient = () if child is None else (c.patient << ((m.kind == "patient") & (m.child == child)),)
+    derivation(id=f"F-PLMD-MISSING-{missing.upper()}{who}", title=f"PLMD coded without {missing}",
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
+               when=when_all(VIEW, c.params << ((m.kind == "params") & (m.r7_documentation_check == True)),
+                             c.plmd << ((m.kind == "finding") & (m.name == "plmd")), *patient, *conditions))(derive)
+
+
+_register_b(child=False)
+_register_b(child=True)
+_register_a("a PLMS index above the threshold", False, none(_index_above(False)))
+_register_a("a PLMS index above the threshold", True, none(_index_above(True)))
+_register_a("a sleep complaint or daytime fatigue", None,
+            none((m.kind == "condition") & m.sets.anyItem(item == "SLEEP_COMPLAINT")))
+
+
+@card_rule(id="R7", title="PLMD criteria / PLMS without complaint", citation=f"{SEEDS}; child threshold: {AASM_2024}",
+           hooks=("patient-view",), needs=("labs", "conditions", "patient"),
+           logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
+                 "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
+           when=when_all(c.case << ((m.kind == "finding") & (m.name == "plm_case"))))
+def plm_criteria(matches, ctx):
+    cases = [match["case"] for match in matches]
+    b = next((case for case in cases if case["variant"] == "B"), None)
+    index = facts_of(ctx, "lab", analyte="plms_index")
+    if b:
+        why = (f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
+               "legs syndrome and no sleep complaint or daytime fatigue coded. Seeds 000 and 001: periodic limb "
+               "movements without sleep disruption or daytime fatigue usually need no treatment (PLMD requires the "
+               "complaint).")
+        return CardDraft(summary=fill("PLMS index {index} /h without sleep complaint or daytime fatigue: treatment "
+                                      "usually unnecessary", index=f"{b['index']:g}"),
+                         indicator="info", why=why, evidence=[b] + index)
+    missing = sorted({case["missing"] for case in cases})
+    threshold = ctx.settings["plms_index_threshold_adult"]
+    why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. Seeds 000 and 001: PLMD needs a PSG PLMS "
+           f"index above {threshold}/h (children: above {ctx.settings['plms_index_threshold_child']}/h, AASM 2024) "
+           "plus sleep disturbance or daytime fatigue.")
+    return CardDraft(summary=fill("PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime "
+                                  "fatigue", plms=f"{threshold:g}"),
+                     indicator="info", why=why, evidence=unique(matches, "case") + index + conditions_in(ctx, "PLMD"))

@@ -1,0 +1,92 @@
+"""Special populations: secondary RLS (R19), renal dosing (R23, off) and RLS in cognitive
+impairment (R24, off).
+
+Seeds 000 and 001 tie RLS to iron deficiency; pregnancy and end-stage renal disease are
+Additions (AASM 2024 has separate recommendations for them, not verified here, so R19 gives no
+drug-specific advice). R23's cut-offs come from product labels and are unverified (labels state
+creatinine clearance, not eGFR): off until confirmed. R24 (seed 001: behavioural cues of RLS in
+cognitively impaired patients) is rarely coded, so it is off by default.
+"""
+from durable.lang import c, item, m, none, when_all
+
+from cds_service.rulebook import CardDraft, card_rule, derivation, fill
+
+from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, facts_of, seeds, unique
+from .iron import assess_iron
+
+LABELS = "US product labels (renal dosing); thresholds unverified"
+
+
+@card_rule(id="R19", title="Secondary-RLS context", citation=f"{seeds(SEED_000, SEED_001)}; pregnancy, ESRD: {AASM_2024}",
+           hooks=("patient-view", "order-select"), needs=("conditions", "labs", "patient"),
+           logic="RLS present (patient-view) or an RLS drug selected, with pregnancy, ESRD/dialysis or iron deficiency",
+           when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
+                         c.due << ((m.kind == "finding") & (m.name == "rls_review_due")),
+                         c.context << ((m.kind == "condition") & m.sets.anyItem(item == "SECONDARY_RLS_CONTEXT"))))
+def secondary_rls(matches, ctx):
+    contexts = unique(matches, "context")
+    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
+    if "ferritin" in labs:
+        verdict = assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
+        iron = {"indicated": "iron stores are low (see R2)", "iv_only": "AASM 2024 suggests IV iron (see R2)",
+                "disagreement": "ferritin meets the AASM 2024 threshold only (see R2)",
+                "in_range": "ferritin is in range", "unknown": "ferritin is reported as a bound"}[verdict["verdict"]]
+    else:
+        iron = "no ferritin on file (see R1)"
+    why = (f"Restless legs syndrome with {condition_names(contexts)}: RLS is likely secondary. Iron status: {iron}. "
+           "AASM 2024 has separate recommendations for pregnancy, end-stage renal disease and children; they have not "
+           "been verified for this service, so no drug-specific advice is given here.")
+    return CardDraft(summary=fill("RLS with {context}: likely secondary RLS; review iron status and drug choice",
+                                  context=condition_names(contexts)),
+                     indicator="info", why=why, evidence=contexts + unique(matches, "rls"))
+
+
+@derivation(id="F-RENAL-DOSED-CLASS", title="A renally cleared gabapentinoid is selected", citation=f"{LABELS}; {CATALOG} R23",
+            when=when_all(c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.classes.anyItem(item == "gabapentinoid"))),
+            produces="renally_cleared_draft", logic="a selected draft gabapentin, gabapentin enacarbil or pregabalin")
+def renally_cleared_class(match):
+    return drug_fields(match["drug"])
+
+
+@derivation(id="F-RENAL-DOSED-INGREDIENT", title="Pramipexole or levetiracetam is selected",
+            citation=f"{LABELS}; {CATALOG} R23",
+            when=when_all(c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                     & m.ingredients.anyItem((item == "746741") | (item == "114477")))),
+            produces="renally_cleared_draft", logic="a selected draft pramipexole (746741) or levetiracetam (114477)")
+def renally_cleared_ingredient(match):
+    return renally_cleared_class(match)
+
+
+@card_rule(id="R23", title="Renal dosing of RLS and myoclonus drugs", citation=LABELS, hooks=("order-select",),
+           needs=("labs",), enabled_by_default=False,
+           logic="a selected renally cleared drug (gabapentinoid, pramipexole, levetiracetam) and the latest eGFR within "
+                 "12 months below renal_dose_egfr_threshold (default 60, unverified)",
+           when=when_all(c.params << (m.kind == "params"),
+                         c.egfr << ((m.kind == "lab") & (m.analyte == "egfr") & (m.usable == True)
+                                    & (m.value < c.params.renal_dose_egfr_threshold)
+                                    & (m.comparator != ">") & (m.comparator != ">=")),
+                         c.drug << ((m.kind == "finding") & (m.name == "renally_cleared_draft"))))
+def renal_dosing(matches, ctx):
+    drug, egfr = as_drug(matches[0]["drug"]), matches[0]["egfr"]
+    why = (f"The latest eGFR is {egfr['value']:g} mL/min/1.73m2, below {ctx.settings['renal_dose_egfr_threshold']:g}. "
+           "Gabapentinoids, pramipexole and levetiracetam are renally cleared; check the dose against the product label "
+           "(labels state creatinine clearance by Cockcroft-Gault, not eGFR; the cut-offs used here are unverified).")
+    return CardDraft(summary=fill("{drug} is renally cleared; eGFR {egfr} mL/min/1.73m2: check dose",
+                                  drug=drug["name"], egfr=f"{egfr['value']:g}"),
+                     indicator="info", why=why, evidence=unique(matches, "drug") + [egfr])
+
+
+@card_rule(id="R24", title="RLS in cognitive impairment", citation=seeds(SEED_001), hooks=("patient-view",),
+           needs=("conditions",), enabled_by_default=False,
+           logic="dementia or cognitive impairment with restlessness or a sleep complaint, and no RLS and no delirium",
+           when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
+                         c.dementia << ((m.kind == "condition") & m.sets.anyItem(item == "DEMENTIA_CI")),
+                         c.cue << ((m.kind == "condition") & m.sets.anyItem((item == "RESTLESSNESS") | (item == "SLEEP_COMPLAINT"))),
+                         none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "DELIRIUM")))))
+def rls_in_cognitive_impairment(matches, ctx):
+    why = ("Cognitive impairment with restlessness or disturbed sleep, and no restless legs syndrome or delirium coded. "
+           "Seed 001: patients who cannot describe RLS show it as leg rubbing, pacing, kicking or evening restlessness; "
+           "assess for RLS (and check ferritin) before sedating.")
+    return CardDraft(summary="Cognitive impairment with evening agitation or leg rubbing: assess for RLS",
+                     indicator="info", why=why, evidence=unique(matches, "dementia") + unique(matches, "cue"))
