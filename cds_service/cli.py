@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from .rulebook import CARD, REGISTRY
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fhir_fixtures"
+
+
+def _natural(rule_id: str) -> tuple:
+    """R2 before R10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", rule_id))
 
 
 def catalog_markdown() -> str:
@@ -17,13 +23,19 @@ def catalog_markdown() -> str:
     fixtures = _fixtures_by_rule()
     lines = ["# legmove-cds rule catalog", "",
              "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
-             "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent) |",
+             "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
              "|---|---|---|---|---|---|---|"]
-    for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", s.id)):
+    for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", _natural(s.id))):
         kind = "card" if spec.stratum == CARD else f"finding `{spec.produces}`"
+        if spec.stratum == CARD and not spec.enabled_by_default:
+            kind += " (**off by default**)"
+        if spec.supersedes:
+            kind += f", replaces {', '.join(spec.supersedes)}"
         fires, silent = fixtures.get(spec.id, ([], []))
+        listed = (f"fires: {', '.join(fires)}<br>silent: {', '.join(silent)}" if spec.stratum == CARD
+                  else f"{len(fires)} / {len(silent)}")
         lines.append(f"| **{spec.id}** {spec.title} | {kind} | {', '.join(spec.hooks) or '(any hook)'} | {spec.logic} | "
-                     f"{spec.citation} | `{spec.module}` | {len(fires)} / {len(silent)} |")
+                     f"{spec.citation} | `{spec.module}` | {listed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -49,3 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
