@@ -68,14 +68,27 @@ class CodeSetMatcher:
         return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
                    tuple(phrases))
 
+    @cached_property
+    def _prefix_index(self) -> dict[str, tuple[str, ...]]:
+        """Prefix -> set names: one dict lookup per prefix length instead of a scan of every prefix."""
+        index: dict[str, list[str]] = {}
+        for prefix, name in self.icd_prefixes:
+            index.setdefault(prefix, []).append(name)
+        return {prefix: tuple(names) for prefix, names in index.items()}
+
+    @cached_property
+    def _prefix_lengths(self) -> tuple[int, ...]:
+        return tuple(sorted({len(prefix) for prefix, _ in self.icd_prefixes}))
+
     def sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
         if not system or not code:
             return frozenset()
         if system == ICD10CM:
             key = _icd_key(code)
             found = set(self.exact.get((ICD10CM, key), ()))
-            found.update(name for prefix, name in self.icd_prefixes
-                         if key.startswith(prefix) and (key, name) not in self.excluded)
+            for length in self._prefix_lengths:
+                found.update(name for name in self._prefix_index.get(key[:length], ())
+                             if (key, name) not in self.excluded)
             return frozenset(found)
         return self.exact.get((system, code.strip()), frozenset())
 
