@@ -17,15 +17,16 @@ from .terminology import Terminology
 SERVICE_TEXT = {
     ("legmove-patient-view", "patient-view"): (
         "Leg movements: chart review",
-        "On opening a chart with restless legs syndrome, PLMD or a leg-movement complaint: checks iron stores "
-        "(ferritin) and lists active medications that can worsen restless legs."),
+        "On opening a chart: iron stores and worsening drugs in restless legs syndrome, its mimics and secondary "
+        "causes; PLMS/PLMD criteria; red flags and work-up in fasciculations; causes and work-up of myoclonus."),
     ("legmove-orders", "order-select"): (
         "Leg movements: order check",
-        "When a drug is selected for a patient with restless legs syndrome or PLMD: flags drugs that can worsen "
-        "RLS, and checks iron stores when an RLS drug or iron is chosen."),
+        "When an order is selected: drugs that worsen RLS or cause myoclonus, dopaminergic drugs, quinine or "
+        "polysomnography for simple cramps, repeat EMG or imaging in benign fasciculations; iron, mimics and "
+        "akathisia when an RLS drug is chosen."),
     ("legmove-orders", "order-sign"): (
         "Leg movements: order check at signing",
-        "Before signing: re-checks every order for drugs that can worsen restless legs syndrome or PLMD."),
+        "Before signing: re-checks every draft order with the order-select checks that apply to all drafts."),
 }
 
 
@@ -41,8 +42,10 @@ class Service:
     def discovery_entry(self) -> dict:
         entry = {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
                  "prefetch": dict(self.prefetch),
-                 "usageRequirements": "Needs read access to Condition, Observation, ServiceRequest, MedicationRequest "
-                                      "and MedicationStatement for the context patient (prefetch or fhirServer)."}
+                 "usageRequirements": "Needs read access to Patient, Condition, Observation, ServiceRequest, Procedure, "
+                                      "DiagnosticReport, MedicationRequest and MedicationStatement for the context "
+                                      "patient (prefetch or fhirServer). The PLMS index is read by the local code "
+                                      "in setting plms_index_code (no LOINC code exists)."}
         if not entry["prefetch"]:
             del entry["prefetch"]
         return entry
