@@ -4,9 +4,12 @@ A fixture may carry a `config` (e.g. ENABLED_RULES for a rule that is off by def
 KNOWLEDGE_OVERRIDES for the AASM 2024 profile); it then runs against an app built with it.
 """
 import json
+import threading
 from functools import lru_cache
 
 import pytest
+import requests
+from werkzeug.serving import make_server
 
 from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fired_rules, fixture_id, load_fixture,
                       namespaced, prefetched_resources)
@@ -17,6 +20,15 @@ from cds_service.rulebook import REGISTRY
 @lru_cache(maxsize=None)
 def _configured_app(config_json: str):
     return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
+
+
+@lru_cache(maxsize=None)
+def _http_server(config_json: str) -> str:
+    """A real HTTP server (threaded werkzeug) for one configuration; daemon thread, lives for the session."""
+    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}"
 
 
 def client_for(fixture, default_client):
@@ -39,6 +51,28 @@ def test_fixture_through_prefetch(client, path):
     fixture = load_fixture(path)
     response = client_for(fixture, client).post(f"/cds-services/{fixture['service']}", json=fixture["request"])
     assert_expected_cards(fixture, response)
+
+
+class _HttpAnswer:
+    """The slice of a Flask test response that assert_expected_cards reads, from a real HTTP response."""
+
+    def __init__(self, response):
+        self.status_code, self._response = response.status_code, response
+
+    def get_json(self):
+        return self._response.json()
+
+    def get_data(self, as_text=False):
+        return self._response.text
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
+def test_fixture_over_http(path):
+    fixture = load_fixture(path)
+    base = _http_server(json.dumps(fixture.get("config") or {}, sort_keys=True))
+    response = requests.post(f"{base}/cds-services/{fixture['service']}", json=fixture["request"], timeout=30)
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert_expected_cards(fixture, _HttpAnswer(response))
 
 
 @pytest.mark.fhir_server
