@@ -79,12 +79,11 @@ def observation_date(res: dict) -> date | None:
     return None
 
 
-_TEXT_VALUE = re.compile(r"\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*$")
 _MAX_ABS_VALUE = 1e9  # every analyte we read is a non-negative amount far below this
 
 
 def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
-    """(value, comparator, unit) from valueQuantity, or a ">60"-style valueString; None if unusable."""
+    """(value, comparator, unit) from valueQuantity; None if unusable (a valueString has no unit to convert)."""
     quantity = res.get("valueQuantity")
     if isinstance(quantity, dict):
         value = quantity.get("value")

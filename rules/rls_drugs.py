@@ -11,7 +11,7 @@ augmentation); it fires only for a new start and never for parkinsonism.
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
 
 from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, drug_fields, drug_line,
                      facts_of, seeds, unique, unique_drugs)

@@ -1,12 +1,10 @@
 """CDS Hooks 2.0 conformance: discovery, request checks, prefetch semantics, errors, CORS."""
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import (ROOT, as_server_request, assert_valid_cds_response, fired_rules, load_fixture, namespaced,
-                      prefetched_resources)
+from conftest import ROOT, as_server_request, fired_rules, load_fixture, namespaced, prefetched_resources
 
 R1_FIRES = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
 R3_FIRES = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")

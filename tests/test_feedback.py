@@ -1,5 +1,4 @@
 """Card feedback (checklist 10) against real databases: a SQLite file and the local PostgreSQL."""
-import copy
 import json
 import uuid
 

@@ -1,6 +1,5 @@
 """The OpenAPI description is true: schemathesis generates requests from it (valid and invalid)
 and checks every answer against it, through the real WSGI app."""
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
