@@ -4,8 +4,10 @@ Nothing here decides whether a rule fires; that is in each rule's `when`.
 """
 from __future__ import annotations
 
+from durable.lang import c, m, when_all
+
 from cds_service.orders import remove_draft
-from cds_service.rulebook import SuggestionDraft, escape, fill
+from cds_service.rulebook import SuggestionDraft, derivation, escape, fill
 
 SEED_000 = "000_e09f97222edeabb3.txt"
 SEED_001 = "001_9c4bd8494c6f1f15.txt"
@@ -18,6 +20,33 @@ CATALOG = "shared/reference/clinical-rules.md"
 
 def seeds(*names: str) -> str:
     return "seed " + ", ".join(names)
+
+
+# The context fact on either order hook (order-select: selected drafts; order-sign: every draft).
+ORDER_HOOK = c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign")))
+
+
+def review_triggers(*, id_prefix: str, produces: str, module: str, citation: str, titles: tuple[str, str],
+                    selected_drug, order_logic: str, view_extra: tuple = (), view_logic: str = "the hook is patient-view",
+                    trigger=lambda drug: "order-select") -> None:
+    """Register the pair of findings that say "this topic is due": on patient-view (plus any
+    `view_extra` conditions) and on order-select of a selected draft medication matching
+    `selected_drug`. `trigger(drug)` names what started the order-select review."""
+
+    def on_view(match):
+        return {"trigger": "patient-view"}
+
+    def on_order(match):
+        return {"trigger": trigger(match["drug"]), "resource_ref": match["drug"]["resource_ref"]}
+
+    for fn, suffix in ((on_view, "view"), (on_order, "order")):
+        fn.__module__, fn.__name__ = module, f"{produces}_on_{suffix}"
+    derivation(id=f"{id_prefix}-VIEW", title=titles[0], citation=citation, produces=produces, logic=view_logic,
+               when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")), *view_extra))(on_view)
+    derivation(id=f"{id_prefix}-ORDER", title=titles[1], citation=citation, produces=produces, logic=order_logic,
+               when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
+                             c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
+                                        & selected_drug)))(on_order)
 
 
 HOW_MATCHED = {"rxnorm-product": "RxNorm product code", "rxnorm-ingredient": "RxNorm ingredient code",

@@ -9,10 +9,9 @@ from durable.lang import c, item, m, none, when_all
 
 from cds_service.rulebook import CardDraft, card_rule, escape
 
-from .common import SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
+from .common import ORDER_HOOK, SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
 
 FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cramps; Qualaquin boxed warning"
-ORDER_HOOKS = (c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))))
 
 
 @card_rule(id="R5", title="Dopaminergic drug for simple leg cramps", citation=seeds(SEED_000),
@@ -20,7 +19,7 @@ ORDER_HOOKS = (c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (
            logic="a selected/any draft dopamine agonist or levodopa, leg cramps present, and no RLS, PLMD, "
                  "parkinsonism or (cabergoline/bromocriptine only) hyperprolactinaemia, also as the order's reason",
            when=when_all(
-               ORDER_HOOKS,
+               ORDER_HOOK,
                c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
                c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
                none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD") | (item == "PARKINSONISM"))),
@@ -45,7 +44,7 @@ def dopaminergic_for_cramps(matches, ctx):
            logic="a selected/any draft polysomnography order, leg cramps present, no RLS, PLMD, sleep-disordered "
                  "breathing or other sleep disorder, and no order reason other than a cramp code",
            when=when_all(
-               ORDER_HOOKS,
+               ORDER_HOOK,
                c.psg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True) & (m.procedure == "psg")
                          & (m.unclassified_reasons == 0)),
                c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
@@ -77,7 +76,7 @@ def psg_for_cramps(matches, ctx):
            logic="a selected (order-select) or any (order-sign) draft of quinine, with no malaria coded as a "
                  "condition or as the order's reason",
            when=when_all(
-               ORDER_HOOKS,
+               ORDER_HOOK,
                c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
                           & m.classes.anyItem(item == "quinine")),
                none((m.kind == "condition") & m.sets.anyItem(item == "MALARIA")),

@@ -13,11 +13,10 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.orders import lab_order, procedure_order
 from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import (CATALOG, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions, seeds,
-                     unique)
+from .common import (CATALOG, ORDER_HOOK, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
+                     review_triggers, seeds, unique)
 
 SEED = seeds(SEED_002)
-ORDER_HOOKS = (c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))))
 FASC = c.fasc << ((m.kind == "finding") & (m.name == "fasciculation"))
 FIRST_TIER = {  # test -> (analytes that satisfy it, order code, order display)
     "glucose/HbA1c": (("glucose", "hba1c"), "1558-6", "Fasting glucose [Mass/volume] in Serum or Plasma"),
@@ -48,22 +47,11 @@ def weak_red_flag(match):
     return red_flag(match)
 
 
-@derivation(id="F-FASC-REVIEW-VIEW", title="Fasciculation review due on opening the chart", citation=f"{CATALOG} R8",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-            produces="fasciculation_review_due", logic="the hook is patient-view")
-def fasciculation_review_on_view(match):
-    return {"trigger": "patient-view"}
-
-
-@derivation(id="F-FASC-REVIEW-ORDER", title="Fasciculation review due when an SSRI/SNRI is selected",
-            citation=f"{SEED}; {CATALOG} R8",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
-                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.classes.anyItem((item == "ssri") | (item == "snri")))),
-            produces="fasciculation_review_due",
-            logic="order-select of an SSRI or SNRI (002 treats anxiety in benign fasciculation syndrome with these)")
-def fasciculation_review_on_order(match):
-    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+review_triggers(id_prefix="F-FASC-REVIEW", produces="fasciculation_review_due", module=__name__,
+                citation=f"{SEED}; {CATALOG} R8",
+                titles=("Fasciculation review due on opening the chart", "Fasciculation review due when an SSRI/SNRI is selected"),
+                selected_drug=m.classes.anyItem((item == "ssri") | (item == "snri")),
+                order_logic="order-select of an SSRI or SNRI (002 treats anxiety in benign fasciculation syndrome with these)")
 
 
 # ---- R8 -------------------------------------------------------------------------------------
@@ -224,7 +212,7 @@ def first_tier_labs(matches, ctx):
            logic="a selected/any draft EMG/NCS, fasciculation present, a prior EMG within 24 months, no red flag "
                  "recorded since, no ALS/MND and no other EMG indication (radiculopathy, carpal tunnel, polyneuropathy)",
            when=when_all(
-               ORDER_HOOKS, FASC,
+               ORDER_HOOK, FASC,
                c.params << (m.kind == "params"),
                c.prior << ((m.kind == "procedure_done") & (m.procedure == "emg")
                            & (m.days_ago <= c.params.prior_emg_window_days)),
@@ -323,7 +311,7 @@ def brain_imaging_unneeded(match):
            hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a lumbar MRI with no radicular pain or abnormal reflex, or brain imaging with no other neurological "
                  "finding, ordered for a patient whose only finding is fasciculation",
-           when=when_all(ORDER_HOOKS, c.img << ((m.kind == "finding") & (m.name == "imaging_not_indicated"))))
+           when=when_all(ORDER_HOOK, c.img << ((m.kind == "finding") & (m.name == "imaging_not_indicated"))))
 def imaging_for_isolated_fasciculations(matches, ctx):
     orders = [dict(o, name=o["label"]) for o in unique(matches, "img")]
     lumbar = any(o["site"] == "lumbar" for o in orders)

@@ -13,7 +13,7 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.orders import lab_order, medication_proposal
 from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, seeds
+from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, review_triggers, seeds
 
 SEEDS_IRON = seeds(SEED_000, SEED_001, SEED_002)
 DRAW_ADVICE = ("Draw in the morning, fasting, and at least 24 h after the last iron-containing supplement "
@@ -25,22 +25,12 @@ ACUTE_PHASE = ("Ferritin is an acute-phase reactant (raised by inflammation, CKD
 
 # ---- when is an iron review due? ----------------------------------------------------------
 
-@derivation(id="F-IRON-DUE-VIEW", title="Iron review due on opening the chart", citation=f"{CATALOG} R1, R2 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-            produces="iron_check_due", logic="the hook is patient-view")
-def iron_due_on_view(match):
-    return {"trigger": "patient-view"}
-
-
-@derivation(id="F-IRON-DUE-ORDER", title="Iron review due when an RLS drug or iron is selected",
-            citation=f"{CATALOG} R1, R2 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
-                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & (m.groups.anyItem((item == "rls_drug") | (item == "iron"))))),
-            produces="iron_check_due", logic="order-select with a selected RLS drug or iron product")
-def iron_due_on_order(match):
-    drug = match["drug"]
-    return {"trigger": "rls_drug" if "rls_drug" in drug["groups"] else "iron", "resource_ref": drug["resource_ref"]}
+review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name__,
+                citation=f"{CATALOG} R1, R2 (hooks)",
+                titles=("Iron review due on opening the chart", "Iron review due when an RLS drug or iron is selected"),
+                selected_drug=m.groups.anyItem((item == "rls_drug") | (item == "iron")),
+                order_logic="order-select with a selected RLS drug or iron product",
+                trigger=lambda drug: "rls_drug" if "rls_drug" in drug["groups"] else "iron")
 
 
 # ---- R1 -----------------------------------------------------------------------------------
@@ -118,6 +108,15 @@ def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) 
     return {"verdict": shown, "seed_verdict": seed, "aasm_verdict": aasm, "profile": params["profile"],
             "ferritin": ferritin["value"], "tsat": tsat["value"] if tsat else -1.0, "child": patient["child"],
             "by_tsat": bool(tsat_low) and not bool(_below(ferritin, params["aasm2024_ferritin_iron_indicated_at_or_below"], True))}
+
+
+def iron_verdict(ctx) -> dict | None:
+    """R2's assessment for this patient from the call's facts (None without a usable ferritin), for
+    cards that must say whether iron comes first (R19, R20) on hooks where R2 itself does not run."""
+    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
+    if "ferritin" not in labs:
+        return None
+    return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
 
 
 _IRON_INPUTS = (

@@ -9,8 +9,8 @@ from durable.lang import c, item, m, none, when_all
 
 from cds_service.rulebook import CardDraft, card_rule, derivation, escape, fill
 
-from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line, seeds,
-                     unique)
+from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line,
+                     review_triggers, seeds, unique)
 
 MIMIC_FEATURES = {
     "PAD": "peripheral arterial disease: pain with walking, not relieved by it; check the four distal pulses",
@@ -22,40 +22,21 @@ MIMIC_FEATURES = {
 }
 
 
-@derivation(id="F-RLS-REVIEW-VIEW", title="RLS review on opening the chart", citation=f"{CATALOG} R17-R19 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
-                          c.rls << ((m.kind == "finding") & (m.name == "rls"))),
-            produces="rls_review_due", logic="patient-view with RLS present")
-def rls_review_on_view(match):
-    return {"trigger": "patient-view"}
-
-
-@derivation(id="F-RLS-REVIEW-ORDER", title="RLS review when an RLS drug is selected", citation=f"{CATALOG} R17-R19 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
-                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.groups.anyItem(item == "rls_drug"))),
-            produces="rls_review_due", logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
-def rls_review_on_order(match):
-    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+review_triggers(id_prefix="F-RLS-REVIEW", produces="rls_review_due", module=__name__,
+                citation=f"{CATALOG} R17-R19 (hooks)",
+                titles=("RLS review on opening the chart", "RLS review when an RLS drug is selected"),
+                view_extra=(c.rls << ((m.kind == "finding") & (m.name == "rls")),), view_logic="patient-view with RLS present",
+                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 
 # ---- R17 ------------------------------------------------------------------------------------
 
-@derivation(id="F-AKATHISIA-REVIEW-VIEW", title="Akathisia review on opening the chart", citation=f"{CATALOG} R17 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-            produces="akathisia_review_due", logic="the hook is patient-view")
-def akathisia_review_on_view(match):
-    return {"trigger": "patient-view"}
-
-
-@derivation(id="F-AKATHISIA-REVIEW-ORDER", title="Akathisia review when an RLS drug is selected",
-            citation=f"{CATALOG} R17 (hooks)",
-            when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
-                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.groups.anyItem(item == "rls_drug"))),
-            produces="akathisia_review_due", logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
-def akathisia_review_on_order(match):
-    return {"trigger": "order-select", "resource_ref": match["drug"]["resource_ref"]}
+review_triggers(id_prefix="F-AKATHISIA-REVIEW", produces="akathisia_review_due", module=__name__,
+                citation=f"{CATALOG} R17 (hooks)",
+                titles=("Akathisia review on opening the chart", "Akathisia review when an RLS drug is selected"),
+                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 
 @derivation(id="F-AKATHISIA-PATTERN", title="A dopamine antagonist started shortly before the restlessness",

@@ -10,7 +10,7 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.orders import lab_order, remove_draft
 from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
 
-from .common import (CATALOG, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
+from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
                      unique_drugs)
 
 SEED = seeds(SEED_003)
@@ -92,7 +92,7 @@ def myoclonus_drug_on_chart(match):
 
 @derivation(id="F-MYOCLONUS-DRUG-DRAFT", title="A myoclonus-causing drug is being ordered",
             citation=f"{SEED}; {CATALOG} R15",
-            when=when_all(MYO, c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+            when=when_all(MYO, ORDER_HOOK,
                           c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
                                      & m.groups.anyItem(item == "myoclonus_causing"))),
             produces="myoclonus_cause", logic="order hooks: a selected/any draft of those classes")

@@ -13,9 +13,9 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.orders import medication_proposal, remove_draft
 from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
 
-from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, drug_fields, drug_line,
-                     facts_of, seeds, unique, unique_drugs)
-from .iron import assess_iron
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, drug_fields, drug_line,
+                     seeds, unique, unique_drugs)
+from .iron import iron_verdict
 
 SEEDS_DRUGS = f"{seeds(SEED_000, SEED_001)} (SNRI, mirtazapine: AASM 2024 addition)"
 CETIRIZINE_10 = ("1014678", "cetirizine hydrochloride 10 MG Oral Tablet")
@@ -42,7 +42,7 @@ def _diagnoses(matches) -> list[dict]:
                  "is a systemic drug of an RLS-worsening class",
            when=when_all(
                c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd"))),
-               c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+               ORDER_HOOK,
                c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
                           & m.groups.anyItem(item == "rls_worsening")),
            ))
@@ -140,7 +140,7 @@ def prolactin_lowering_draft(match):
            logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
                  "parkinsonism, and no order of either class in the new-start window; warning when iron is low",
            when=when_all(
-               c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+               ORDER_HOOK,
                c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
                c.rls << ((m.kind == "finding") & (m.name == "rls")),
                none((m.kind == "condition") & m.sets.anyItem(item == "PARKINSONISM")),
@@ -150,7 +150,8 @@ def dopaminergic_for_rls(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
     first = drafts[0]
     levodopa = "levodopa" in first["classes"] and "dopamine_agonist" not in first["classes"]
-    iron = _iron_verdict(ctx)
+    assessment = iron_verdict(ctx)
+    iron = assessment["verdict"] if assessment else None
     why = [("Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (no "
             "order of a dopamine agonist or levodopa in the last "
             f"{int(ctx.settings['new_start_window_days'])} days). AASM 2024 suggests against the standard use of "
@@ -172,11 +173,3 @@ def dopaminergic_for_rls(matches, ctx):
                      override_reasons=[("continuation", "Continuation of established therapy"),
                                        ("alternatives-failed", "Alternatives tried or contraindicated")])
 
-
-def _iron_verdict(ctx) -> str | None:
-    """R2's verdict for this patient under the active profile, so iron comes first."""
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
-    if "ferritin" not in labs:
-        return None
-    params = facts_of(ctx, "params")[0]
-    return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], params)["verdict"]

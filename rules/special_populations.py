@@ -11,8 +11,8 @@ from durable.lang import c, item, m, none, when_all
 
 from cds_service.rulebook import CardDraft, card_rule, derivation, fill
 
-from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, facts_of, seeds, unique
-from .iron import assess_iron
+from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, seeds, unique
+from .iron import iron_verdict
 
 LABELS = "US product labels (renal dosing); thresholds unverified"
 
@@ -25,9 +25,8 @@ LABELS = "US product labels (renal dosing); thresholds unverified"
                          c.context << ((m.kind == "condition") & m.sets.anyItem(item == "SECONDARY_RLS_CONTEXT"))))
 def secondary_rls(matches, ctx):
     contexts = unique(matches, "context")
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
-    if "ferritin" in labs:
-        verdict = assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
+    verdict = iron_verdict(ctx)
+    if verdict:
         iron = {"indicated": "iron stores are low (see R2)", "iv_only": "AASM 2024 suggests IV iron (see R2)",
                 "disagreement": "ferritin meets the AASM 2024 threshold only (see R2)",
                 "in_range": "ferritin is in range", "unknown": "ferritin is reported as a bound"}[verdict["verdict"]]
