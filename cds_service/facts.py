@@ -320,8 +320,9 @@ class _Builder:
             matches = [m for m in matches if m[3]]
             text = text_of(concept) or next((c.get("display") for c in codings_of(concept)
                                              if isinstance(c.get("display"), str)), None)
-            if not matches and self.term.codesets.sets_for_text(text):
-                matches = [("text", "text", text, self.term.codesets.sets_for_text(text))]
+            text_sets = self.term.codesets.sets_for_text(text) if not matches else frozenset()
+            if text_sets:
+                matches = [("text", "text", text, text_sets)]
             for system, code, display, sets in matches:
                 facts.append({"kind": "condition", "resource_ref": reference_of(res), "system": system, "code": code,
                               "display": clip(display if isinstance(display, str) else (text or code)),
