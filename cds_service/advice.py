@@ -77,9 +77,12 @@ def fhir_access(req: HookRequest, config) -> FhirAccess:
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not on the configured allowlist")
     if req.access_token:
         return FhirAccess(req.fhir_server, req.access_token, True)
-    if config["FHIR_UNAUTHENTICATED_READS"] and _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
-        return FhirAccess(req.fhir_server, None, True)
-    return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
+    if not config["FHIR_UNAUTHENTICATED_READS"]:
+        return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
+    if not _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
+        return FhirAccess(req.fhir_server, None, False,
+                          "no fhirAuthorization and fhirServer is not on the unauthenticated-reads allowlist")
+    return FhirAccess(req.fhir_server, None, True)
 
 
 def _under_any(url: str, bases: list[str]) -> bool:

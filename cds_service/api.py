@@ -7,7 +7,7 @@ import math
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise
@@ -15,6 +15,7 @@ from .client_auth import Unauthorized
 from .feedback import BadFeedback, StoreUnavailable, parse_feedback
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
+from .services import ALIASES, canonical_ids, services_at
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
@@ -61,13 +62,13 @@ def openapi():
     return json_response(OPENAPI)
 
 
-@bp.get("/cds-services")
+@bp.get("/cds-services", strict_slashes=False)
 def discovery():
     services = [s.discovery_entry() for s in knowledge().services.values()]
     return json_response({"services": services})
 
 
-@bp.post("/cds-services/<service_id>")
+@bp.post("/cds-services/<service_id>", strict_slashes=False)
 def call_service(service_id: str):
     started = time.perf_counter()
     record = {"event": "hook_call", "service": service_id}
@@ -75,9 +76,13 @@ def call_service(service_id: str):
     try:
         response = _call_service(service_id, record)
         status = response.status_code
+        if service_id in ALIASES:
+            response.headers["Deprecation"] = "true"  # RFC 9745: use the per-hook ids from discovery
         return response
     except HTTPException as exc:
-        status = exc.code or 500
+        # an abort() carrying a ready response (e.g. 413) has no code of its own
+        status = exc.response.status_code if exc.response is not None else (exc.code or 500)
+        record.setdefault("outcome", exc.name.lower() if exc.response is None else "rejected")
         raise
     finally:
         record.update(status=status, total_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -87,19 +92,20 @@ def call_service(service_id: str):
 
 
 def _call_service(service_id: str, record: dict) -> Response:
-    hooks = {hook for (sid, hook) in knowledge().services if sid == service_id}
-    if not hooks:
+    served = services_at(knowledge().services, service_id)
+    if not served:
+        record["outcome"] = "unknown service id"
         return outcome(404, "not-found", f"no CDS service with id '{service_id[:60]}'")
     if not request.mimetype or request.mimetype.lower() != "application/json":
+        record["outcome"] = "not application/json"
         return outcome(415, "not-supported", "send the hook call as application/json")
-    body = read_json()
     try:
-        hook_request = parse_hook_request(body, hooks)
-    except BadRequest as exc:
+        hook_request = parse_hook_request(read_json(), set(served))
+    except (BadBody, BadRequest) as exc:
         record["outcome"] = str(exc)
         return outcome(400, "invalid", str(exc))
     record.update(hook=hook_request.hook, request_id=hook_request.hook_instance[:64])
-    service = knowledge().services[(service_id, hook_request.hook)]
+    service = served[hook_request.hook]
     try:
         result = advise(hook_request, service, knowledge(), current_app.config)
     except BadPrefetch as exc:
@@ -112,28 +118,36 @@ def _call_service(service_id: str, record: dict) -> Response:
                   fetched=result.fetched_keys, incomplete=result.incomplete_keys, outcome="cards")
     ledger = current_app.extensions["legmove_ledger"]
     if result.cards and ledger is not None:
-        ledger.record_issued(service_id, hook_request.hook, result.cards)
+        ledger.record_issued(service.id, hook_request.hook, result.cards)  # the per-hook id, also via the alias
     return json_response({"cards": result.cards})
 
 
-@bp.post("/cds-services/<service_id>/feedback")
+@bp.post("/cds-services/<service_id>/feedback", strict_slashes=False)
 def feedback(service_id: str):
-    """Checklist 10: 200 with an empty body; unknown card uuids are counted and skipped."""
+    """CDS Hooks 2.0 Feedback: 200 with an empty body (and so no content type); unknown card
+    uuids are counted and skipped. A card is matched at the id that issued it and, while it
+    exists, at the deprecated alias standing for that id."""
     ledger = current_app.extensions["legmove_ledger"]
-    if ledger is None or not any(sid == service_id for (sid, _) in knowledge().services):
+    if ledger is None or not services_at(knowledge().services, service_id):
         return outcome(404, "not-found", f"no feedback endpoint for '{service_id[:60]}'")
     if not request.mimetype or request.mimetype.lower() != "application/json":
         return outcome(415, "not-supported", "send feedback as application/json")
     try:
         items = parse_feedback(read_json())
-        counts = ledger.record_feedback(service_id, items)
-    except BadFeedback as exc:
+        counts = ledger.record_feedback(canonical_ids(service_id), items)
+    except (BadBody, BadFeedback) as exc:
         return outcome(400, "invalid", str(exc))
     except StoreUnavailable:
         log.error("feedback store unavailable")
         return outcome(503, "transient", "feedback could not be stored; retry later")
     log.info("feedback received", extra={"event": "feedback", "service": service_id, **counts})
-    return Response(status=200)
+    response = Response(status=200)
+    del response.headers["Content-Type"]  # an empty body is no text/html document
+    return response
+
+
+class BadBody(Exception):
+    """400: the body is not the JSON document it claims to be."""
 
 
 def read_json():
@@ -142,10 +156,11 @@ def read_json():
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
-        abort(outcome(400, "invalid", "the body is not UTF-8"))
-    except (ValueError, RecursionError) as exc:
-        message = "the body is not valid JSON" if not isinstance(exc, RecursionError) else "the JSON is nested too deeply"
-        abort(outcome(400, "invalid", message))
+        raise BadBody("the body is not UTF-8") from None
+    except RecursionError:
+        raise BadBody("the JSON is nested too deeply") from None
+    except ValueError:
+        raise BadBody("the body is not valid JSON") from None
 
 
 def _reject_constant(name: str):

@@ -68,7 +68,11 @@ def _register_error_handlers(app: Flask) -> None:
         if exc.response is not None:
             return exc.response
         codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
-        return outcome(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name)
+        response = outcome(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":  # a 405 must say which methods the resource has (RFC 9110)
+                response.headers["Allow"] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

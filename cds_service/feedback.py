@@ -170,27 +170,28 @@ class CardLedger:
         except SQLAlchemyError as exc:
             log.warning("could not record issued cards: %s", type(exc).__name__)
 
-    def record_feedback(self, service_id: str, items: list[FeedbackItem]) -> dict[str, int]:
+    def record_feedback(self, service_ids: tuple[str, ...], items: list[FeedbackItem]) -> dict[str, int]:
+        """`service_ids`: the ids whose cards this endpoint accepts (its own, or an alias's targets)."""
         counts = {"stored": 0, "repeated": 0, "unknown_card": 0}
         now = datetime.now(timezone.utc)
         try:
             for item in items:
-                counts[self._store(service_id, item, now)] += 1
+                counts[self._store(service_ids, item, now)] += 1
         except SQLAlchemyError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         return counts
 
-    def _store(self, service_id: str, item: FeedbackItem, now: datetime) -> str:
+    def _store(self, service_ids: tuple[str, ...], item: FeedbackItem, now: datetime) -> str:
         """One transaction per item, so a repeated report rolls back alone."""
         try:
             with self.engine().begin() as conn:
-                return self._insert(conn, service_id, item, now)
+                return self._insert(conn, service_ids, item, now)
         except IntegrityError:
             return "repeated"
 
-    def _insert(self, conn, service_id: str, item: FeedbackItem, now: datetime) -> str:
+    def _insert(self, conn, service_ids: tuple[str, ...], item: FeedbackItem, now: datetime) -> str:
         issued = conn.execute(select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
-            (issued_card.c.card_uuid == item.card) & (issued_card.c.service_id == service_id))).first()
+            (issued_card.c.card_uuid == item.card) & issued_card.c.service_id.in_(service_ids))).first()
         if issued is None:
             return "unknown_card"  # another deployment's card, or one issued before a store reset
         offered = set(json.loads(issued.suggestion_uuids))

@@ -1,9 +1,13 @@
 """The CDS services this deployment offers, derived from the rule registry.
 
-A service is an (id, hook) pair. Its prefetch templates are the union of what its rules read,
-so discovery and rule inputs cannot drift apart. `legmove-orders` serves both order hooks under
-one id, so a client replaces its order-select cards with the order-sign answer (spec: Update
-stale guidance).
+A service is an (id, hook) pair and every hook has its own id: clients such as the CDS Hooks
+Sandbox key services by URL and keep only one service per URL, so two hooks under one id made
+one of them unreachable. Its prefetch templates are the union of what its rules read, so
+discovery and rule inputs cannot drift apart.
+
+`legmove-orders`, the id both order hooks shared before, is a deprecated alias: it still answers
+order-select and order-sign (with a `Deprecation` header) and accepts feedback on cards of either
+order service, but discovery no longer lists it (listing it would bring back the shared URL).
 """
 from __future__ import annotations
 
@@ -19,15 +23,30 @@ SERVICE_TEXT = {
         "Leg movements: chart review",
         "On opening a chart: iron stores and worsening drugs in restless legs syndrome, its mimics and secondary "
         "causes; PLMS/PLMD criteria; red flags and work-up in fasciculations; causes and work-up of myoclonus."),
-    ("legmove-orders", "order-select"): (
+    ("legmove-order-select", "order-select"): (
         "Leg movements: order check",
         "When an order is selected: drugs that worsen RLS or cause myoclonus, dopaminergic drugs, quinine or "
         "polysomnography for simple cramps, repeat EMG or imaging in benign fasciculations; iron, mimics and "
-        "akathisia when an RLS drug is chosen."),
-    ("legmove-orders", "order-sign"): (
+        "akathisia when an RLS drug is chosen. The former shared id legmove-orders is a deprecated alias."),
+    ("legmove-order-sign", "order-sign"): (
         "Leg movements: order check at signing",
-        "Before signing: re-checks every draft order with the order-select checks that apply to all drafts."),
+        "Before signing: re-checks every draft order with the order-select checks that apply to all drafts. "
+        "The former shared id legmove-orders is a deprecated alias."),
 }
+
+# deprecated id -> the ids it stands for (each serving one hook)
+ALIASES = {"legmove-orders": ("legmove-order-select", "legmove-order-sign")}
+
+
+def canonical_ids(service_id: str) -> tuple[str, ...]:
+    """The service ids an endpoint id stands for: itself, or an alias's targets."""
+    return ALIASES.get(service_id, (service_id,))
+
+
+def services_at(services: dict[tuple[str, str], "Service"], service_id: str) -> dict[str, "Service"]:
+    """hook -> Service answered at the URL of `service_id` (empty when the id is unknown)."""
+    ids = canonical_ids(service_id)
+    return {hook: service for (sid, hook), service in services.items() if sid in ids}
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def main() -> None:
     summary(f"engine only ({len(facts)} facts)", timed(lambda: knowledge.engine.evaluate(facts)))
     summary("facts only", timed(lambda: build_facts(data, knowledge.terminology, date(2026, 11, 22))))
     order = json.loads((ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json").read_text())
-    summary("order-sign, fixture R3/fires-sertraline-order-sign", timed(lambda: client.post("/cds-services/legmove-orders", json=order["request"])))
+    summary("order-sign, fixture R3/fires-sertraline-order-sign", timed(lambda: client.post("/cds-services/legmove-order-sign", json=order["request"])))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ PROPERTY_SETTINGS = settings(max_examples=EXPLORE or 150, derandomize=not EXPLOR
 @PROPERTY_SETTINGS
 @given(body=st.dictionaries(st.sampled_from(TOP_LEVEL) | st.text(max_size=8), json_values, max_size=7))
 def test_any_request_shape_gets_a_clean_answer(client, body):
-    for service in ("legmove-patient-view", "legmove-orders"):
+    for service in ("legmove-patient-view", "legmove-order-select", "legmove-order-sign", "legmove-orders"):
         assert_clean(post(client, body, service))
 
 

@@ -29,8 +29,9 @@ def test_discovery_lists_each_service_hook_pair(client):
     assert response.status_code == 200 and response.mimetype == "application/json"
     services = response.get_json()["services"]
     pairs = {(s["id"], s["hook"]) for s in services}
-    assert pairs == {("legmove-patient-view", "patient-view"), ("legmove-orders", "order-select"),
-                     ("legmove-orders", "order-sign")}
+    assert pairs == {("legmove-patient-view", "patient-view"), ("legmove-order-select", "order-select"),
+                     ("legmove-order-sign", "order-sign")}
+    assert len({s["id"] for s in services}) == len(services), "one id (one URL) per hook"
     for service in services:
         assert service["description"] and service["title"]
         for template in service.get("prefetch", {}).values():
@@ -53,7 +54,7 @@ def assert_no_empty(value):
 
 def test_prefetch_templates_follow_what_the_rules_read(app):
     services = app.extensions["legmove"].services
-    sign = set(services[("legmove-orders", "order-sign")].prefetch)
+    sign = set(services[("legmove-order-sign", "order-sign")].prefetch)
     assert {"conditions", "procedures", "reports", "medication_requests"} <= sign  # R12 prior EMG, R20 new start
     assert "service_requests" not in sign  # no order-sign rule reads chart orders
     assert {"labs", "service_requests", "patient"} <= set(services[("legmove-patient-view", "patient-view")].prefetch)
@@ -119,10 +120,10 @@ def test_invalid_requests_say_what_is_wrong(client, mutate, message):
 def test_order_hooks_check_their_context(client):
     body = copy.deepcopy(R3_FIRES["request"])
     body["context"].pop("draftOrders")
-    assert "draftOrders" in assert_outcome(post(client, "legmove-orders", body), 400)
+    assert "draftOrders" in assert_outcome(post(client, "legmove-order-sign", body), 400)
     body = dict(copy.deepcopy(R3_FIRES["request"]), hook="order-select")
     body["context"]["selections"] = "MedicationRequest/draft-sertraline"
-    assert "selections" in assert_outcome(post(client, "legmove-orders", body), 400)
+    assert "selections" in assert_outcome(post(client, "legmove-order-select", body), 400)
 
 
 def test_unknown_fields_are_ignored(client):
@@ -269,7 +270,7 @@ def test_r2_card_shows_raw_and_converted_values(client):
 
 
 def test_r3_card_offers_to_delete_the_draft(client):
-    body = post(client, "legmove-orders", R3_FIRES["request"]).get_json()
+    body = post(client, "legmove-order-sign", R3_FIRES["request"]).get_json()
     card = body["cards"][0]
     assert card["indicator"] == "warning"
     assert card["summary"] == "sertraline 50 MG Oral Tablet (SSRI) can worsen restless legs; consider an alternative"
@@ -319,7 +320,7 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
     body = copy.deepcopy(R3_FIRES["request"])
     draft = body["context"]["draftOrders"]["entry"][0]["resource"]
     draft["medicationCodeableConcept"] = {"text": "sertraline <script>x()</script> 50 mg"}
-    card = post(client, "legmove-orders", body).get_json()["cards"][0]
+    card = post(client, "legmove-order-sign", body).get_json()["cards"][0]
     # detail is Markdown and must be escaped; summary and labels are plain text by the spec
     assert "<script>" not in card["detail"] and "&lt;script&gt;" in card["detail"]
 

@@ -18,7 +18,7 @@ from conftest import ROOT, load_fixture
 
 BASE = "https://cds.example.org"
 FIXTURE = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
-PATH = "/cds-services/legmove-orders"
+PATH = "/cds-services/legmove-order-sign"
 
 
 def keypair(kind, kid):

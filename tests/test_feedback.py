@@ -33,14 +33,14 @@ def feedback_app(request, tmp_path):
     app.extensions["legmove_ledger"].close()
 
 
-def issue_card(client) -> dict:
-    response = client.post("/cds-services/legmove-orders", json=R3["request"])
+def issue_card(client, service="legmove-order-sign") -> dict:
+    response = client.post(f"/cds-services/{service}", json=R3["request"])
     assert response.status_code == 200
     (card,) = response.get_json()["cards"]
     return card
 
 
-def send(client, *items, service="legmove-orders"):
+def send(client, *items, service="legmove-order-sign"):
     return client.post(f"/cds-services/{service}/feedback", json={"feedback": list(items)})
 
 
@@ -97,7 +97,7 @@ def test_a_card_uuid_from_another_service_is_unknown_there(feedback_app):
                     "overrideReason": {"reason": "no"}}]}, "Coding"),
 ])
 def test_malformed_feedback_is_400(client, body, message):
-    response = client.post("/cds-services/legmove-orders/feedback", json=body)
+    response = client.post("/cds-services/legmove-order-sign/feedback", json=body)
     assert response.status_code == 400 and message in response.get_json()["issue"][0]["diagnostics"]
 
 
@@ -114,3 +114,27 @@ def test_database_down_keeps_advice_flowing_and_feedback_says_retry():
     response = send(client, item)
     app.extensions["legmove_ledger"].close()
     assert response.status_code == 503 and response.get_json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("issued_at, sent_to", [
+    ("legmove-order-sign", "legmove-order-sign"),  # the id that issued the card
+    ("legmove-order-sign", "legmove-orders"),  # the deprecated alias, for a card of an order service
+    ("legmove-orders", "legmove-order-sign"),  # a card issued through the alias belongs to the per-hook id
+    ("legmove-orders", "legmove-orders"),
+])
+def test_feedback_is_accepted_at_the_issuing_id_and_at_the_alias(feedback_app, issued_at, sent_to):
+    client = feedback_app.test_client()
+    card = issue_card(client, service=issued_at)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
+    response = send(client, item, service=sent_to)
+    assert response.status_code == 200 and response.get_data() == b""
+    assert "Content-Type" not in response.headers, "an empty 200 is no text/html page"
+    assert [r["rule_id"] for r in feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"])] == ["R3"]
+
+
+def test_feedback_at_the_other_order_id_is_unknown_there(feedback_app):
+    client = feedback_app.test_client()
+    card = issue_card(client, service="legmove-order-sign")
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
+    assert send(client, item, service="legmove-order-select").status_code == 200
+    assert feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"]) == []
