@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from .cards import render_cards
@@ -15,7 +15,7 @@ from .engine import RuleEngine
 from .facts import PatientData, build_facts
 from .fhir_client import FhirClient
 from .hook_request import HookRequest
-from .prefetch import FhirAccess, resolve
+from .prefetch import FhirAccess, PreconditionFailed, resolve
 from .rulebook import RenderContext, RuleSpec
 from .services import Service
 from .terminology import Terminology
@@ -38,16 +38,25 @@ class Advice:
     timings_ms: dict[str, float]
     fetched_keys: list[str]
     incomplete_keys: list[str]
+    missing_keys: dict[str, str] = field(default_factory=dict)  # key -> why (log text, may name exceptions)
 
 
 def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> Advice:
+    """Partial data policy: a key that could not be read at all is *missing*; every card rule
+    that depends on it (directly or through a finding) stays silent, and absence logic sees it
+    as a data gap. The other rules run. Only when no card rule of the service is left is the
+    call a 412: then nothing at all could be evaluated."""
     clock = _Stopwatch()
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
-        return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
+        return Advice([], [], {}, [], [])  # our cards are written for clinicians (CDS Hooks 2.0 patient-view)
     access = fhir_access(req, config)
     resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config))
     clock.lap("data")
-    data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
+    missing = set(resolved.unknown)
+    evaluable = service.evaluable(missing)
+    if not evaluable:
+        raise PreconditionFailed(_precondition_message(access, resolved), resolved.unknown)
+    data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete | missing, req.draft_orders,
                        req.selections)
     term = knowledge.terminology
     fact_set = build_facts(data, term, evaluation_date(config))
@@ -56,14 +65,23 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
-                        incomplete_keys=tuple(sorted(resolved.incomplete)))
-    # the service lists the card rules registered for this hook: the one place hooks are filtered
-    matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in service.rule_ids}
+                        incomplete_keys=tuple(sorted(resolved.incomplete)), missing_keys=tuple(sorted(missing)))
+    # the service lists the card rules registered for this hook that its data lets it evaluate:
+    # the one place hooks and missing data are filtered
+    matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in evaluable}
     cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
     clock.lap("cards")
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
-    return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete))
+    return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown)
+
+
+def _precondition_message(access: FhirAccess, resolved) -> str:
+    """What the client may read in a 412: which keys, and in words why (no exception names)."""
+    keys = ", ".join(sorted(resolved.unknown))
+    if not access.allowed:
+        return f"prefetch key(s) {keys} missing and the FHIR server cannot be queried: {access.reason}"
+    return f"prefetch key(s) {keys} missing and the FHIR server did not provide them (unavailable, too slow or refused)"
 
 
 def fhir_access(req: HookRequest, config) -> FhirAccess:

@@ -112,10 +112,11 @@ def _call_service(service_id: str, record: dict) -> Response:
         record["outcome"] = str(exc)
         return outcome(400, "invalid", str(exc))
     except PreconditionFailed as exc:
-        record["outcome"] = str(exc)
+        record.update(outcome=str(exc), missing=sorted(exc.reasons), missing_reasons=exc.reasons)
         return outcome(412, "not-found", str(exc))
     record.update(rules=result.rule_ids, cards=len(result.cards), timings_ms=result.timings_ms,
-                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, outcome="cards")
+                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
+                  missing_reasons=result.missing_keys, outcome="cards")
     ledger = current_app.extensions["legmove_ledger"]
     if result.cards and ledger is not None:
         ledger.record_issued(service.id, hook_request.hook, result.cards)  # the per-hook id, also via the alias

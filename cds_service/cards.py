@@ -45,6 +45,8 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
             card["extension"][EXTENSION_KEY]["supersedes"] = replaced
         if ctx.incomplete_keys:  # say that the card was made from part of the chart
             card["extension"][EXTENSION_KEY]["incompleteData"] = list(ctx.incomplete_keys)
+        if ctx.missing_keys:  # and which data could not be read at all
+            card["extension"][EXTENSION_KEY]["missingData"] = list(ctx.missing_keys)
         cards.append(card)
     cards.sort(key=lambda card: (INDICATOR_ORDER[card["indicator"]], card["extension"][EXTENSION_KEY]["rule"]))
     return [prune(card) for card in cards]

@@ -1,10 +1,14 @@
-"""Prefetch templates and how each key's data is obtained (checklist sections 5-7).
+"""Prefetch templates and how each key's data is obtained (CDS Hooks 2.0, Prefetch and FHIR
+Resource Access).
 
 For every key a service needs: a prefetched value is used as sent (`null` and an empty search
 mean "no data" and are never re-fetched); an absent key, or one that carries an error
-OperationOutcome, is fetched from `fhirServer`; data that can be had neither way is a 412.
-A search whose `next` link could not be followed is marked incomplete, so rules that fire on
-absence stay silent ("missing means unknown, never none").
+OperationOutcome, is fetched from `fhirServer`. A key that can be had neither way (no usable
+fhirServer, a type the token does not grant, a failed or too slow query) is *unknown*: it is
+reported, never read as empty, and the rules that read it stay silent (see advice.py). Real
+EHRs fill only some templates and grant only some types, so one such key must not cost the
+other rules their answer. A search whose `next` link could not be followed is *incomplete*:
+what was read is used, but never as proof of absence.
 """
 from __future__ import annotations
 
@@ -42,7 +46,12 @@ _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
 class PreconditionFailed(Exception):
-    """412: required data neither prefetched nor obtainable. The message carries no PHI."""
+    """412: no rule of the service can be evaluated with the data that could be had. The
+    message is for the client: no PHI and no internals (exception names go to the log)."""
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or {}  # key -> why, for the log only
 
 
 class BadPrefetch(Exception):
@@ -62,8 +71,9 @@ class FhirAccess:
 @dataclass
 class Resolved:
     resources: dict[str, list[dict]] = field(default_factory=dict)
-    incomplete: set[str] = field(default_factory=set)
+    incomplete: set[str] = field(default_factory=set)  # first pages read, later ones not
     fetched: list[str] = field(default_factory=list)
+    unknown: dict[str, str] = field(default_factory=dict)  # key -> why nothing could be read (log text)
 
 
 def expected_type(template: str) -> str:
@@ -118,9 +128,7 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
     if not to_fetch and not partial:
         return resolved
     if not access.allowed:
-        if to_fetch:
-            raise PreconditionFailed(f"prefetch key(s) {', '.join(to_fetch)} missing and the FHIR server cannot be "
-                                     f"queried: {access.reason}")
+        resolved.unknown.update({key: f"not prefetched and {access.reason}" for key in to_fetch})
         resolved.incomplete.update(partial)
         return resolved
     _fetch(resolved, {k: templates[k] for k in to_fetch}, partial, context, access, client_factory)
@@ -136,7 +144,8 @@ def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict
             for key, template in to_fetch.items():
                 query = expand(template, context)
                 if query is None:
-                    raise PreconditionFailed(f"prefetch key {key} needs a context field the request lacks")
+                    resolved.unknown[key] = "not prefetched and its query needs a context field the request lacks"
+                    continue
                 jobs[key] = pool.submit(client.query, query)
             for key, bundle in partial.items():
                 jobs[key] = pool.submit(client.continue_bundle, bundle)
@@ -148,7 +157,9 @@ def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict
                         resolved.incomplete.add(key)
                         log.warning("could not page prefetch key %s: %s", key, exc)
                         continue
-                    raise PreconditionFailed(f"prefetch key {key} missing and the FHIR server query failed: {exc}") from exc
+                    resolved.unknown[key] = f"not prefetched and the FHIR server query failed: {exc}"
+                    log.warning("prefetch key %s unknown: %s", key, exc)
+                    continue
                 resolved.resources[key] = result.resources
                 resolved.fetched.append(key)
                 if not result.complete:

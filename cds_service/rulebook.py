@@ -34,6 +34,7 @@ class RenderContext:
     groups: dict[str, frozenset[str]]
     facts: list[dict]  # base facts, for describing context (e.g. "already on iron"), never for firing
     incomplete_keys: tuple[str, ...] = ()  # data keys whose later pages could not be read
+    missing_keys: tuple[str, ...] = ()  # data keys that could not be read at all (rules on them were silent)
 
 
 @dataclass

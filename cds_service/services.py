@@ -11,7 +11,7 @@ order service, but discovery no longer lists it (listing it would bring back the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .engine import findings_read
 from .prefetch import queries
@@ -49,6 +49,55 @@ def services_at(services: dict[tuple[str, str], "Service"], service_id: str) -> 
     return {hook: service for (sid, hook), service in services.items() if sid in ids}
 
 
+# Which data keys each fact kind comes from (see facts.py); "draft" facts come from the hook context.
+KIND_KEYS = {
+    "condition": ("conditions",),
+    "lab": ("labs",),
+    "pending_test": ("labs", "service_requests"),
+    "order": ("service_requests",),
+    "procedure_done": ("procedures", "reports"),
+    "medication": ("medication_requests", "medication_statements"),
+    "patient": ("patient",),
+}
+ORIGIN_KEYS = {"draft": (), "recent": ("medication_requests",), "result": ("labs",), "chart": None}
+
+
+def keys_matched(spec: RuleSpec) -> set[str]:
+    """Data keys whose facts a rule's own conditions match, read from the compiled condition:
+    a kind stands for all its keys unless the condition pins the fact to the hook context
+    (origin "draft") or to one source."""
+    compiled = spec.condition.define()
+    keys: set[str] = set()
+    for condition in compiled.get("all", compiled.get("any")) or []:
+        for expression in condition.values():
+            kinds, origins = _literals(expression, "kind"), _literals(expression, "origin")
+            pinned = origins and not _literals(_negated(expression), "origin")  # not `origin != "draft"`
+            for kind in kinds & set(KIND_KEYS):
+                if pinned and all(ORIGIN_KEYS.get(o) is not None for o in origins):
+                    keys.update(k for o in origins for k in ORIGIN_KEYS[o] if k in KIND_KEYS[kind])
+                else:
+                    keys.update(KIND_KEYS[kind])
+    return keys
+
+
+def _negated(expression) -> list:
+    """The parts of a compiled condition under a `!=`."""
+    if isinstance(expression, dict):
+        return [v for k, v in expression.items() if k == "$neq"] + [x for v in expression.values() for x in _negated(v)]
+    if isinstance(expression, list):
+        return [x for v in expression for x in _negated(v)]
+    return []
+
+
+def _literals(expression, name: str) -> set[str]:
+    if isinstance(expression, dict):
+        found = {v for k, v in expression.items() if k == name and isinstance(v, str)}
+        return found.union(*(_literals(v, name) for k, v in expression.items() if not (k == name and isinstance(v, str))))
+    if isinstance(expression, list):
+        return set().union(*(_literals(v, name) for v in expression))
+    return set()
+
+
 @dataclass(frozen=True)
 class Service:
     id: str
@@ -57,6 +106,13 @@ class Service:
     description: str
     rule_ids: tuple[str, ...]  # card rules that can answer on this hook
     prefetch: dict[str, str]  # key -> template, for the data its rules read
+    # card rule -> every data key it depends on, through the findings it reads too: when one of
+    # them is unknown the rule stays silent (it could fire on part of what it weighs)
+    rule_keys: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def evaluable(self, unknown: set[str]) -> tuple[str, ...]:
+        """The card rules none of whose data is unknown."""
+        return tuple(rule for rule in self.rule_ids if not self.rule_keys[rule] & unknown)
 
     def discovery_entry(self) -> dict:
         entry = {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
@@ -76,14 +132,17 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
     for (service_id, hook), (title, description) in SERVICE_TEXT.items():
         cards = [s for s in specs if s.stratum == CARD and hook in s.hooks]
         keys = {key for s in _with_derivations(cards, specs) for key in s.needs}
+        rule_keys = {card.id: frozenset(key for s in _with_derivations([card], specs)
+                                        for key in set(s.needs) | keys_matched(s)) for card in cards}
         services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
-                                               {k: t for k, t in templates.items() if k in keys})
+                                               {k: t for k, t in templates.items() if k in keys}, rule_keys)
     return services
 
 
 def _with_derivations(cards: list[RuleSpec], specs: list[RuleSpec]) -> list[RuleSpec]:
     """The card rules plus every derivation whose finding they read, directly or through another
-    derivation: a hook's prefetch asks only for what its own rules can use."""
+    derivation: a hook's prefetch asks only for what its own rules can use, and a rule depends
+    on the data of every finding it reads."""
     producers: dict[str, list[RuleSpec]] = {}
     for spec in specs:
         if spec.stratum != CARD:

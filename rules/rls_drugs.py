@@ -136,7 +136,7 @@ def prolactin_lowering_draft(match):
 # ---- R20 --------------------------------------------------------------------------------------
 
 @card_rule(id="R20", title="Dopamine agonist or levodopa as RLS treatment", citation=AASM_2024, source_url=AASM_2024_URL,
-           hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "labs", "patient"),
+           hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "medication_statements", "labs", "patient"),
            logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
                  "parkinsonism, and no order of either class in the new-start window; warning when iron is low",
            when=when_all(

@@ -141,10 +141,17 @@ def test_patient_facing_user_gets_no_clinician_cards(client):
 
 # ---- prefetch semantics --------------------------------------------------------------------
 
-def test_missing_key_without_fhir_server_is_412(client):
+def test_missing_key_without_fhir_server_silences_the_rules_that_read_it(client):
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"].pop("labs")
-    assert "labs" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    response = post(client, "legmove-patient-view", body)
+    assert response.status_code == 200 and "R1" not in fired_rules(response.get_json())
+
+
+def test_no_key_at_all_without_fhir_server_is_412(client):
+    body = copy.deepcopy(R1_FIRES["request"])
+    body["prefetch"] = {}
+    assert "cannot be queried: no fhirServer in the request" in assert_outcome(post(client, "legmove-patient-view", body), 412)
 
 
 def test_null_key_means_no_data_and_is_not_fetched(client):
@@ -155,27 +162,31 @@ def test_null_key_means_no_data_and_is_not_fetched(client):
     assert response.status_code == 200 and "R1" in fired_rules(response.get_json())
 
 
-def test_operation_outcome_in_prefetch_without_server_is_412(client):
+def test_operation_outcome_in_prefetch_without_server_is_an_unknown_key(client):
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"]["labs"] = {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": "timeout"}]}
-    assert_outcome(post(client, "legmove-patient-view", body), 412)
+    response = post(client, "legmove-patient-view", body)
+    assert response.status_code == 200 and "R1" not in fired_rules(response.get_json())
 
 
 def test_unreachable_fhir_server_is_412_within_the_deadline(client):
+    """Every patient-view rule reads the problem list: without it nothing can be evaluated."""
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"].pop("conditions")
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60, "scope": "x",
-                                 "subject": "legmove-cds"}
-    assert "conditions" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
+                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    diagnostics = assert_outcome(post(client, "legmove-patient-view", body), 412)
+    assert "conditions" in diagnostics and "did not provide" in diagnostics
+    assert "Error" not in diagnostics, "the outbound exception name stays in the log"
 
 
 def test_http_fhir_server_refused_in_production(app):
     from cds_service.app import create_app
     production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22").test_client()
     body = copy.deepcopy(R1_FIRES["request"])
-    body["prefetch"].pop("labs")
+    body["prefetch"] = {}
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
     assert "not https" in assert_outcome(post(production, "legmove-patient-view", body), 412)
 
@@ -326,10 +337,13 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
 
 
 @pytest.mark.fhir_server
-def test_fhir_server_rejecting_the_token_is_412(client, fhir_server):
+def test_fhir_server_rejecting_the_token_is_412(client, fhir_server, caplog):
+    caplog.set_level("INFO", logger="cds_service.api")
     body = as_server_request(R1_FIRES["request"], fhir_server)
     body["fhirAuthorization"]["access_token"] = "not-the-right-token"
-    assert "HTTP 401" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    assert "did not provide" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
+    assert "HTTP 401" in record.missing_reasons["conditions"], "the real cause is in the log"
 
 
 def test_prefetch_tokens_expand_from_context():

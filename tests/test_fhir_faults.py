@@ -88,17 +88,26 @@ def call(client, base, fault):
     ("hang", "ReadTimeout"), ("error500", "HTTP 500"), ("unauthorized", "HTTP 401"), ("notjson", "not JSON"),
     ("array", "not a FHIR resource"), ("outcome", "OperationOutcome"), ("drip", "deadline"),
 ])
-def test_faults_end_in_412_within_the_deadline(client, faulty_server, fault, says):
+def test_faults_end_in_412_within_the_deadline(client, faulty_server, fault, says, caplog):
+    caplog.set_level("INFO", logger="cds_service.api")
     response, elapsed = call(client, faulty_server, fault)
     assert response.status_code == 412, response.get_data(as_text=True)
-    assert says in response.get_json()["issue"][0]["diagnostics"]
+    assert "did not provide" in response.get_json()["issue"][0]["diagnostics"]
+    assert says not in response.get_json()["issue"][0]["diagnostics"], "the cause is for the log, not the client"
+    assert says in logged_reasons(caplog)
     assert elapsed < DEADLINE + 1.0, f"{fault} took {elapsed:.2f} s"
 
 
-def test_malformed_bundle_is_412_never_read_as_empty(client, faulty_server):
+def logged_reasons(caplog) -> str:
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
+    return json.dumps(record.missing_reasons)
+
+
+def test_malformed_bundle_is_412_never_read_as_empty(client, faulty_server, caplog):
     """Read as 'no data', a broken Bundle would let absence rules (R1) fire on garbage."""
+    caplog.set_level("INFO", logger="cds_service.api")
     response, elapsed = call(client, faulty_server, "badbundle")
-    assert response.status_code == 412 and "malformed Bundle" in response.get_json()["issue"][0]["diagnostics"]
+    assert response.status_code == 412 and "malformed Bundle" in logged_reasons(caplog)
 
 
 def test_endless_next_links_stop_at_the_page_cap_and_say_so(client, faulty_server):
