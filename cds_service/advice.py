@@ -17,6 +17,7 @@ from .fhir_client import FhirClient
 from .hook_request import HookRequest
 from .prefetch import FhirAccess, PreconditionFailed, resolve
 from .rulebook import RenderContext, RuleSpec
+from .scopes import parse_scopes
 from .services import Service
 from .terminology import Terminology
 
@@ -94,7 +95,7 @@ def fhir_access(req: HookRequest, config) -> FhirAccess:
         # without this any caller could make the service send requests (and tokens) anywhere (SSRF)
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not on the configured allowlist")
     if req.access_token:
-        return FhirAccess(req.fhir_server, req.access_token, True)
+        return FhirAccess(req.fhir_server, req.access_token, True, scopes=parse_scopes(req.scope))
     if not config["FHIR_UNAUTHENTICATED_READS"]:
         return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
     if not _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):

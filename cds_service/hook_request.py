@@ -25,6 +25,7 @@ class HookRequest:
     prefetch: dict
     fhir_server: str | None
     access_token: str | None
+    scope: str | None  # fhirAuthorization.scope: SMART scopes granted to the token (see scopes.py)
     patient_id: str
     user_id: str
     draft_orders: list[dict]
@@ -49,6 +50,7 @@ def parse_hook_request(body, served_hooks: set[str]) -> HookRequest:
     if not isinstance(prefetch, dict):
         raise BadRequest("'prefetch' must be an object")
     fhir_server, token = _fhir_access(body, context)
+    scope = body["fhirAuthorization"].get("scope") if token else None
     patient_id = _context_string(context, "patientId", FHIR_ID)
     user_id = _context_string(context, "userId", USER_ID)
     if "encounterId" in context:
@@ -60,7 +62,7 @@ def parse_hook_request(body, served_hooks: set[str]) -> HookRequest:
         selections = context.get("selections")
         if not isinstance(selections, list) or not all(isinstance(s, str) and SELECTION.match(s) for s in selections):
             raise BadRequest("context.selections must be an array of 'Type/id' strings")
-    return HookRequest(hook, hook_instance, context, prefetch, fhir_server, token, patient_id, user_id,
+    return HookRequest(hook, hook_instance, context, prefetch, fhir_server, token, scope, patient_id, user_id,
                        draft_orders, selections)
 
 

@@ -17,6 +17,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .scopes import Grant, Scopes
 from .terminology import Terminology
 from .fhir_client import FhirClient, FhirUnavailable, bundle_defect, entries_of, failed_outcome, next_link
 
@@ -42,6 +43,7 @@ def queries(term: Terminology) -> dict[str, str]:
     }
 
 
+MAX_PARALLEL_SEARCHES = 6  # searches in flight per hook call: enough for a split key, gentle on the EHR
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
@@ -66,6 +68,7 @@ class FhirAccess:
     token: str | None
     allowed: bool
     reason: str = ""
+    scopes: Scopes | None = None  # None: the request said nothing about scopes
 
 
 @dataclass
@@ -131,38 +134,80 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
         resolved.unknown.update({key: f"not prefetched and {access.reason}" for key in to_fetch})
         resolved.incomplete.update(partial)
         return resolved
-    _fetch(resolved, {k: templates[k] for k in to_fetch}, partial, context, access, client_factory)
+    queries_by_key: dict[str, list[str]] = {}
+    for key in to_fetch:
+        query = expand(templates[key], context)
+        grant = _grant(access, query) if query is not None else None
+        if query is None:
+            resolved.unknown[key] = "not prefetched and its query needs a context field the request lacks"
+        elif grant is None:
+            resolved.unknown[key] = f"not prefetched and the token's scopes do not grant {expected_type(query)}"
+        else:
+            queries_by_key[key] = grant.queries(query)
+            if not grant.unrestricted:  # only what the granular scope lets us see: never proof of absence
+                resolved.incomplete.add(key)
+    for key in list(partial):
+        grant = _grant(access, templates[key])
+        if grant is None or not grant.unrestricted:  # the next link would leave what the token grants
+            resolved.incomplete.add(key)
+            del partial[key]
+    if queries_by_key or partial:
+        _fetch(resolved, queries_by_key, partial, access, client_factory)
     return resolved
 
 
-def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict], context: dict, access: FhirAccess,
+def _grant(access: FhirAccess, query: str) -> Grant | None:
+    if access.scopes is None:
+        return Grant(True)
+    return access.scopes.grant(expected_type(query), search="?" in query)
+
+
+def _fetch(resolved: Resolved, to_fetch: dict[str, list[str]], partial: dict[str, dict], access: FhirAccess,
            client_factory) -> None:
+    """All searches of all keys run in parallel under the client's one deadline; a key whose
+    search (any of its searches) fails or runs out of time is unknown, the others are kept."""
     client: FhirClient = client_factory(access)
+    jobs: list[tuple[str, object]] = []
     try:
-        jobs = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(to_fetch) + len(partial)))) as pool:
-            for key, template in to_fetch.items():
-                query = expand(template, context)
-                if query is None:
-                    resolved.unknown[key] = "not prefetched and its query needs a context field the request lacks"
-                    continue
-                jobs[key] = pool.submit(client.query, query)
-            for key, bundle in partial.items():
-                jobs[key] = pool.submit(client.continue_bundle, bundle)
-            for key, job in jobs.items():
+        searches = sum(len(q) for q in to_fetch.values()) + len(partial)
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SEARCHES, searches))) as pool:
+            for key, queries_ in to_fetch.items():
+                jobs += [(key, pool.submit(client.query, query)) for query in queries_]
+            jobs += [(key, pool.submit(client.continue_bundle, bundle)) for key, bundle in partial.items()]
+            results: dict[str, list] = {}
+            failures: dict[str, str] = {}
+            for key, job in jobs:
                 try:
-                    result = job.result()
+                    results.setdefault(key, []).append(job.result())
                 except FhirUnavailable as exc:
-                    if key in partial:  # we have the first page: use it, but never as proof of absence
-                        resolved.incomplete.add(key)
-                        log.warning("could not page prefetch key %s: %s", key, exc)
-                        continue
-                    resolved.unknown[key] = f"not prefetched and the FHIR server query failed: {exc}"
-                    log.warning("prefetch key %s unknown: %s", key, exc)
-                    continue
-                resolved.resources[key] = result.resources
-                resolved.fetched.append(key)
-                if not result.complete:
-                    resolved.incomplete.add(key)
+                    failures.setdefault(key, str(exc))
     finally:
         client.close()
+    for key, reason in failures.items():
+        if key in partial:  # we have the first page: use it, but never as proof of absence
+            resolved.incomplete.add(key)
+            log.warning("could not page prefetch key %s: %s", key, reason)
+        else:
+            resolved.unknown[key] = f"not prefetched and the FHIR server query failed: {reason}"
+            log.warning("prefetch key %s unknown: %s", key, reason)
+    for key, parts in results.items():
+        if key in failures:
+            continue
+        resolved.resources[key] = _merged(parts)
+        resolved.fetched.append(key)
+        if not all(part.complete for part in parts):
+            resolved.incomplete.add(key)
+
+
+def _merged(parts) -> list[dict]:
+    """One key's resources from several searches (split searches, granular scopes), each once."""
+    if len(parts) == 1:
+        return parts[0].resources
+    seen, resources = set(), []
+    for part in parts:
+        for resource in part.resources:
+            ref = (resource.get("resourceType"), resource.get("id"))
+            if ref not in seen:
+                seen.add(ref)
+                resources.append(resource)
+    return resources

@@ -113,7 +113,8 @@ def _free_port() -> int:
 class FhirServer:
     """sekmet-fhir, simulator off, fresh data directory, bearer-token auth."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, server_auth: str | None = None):
+        """`server_auth`: YAML flow mapping replacing the static-bearer-token default."""
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ class FhirServer:
         settings.write_text(
             f"base_url: {self.base_url}\nhost: 127.0.0.1\nport: {self.port}\ndata_dir: {workdir / 'data'}\n"
             "simulator: {enabled: false}\nlog_inbound: false\nvalidation: {inbound: 'off'}\n"
-            f"server_auth: {{types: [bearer], tokens: [{FHIR_TOKEN}]}}\n", encoding="utf-8")
+            f"server_auth: {server_auth or f'{{types: [bearer], tokens: [{FHIR_TOKEN}]}}'}\n", encoding="utf-8")
         executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
         self.log = open(workdir / "server.log", "w")
         self.process = subprocess.Popen([executable, "serve", "-c", str(settings)], cwd=workdir,

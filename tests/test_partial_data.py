@@ -92,10 +92,13 @@ def test_every_rule_declares_the_keys_whose_facts_it_matches(app):
 
 # ---- against a real HTTP FHIR server that fails for one resource type -----------------------
 
-def by_type_server(resources: list[dict]):
-    """Path /<Type>=<fault>/fhir/<Type>?...: serves `resources` by type; the named type fails."""
+def by_type_server(resources: list[dict], seen: list | None = None):
+    """Path /<Type>=<fault>/fhir/<Type>?...: serves `resources` by type; the named type fails.
+    Each requested URL is appended to `seen`."""
     def app(environ, start_response):
         request = Request(environ)
+        if seen is not None:
+            seen.append(request.url)
         fault_spec, _, rest = request.path.strip("/").partition("/fhir/")
         bad_type, _, fault = fault_spec.partition("=")
         resource_type = rest.split("/")[0].split("?")[0]
