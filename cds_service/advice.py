@@ -15,7 +15,7 @@ from .engine import RuleEngine
 from .facts import PatientData, build_facts
 from .fhir_client import FhirClient
 from .hook_request import HookRequest
-from .prefetch import FhirAccess, PreconditionFailed, resolve
+from .prefetch import FhirAccess, PreconditionFailed, resolve, server_searches
 from .rulebook import RenderContext, RuleSpec
 from .scopes import parse_scopes
 from .services import Service
@@ -51,7 +51,8 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (CDS Hooks 2.0 patient-view)
     access = fhir_access(req, config)
-    resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config))
+    searches = server_searches(knowledge.terminology, service.prefetch, evaluation_date(config))
+    resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config), searches)
     clock.lap("data")
     missing = set(resolved.unknown)
     evaluable = service.evaluable(missing)

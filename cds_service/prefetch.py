@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import date, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,21 +27,59 @@ log = logging.getLogger(__name__)
 _PATIENT = "patient={{context.patientId}}"
 
 
+PLACEHOLDER_SYSTEMS = ("http://example.org/",)  # shipped defaults a deployment must replace
+
+
+def observation_codes(term: Terminology, placeholders: bool = True) -> list[tuple[str, str, str]]:
+    """(system, code, lookback setting) of every Observation a rule may read. Discovery leaves out
+    the local PLMS-index code while it is the shipped placeholder (`placeholders=False`): an EHR
+    cannot fill a template for a system nobody owns. Our own fhirServer searches keep it, since
+    a test or pilot deployment may have data under it."""
+    return sorted((system, code, analyte.lookback_setting) for (system, code), analyte in term.observation_codes.items()
+                  if placeholders or not system.startswith(PLACEHOLDER_SYSTEMS))
+
+
 def queries(term: Terminology) -> dict[str, str]:
-    """Every data key a rule may need, as a CDS Hooks prefetch template. Observations are
-    filtered by the codes the rules know (including the deployment's local PLMS-index code),
-    and every search carries a _count, so payloads follow what rules need (checklist 5)."""
-    observation_codes = ",".join(f"{system}|{code}" for system, code in sorted(term.observation_codes))
+    """Every data key a rule may need, as a CDS Hooks prefetch template within the 2.0
+    recommended query subset (reads, patient searches, token equality, _count, _sort; no
+    relative dates, no _include). Observations are filtered by the codes the rules know and
+    every search carries a _count, so payloads follow what rules need."""
+    codes = ",".join(f"{system}|{code}" for system, code, _ in observation_codes(term, placeholders=False))
     return {
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?{_PATIENT}&clinical-status=active,recurrence,relapse&_count=100",
-        "labs": f"Observation?{_PATIENT}&code={observation_codes}&_sort=-date&_count=100",
+        "labs": f"Observation?{_PATIENT}&code={codes}&_sort=-date&_count=100",
         "service_requests": f"ServiceRequest?{_PATIENT}&status=active,draft,completed&_count=100",
-        "procedures": f"Procedure?{_PATIENT}&status=completed&_count=50",
-        "reports": f"DiagnosticReport?{_PATIENT}&status=final,amended,corrected&_count=50",
+        "procedures": f"Procedure?{_PATIENT}&status=completed&_count=100",
+        "reports": f"DiagnosticReport?{_PATIENT}&status=final,amended,corrected&_count=100",
         "medication_requests": f"MedicationRequest?{_PATIENT}&status=active,completed,stopped,on-hold&_count=100",
         "medication_statements": f"MedicationStatement?{_PATIENT}&status=active,intended&_count=100",
     }
+
+
+CODES_PER_SEARCH = 6  # a many-code OR search is what made large charts slow (3.3 s for 37 codes)
+SERVER_COUNT = 200  # page size on the fhirServer path: 254 completed Procedures fit in two pages
+
+
+def server_searches(term: Terminology, templates: dict[str, str], today: date) -> dict[str, list[str]]:
+    """How the `fhirServer` path reads the same keys more cheaply than the prefetch templates:
+    Observations in several small searches (codes that share a lookback, a few at a time, run
+    in parallel), each limited to its lookback window (`date=ge`, computed here because prefetch
+    templates may not hold relative dates; one day of margin for time zones) and without a
+    server-side sort; larger pages. Data outside the windows is data no rule may use (facts.py
+    drops it as stale), so both paths give the same cards."""
+    searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()}
+    if "labs" in templates:
+        by_window: dict[str, list[str]] = {}
+        for system, code, lookback in observation_codes(term):
+            by_window.setdefault(lookback, []).append(f"{system}|{code}")
+        searches["labs"] = []
+        for lookback, codes in sorted(by_window.items()):
+            since = (today - timedelta(days=int(term.settings[lookback]) + 1)).isoformat()
+            for start in range(0, len(codes), CODES_PER_SEARCH):
+                chunk = ",".join(codes[start:start + CODES_PER_SEARCH])
+                searches["labs"].append(f"Observation?{_PATIENT}&code={chunk}&date=ge{since}&_count={SERVER_COUNT}")
+    return searches
 
 
 MAX_PARALLEL_SEARCHES = 6  # searches in flight per hook call: enough for a split key, gentle on the EHR
@@ -101,7 +140,9 @@ def expand(template: str, context: dict) -> str | None:
     return None if missing else text
 
 
-def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory) -> Resolved:
+def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory,
+            searches: dict[str, list[str]] | None = None) -> Resolved:
+    """`searches`: per key, the fhirServer searches that replace its template (server_searches)."""
     resolved = Resolved()
     to_fetch: list[str] = []
     partial: dict[str, dict] = {}
@@ -136,14 +177,14 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
         return resolved
     queries_by_key: dict[str, list[str]] = {}
     for key in to_fetch:
-        query = expand(templates[key], context)
-        grant = _grant(access, query) if query is not None else None
-        if query is None:
+        expanded = [expand(q, context) for q in (searches or {}).get(key, [templates[key]])]
+        grant = _grant(access, templates[key])
+        if None in expanded:
             resolved.unknown[key] = "not prefetched and its query needs a context field the request lacks"
         elif grant is None:
-            resolved.unknown[key] = f"not prefetched and the token's scopes do not grant {expected_type(query)}"
+            resolved.unknown[key] = f"not prefetched and the token's scopes do not grant {expected_type(templates[key])}"
         else:
-            queries_by_key[key] = grant.queries(query)
+            queries_by_key[key] = [q for query in expanded for q in grant.queries(query)]
             if not grant.unrestricted:  # only what the granular scope lets us see: never proof of absence
                 resolved.incomplete.add(key)
     for key in list(partial):
