@@ -57,6 +57,21 @@ def queries(term: Terminology) -> dict[str, str]:
     }
 
 
+# Optional keys use what lies outside the recommended query subset (_include). A client may drop
+# them; nothing is then missing, and they are never fetched from fhirServer (the searches there
+# include the referenced Medications themselves). key -> (template, the key it completes)
+OPTIONAL = {
+    "medication_request_medications": (
+        f"MedicationRequest?{_PATIENT}&status=active,completed,stopped,on-hold&_include=MedicationRequest:medication"
+        "&_count=100", "medication_requests"),
+}
+
+
+def optional_queries(keys: set[str]) -> dict[str, str]:
+    """The optional templates that complete some of `keys`."""
+    return {key: template for key, (template, completes) in OPTIONAL.items() if completes in keys}
+
+
 CODES_PER_SEARCH = 6  # a many-code OR search is what made large charts slow (3.3 s for 37 codes)
 SERVER_COUNT = 200  # page size on the fhirServer path: 254 completed Procedures fit in two pages
 
@@ -68,7 +83,11 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date) -
     templates may not hold relative dates; one day of margin for time zones) and without a
     server-side sort; larger pages. Data outside the windows is data no rule may use (facts.py
     drops it as stale), so both paths give the same cards."""
-    searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()}
+    searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()
+                if key not in OPTIONAL}
+    for key, kind in (("medication_requests", "MedicationRequest"), ("medication_statements", "MedicationStatement")):
+        if key in searches:  # Medications an order or statement points to (medicationReference)
+            searches[key] = [f"{q}&_include={kind}:medication" for q in searches[key]]
     if "labs" in templates:
         by_window: dict[str, list[str]] = {}
         for system, code, lookback in observation_codes(term):
@@ -148,7 +167,8 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
     partial: dict[str, dict] = {}
     for key, template in templates.items():
         if key not in prefetch:
-            to_fetch.append(key)
+            if key not in OPTIONAL:
+                to_fetch.append(key)
             continue
         value = prefetch[key]
         if value is None:
@@ -158,8 +178,9 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
         elif value["resourceType"] == "Bundle" and bundle_defect(value):
             raise BadPrefetch(f"prefetch key '{key}': {bundle_defect(value)}")
         elif value["resourceType"] == "OperationOutcome" or (value["resourceType"] == "Bundle" and failed_outcome(value)):
-            log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
-            to_fetch.append(key)
+            if key not in OPTIONAL:  # an optional key that failed is as good as one left out
+                log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
+                to_fetch.append(key)
         elif value["resourceType"] not in ("Bundle", expected_type(template)):
             raise BadPrefetch(f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of "
                               f"{expected_type(template)}")

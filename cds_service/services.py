@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .engine import findings_read
-from .prefetch import queries
+from .prefetch import optional_queries, queries
 from .rulebook import CARD, RuleSpec
 from .terminology import Terminology
 
@@ -134,8 +134,9 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
         keys = {key for s in _with_derivations(cards, specs) for key in s.needs}
         rule_keys = {card.id: frozenset(key for s in _with_derivations([card], specs)
                                         for key in set(s.needs) | keys_matched(s)) for card in cards}
+        prefetch = {k: t for k, t in templates.items() if k in keys} | optional_queries(keys)
         services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
-                                               {k: t for k, t in templates.items() if k in keys}, rule_keys)
+                                               prefetch, rule_keys)
     return services
 
 

@@ -1,0 +1,178 @@
+"""126 real Synthea charts (and copies enriched with RLS data) in sekmet-fhir: with the default
+deadline, timeouts and page cap, the fhirServer path answers 200 and gives the same cards (rule
+ids and indicators) as the prefetch path, for every patient.
+
+The charts are loaded once, with the resource types the service reads (Patient, Condition,
+Observation, ServiceRequest, Procedure, DiagnosticReport, MedicationRequest, MedicationStatement)
+complete and untouched but for references to the types left out (Claims, Encounters, ...: half
+the bytes, read by no rule), which are dropped so loading stays fast. The
+prefetch path gets each patient's stored resources of every type a key reads, as a generous EHR
+would; the fhirServer path queries the server itself.
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.app import create_app
+from cds_service.config import Config
+from conftest import EXTENSION, FHIR_TOKEN, ROOT, FhirServer, load_fixture
+
+SYNTHEA = Path(os.environ.get("LEGMOVE_SYNTHEA_DIR", ROOT.parent / "shared" / "data" / "synthea"))
+CHARTS = sorted(SYNTHEA.glob("*.json.gz"))
+KEY_TYPES = {"patient": "Patient", "conditions": "Condition", "labs": "Observation",
+             "service_requests": "ServiceRequest", "procedures": "Procedure", "reports": "DiagnosticReport",
+             "medication_requests": "MedicationRequest", "medication_statements": "MedicationStatement"}
+ENRICHED = 9  # copies of the largest charts (most Observations), with RLS data added
+R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
+R1_SELECT = load_fixture(ROOT / "fhir_fixtures/R1/fires-snomed-order-select-pramipexole.json")
+RLS = R3["request"]["prefetch"]["conditions"]["entry"][0]["resource"]
+SERTRALINE_DRAFT = R3["request"]["context"]["draftOrders"]["entry"][0]["resource"]
+PRAMIPEXOLE_DRAFT = R1_SELECT["request"]["context"]["draftOrders"]["entry"][0]["resource"]
+
+pytestmark = [pytest.mark.fhir_server, pytest.mark.skipif(
+    len(CHARTS) < 126, reason=f"the 126 Synthea charts are not at {SYNTHEA} (set LEGMOVE_SYNTHEA_DIR)")]
+
+
+def _enrich(bundle: dict, number: int) -> dict:
+    """A copy of a chart with fresh ids and RLS data: an RLS diagnosis, ferritin in one of three
+    units (or none), and for some copies an active SSRI."""
+    text = json.dumps(bundle)
+    for entry in bundle["entry"]:
+        old = entry["fullUrl"].removeprefix("urn:uuid:")
+        text = text.replace(old, str(uuid.uuid5(uuid.NAMESPACE_URL, f"legmove-copy-{number}-{old}")))
+    chart = json.loads(text)
+    patient_url = chart["entry"][0]["fullUrl"]
+    assert chart["entry"][0]["resource"]["resourceType"] == "Patient"
+    subject = {"reference": patient_url}
+    added = [dict(copy.deepcopy(RLS), subject=subject)]
+    ferritin = [None, (32, "ug/L"), (61, "pmol/L"), (140, "ng/mL")][number % 4]
+    if ferritin:
+        added.append({"resourceType": "Observation", "status": "final", "subject": subject,
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4", "display": "Ferritin"}]},
+                      "effectiveDateTime": "2026-10-15",
+                      "valueQuantity": {"value": ferritin[0], "unit": ferritin[1], "system": "http://unitsofmeasure.org",
+                                        "code": ferritin[1]}})
+    if number % 2 == 0:
+        added.append({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
+                      "medicationCodeableConcept": copy.deepcopy(SERTRALINE_DRAFT["medicationCodeableConcept"]),
+                      "authoredOn": "2026-05-01"})
+    for resource in added:
+        resource.pop("id", None)
+        chart["entry"].append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
+                               "request": {"method": "POST", "url": resource["resourceType"]}})
+    return chart
+
+
+def _without_dangling(value, kept: set[str]):
+    """The resource without references to entries that are not loaded."""
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str) and value["reference"].startswith("urn:uuid:") \
+                and value["reference"] not in kept:
+            return None
+        out = {k: _without_dangling(v, kept) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [x for x in (_without_dangling(v, kept) for v in value) if x not in (None, [], {})]
+    return value
+
+
+def _load(server: FhirServer, bundle: dict) -> dict[str, list[dict]]:
+    """POST one transaction; the stored resources (server ids, rewritten references) by type."""
+    entries = [e for e in bundle["entry"] if e["resource"]["resourceType"] in set(KEY_TYPES.values())]
+    kept = {e["fullUrl"] for e in entries}
+    bundle = dict(bundle, entry=[dict(e, resource=_without_dangling(e["resource"], kept)) for e in entries])
+    response = requests.post(server.base_url, json=bundle, headers=server.headers(), timeout=300)
+    assert response.status_code == 200, response.text[:300]
+    stored: dict[str, list[dict]] = {}
+    for entry in response.json()["entry"]:
+        resource = entry["resource"]
+        stored.setdefault(resource["resourceType"], []).append(resource)
+    return stored
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    server = FhirServer(tmp_path_factory.mktemp("sekmet-synthea"))
+    started = time.monotonic()
+    charts, sizes = [], []
+    try:
+        for path in CHARTS:
+            bundle = json.load(gzip.open(path))
+            charts.append((path.name, _load(server, bundle), False))
+            sizes.append((sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"), path))
+        for number, (_, path) in enumerate(sorted(sizes, reverse=True)[:ENRICHED]):
+            charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(json.load(gzip.open(path)), number)), True))
+        print(f"\nloaded {len(charts)} charts in {time.monotonic() - started:.0f} s")
+        yield server, charts
+    finally:
+        server.stop()
+
+
+def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dict]]:
+    """(service id, request) for the hooks tried on this chart: patient-view on every chart; on
+    the enriched copies also an SSRI at order-sign and a dopamine agonist at order-select."""
+    pid = stored["Patient"][0]["id"]
+    base = {"hookInstance": str(uuid.uuid4()), "context": {"userId": "Practitioner/dr-ada", "patientId": pid}}
+    calls = [("legmove-patient-view", dict(copy.deepcopy(base), hook="patient-view"))]
+    if enriched:
+        for hook, draft in (("order-sign", SERTRALINE_DRAFT), ("order-select", PRAMIPEXOLE_DRAFT)):
+            call = dict(copy.deepcopy(base), hook=hook, hookInstance=str(uuid.uuid4()))
+            order = dict(copy.deepcopy(draft), subject={"reference": f"Patient/{pid}"})
+            call["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]}
+            if hook == "order-select":
+                call["context"]["selections"] = [f"MedicationRequest/{order['id']}"]
+            calls.append((f"legmove-{hook}", call))
+    return calls
+
+
+def _cards(response) -> list[tuple[str, str]]:
+    return sorted((c["extension"][EXTENSION]["rule"], c["indicator"]) for c in response.get_json()["cards"])
+
+
+def test_fhir_server_path_matches_prefetch_for_every_chart(population):
+    server, charts = population
+    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None)  # default deadline, timeouts, page cap
+    for key in ("FHIR_DEADLINE", "FHIR_READ_TIMEOUT", "FHIR_CONNECT_TIMEOUT", "FHIR_MAX_PAGES"):
+        assert app.config[key] == getattr(Config, key)
+    client = app.test_client()
+    durations, mismatches, fired, answered = [], [], set(), set()
+    for name, stored, enriched in charts:
+        for service, call in _calls(stored, enriched):
+            prefetched = dict(call, prefetch={key: {"resourceType": "Bundle", "type": "searchset",
+                                                    "entry": [{"resource": r} for r in stored.get(rtype, [])]}
+                                              for key, rtype in KEY_TYPES.items() if key != "patient"})
+            prefetched["prefetch"]["patient"] = stored["Patient"][0]
+            expected = client.post(f"/cds-services/{service}", json=prefetched)
+            assert expected.status_code == 200, (name, expected.get_data(as_text=True))
+            remote = dict(call, fhirServer=server.base_url, fhirAuthorization={
+                "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+                "subject": "legmove-cds", "patient": call["context"]["patientId"]})
+            started = time.monotonic()
+            actual = client.post(f"/cds-services/{service}", json=remote)
+            durations.append(time.monotonic() - started)
+            if os.environ.get("LEGMOVE_POPULATION_VERBOSE"):
+                print(name[:30], call["hook"], actual.status_code, f"{durations[-1]:.2f}s", _cards(actual)
+                      if actual.status_code == 200 else actual.get_data(as_text=True)[-200:], flush=True)
+            if actual.status_code != 200 or _cards(actual) != _cards(expected):
+                mismatches.append((name, call["hook"], actual.status_code, _cards(expected),
+                                   _cards(actual) if actual.status_code == 200 else actual.get_data(as_text=True)[:200]))
+                continue
+            missing = [c["extension"][EXTENSION].get("missingData") for c in actual.get_json()["cards"]]
+            assert not any(missing), (name, missing)
+            answered.add(name)
+            fired |= {rule for rule, _ in _cards(actual)}
+    print(f"\n{len(durations)} fhirServer calls: median {statistics.median(durations) * 1000:.0f} ms, "
+          f"max {max(durations) * 1000:.0f} ms; rules fired: {sorted(fired)}")
+    assert not mismatches, mismatches[:5]
+    assert len(answered) == len(CHARTS) + ENRICHED
+    assert {"R1", "R2", "R3", "R4"} <= fired, "the enriched copies exercise the iron and drug rules"
