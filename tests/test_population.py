@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
+import importlib.metadata
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -100,22 +104,45 @@ def _load(server: FhirServer, bundle: dict) -> dict[str, list[dict]]:
     return stored
 
 
+def _cache_dir() -> Path:
+    """Loading takes minutes on a busy machine, so a loaded server's data directory is kept for the
+    next session, keyed by everything that shapes it (charts, this file, the sekmet version)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes() + importlib.metadata.version("sekmet-fhir").encode())
+    for path in CHARTS:
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    root = Path(os.environ.get("LEGMOVE_SYNTHEA_CACHE", tempfile.gettempdir()))
+    return root / f"legmove-synthea-{digest.hexdigest()[:16]}"
+
+
 @pytest.fixture(scope="module")
 def population(tmp_path_factory):
-    server = FhirServer(tmp_path_factory.mktemp("sekmet-synthea"))
+    workdir, cache = tmp_path_factory.mktemp("sekmet-synthea"), _cache_dir()
+    cached = (cache / "stored.json").exists()
+    if cached:
+        shutil.copytree(cache / "data", workdir / "data")
+    server = FhirServer(workdir)
     started = time.monotonic()
-    charts, sizes = [], []
     try:
-        for path in CHARTS:
-            bundle = json.load(gzip.open(path))
-            charts.append((path.name, _load(server, bundle), False))
-            sizes.append((sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"), path))
-        for number, (_, path) in enumerate(sorted(sizes, reverse=True)[:ENRICHED]):
-            charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(json.load(gzip.open(path)), number)), True))
-        print(f"\nloaded {len(charts)} charts in {time.monotonic() - started:.0f} s")
+        if cached:
+            charts = json.loads((cache / "stored.json").read_text(encoding="utf-8"))
+        else:
+            charts, sizes = [], []
+            for path in CHARTS:
+                bundle = json.load(gzip.open(path))
+                charts.append((path.name, _load(server, bundle), False))
+                sizes.append((sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"), path))
+            for number, (_, path) in enumerate(sorted(sizes, reverse=True)[:ENRICHED]):
+                charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(json.load(gzip.open(path)), number)),
+                               True))
+        print(f"\n{len(charts)} charts {'from the cache' if cached else 'loaded'} in {time.monotonic() - started:.0f} s")
         yield server, charts
     finally:
         server.stop()
+    if not cached:
+        partial = cache.with_name(cache.name + f".{os.getpid()}")
+        shutil.copytree(workdir / "data", partial / "data")
+        (partial / "stored.json").write_text(json.dumps(charts), encoding="utf-8")
+        partial.rename(cache)
 
 
 def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dict]]:

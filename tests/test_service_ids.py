@@ -100,3 +100,15 @@ def test_a_413_is_logged_as_a_413(client, app, caplog):
     assert client.post("/cds-services/legmove-patient-view", data=big, content_type="application/json").status_code == 413
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
     assert record.status == 413 and record.outcome != "internal error"
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({}, "fhirServer is not on the unauthenticated-reads allowlist"),  # development: reads on, loopback only
+    ({"FHIR_UNAUTHENTICATED_READS": False}, "unauthenticated reads are off"),
+    ({"FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}, "not on the configured allowlist"),
+])
+def test_a_412_in_development_names_the_real_reason(overrides, reason):
+    app = create_app("development", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **overrides)
+    body = dict(copy.deepcopy(R1_FIRES["request"]), prefetch={}, fhirServer="https://fhir.other-hospital.example/r4")
+    response = app.test_client().post("/cds-services/legmove-patient-view", json=body)
+    assert response.status_code == 412 and reason in response.get_json()["issue"][0]["diagnostics"]
