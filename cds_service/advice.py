@@ -52,6 +52,9 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     term = knowledge.terminology
     fact_set = build_facts(data, term, evaluation_date(config))
     clock.lap("facts")
+    if fact_set.deceased:
+        log.info("the patient is recorded as deceased: no cards")
+        return Advice([], [], clock.laps, resolved.fetched, sorted(resolved.incomplete))
     evaluation = knowledge.engine.evaluate(fact_set.facts)
     clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,

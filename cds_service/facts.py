@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 
-from .fhir_read import (as_list, clip, codings_of, first_code, observation_date, parse_fhir_date, quantity_of,
-                        reference_of, refers_to_patient, string, text_of)
+from .fhir_read import (as_list, clip, codings_of, fhir_date_range, first_code, observation_date, parse_fhir_date,
+                        quantity_of, reference_of, refers_to_patient, string, text_of)
 from .terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class PatientData:
 class FactSet:
     facts: list[dict]
     skipped: list[tuple[str, str]]  # (resource reference, reason): logged, never shown to rules
+
+    @property
+    def deceased(self) -> bool:
+        """No advice for a deceased patient: the chart is being reviewed, not treated."""
+        return any(f["kind"] == "patient" and f["deceased"] for f in self.facts)
 
 
 def build_facts(data: PatientData, terminology: Terminology, today: date) -> FactSet:
@@ -137,12 +142,30 @@ class _Builder:
         return ok
 
     def _patient(self, patients: list[dict]) -> dict:
-        """Always one patient fact, so rules can test age without an optional match; -1 = unknown."""
-        birth = parse_fhir_date(patients[0].get("birthDate")) if patients else None
-        if birth is None or birth > self.today:
-            return {"kind": "patient", "age_years": UNKNOWN_DAYS, "child": False}
-        age = self.today.year - birth.year - ((self.today.month, self.today.day) < (birth.month, birth.day))
-        return {"kind": "patient", "age_years": age, "child": age < 18}
+        """Always one patient fact, so rules can test age without an optional match.
+
+        A partial birthDate ("2016", "2016-05") is a range of ages; the age group is known only
+        when the whole range falls on one side of 18 (born in 2016 is a child in 2026). Without a
+        readable birthDate the age is unknown: `age_known` is false and `child` false, and the
+        rules that depend on age say so (R2, R7) or withhold advice (R20). `age_years` is -1
+        unless the age is exact. `deceased` is read from `deceased[x]`; a patient whose resource
+        could not be had is treated as alive (logged)."""
+        patient = patients[0] if patients else None
+        if patient is None:
+            log.info("no Patient resource: age unknown, patient treated as alive")
+        span = fhir_date_range(patient.get("birthDate")) if patient else None
+        fact = {"kind": "patient", "age_years": UNKNOWN_DAYS, "age_min": UNKNOWN_DAYS, "age_max": UNKNOWN_DAYS,
+                "child": False, "age_known": False, "deceased": _deceased(patient)}
+        if span is None or span[0] > self.today:
+            return fact
+        youngest, oldest = _age(span[1], self.today), _age(span[0], self.today)
+        youngest = max(youngest, 0)
+        fact.update(age_min=youngest, age_max=oldest, age_years=oldest if oldest == youngest else UNKNOWN_DAYS)
+        if oldest < 18:
+            fact.update(child=True, age_known=True)
+        elif youngest >= 18:
+            fact.update(age_known=True)
+        return fact
 
     # ---- conditions ---------------------------------------------------------------------
 
@@ -157,7 +180,10 @@ class _Builder:
         dates = {"recorded": clip(str(res.get("recordedDate") or onset or ""), 10) or "undated",
                  "recorded_days_ago": self._days_ago(res.get("recordedDate") or onset),
                  "onset_days_ago": self._days_ago(onset or res.get("recordedDate"))}
-        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", dates)
+        span = fhir_date_range(onset or res.get("recordedDate"))
+        age_days = (self.today - span[0]).days if span else None  # from the earliest day a partial date allows
+        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", dates,
+                                       age_days=age_days)
         return facts[0] if facts else None  # a condition no rule knows: not a fact, not worth a log line
 
     # ---- observations -------------------------------------------------------------------
@@ -307,20 +333,23 @@ class _Builder:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
         dates = {"recorded": "undated", "recorded_days_ago": UNKNOWN_DAYS, "onset_days_ago": UNKNOWN_DAYS}
         return self._coded_conditions(order, as_list(order.get("reasonCode")), "active", "reason for this order",
-                                      dates, every=True)
+                                      dates, every=True, windowed=False)  # the reason is current by definition
 
     def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, dates: dict,
-                          every: bool = False) -> list[dict]:
+                          every: bool = False, age_days: int | None = None, windowed: bool = True) -> list[dict]:
         """Condition facts for the codings that fall in a known code set (the first only, unless
-        `every`); a concept with no known coding may still match a code set's listed phrases."""
+        `every`); a concept with no known coding may still match a code set's listed phrases.
+        A set with a window (pregnancy) counts only while the condition's onset, else recorded
+        date, is within it; an undated one never does (charts leave pregnancies active for years)."""
         facts = []
         for concept in concepts:
-            matches = [(c["system"], c["code"], c.get("display"), self.term.codesets.sets_for(c.get("system"), c["code"]))
+            matches = [(c["system"], c["code"], c.get("display"),
+                        self._windowed(res, self.term.codesets.sets_for(c.get("system"), c["code"]), age_days, windowed))
                        for c in codings_of(concept)]
             matches = [m for m in matches if m[3]]
             text = text_of(concept) or next((c.get("display") for c in codings_of(concept)
                                              if isinstance(c.get("display"), str)), None)
-            text_sets = self.term.codesets.sets_for_text(text) if not matches else frozenset()
+            text_sets = self._windowed(res, self.term.codesets.sets_for_text(text), age_days, windowed) if not matches else frozenset()
             if text_sets:
                 matches = [("text", "text", text, text_sets)]
             for system, code, display, sets in matches:
@@ -331,6 +360,16 @@ class _Builder:
                 if not every:
                     return facts
         return facts
+
+    def _windowed(self, res: dict, sets: frozenset[str], age_days: int | None, windowed: bool) -> frozenset[str]:
+        if not windowed:
+            return sets
+        for name, setting in self.term.codesets.windows:
+            limit = int(self.term.settings[setting])
+            if name in sets and (age_days is None or age_days > limit):
+                self._skip(res, f"{name} dated more than {limit} days ago, or undated: does not count")
+                sets = sets - {name}
+        return sets
 
     def _index_medications(self) -> dict[str, dict]:
         meds = {}
@@ -396,6 +435,19 @@ class _Builder:
                 codings += codings_of(ingredient.get("itemCodeableConcept"))
         texts = [t for t in [text_of(code), *(c.get("display") for c in codings_of(code)), display] if t]
         return codings, texts
+
+
+def _age(birth: date, today: date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def _deceased(patient: dict | None) -> bool:
+    """`deceasedBoolean` true, or any `deceasedDateTime` at all: a chart that records a death
+    (even with a date we cannot read) is reviewed, not treated."""
+    if not patient:
+        return False
+    when = patient.get("deceasedDateTime")
+    return patient.get("deceasedBoolean") is True or (isinstance(when, str) and bool(when.strip()))
 
 
 def _reference_low(res: dict) -> tuple[float, str | None] | None:

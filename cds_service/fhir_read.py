@@ -70,6 +70,28 @@ def parse_fhir_date(value) -> date | None:
         return None
 
 
+def fhir_date_range(value) -> tuple[date, date] | None:
+    """The first and last day a FHIR date may mean: "2016" is 2016-01-01..2016-12-31, "2016-05"
+    is May 2016, a full date or dateTime is one day. None for anything else."""
+    full = parse_fhir_date(value)
+    if full:
+        return full, full
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", value)
+    if not match:
+        return None
+    year, month = int(match.group(1)), match.group(2)
+    try:
+        if month is None:
+            return date(year, 1, 1), date(year, 12, 31)
+        first = date(year, int(month), 1)
+    except ValueError:
+        return None
+    following = date(year + (first.month == 12), first.month % 12 + 1, 1)
+    return first, date.fromordinal(following.toordinal() - 1)
+
+
 def observation_date(res: dict) -> date | None:
     period = res.get("effectivePeriod")
     for candidate in (res.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None, res.get("issued")):

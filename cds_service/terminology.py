@@ -44,6 +44,7 @@ class CodeSetMatcher:
     titles: dict[str, str]
     excluded: frozenset[tuple[str, str]] = frozenset()  # (ICD key, set name) a prefix must not take
     phrases: tuple[tuple[re.Pattern, str], ...] = ()  # text fallback (set name)
+    windows: tuple[tuple[str, str], ...] = ()  # (set name, settings key): counts only this many days from onset
 
     @classmethod
     def from_data(cls, data: dict) -> "CodeSetMatcher":
@@ -51,6 +52,7 @@ class CodeSetMatcher:
         prefixes: list[tuple[str, str]] = []
         excluded: set[tuple[str, str]] = set()
         phrases: list[tuple[re.Pattern, str]] = []
+        windows: list[tuple[str, str]] = []
         titles = {}
         for name, entry in data.items():
             if name.startswith("_"):
@@ -65,8 +67,10 @@ class CodeSetMatcher:
             for code in entry.get("snomed", []):
                 exact.setdefault((SNOMED, code), set()).add(name)
             phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
+            if entry.get("max_days_setting"):
+                windows.append((name, entry["max_days_setting"]))
         return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
-                   tuple(phrases))
+                   tuple(phrases), tuple(windows))
 
     @cached_property
     def _prefix_index(self) -> dict[str, tuple[str, ...]]:

@@ -107,6 +107,7 @@ def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) 
         shown = "disagreement"
     return {"verdict": shown, "seed_verdict": seed, "aasm_verdict": aasm, "profile": params["profile"],
             "ferritin": ferritin["value"], "tsat": tsat["value"] if tsat else -1.0, "child": patient["child"],
+            "age_known": patient.get("age_known", True),
             "by_tsat": bool(tsat_low) and not bool(_below(ferritin, params["aasm2024_ferritin_iron_indicated_at_or_below"], True))}
 
 
@@ -207,6 +208,9 @@ def _profile_sentence(iron: dict, params: dict) -> str:
             f"{name[iron['profile']]}; source: {escape(params['profile_source'])}.")
     if iron["child"] and iron["profile"] == "aasm2024":
         text += " For a child the AASM profile uses ferritin < 50 ng/mL; that figure is from a secondary source and unverified."
+    if not iron["age_known"]:
+        text += (" The patient's age is uncertain (birth date missing or only partly known), so the adult thresholds "
+                 "are used.")
     return text
 
 

@@ -29,7 +29,7 @@ def _register_b(child: bool) -> None:
 
     def derive(match):
         return {"variant": "B", "index": match["idx"]["value"], "resource_ref": match["idx"]["resource_ref"],
-                "threshold": match["params"][f"plms_index_threshold_{who}"]}
+                "threshold": match["params"][f"plms_index_threshold_{who}"], "age_known": match["patient"]["age_known"]}
 
     derive.__name__ = f"plms_without_complaint_{who}"
     derivation(id=f"F-PLMS-NO-COMPLAINT-{who.upper()}", title=f"PLMS index above the {who} threshold without a complaint",
@@ -77,6 +77,9 @@ def plm_criteria(matches, ctx):
                "legs syndrome and no sleep complaint or daytime fatigue coded. Seeds 000 and 001: periodic limb "
                "movements without sleep disruption or daytime fatigue usually need no treatment (PLMD requires the "
                "complaint).")
+        if not b["age_known"]:
+            why += (" The patient's age is uncertain (birth date missing or only partly known), so the adult threshold "
+                    "is used.")
         return CardDraft(summary=fill("PLMS index {index} /h without sleep complaint or daytime fatigue: treatment "
                                       "usually unnecessary", index=f"{b['index']:g}"),
                          indicator="info", why=why, evidence=[b] + index)

@@ -25,3 +25,31 @@ def test_normal_ferritin_in_rls_logs_no_warning(client, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records
                                                                               if r.levelno >= logging.WARNING]
     assert any("iron_stores" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+
+
+def test_unknown_age_uses_adult_thresholds_and_says_so(app):
+    from test_fixtures import client_for
+    fixture = load_fixture(ROOT / "fhir_fixtures" / "R2" / "fires-aasm-age-unknown-ferritin-60.json")
+    body = client_for(fixture, app.test_client()).post(f"/cds-services/{fixture['service']}",
+                                                       json=fixture["request"]).get_json()
+    card = next(c for c in body["cards"] if c["extension"][EXTENSION]["rule"] == "R2")
+    assert "age is uncertain" in card["detail"] and "adult thresholds" in card["detail"]
+
+
+def test_partial_birthdate_is_an_age_range():
+    from datetime import date
+
+    from cds_service.facts import PatientData, build_facts
+    from cds_service.terminology import Terminology
+
+    def patient_fact(birth):
+        data = PatientData("patient-view", "p1", {"patient": [{"resourceType": "Patient", "id": "p1", "birthDate": birth}]})
+        return next(f for f in build_facts(data, Terminology(), date(2026, 12, 1)).facts if f["kind"] == "patient")
+
+    assert patient_fact("2016")["child"] is True and patient_fact("2016")["age_known"] is True
+    assert (patient_fact("2016")["age_min"], patient_fact("2016")["age_max"]) == (9, 10)
+    assert patient_fact("2008")["age_known"] is False and patient_fact("2008")["child"] is False
+    assert patient_fact("2008-11")["age_known"] is True and patient_fact("2008-11")["child"] is False  # 18 by 2026-12-01
+    assert patient_fact("1970")["age_known"] is True and patient_fact("1970")["age_years"] == -1
+    assert patient_fact("1970-05-02")["age_years"] == 56
+    assert patient_fact("someday")["age_known"] is False
