@@ -189,15 +189,19 @@ class _Builder:
     # ---- observations -------------------------------------------------------------------
 
     def _observations(self, observations: list[dict]) -> list[dict]:
-        """The latest final result per analyte, plus pending (preliminary) results."""
+        """The latest readable final result per analyte, plus pending (preliminary) results and
+        results that exist but cannot be read (which rules name, and never count as "on file")."""
         latest: dict[str, dict] = {}
         pending: list[dict] = []
+        unreadable: list[dict] = []
         for fact in self._convert(observations, self._observation):
             if fact["kind"] == "pending_test":
                 pending.append(fact)
+            elif fact["kind"] == "unreadable_result":
+                unreadable.append(fact)
             elif fact["analyte"] not in latest or fact["days_ago"] < latest[fact["analyte"]]["days_ago"]:
                 latest[fact["analyte"]] = fact
-        return list(latest.values()) + self._capped("pending_test", pending)
+        return list(latest.values()) + self._capped("pending_test", pending) + self._capped("unreadable_result", unreadable)
 
     def _observation(self, res: dict) -> dict | None:
         code = res.get("code")
@@ -212,8 +216,6 @@ class _Builder:
                     "status": status, "origin": "result"}
         if status not in FINAL_OBSERVATION:
             return self._skip(res, f"status {status}")
-        if res.get("dataAbsentReason"):
-            return self._skip(res, "dataAbsentReason set")
         when = observation_date(res)
         if when is None:
             return self._skip(res, "no parseable effective date")
@@ -225,23 +227,41 @@ class _Builder:
             return self._skip(res, f"older than the {lookback}-day lookback")
         fact = {"kind": "lab", "analyte": analyte.name, "resource_ref": reference_of(res), "loinc": clip(code_value, 40),
                 "matched_by": how, "date": when.isoformat(), "days_ago": max(days_ago, 0), "usable": False}
+        if res.get("dataAbsentReason"):
+            return self._unreadable(res, fact, "no value (dataAbsentReason)")
         if analyte.panel:
             return fact  # a resulted panel or questionnaire: done, no single value to compare
         value = quantity_of(res)
         if value is None:
-            self._skip(res, "value missing or not a number")
-            return fact  # a result exists (suppresses "never measured") but carries no value
-        raw, comparator, unit = value
-        converted = analyte.to_canonical(raw, unit)
-        fact.update(raw_value=raw, raw_unit=clip(unit or "(none)", 20), comparator=comparator)
+            return self._unreadable(res, fact, "no number could be read from the value")
+        unit = value.unit
+        if unit is None and value.source == "text":
+            unit = analyte.unit  # "<10" reported as text for an analyte with one canonical unit (catalog 2.2)
+            fact["unit_assumed"] = True
+        converted = analyte.to_canonical(value.number, unit)
+        fact.update(raw_value=value.number, raw_unit=clip(unit or "(none)", 20), comparator=value.comparator,
+                    value_source=value.source)
         if converted is None:
-            self._skip(res, f"unknown unit {unit!r} for {analyte.name}")
-            return fact
+            return self._unreadable(res, fact, f"unit {clip(unit or '(none)', 20)!r} is not one {analyte.title} is "
+                                               "reported in")
         fact.update(value=round(converted, 3), unit=analyte.unit, usable=True)
         low = _reference_low(res)
         if low is not None and low[1] == unit:
-            fact["below_reference"] = raw < low[0]
+            fact["below_reference"] = value.number < low[0]
         return fact
+
+    def _unreadable(self, res: dict, fact: dict, reason: str) -> dict:
+        """A result that exists and counts by status and date but cannot be used: never "on file"
+        for an absence rule, and named by the rule that then fires (catalog 2.2)."""
+        self._skip(res, f"{fact['analyte']}: {reason}")
+        raw = res.get("valueString") if isinstance(res.get("valueString"), str) else fact.get("raw_value")
+        quantity = res.get("valueQuantity") if isinstance(res.get("valueQuantity"), dict) else {}
+        unit = quantity.get("code") or quantity.get("unit") or fact.get("raw_unit")
+        return {"kind": "unreadable_result", "analyte": fact["analyte"], "resource_ref": fact["resource_ref"],
+                "loinc": fact["loinc"], "matched_by": fact["matched_by"], "date": fact["date"],
+                "days_ago": fact["days_ago"], "reason": clip(reason, 80),
+                "raw_text": clip(f"{raw:g}" if isinstance(raw, float) else str(raw if raw is not None else "(none)"), 40),
+                "raw_unit": clip(str(unit) if isinstance(unit, str) else "(none)", 20)}
 
     # ---- orders, procedures and medications ---------------------------------------------
 

@@ -4,6 +4,7 @@ The clinical cases are fixtures (fhir_fixtures/, run on both data paths by test_
 these tests check what a fixture cannot express: what the cards say, what is logged, and what
 the service asks the FHIR server for.
 """
+import html
 import logging
 
 from conftest import EXTENSION, ROOT, load_fixture
@@ -53,3 +54,19 @@ def test_partial_birthdate_is_an_age_range():
     assert patient_fact("1970")["age_known"] is True and patient_fact("1970")["age_years"] == -1
     assert patient_fact("1970-05-02")["age_years"] == 56
     assert patient_fact("someday")["age_known"] is False
+
+
+def test_text_ferritin_card_keeps_the_comparator(client):
+    card = _call(client, "R2", "fires-ferritin-text-below-10")["R2"]
+    assert "ferritin <10 ng/mL" in card["summary"], card["summary"]
+    assert "reported as text '<10' without a unit" in html.unescape(card["detail"])  # Markdown escapes '<'
+
+
+
+def test_unreadable_ferritin_is_named_by_r1(client):
+    card = _call(client, "R1", "fires-ferritin-mg-per-l")["R1"]
+    assert "no readable ferritin" in card["summary"]
+    assert "could not be read: value '35', unit 'mg/L'" in card["detail"]
+    assert any(r.endswith("fer-1") for r in card["extension"][EXTENSION]["resources"])
+    card = _call(client, "R1", "fires-ferritin-text-unreadable")["R1"]
+    assert "value 'haemolysed, see comment'" in card["detail"]
