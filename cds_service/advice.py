@@ -12,10 +12,10 @@ from datetime import date, datetime, timezone
 
 from .cards import render_cards
 from .engine import RuleEngine
-from .facts import PatientData, build_facts
-from .fhir_client import FhirClient
+from .facts import PatientData, build_facts, unresolved_medication_references
+from .fhir_client import FhirClient, FhirUnavailable
 from .hook_request import HookRequest
-from .prefetch import FhirAccess, resolve
+from .prefetch import FhirAccess, Resolved, resolve
 from .rulebook import RenderContext, RuleSpec
 from .services import Service
 from .terminology import Terminology
@@ -46,6 +46,7 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
     access = fhir_access(req, config)
     resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config))
+    read_referenced_medications(resolved, req.draft_orders, access, config, clock.started)
     clock.lap("data")
     data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
                        req.selections)
@@ -67,6 +68,51 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
     return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete))
+
+
+MAX_MEDICATION_READS = 20
+
+
+def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], access: FhirAccess, config,
+                                started: float) -> None:
+    """Medications known only by reference (`medicationReference: Medication/123`, as many EHRs
+    send them) that came neither contained nor in any Bundle of the call: read each from
+    fhirServer within what is left of the call's FHIR deadline. One that cannot be had is
+    unknown; for chart data (not a draft) its key is marked incomplete, so no rule reads the
+    medication list as complete (a new-start check, say)."""
+    wanted = unresolved_medication_references(resolved.resources, draft_orders)
+    if not wanted:
+        return
+    found: list[dict] = []
+    remaining = config["FHIR_DEADLINE"] - (time.perf_counter() - started)
+    client = _client(access, config, deadline=remaining) if access.allowed and remaining > 0 else None
+    try:
+        for number, (reference, keys) in enumerate(sorted(wanted.items())):
+            medication = None
+            resource_id = _medication_id(reference, access.base_url)
+            if client and resource_id and number < MAX_MEDICATION_READS:
+                try:
+                    medication = client.read("Medication", resource_id)
+                except FhirUnavailable as exc:
+                    log.info("could not read a referenced Medication: %s", exc)
+            if medication:
+                found.append(medication)
+            else:
+                resolved.incomplete.update(keys - {"draftOrders"})
+    finally:
+        if client:
+            client.close()
+    if found:
+        resolved.resources["medication_reads"] = found
+    log.info("referenced medications: %d read, %d unresolved", len(found), len(wanted) - len(found))
+
+
+def _medication_id(reference: str, base_url: str | None) -> str | None:
+    """The id of a `Medication/{id}` reference, relative or under the fhirServer base; None otherwise."""
+    if base_url and reference.startswith(base_url.rstrip("/") + "/"):
+        reference = reference[len(base_url.rstrip("/")) + 1:]
+    parts = reference.split("/")
+    return parts[1] if len(parts) == 2 and parts[0] == "Medication" and parts[1] else None
 
 
 def fhir_access(req: HookRequest, config) -> FhirAccess:
@@ -96,9 +142,10 @@ def evaluation_date(config) -> date:
     return date.fromisoformat(fixed) if fixed else datetime.now(timezone.utc).date()
 
 
-def _client(access: FhirAccess, config) -> FhirClient:
+def _client(access: FhirAccess, config, deadline: float | None = None) -> FhirClient:
     return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-                      read_timeout=config["FHIR_READ_TIMEOUT"], deadline=config["FHIR_DEADLINE"],
+                      read_timeout=config["FHIR_READ_TIMEOUT"],
+                      deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,
                       max_pages=config["FHIR_MAX_PAGES"])
 
 
@@ -106,7 +153,7 @@ class _Stopwatch:
     """Milliseconds per stage, for the request log."""
 
     def __init__(self):
-        self.last = time.perf_counter()
+        self.started = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:

@@ -392,11 +392,7 @@ class _Builder:
         return sets
 
     def _index_medications(self) -> dict[str, dict]:
-        meds = {}
-        for res in [*self.data.draft_orders, *(r for rs in self.data.resources.values() for r in rs)]:
-            if res.get("resourceType") == "Medication" and isinstance(res.get("id"), str):
-                meds[f"Medication/{res['id']}"] = res
-        return meds
+        return supplied_medications(self.data.resources, self.data.draft_orders)
 
     def _medication(self, res: dict, origin: str, selected: bool) -> dict | None:
         codings, texts = self._resolve_medication(res)
@@ -444,7 +440,7 @@ class _Builder:
         if isinstance(target, str) and target.startswith("#"):
             med = next((c for c in as_list(res.get("contained")) if isinstance(c, dict) and c.get("id") == target[1:]), None)
         elif isinstance(target, str):
-            med = self.medications.get("/".join(target.split("/_history")[0].split("/")[-2:]))
+            med = self.medications.get(medication_key(target))
         display = reference.get("display") if isinstance(reference.get("display"), str) else None
         if med is None:
             return [], [display] if display else []
@@ -455,6 +451,38 @@ class _Builder:
                 codings += codings_of(ingredient.get("itemCodeableConcept"))
         texts = [t for t in [text_of(code), *(c.get("display") for c in codings_of(code)), display] if t]
         return codings, texts
+
+
+def medication_key(reference: str) -> str:
+    """`Medication/123` for a relative, absolute or versioned reference to a Medication."""
+    return "/".join(reference.split("/_history")[0].split("/")[-2:])
+
+
+def supplied_medications(resources: dict[str, list[dict]], draft_orders: list[dict]) -> dict[str, dict]:
+    """Medication resources that came with the call: in any key's Bundle (an `_include`, say) or
+    in draftOrders, whatever the key is called."""
+    meds = {}
+    for res in [*draft_orders, *(r for rs in resources.values() for r in rs)]:
+        if res.get("resourceType") == "Medication" and isinstance(res.get("id"), str):
+            meds[f"Medication/{res['id']}"] = res
+    return meds
+
+
+def unresolved_medication_references(resources: dict[str, list[dict]], draft_orders: list[dict]) -> dict[str, set[str]]:
+    """Step 0 of medication matching, what is left for a read: each `medicationReference` that is
+    neither contained nor supplied with the call -> the data keys whose resources use it
+    ("draftOrders" for a draft). Only relative `Medication/{id}` references qualify."""
+    supplied = supplied_medications(resources, draft_orders)
+    wanted: dict[str, set[str]] = {}
+    sources = [("draftOrders", r) for r in draft_orders] + [(k, r) for k, rs in resources.items() for r in rs]
+    for key, res in sources:
+        if res.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
+            continue
+        reference = res.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        if isinstance(target, str) and not target.startswith("#") and medication_key(target) not in supplied:
+            wanted.setdefault(target, set()).add(key)
+    return wanted
 
 
 def _age(birth: date, today: date) -> int:

@@ -138,13 +138,15 @@ def prolactin_lowering_draft(match):
 @card_rule(id="R20", title="Dopamine agonist or levodopa as RLS treatment", citation=AASM_2024, source_url=AASM_2024_URL,
            hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "labs", "patient"),
            logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
-                 "parkinsonism, and no order of either class in the new-start window; warning when iron is low",
+                 "parkinsonism, and no order of either class in the new-start window (the medication list complete: "
+                 "every medication readable); warning when iron is low",
            when=when_all(
                ORDER_HOOK,
                c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
                c.rls << ((m.kind == "finding") & (m.name == "rls")),
                none((m.kind == "condition") & m.sets.anyItem(item == "PARKINSONISM")),
                none((m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic")),
+               none((m.kind == "data_gap") & (m.key == "medication_requests")),  # "new start" needs the full list
            ))
 def dopaminergic_for_rls(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]

@@ -70,3 +70,77 @@ def test_unreadable_ferritin_is_named_by_r1(client):
     assert any(r.endswith("fer-1") for r in card["extension"][EXTENSION]["resources"])
     card = _call(client, "R1", "fires-ferritin-text-unreadable")["R1"]
     assert "value 'haemolysed, see comment'" in card["detail"]
+
+
+# ---- medications known only by reference, read from fhirServer ------------------------------
+
+def _medication_server(seen: list):
+    """Loopback FHIR server answering only reads of Medication/{id}: path /<mode>/fhir/Medication/<id>."""
+    import json as _json
+    import threading
+    import time
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Request, Response
+
+    lithium = load_fixture(ROOT / "fhir_fixtures/R4/fires-lithium-by-reference.json")
+    medication = lithium["request"]["prefetch"]["medication_requests"]["entry"][-1]["resource"]
+
+    def app(environ, start_response):
+        request = Request(environ)
+        seen.append(request.path)
+        mode = request.path.split("/")[1]
+        if mode == "hang":
+            time.sleep(3)
+        if request.path.endswith(f"/Medication/{medication['id']}"):
+            return Response(_json.dumps(medication), 200, content_type="application/fhir+json")(environ, start_response)
+        return Response("{}", 404, content_type="application/fhir+json")(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, lithium
+
+
+def _without_medication(fixture: dict, base: str) -> dict:
+    import copy
+
+    body = copy.deepcopy(fixture["request"])
+    bundle = body["prefetch"]["medication_requests"]
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Medication"]
+    body["fhirServer"] = base
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
+                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    return body
+
+
+def test_referenced_medication_is_read_from_the_fhir_server_within_the_deadline():
+    import time
+
+    from cds_service.app import create_app
+
+    seen: list = []
+    server, fixture = _medication_server(seen)
+    base = f"http://127.0.0.1:{server.server_port}"
+    client = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, FHIR_DEADLINE=1.0,
+                        FHIR_READ_TIMEOUT=0.5, FHIR_CONNECT_TIMEOUT=0.5).test_client()
+    try:
+        response = client.post("/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/fine/fhir"))
+        assert response.status_code == 200 and "R4" in {c["extension"][EXTENSION]["rule"] for c in response.get_json()["cards"]}
+        assert seen == ["/fine/fhir/Medication/med-lithium"], "only the missing Medication is read, by id"
+        started = time.monotonic()
+        response = client.post("/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/hang/fhir"))
+        assert time.monotonic() - started < 2.0, "the read is bounded by the call's FHIR deadline"
+        body = response.get_json()
+        assert response.status_code == 200 and "R4" not in {c["extension"][EXTENSION]["rule"] for c in body["cards"]}
+    finally:
+        server.shutdown()
+
+
+def test_only_relative_or_same_server_medication_references_are_read():
+    from cds_service.advice import _medication_id
+
+    assert _medication_id("Medication/123", "https://ehr.example/fhir") == "123"
+    assert _medication_id("https://ehr.example/fhir/Medication/123", "https://ehr.example/fhir") == "123"
+    assert _medication_id("https://elsewhere.example/fhir/Medication/123", "https://ehr.example/fhir") is None
+    assert _medication_id("Medication/123/_history/2", None) is None
+    assert _medication_id("Substance/9", None) is None
