@@ -342,12 +342,29 @@ class _Builder:
         selected = self.data.selections is None or ref in self.data.selections
         if res.get("resourceType") == "MedicationRequest":
             fact = self._medication(res, origin="draft", selected=selected)
+            if fact:
+                fact.update(self._indications(res))
         elif res.get("resourceType") == "ServiceRequest":
             fact = self._service_request(res, "draft", selected)
         else:
             self._skip(ref, f"draft type {res.get('resourceType')} not used by any rule")
             return []
         return ([fact] if fact else []) + self._reason_conditions(res)
+
+    def _indications(self, order: dict) -> dict:
+        """What the order is for, as coded: labels for the card ("Generalized anxiety disorder
+        (F41.1)") and the code sets they fall in (an allergic indication, say)."""
+        labels, sets = [], set()
+        for concept in as_list(order.get("reasonCode"))[:5]:
+            codings = codings_of(concept)
+            text = text_of(concept) or next((c["display"] for c in codings if isinstance(c.get("display"), str)), None)
+            if not codings and not text:
+                continue
+            code = f" ({clip(codings[0]['code'], 20)})" if codings else ""
+            labels.append(clip(f"{text or 'coded reason'}{code}", 80))
+            for coding in codings:
+                sets |= self.term.codesets.sets_for(coding.get("system"), coding["code"])
+        return {"indications": labels, "indication_sets": sorted(sets)}
 
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""

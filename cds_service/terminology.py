@@ -200,6 +200,9 @@ class Terminology:
                 row = DrugRow(rxcui=rxcui, name=extra["name"], ingredient_key=rxcui, ingredient_name=extra["name"],
                               drug_class=extra["class"], atc=extra["atc"], systemic=True)
                 self._rows_by_ingredient.setdefault(rxcui, []).append(row)
+        self._rows_by_name = [DrugRow(rxcui="", name=name, ingredient_key=name, ingredient_name=name,
+                                      drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                              for name, extra in self.drugs["name_only_ingredients"].items() if not name.startswith("_")]
         self.groups = self._groups()
 
     @staticmethod
@@ -261,7 +264,7 @@ class Terminology:
     def _name_index(self) -> dict[str, list[DrugRow]]:
         """Whole-word names (ingredients, WHO synonyms, bracketed brands) to table rows."""
         index: dict[str, list[DrugRow]] = {}
-        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values()]:
+        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values(), self._rows_by_name]:
             for row in rows:
                 if row.ingredient_name:
                     index.setdefault(normalise_name(row.ingredient_name, self.salt_words), []).append(row)
@@ -279,6 +282,8 @@ class Terminology:
     def match_medication(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
         """Classify one medication (section 9), then add the finer classes some rules need."""
         match = self._match_steps(codings, texts, route_texts)
+        if match is not None and match.matched_by != "text":
+            self._add_name_only_ingredients(match, texts)
         if match is None or not match.classes:
             return match
         atc_codes = [c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
@@ -289,6 +294,16 @@ class Terminology:
             if words & set(spec["ingredients"]) or any(a.startswith(tuple(spec["atc"])) for a in atc_codes):
                 match.classes = (*match.classes, name)
         return match
+
+    def _add_name_only_ingredients(self, match: MedicationMatch, texts: list[str]) -> None:
+        """A product matched by code whose table rows omit an ingredient the table lacks (codeine /
+        dexchlorpheniramine is listed under codeine only): the ingredient named in the product's
+        own text adds its class. Whole words, so chlorpheniramine is never dexchlorpheniramine."""
+        words = {w for t in texts for w in normalise_name(t, self.salt_words).split()}
+        for row in self._rows_by_name:
+            if row.ingredient_name in words and row.ingredient_key not in match.ingredients:
+                match.classes = tuple(dict.fromkeys((*match.classes, row.drug_class)))
+                match.ingredients = (*match.ingredients, row.ingredient_key)
 
     def _match_steps(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
         """The first step that matches wins (section 9, steps 1-5)."""

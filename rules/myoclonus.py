@@ -107,7 +107,9 @@ def _drug_cause(drug: dict) -> dict:
 @derivation(id="F-MYOCLONUS-ALCOHOL", title="Alcohol withdrawal coded", citation=f"{SEED}; {CATALOG} R15",
             when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
                           c.dx << ((m.kind == "condition") & m.sets.anyItem(item == "ALCOHOL_WITHDRAWAL"))),
-            produces="myoclonus_cause", logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.230, F10.239")
+            produces="myoclonus_cause",
+            logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.13*, F10.23*, F10.93* (alcohol abuse, dependence or use "
+                  "with withdrawal, including delirium and perceptual disturbance), SNOMED 8635005")
 def myoclonus_alcohol(match):
     return {"cause": "alcohol", "resource_ref": match["dx"]["resource_ref"]}
 

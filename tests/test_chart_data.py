@@ -5,9 +5,15 @@ these tests check what a fixture cannot express: what the cards say, what is log
 the service asks the FHIR server for.
 """
 import html
+import re
 import logging
 
 from conftest import EXTENSION, ROOT, load_fixture
+
+
+def _plain(markdown: str) -> str:
+    """Card Markdown as a clinician reads it: escapes and entities undone."""
+    return re.sub(r"\\(.)", r"\1", html.unescape(markdown))
 
 
 def _call(client, rule, name):
@@ -59,7 +65,7 @@ def test_partial_birthdate_is_an_age_range():
 def test_text_ferritin_card_keeps_the_comparator(client):
     card = _call(client, "R2", "fires-ferritin-text-below-10")["R2"]
     assert "ferritin <10 ng/mL" in card["summary"], card["summary"]
-    assert "reported as text '<10' without a unit" in html.unescape(card["detail"])  # Markdown escapes '<'
+    assert "reported as text '<10' without a unit" in _plain(card["detail"])  # Markdown escapes '<'
 
 
 
@@ -144,3 +150,56 @@ def test_only_relative_or_same_server_medication_references_are_read():
     assert _medication_id("https://elsewhere.example/fhir/Medication/123", "https://ehr.example/fhir") is None
     assert _medication_id("Medication/123/_history/2", None) is None
     assert _medication_id("Substance/9", None) is None
+
+
+# ---- clinical corrections: what the cards say -------------------------------------------------
+
+def _labels(card) -> list[str]:
+    return [s["label"] for s in card.get("suggestions", [])]
+
+
+def test_cetirizine_is_offered_only_for_an_allergic_indication(client):
+    urticaria = _call(client, "R3", "fires-hydroxyzine-for-urticaria")["R3"]
+    assert any("cetirizine" in label for label in _labels(urticaria))
+    assert "Urticaria, unspecified (L50.9)" in _plain(urticaria["detail"])
+    anxiety = _call(client, "R3", "fires-hydroxyzine-for-anxiety")["R3"]
+    assert not any("cetirizine" in label for label in _labels(anxiety)), _labels(anxiety)
+    assert _labels(anxiety) and all(label.startswith("Remove") for label in _labels(anxiety))
+    uncoded = _call(client, "R3", "fires-diphenhydramine-plmd")["R3"]  # no reason coded: no cetirizine either
+    assert not any("cetirizine" in label for label in _labels(uncoded))
+
+
+def test_a_coded_indication_is_named_and_weighed(client):
+    card = _call(client, "R3", "fires-escitalopram-for-anxiety")["R3"]
+    assert "ordered for Generalized anxiety disorder (F41.1): weigh that benefit against the risk" in _plain(card["detail"])
+
+
+def test_r8_summary_names_the_red_flags_present(client):
+    assert _call(client, "R8", "fires-dysphagia-only")["R8"]["summary"] == (
+        "Fasciculations with dysphagia: urgent EMG/NCS and neurology referral")
+    assert _call(client, "R8", "fires-weakness-critical")["R8"]["summary"].startswith("Fasciculations with weakness:")
+
+
+def test_red_flag_phrase_stays_within_its_budget():
+    from rules.fasciculation import red_flag_phrase
+
+    every = [{"flags": ["weakness", "muscle atrophy", "abnormal reflexes", "dysphagia", "dysarthria"]}]
+    assert red_flag_phrase(every) == "weakness and other red flags"
+    assert red_flag_phrase([{"flags": ["dysarthria"]}, {"flags": ["weakness"]}]) == "weakness and dysarthria"
+
+
+def test_r20_offers_no_gabapentinoid_where_r19_gives_no_drug_advice(client):
+    for name in ("fires-pregnancy-no-gabapentinoid", "fires-esrd-no-gabapentinoid", "fires-child-no-gabapentinoid",
+                 "fires-age-unknown-no-gabapentinoid"):
+        card = _call(client, "R20", name)["R20"]
+        assert _labels(card) and all(label.startswith("Remove this order") for label in _labels(card)), (name, _labels(card))
+        assert "specialist advice" in card["detail"] and "gabapentin 300" not in str(card.get("suggestions")), name
+    adult = _call(client, "R20", "fires-pramipexole-new-start")["R20"]
+    assert any("gabapentin" in label for label in _labels(adult))
+
+
+def test_r20_replaces_r2_on_order_select_and_carries_the_iron_verdict(client):
+    cards = _call(client, "R20", "fires-supersedes-r2-order-select")
+    assert "R2" not in cards and cards["R20"]["indicator"] == "warning"
+    assert "ferritin 20 ng/mL" in cards["R20"]["detail"]
+    assert cards["R20"]["extension"][EXTENSION]["supersedes"] == ["R2"]
