@@ -30,6 +30,8 @@ def queries(term: Terminology) -> dict[str, str]:
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?{_PATIENT}&clinical-status=active,recurrence,relapse&_count=100",
         "labs": f"Observation?{_PATIENT}&code={observation_codes}&_sort=-date&_count=100",
+        # a result known only by its name (a PLMS index without the local code) never matches a code filter
+        "plms_index_by_text": f"Observation?{_PATIENT}&code:text={term.text_query('plms_index')}&_sort=-date&_count=20",
         "service_requests": f"ServiceRequest?{_PATIENT}&status=active,draft,completed&_count=100",
         "procedures": f"Procedure?{_PATIENT}&status=completed&_count=50",
         "reports": f"DiagnosticReport?{_PATIENT}&status=final,amended,corrected&_count=50",

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote
 
 KNOWLEDGE_DIR = Path(__file__).parent / "knowledge"
 
@@ -187,6 +188,7 @@ class Terminology:
         self.settings = {k: v for k, v in _load_json("settings.json").items() if not k.startswith("_")}
         self.settings.update(settings_overrides or {})
         labs = _load_json("labs.json")
+        self._lab_texts = {name: tuple(e.get("text", [])) for name, e in labs.items() if not name.startswith("_")}
         self.analytes = self._load_analytes(labs)
         self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
         self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
@@ -215,6 +217,12 @@ class Terminology:
             for name, e in data.items()
             if not name.startswith("_")
         }
+
+    def text_query(self, analyte: str) -> str:
+        """The analyte's names as one `code:text` search value (comma = or, URL-encoded). FHIR
+        servers match `:text` like a string search, so a name must start the code's text or
+        display ("PLM index (PSG)"); the matcher then checks every result (never "arousal")."""
+        return ",".join(quote(phrase) for phrase in self._lab_texts[analyte])
 
     def observation_analyte(self, codings: list[dict], texts: list[str]) -> tuple[Analyte, str, str] | None:
         """(analyte, code or text, how) for an Observation or a lab order; None if not ours."""

@@ -33,7 +33,7 @@ def _register_b(child: bool) -> None:
 
     derive.__name__ = f"plms_without_complaint_{who}"
     derivation(id=f"F-PLMS-NO-COMPLAINT-{who.upper()}", title=f"PLMS index above the {who} threshold without a complaint",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
                when=when_all(VIEW, PARAMS, c.patient << ((m.kind == "patient") & (m.child == child)),
                              c.idx << _index_above(child),
@@ -49,7 +49,7 @@ def _register_a(missing: str, child: bool | None, *conditions) -> None:
     derive.__name__ = f"plmd_criterion_missing_{missing}{who.lower().replace('-', '_')}"
     patient = () if child is None else (c.patient << ((m.kind == "patient") & (m.child == child)),)
     derivation(id=f"F-PLMD-MISSING-{missing.upper()}{who}", title=f"PLMD coded without {missing}",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
                when=when_all(VIEW, c.params << ((m.kind == "params") & (m.r7_documentation_check == True)),
                              c.plmd << ((m.kind == "finding") & (m.name == "plmd")), *patient, *conditions))(derive)
@@ -64,7 +64,7 @@ _register_a("a sleep complaint or daytime fatigue", None,
 
 
 @card_rule(id="R7", title="PLMD criteria / PLMS without complaint", citation=f"{SEEDS}; child threshold: {AASM_2024}",
-           hooks=("patient-view",), needs=("labs", "conditions", "patient"),
+           hooks=("patient-view",), needs=("labs", "plms_index_by_text", "conditions", "patient"),
            logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
                  "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
            when=when_all(c.case << ((m.kind == "finding") & (m.name == "plm_case"))))

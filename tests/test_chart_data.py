@@ -203,3 +203,12 @@ def test_r20_replaces_r2_on_order_select_and_carries_the_iron_verdict(client):
     assert "R2" not in cards and cards["R20"]["indicator"] == "warning"
     assert "ferritin 20 ng/mL" in cards["R20"]["detail"]
     assert cards["R20"]["extension"][EXTENSION]["supersedes"] == ["R2"]
+
+
+def test_plms_index_known_by_name_has_a_query_that_can_find_it(client):
+    """A code filter can never return an Observation known only by its text: discovery asks for a
+    separate name search (`code:text`), and the R7 fixtures prove it on a real FHIR server."""
+    services = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}
+    template = services["legmove-patient-view"]["prefetch"]["plms_index_by_text"]
+    assert template.startswith("Observation?patient={{context.patientId}}&code:text=plm%20index,")
+    assert "arousal" not in template and "_count=20" in template
