@@ -22,7 +22,7 @@ INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 OVERRIDE_SYSTEM = "urn:legmove-cds:override-reason"
 EXTENSION_KEY = "org.legmove-cds.explanation"
 MAX_SUMMARY = 139
-EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of clinical-rules.md 1.2
+EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of the external sources the rules cite
 
 
 class SuggestionInvalid(Exception):

@@ -236,7 +236,7 @@ class _Builder:
             return self._unreadable(res, fact, "no number could be read from the value")
         unit = value.unit
         if unit is None and value.source == "text":
-            unit = analyte.unit  # "<10" reported as text for an analyte with one canonical unit (catalog 2.2)
+            unit = analyte.unit  # "<10" reported as text for an analyte with one canonical unit
             fact["unit_assumed"] = True
         converted = analyte.to_canonical(value.number, unit)
         fact.update(raw_value=value.number, raw_unit=clip(unit or "(none)", 20), comparator=value.comparator,
@@ -252,7 +252,7 @@ class _Builder:
 
     def _unreadable(self, res: dict, fact: dict, reason: str) -> dict:
         """A result that exists and counts by status and date but cannot be used: never "on file"
-        for an absence rule, and named by the rule that then fires (catalog 2.2)."""
+        for an absence rule, and named by the rule that then fires."""
         self._skip(res, f"{fact['analyte']}: {reason}")
         raw = res.get("valueString") if isinstance(res.get("valueString"), str) else fact.get("raw_value")
         quantity = res.get("valueQuantity") if isinstance(res.get("valueQuantity"), dict) else {}

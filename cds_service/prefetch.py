@@ -40,6 +40,9 @@ def queries(term: Terminology) -> dict[str, str]:
     }
 
 
+# keys a server may refuse (a search modifier it lacks): a failure marks the key incomplete, never a 412
+OPTIONAL_KEYS = frozenset({"plms_index_by_text"})
+
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
@@ -146,9 +149,9 @@ def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict
                 try:
                     result = job.result()
                 except FhirUnavailable as exc:
-                    if key in partial:  # we have the first page: use it, but never as proof of absence
+                    if key in partial or key in OPTIONAL_KEYS:  # use what we have, never as proof of absence
                         resolved.incomplete.add(key)
-                        log.warning("could not page prefetch key %s: %s", key, exc)
+                        log.warning("could not read all of prefetch key %s: %s", key, exc)
                         continue
                     raise PreconditionFailed(f"prefetch key {key} missing and the FHIR server query failed: {exc}") from exc
                 resolved.resources[key] = result.resources

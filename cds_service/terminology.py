@@ -266,7 +266,7 @@ class Terminology:
     def class_title(self, drug_class: str) -> str:
         return self.drugs["class_titles"].get(drug_class, drug_class)
 
-    # ---- medication matching (clinical-rules.md section 9) -------------------------------
+    # ---- medication matching (product code, ingredient, ATC, name; systemic only) -------------------------------
 
     @cached_property
     def _name_index(self) -> dict[str, list[DrugRow]]:

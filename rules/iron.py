@@ -81,7 +81,7 @@ def rls_without_ferritin(matches, ctx):
 
 def _below(lab: dict, limit: float, inclusive: bool = False) -> bool | None:
     """Is the value below `limit` (or at it, if inclusive)? A comparator makes the value a bound
-    (catalog 8.2): '<5' is below 10, '>60' is not below 50, '>20' against 50 is unknown (None)."""
+    (a bound): '<5' is below 10, '>60' is not below 50, '>20' against 50 is unknown (None)."""
     value, comparator = lab["value"], lab["comparator"]
     if comparator == "=":
         return value <= limit if inclusive else value < limit

@@ -17,7 +17,7 @@ SEED = seeds(SEED_003)
 MYO = c.myo << ((m.kind == "finding") & (m.name == "myoclonus"))
 PARAMS = c.params << (m.kind == "params")
 CMP = ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma")
-NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is never low (catalog 8.2)
+NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is a lower bound, never low
 CAUSE_ORDER = ["kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"]
 LOCALISE = ("EEG/EMG can localise the origin of the jerks (seeds 000, 003); rhythmic jerks of the lower trunk and legs "
             "suggest spinal myoclonus: MRI of the spine with nerve conduction studies (seed 000).")

@@ -3,7 +3,7 @@
 Seeds 000 and 001: PLMD needs a polysomnographic PLMS index above 15/h in adults plus sleep
 disturbance or daytime fatigue; PLMS without such a complaint needs no treatment, and PLMS is
 common in RLS (treat the RLS). The child threshold (> 5/h) is an AASM 2024 Addition. The PLMS
-index has no LOINC code: a configurable local code or the test's name (catalog 8.4), never a
+index has no LOINC code: a configurable local code or the test's name (found by a name search), never a
 "PLMS arousal index". Variant A (documentation check) is off unless `r7_documentation_check` is
 on, because it is noisy wherever sleep-study results are not coded.
 """
@@ -57,8 +57,9 @@ def _register_a(missing: str, child: bool | None, *conditions) -> None:
 
 _register_b(child=False)
 _register_b(child=True)
-_register_a("a PLMS index above the threshold", False, none(_index_above(False)))
-_register_a("a PLMS index above the threshold", True, none(_index_above(True)))
+_NO_INDEX_GAP = none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "plms_index_by_text")))
+_register_a("a PLMS index above the threshold", False, none(_index_above(False)), _NO_INDEX_GAP)
+_register_a("a PLMS index above the threshold", True, none(_index_above(True)), _NO_INDEX_GAP)
 _register_a("a sleep complaint or daytime fatigue", None,
             none((m.kind == "condition") & m.sets.anyItem(item == "SLEEP_COMPLAINT")))
 

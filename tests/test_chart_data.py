@@ -212,3 +212,43 @@ def test_plms_index_known_by_name_has_a_query_that_can_find_it(client):
     template = services["legmove-patient-view"]["prefetch"]["plms_index_by_text"]
     assert template.startswith("Observation?patient={{context.patientId}}&code:text=plm%20index,")
     assert "arousal" not in template and "_count=20" in template
+
+
+def test_a_server_refusing_the_name_search_costs_only_that_key():
+    """`code:text` is a modifier some servers lack: a 400 for it marks the key incomplete, not a 412."""
+    import copy
+    import json as _json
+    import threading
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Request, Response
+
+    from cds_service.app import create_app
+
+    fixture = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+    condition = fixture["request"]["prefetch"]["conditions"]["entry"][0]["resource"]
+
+    def app(environ, start_response):
+        request = Request(environ)
+        if "code:text" in request.query_string.decode().replace("%3A", ":"):
+            return Response('{"resourceType": "OperationOutcome"}', 400)(environ, start_response)
+        body = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+        if request.path.endswith("/Condition"):
+            body["entry"] = [{"resource": condition}]
+        return Response(_json.dumps(body), 200, content_type="application/fhir+json")(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = copy.deepcopy(fixture["request"])
+        body.pop("prefetch")
+        body["fhirServer"] = f"http://127.0.0.1:{server.server_port}/fhir"
+        body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
+                                     "scope": "patient/*.read", "subject": "legmove-cds"}
+        client = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None).test_client()
+        response = client.post("/cds-services/legmove-patient-view", json=body)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        card = next(c for c in response.get_json()["cards"] if c["extension"][EXTENSION]["rule"] == "R1")
+        assert card["extension"][EXTENSION]["incompleteData"] == ["plms_index_by_text"]
+    finally:
+        server.shutdown()
