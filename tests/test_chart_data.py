@@ -252,3 +252,8 @@ def test_a_server_refusing_the_name_search_costs_only_that_key():
         assert card["extension"][EXTENSION]["incompleteData"] == ["plms_index_by_text"]
     finally:
         server.shutdown()
+
+
+def test_exactly_50_gives_the_disagreement_card_not_the_seed_warning(client):
+    card = _call(client, "R2", "fires-disagreement-at-exactly-50")["R2"]
+    assert card["indicator"] == "info" and "meets the AASM 2024 iron threshold" in card["summary"]
