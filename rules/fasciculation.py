@@ -88,6 +88,8 @@ def fasciculation_red_flags(matches, ctx):
            "disease coded. Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations need "
            "an urgent EMG/NCS and a neurology referral (R29.2 does not say whether reflexes are brisk or reduced; "
            "R53.1 is nonspecific)."]
+    if any(word in f["flags"] for f in flags for word in ("dysphagia", "dysarthria")):
+        why.append("Dysphagia and dysarthria are signs of bulbar involvement, which seed 002 treats as progression.")
     missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
                if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
     if missing:

@@ -180,8 +180,10 @@ def dopaminergic_for_rls(matches, ctx):
     elif iron == "disagreement":
         why.append(f"Ferritin {_ferritin_text(assessment)} meets the AASM 2024 iron threshold but not that of the older "
                    "reviews (see R2): consider iron first.")
-    withheld = _no_gabapentinoid_because(ctx)
+    withheld, population = _no_gabapentinoid_because(ctx)
     if withheld:
+        why[0] = why[0].replace("are preferred first-line options", "are the preferred first-line options for adults "
+                                "in general")
         why[2] = (f"No gabapentinoid is proposed: the patient {withheld}. AASM 2024 has separate recommendations for "
                   "pregnancy, end-stage renal disease and children that have not been verified for this service "
                   "(gabapentin enacarbil is not recommended on haemodialysis); treatment in this population needs "
@@ -199,7 +201,7 @@ def dopaminergic_for_rls(matches, ctx):
     summary = ("Levodopa for RLS: AASM 2024 suggests against standard use (augmentation risk)" if levodopa else
                "Dopamine agonist for RLS: AASM 2024 suggests against standard use (augmentation risk)")
     return CardDraft(summary=summary, indicator="warning" if iron in ("indicated", "iv_only") else "info",
-                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls"), suggestions=suggestions,
+                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls") + population, suggestions=suggestions,
                      override_reasons=[("continuation", "Continuation of established therapy"),
                                        ("alternatives-failed", "Alternatives tried or contraindicated")])
 
@@ -209,16 +211,18 @@ def _ferritin_text(assessment: dict) -> str:
     return f"{comparator}{round(float(assessment['ferritin']), 1):g} ng/mL"
 
 
-def _no_gabapentinoid_because(ctx) -> str | None:
-    """Why no gabapentinoid may be proposed (the populations R19 gives no drug advice for), or None."""
+def _no_gabapentinoid_because(ctx) -> tuple[str | None, list[dict]]:
+    """Why no gabapentinoid may be proposed (the populations R19 gives no drug advice for), or
+    None, with the conditions that say so (evidence for the card)."""
     reasons = []
-    if conditions_in(ctx, "PREGNANCY"):  # the facts layer keeps only pregnancies within pregnancy_max_days
+    pregnancy, esrd = conditions_in(ctx, "PREGNANCY"), conditions_in(ctx, "ESRD_DIALYSIS")
+    if pregnancy:  # the facts layer keeps only pregnancies within pregnancy_max_days
         reasons.append("is pregnant")
-    if conditions_in(ctx, "ESRD_DIALYSIS"):
+    if esrd:
         reasons.append("has end-stage renal disease or is on dialysis")
     patient = facts_of(ctx, "patient")[0]
     if patient["child"]:
         reasons.append("is a child")
     elif not patient["age_known"]:
         reasons.append("has an unknown age (birth date missing or only partly known)")
-    return " and ".join(reasons) or None
+    return " and ".join(reasons) or None, pregnancy + esrd

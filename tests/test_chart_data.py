@@ -257,3 +257,9 @@ def test_a_server_refusing_the_name_search_costs_only_that_key():
 def test_exactly_50_gives_the_disagreement_card_not_the_seed_warning(client):
     card = _call(client, "R2", "fires-disagreement-at-exactly-50")["R2"]
     assert card["indicator"] == "info" and "meets the AASM 2024 iron threshold" in card["summary"]
+
+
+def test_r20_names_the_population_it_withholds_gabapentinoids_for(client):
+    card = _call(client, "R20", "fires-esrd-no-gabapentinoid")["R20"]
+    assert "end-stage renal disease or is on dialysis" in card["detail"]
+    assert any(ref.endswith("esrd-1") for ref in card["extension"][EXTENSION]["resources"])
