@@ -12,10 +12,10 @@ from datetime import date, datetime, timezone
 
 from .cards import render_cards
 from .engine import RuleEngine
-from .facts import PatientData, build_facts
-from .fhir_client import FhirClient
+from .facts import PatientData, build_facts, unresolved_medication_references
+from .fhir_client import FhirClient, FhirUnavailable
 from .hook_request import HookRequest
-from .prefetch import FhirAccess, PreconditionFailed, resolve, server_searches
+from .prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
 from .rulebook import RenderContext, RuleSpec
 from .scopes import parse_scopes
 from .services import Service
@@ -53,6 +53,7 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     access = fhir_access(req, config)
     searches = server_searches(knowledge.terminology, service.prefetch, evaluation_date(config))
     resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config), searches)
+    read_referenced_medications(resolved, req.draft_orders, access, config, clock.started)
     clock.lap("data")
     missing = set(resolved.unknown)
     evaluable = service.evaluable(missing)
@@ -63,6 +64,9 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     term = knowledge.terminology
     fact_set = build_facts(data, term, evaluation_date(config))
     clock.lap("facts")
+    if fact_set.deceased:
+        log.info("the patient is recorded as deceased: no cards")
+        return Advice([], [], clock.laps, resolved.fetched, sorted(resolved.incomplete))
     evaluation = knowledge.engine.evaluate(fact_set.facts)
     clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
@@ -84,6 +88,51 @@ def _precondition_message(access: FhirAccess, resolved) -> str:
     if not access.allowed:
         return f"prefetch key(s) {keys} missing and the FHIR server cannot be queried: {access.reason}"
     return f"prefetch key(s) {keys} missing and the FHIR server did not provide them (unavailable, too slow or refused)"
+
+
+MAX_MEDICATION_READS = 20
+
+
+def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], access: FhirAccess, config,
+                                started: float) -> None:
+    """Medications known only by reference (`medicationReference: Medication/123`, as many EHRs
+    send them) that came neither contained nor in any Bundle of the call: read each from
+    fhirServer within what is left of the call's FHIR deadline. One that cannot be had is
+    unknown; for chart data (not a draft) its key is marked incomplete, so no rule reads the
+    medication list as complete (a new-start check, say)."""
+    wanted = unresolved_medication_references(resolved.resources, draft_orders)
+    if not wanted:
+        return
+    found: list[dict] = []
+    remaining = config["FHIR_DEADLINE"] - (time.perf_counter() - started)
+    client = _client(access, config, deadline=remaining) if access.allowed and remaining > 0 else None
+    try:
+        for number, (reference, keys) in enumerate(sorted(wanted.items())):
+            medication = None
+            resource_id = _medication_id(reference, access.base_url)
+            if client and resource_id and number < MAX_MEDICATION_READS:
+                try:
+                    medication = client.read("Medication", resource_id)
+                except FhirUnavailable as exc:
+                    log.info("could not read a referenced Medication: %s", exc)
+            if medication:
+                found.append(medication)
+            else:
+                resolved.incomplete.update(keys - {"draftOrders"})
+    finally:
+        if client:
+            client.close()
+    if found:
+        resolved.resources["medication_reads"] = found
+    log.info("referenced medications: %d read, %d unresolved", len(found), len(wanted) - len(found))
+
+
+def _medication_id(reference: str, base_url: str | None) -> str | None:
+    """The id of a `Medication/{id}` reference, relative or under the fhirServer base; None otherwise."""
+    if base_url and reference.startswith(base_url.rstrip("/") + "/"):
+        reference = reference[len(base_url.rstrip("/")) + 1:]
+    parts = reference.split("/")
+    return parts[1] if len(parts) == 2 and parts[0] == "Medication" and parts[1] else None
 
 
 def fhir_access(req: HookRequest, config) -> FhirAccess:
@@ -116,9 +165,10 @@ def evaluation_date(config) -> date:
     return date.fromisoformat(fixed) if fixed else datetime.now(timezone.utc).date()
 
 
-def _client(access: FhirAccess, config) -> FhirClient:
+def _client(access: FhirAccess, config, deadline: float | None = None) -> FhirClient:
     return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-                      read_timeout=config["FHIR_READ_TIMEOUT"], deadline=config["FHIR_DEADLINE"],
+                      read_timeout=config["FHIR_READ_TIMEOUT"],
+                      deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,
                       max_pages=config["FHIR_MAX_PAGES"])
 
 
@@ -126,7 +176,7 @@ class _Stopwatch:
     """Milliseconds per stage, for the request log."""
 
     def __init__(self):
-        self.last = time.perf_counter()
+        self.started = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:

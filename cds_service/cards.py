@@ -22,7 +22,7 @@ INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 OVERRIDE_SYSTEM = "urn:legmove-cds:override-reason"
 EXTENSION_KEY = "org.legmove-cds.explanation"
 MAX_SUMMARY = 139
-EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of clinical-rules.md 1.2
+EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of the external sources the rules cite
 
 
 class SuggestionInvalid(Exception):
@@ -184,8 +184,17 @@ def describe(fact: dict) -> str | None:
             raw = f"{fact['raw_value']:g} {escape(fact['raw_unit'])}" if "raw_value" in fact else "no numeric value"
             return f"{ref}: {title} ({code}) {raw} on {fact['date']}: not usable (unit or value not understood)"
         comparator = "" if fact["comparator"] == "=" else escape(fact["comparator"])
-        return (f"{ref}: {title} ({code}) {comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
-                f" = {comparator}{fact['value']:g} {fact['unit']} on {fact['date']} ({fact['days_ago']} days ago)")
+        reported = f"{comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
+        if fact.get("unit_assumed"):
+            reported = f"reported as text '{comparator}{fact['raw_value']:g}' without a unit, read as {reported}"
+        elif fact.get("value_source") == "text":
+            reported = f"reported as text '{reported}'"
+        converted = "" if fact["raw_unit"] == fact["unit"] else f" = {comparator}{fact['value']:g} {fact['unit']}"
+        return f"{ref}: {title} ({code}) {reported}{converted} on {fact['date']} ({fact['days_ago']} days ago)"
+    if kind == "unreadable_result":
+        title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
+        return (f"{ref}: {title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
+                f"'{escape(fact['raw_unit'])}' ({escape(fact['reason'])}); not used")
     if kind == "medication":
         origin = {"draft": "draft order", "recent": "recent order, no longer active"}.get(fact["origin"], "active medication")
         return f"{ref}: {escape(fact['name'])} ({origin}, since {fact['since']})"

@@ -23,7 +23,7 @@ def catalog_markdown() -> str:
     fixtures = _fixtures_by_rule()
     lines = ["# legmove-cds rule catalog", "",
              "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
-             "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
+             "", rules.CONVENTIONS, "## Rules and findings", "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
              "|---|---|---|---|---|---|---|"]
     for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", _natural(s.id))):
         kind = "card" if spec.stratum == CARD else f"finding `{spec.produces}`"

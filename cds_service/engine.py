@@ -253,12 +253,17 @@ def _assert_json(handle, text: str) -> tuple[int, int]:
 
 
 def _assert_derived(closure, evaluation: Evaluation, finding: dict) -> None:
-    """R8: assert a finding with a fresh id; a finding no rule consumes is an authoring error."""
+    """R8: assert a finding with a fresh id.
+
+    "Not handled" (code 1) is normal here: it means no rule's condition matched the finding's
+    values (iron stores in range match no card rule). A finding name that no rule reads at all
+    is an authoring error, and the start-up lint (`lint`) already refuses it, so nothing at run
+    time deserves a warning."""
     fid = evaluation.take_id()
     record = dict(finding, id=fid, sid=closure.s.sid)
     code, _ = _assert_json(closure._ruleset._handle, fact_json(record))
     if code == 1:
-        log.warning("finding %s from rule %s is consumed by no rule", finding.get("name"), finding.get("rule"))
+        log.debug("finding %s from rule %s matched no rule's condition", finding.get("name"), finding.get("rule"))
         return
     evaluation.facts_by_id[fid] = record
 

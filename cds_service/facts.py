@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 
-from .fhir_read import (as_list, clip, codings_of, first_code, observation_date, parse_fhir_date, quantity_of,
-                        reference_of, refers_to_patient, string, text_of)
+from .fhir_read import (as_list, clip, codings_of, fhir_date_range, first_code, observation_date, parse_fhir_date,
+                        quantity_of, reference_of, refers_to_patient, string, text_of)
 from .terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class PatientData:
 class FactSet:
     facts: list[dict]
     skipped: list[tuple[str, str]]  # (resource reference, reason): logged, never shown to rules
+
+    @property
+    def deceased(self) -> bool:
+        """No advice for a deceased patient: the chart is being reviewed, not treated."""
+        return any(f["kind"] == "patient" and f["deceased"] for f in self.facts)
 
 
 def build_facts(data: PatientData, terminology: Terminology, today: date) -> FactSet:
@@ -137,12 +142,30 @@ class _Builder:
         return ok
 
     def _patient(self, patients: list[dict]) -> dict:
-        """Always one patient fact, so rules can test age without an optional match; -1 = unknown."""
-        birth = parse_fhir_date(patients[0].get("birthDate")) if patients else None
-        if birth is None or birth > self.today:
-            return {"kind": "patient", "age_years": UNKNOWN_DAYS, "child": False}
-        age = self.today.year - birth.year - ((self.today.month, self.today.day) < (birth.month, birth.day))
-        return {"kind": "patient", "age_years": age, "child": age < 18}
+        """Always one patient fact, so rules can test age without an optional match.
+
+        A partial birthDate ("2016", "2016-05") is a range of ages; the age group is known only
+        when the whole range falls on one side of 18 (born in 2016 is a child in 2026). Without a
+        readable birthDate the age is unknown: `age_known` is false and `child` false, and the
+        rules that depend on age say so (R2, R7) or withhold advice (R20). `age_years` is -1
+        unless the age is exact. `deceased` is read from `deceased[x]`; a patient whose resource
+        could not be had is treated as alive (logged)."""
+        patient = patients[0] if patients else None
+        if patient is None:
+            log.info("no Patient resource: age unknown, patient treated as alive")
+        span = fhir_date_range(patient.get("birthDate")) if patient else None
+        fact = {"kind": "patient", "age_years": UNKNOWN_DAYS, "age_min": UNKNOWN_DAYS, "age_max": UNKNOWN_DAYS,
+                "child": False, "age_known": False, "deceased": _deceased(patient)}
+        if span is None or span[0] > self.today:
+            return fact
+        youngest, oldest = _age(span[1], self.today), _age(span[0], self.today)
+        youngest = max(youngest, 0)
+        fact.update(age_min=youngest, age_max=oldest, age_years=oldest if oldest == youngest else UNKNOWN_DAYS)
+        if oldest < 18:
+            fact.update(child=True, age_known=True)
+        elif youngest >= 18:
+            fact.update(age_known=True)
+        return fact
 
     # ---- conditions ---------------------------------------------------------------------
 
@@ -157,21 +180,28 @@ class _Builder:
         dates = {"recorded": clip(str(res.get("recordedDate") or onset or ""), 10) or "undated",
                  "recorded_days_ago": self._days_ago(res.get("recordedDate") or onset),
                  "onset_days_ago": self._days_ago(onset or res.get("recordedDate"))}
-        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", dates)
+        span = fhir_date_range(onset or res.get("recordedDate"))
+        age_days = (self.today - span[0]).days if span else None  # from the earliest day a partial date allows
+        facts = self._coded_conditions(res, [res.get("code")], clinical, verification or "unconfirmed", dates,
+                                       age_days=age_days)
         return facts[0] if facts else None  # a condition no rule knows: not a fact, not worth a log line
 
     # ---- observations -------------------------------------------------------------------
 
     def _observations(self, observations: list[dict]) -> list[dict]:
-        """The latest final result per analyte, plus pending (preliminary) results."""
+        """The latest readable final result per analyte, plus pending (preliminary) results and
+        results that exist but cannot be read (which rules name, and never count as "on file")."""
         latest: dict[str, dict] = {}
         pending: list[dict] = []
+        unreadable: list[dict] = []
         for fact in self._convert(observations, self._observation):
             if fact["kind"] == "pending_test":
                 pending.append(fact)
+            elif fact["kind"] == "unreadable_result":
+                unreadable.append(fact)
             elif fact["analyte"] not in latest or fact["days_ago"] < latest[fact["analyte"]]["days_ago"]:
                 latest[fact["analyte"]] = fact
-        return list(latest.values()) + self._capped("pending_test", pending)
+        return list(latest.values()) + self._capped("pending_test", pending) + self._capped("unreadable_result", unreadable)
 
     def _observation(self, res: dict) -> dict | None:
         code = res.get("code")
@@ -186,8 +216,6 @@ class _Builder:
                     "status": status, "origin": "result"}
         if status not in FINAL_OBSERVATION:
             return self._skip(res, f"status {status}")
-        if res.get("dataAbsentReason"):
-            return self._skip(res, "dataAbsentReason set")
         when = observation_date(res)
         if when is None:
             return self._skip(res, "no parseable effective date")
@@ -199,23 +227,41 @@ class _Builder:
             return self._skip(res, f"older than the {lookback}-day lookback")
         fact = {"kind": "lab", "analyte": analyte.name, "resource_ref": reference_of(res), "loinc": clip(code_value, 40),
                 "matched_by": how, "date": when.isoformat(), "days_ago": max(days_ago, 0), "usable": False}
+        if res.get("dataAbsentReason"):
+            return self._unreadable(res, fact, "no value (dataAbsentReason)")
         if analyte.panel:
             return fact  # a resulted panel or questionnaire: done, no single value to compare
         value = quantity_of(res)
         if value is None:
-            self._skip(res, "value missing or not a number")
-            return fact  # a result exists (suppresses "never measured") but carries no value
-        raw, comparator, unit = value
-        converted = analyte.to_canonical(raw, unit)
-        fact.update(raw_value=raw, raw_unit=clip(unit or "(none)", 20), comparator=comparator)
+            return self._unreadable(res, fact, "no number could be read from the value")
+        unit = value.unit
+        if unit is None and value.source == "text":
+            unit = analyte.unit  # "<10" reported as text for an analyte with one canonical unit
+            fact["unit_assumed"] = True
+        converted = analyte.to_canonical(value.number, unit)
+        fact.update(raw_value=value.number, raw_unit=clip(unit or "(none)", 20), comparator=value.comparator,
+                    value_source=value.source)
         if converted is None:
-            self._skip(res, f"unknown unit {unit!r} for {analyte.name}")
-            return fact
+            return self._unreadable(res, fact, f"unit {clip(unit or '(none)', 20)!r} is not one {analyte.title} is "
+                                               "reported in")
         fact.update(value=round(converted, 3), unit=analyte.unit, usable=True)
         low = _reference_low(res)
         if low is not None and low[1] == unit:
-            fact["below_reference"] = raw < low[0]
+            fact["below_reference"] = value.number < low[0]
         return fact
+
+    def _unreadable(self, res: dict, fact: dict, reason: str) -> dict:
+        """A result that exists and counts by status and date but cannot be used: never "on file"
+        for an absence rule, and named by the rule that then fires."""
+        self._skip(res, f"{fact['analyte']}: {reason}")
+        raw = res.get("valueString") if isinstance(res.get("valueString"), str) else fact.get("raw_value")
+        quantity = res.get("valueQuantity") if isinstance(res.get("valueQuantity"), dict) else {}
+        unit = quantity.get("code") or quantity.get("unit") or fact.get("raw_unit")
+        return {"kind": "unreadable_result", "analyte": fact["analyte"], "resource_ref": fact["resource_ref"],
+                "loinc": fact["loinc"], "matched_by": fact["matched_by"], "date": fact["date"],
+                "days_ago": fact["days_ago"], "reason": clip(reason, 80),
+                "raw_text": clip(f"{raw:g}" if isinstance(raw, float) else str(raw if raw is not None else "(none)"), 40),
+                "raw_unit": clip(str(unit) if isinstance(unit, str) else "(none)", 20)}
 
     # ---- orders, procedures and medications ---------------------------------------------
 
@@ -296,6 +342,8 @@ class _Builder:
         selected = self.data.selections is None or ref in self.data.selections
         if res.get("resourceType") == "MedicationRequest":
             fact = self._medication(res, origin="draft", selected=selected)
+            if fact:
+                fact.update(self._indications(res))
         elif res.get("resourceType") == "ServiceRequest":
             fact = self._service_request(res, "draft", selected)
         else:
@@ -303,24 +351,42 @@ class _Builder:
             return []
         return ([fact] if fact else []) + self._reason_conditions(res)
 
+    def _indications(self, order: dict) -> dict:
+        """What the order is for, as coded: labels for the card ("Generalized anxiety disorder
+        (F41.1)") and the code sets they fall in (an allergic indication, say)."""
+        labels, sets = [], set()
+        for concept in as_list(order.get("reasonCode"))[:5]:
+            codings = codings_of(concept)
+            text = text_of(concept) or next((c["display"] for c in codings if isinstance(c.get("display"), str)), None)
+            if not codings and not text:
+                continue
+            code = f" ({clip(codings[0]['code'], 20)})" if codings else ""
+            labels.append(clip(f"{text or 'coded reason'}{code}", 80))
+            for coding in codings:
+                sets |= self.term.codesets.sets_for(coding.get("system"), coding["code"])
+        return {"indications": labels, "indication_sets": sorted(sets)}
+
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
         dates = {"recorded": "undated", "recorded_days_ago": UNKNOWN_DAYS, "onset_days_ago": UNKNOWN_DAYS}
         return self._coded_conditions(order, as_list(order.get("reasonCode")), "active", "reason for this order",
-                                      dates, every=True)
+                                      dates, every=True, windowed=False)  # the reason is current by definition
 
     def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, dates: dict,
-                          every: bool = False) -> list[dict]:
+                          every: bool = False, age_days: int | None = None, windowed: bool = True) -> list[dict]:
         """Condition facts for the codings that fall in a known code set (the first only, unless
-        `every`); a concept with no known coding may still match a code set's listed phrases."""
+        `every`); a concept with no known coding may still match a code set's listed phrases.
+        A set with a window (pregnancy) counts only while the condition's onset, else recorded
+        date, is within it; an undated one never does (charts leave pregnancies active for years)."""
         facts = []
         for concept in concepts:
-            matches = [(c["system"], c["code"], c.get("display"), self.term.codesets.sets_for(c.get("system"), c["code"]))
+            matches = [(c["system"], c["code"], c.get("display"),
+                        self._windowed(res, self.term.codesets.sets_for(c.get("system"), c["code"]), age_days, windowed))
                        for c in codings_of(concept)]
             matches = [m for m in matches if m[3]]
             text = text_of(concept) or next((c.get("display") for c in codings_of(concept)
                                              if isinstance(c.get("display"), str)), None)
-            text_sets = self.term.codesets.sets_for_text(text) if not matches else frozenset()
+            text_sets = self._windowed(res, self.term.codesets.sets_for_text(text), age_days, windowed) if not matches else frozenset()
             if text_sets:
                 matches = [("text", "text", text, text_sets)]
             for system, code, display, sets in matches:
@@ -332,12 +398,18 @@ class _Builder:
                     return facts
         return facts
 
+    def _windowed(self, res: dict, sets: frozenset[str], age_days: int | None, windowed: bool) -> frozenset[str]:
+        if not windowed:
+            return sets
+        for name, setting in self.term.codesets.windows:
+            limit = int(self.term.settings[setting])
+            if name in sets and (age_days is None or age_days > limit):
+                self._skip(res, f"{name} dated more than {limit} days ago, or undated: does not count")
+                sets = sets - {name}
+        return sets
+
     def _index_medications(self) -> dict[str, dict]:
-        meds = {}
-        for res in [*self.data.draft_orders, *(r for rs in self.data.resources.values() for r in rs)]:
-            if res.get("resourceType") == "Medication" and isinstance(res.get("id"), str):
-                meds[f"Medication/{res['id']}"] = res
-        return meds
+        return supplied_medications(self.data.resources, self.data.draft_orders)
 
     def _medication(self, res: dict, origin: str, selected: bool) -> dict | None:
         codings, texts = self._resolve_medication(res)
@@ -385,7 +457,7 @@ class _Builder:
         if isinstance(target, str) and target.startswith("#"):
             med = next((c for c in as_list(res.get("contained")) if isinstance(c, dict) and c.get("id") == target[1:]), None)
         elif isinstance(target, str):
-            med = self.medications.get("/".join(target.split("/_history")[0].split("/")[-2:]))
+            med = self.medications.get(medication_key(target))
         display = reference.get("display") if isinstance(reference.get("display"), str) else None
         if med is None:
             return [], [display] if display else []
@@ -396,6 +468,51 @@ class _Builder:
                 codings += codings_of(ingredient.get("itemCodeableConcept"))
         texts = [t for t in [text_of(code), *(c.get("display") for c in codings_of(code)), display] if t]
         return codings, texts
+
+
+def medication_key(reference: str) -> str:
+    """`Medication/123` for a relative, absolute or versioned reference to a Medication."""
+    return "/".join(reference.split("/_history")[0].split("/")[-2:])
+
+
+def supplied_medications(resources: dict[str, list[dict]], draft_orders: list[dict]) -> dict[str, dict]:
+    """Medication resources that came with the call: in any key's Bundle (an `_include`, say) or
+    in draftOrders, whatever the key is called."""
+    meds = {}
+    for res in [*draft_orders, *(r for rs in resources.values() for r in rs)]:
+        if res.get("resourceType") == "Medication" and isinstance(res.get("id"), str):
+            meds[f"Medication/{res['id']}"] = res
+    return meds
+
+
+def unresolved_medication_references(resources: dict[str, list[dict]], draft_orders: list[dict]) -> dict[str, set[str]]:
+    """Step 0 of medication matching, what is left for a read: each `medicationReference` that is
+    neither contained nor supplied with the call -> the data keys whose resources use it
+    ("draftOrders" for a draft). Only relative `Medication/{id}` references qualify."""
+    supplied = supplied_medications(resources, draft_orders)
+    wanted: dict[str, set[str]] = {}
+    sources = [("draftOrders", r) for r in draft_orders] + [(k, r) for k, rs in resources.items() for r in rs]
+    for key, res in sources:
+        if res.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
+            continue
+        reference = res.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        if isinstance(target, str) and not target.startswith("#") and medication_key(target) not in supplied:
+            wanted.setdefault(target, set()).add(key)
+    return wanted
+
+
+def _age(birth: date, today: date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def _deceased(patient: dict | None) -> bool:
+    """`deceasedBoolean` true, or any `deceasedDateTime` at all: a chart that records a death
+    (even with a date we cannot read) is reviewed, not treated."""
+    if not patient:
+        return False
+    when = patient.get("deceasedDateTime")
+    return patient.get("deceasedBoolean") is True or (isinstance(when, str) and bool(when.strip()))
 
 
 def _reference_low(res: dict) -> tuple[float, str | None] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import requests
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id
 
 
 class FhirUnavailable(Exception):
@@ -47,6 +50,16 @@ class FhirClient:
         """A read (`Patient/1`) or a search (`Condition?patient=1`), following `next` links."""
         body = self._get(f"{self.base}/{relative.lstrip('/')}")
         return self.continue_bundle(body) if body.get("resourceType") == "Bundle" else SearchResult([body], True)
+
+    def read(self, resource_type: str, resource_id: str) -> dict | None:
+        """One resource by id (`Medication/123`); None when the server has no such resource or
+        answers with a different one. The id is checked first, so it cannot change the path."""
+        if not _TYPE.fullmatch(resource_type) or not _ID.fullmatch(resource_id):
+            raise FhirUnavailable("not a valid resource type and id to read")
+        body = self._get(f"{self.base}/{resource_type}/{resource_id}")
+        if body.get("resourceType") != resource_type or body.get("id") != resource_id:
+            return None  # a 404 (read as an empty Bundle) or the wrong resource: nothing usable
+        return body
 
     def continue_bundle(self, bundle: dict, pages_read: int = 1) -> SearchResult:
         resources = entries_of(bundle)

@@ -5,6 +5,7 @@ empty list) for anything it cannot read with confidence; callers skip and log su
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from .terminology import UCUM
@@ -70,6 +71,28 @@ def parse_fhir_date(value) -> date | None:
         return None
 
 
+def fhir_date_range(value) -> tuple[date, date] | None:
+    """The first and last day a FHIR date may mean: "2016" is 2016-01-01..2016-12-31, "2016-05"
+    is May 2016, a full date or dateTime is one day. None for anything else."""
+    full = parse_fhir_date(value)
+    if full:
+        return full, full
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", value)
+    if not match:
+        return None
+    year, month = int(match.group(1)), match.group(2)
+    try:
+        if month is None:
+            return date(year, 1, 1), date(year, 12, 31)
+        first = date(year, int(month), 1)
+    except ValueError:
+        return None
+    following = date(year + (first.month == 12), first.month % 12 + 1, 1)
+    return first, date.fromordinal(following.toordinal() - 1)
+
+
 def observation_date(res: dict) -> date | None:
     period = res.get("effectivePeriod")
     for candidate in (res.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None, res.get("issued")):
@@ -80,10 +103,25 @@ def observation_date(res: dict) -> date | None:
 
 
 _MAX_ABS_VALUE = 1e9  # every analyte we read is a non-negative amount far below this
+COMPARATORS = ("<", "<=", ">", ">=")
+_TEXT_VALUE = re.compile(r"\s*(<=|>=|<|>|≤|≥)?\s*(\d{1,9}(?:\.\d+)?)\s*([^\s\d<>=≤≥][^\s<>=≤≥]*)?\s*")
 
 
-def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
-    """(value, comparator, unit) from valueQuantity; None if unusable (a valueString has no unit to convert)."""
+@dataclass(frozen=True)
+class Value:
+    """A numeric result as reported: the number, its comparator ('=' when exact), its unit (None
+    when the result gave none) and where it came from ('quantity' or 'text')."""
+
+    number: float
+    comparator: str
+    unit: str | None
+    source: str
+
+
+def quantity_of(res: dict) -> Value | None:
+    """The value of `valueQuantity`, or of a `valueString` that holds a number with an optional
+    comparator and unit ("<10", "< 10 ng/mL", ">1000"); None when neither can be read with
+    confidence (no number, an unknown comparator, NaN, a negative or absurd amount)."""
     quantity = res.get("valueQuantity")
     if isinstance(quantity, dict):
         value = quantity.get("value")
@@ -91,10 +129,16 @@ def quantity_of(res: dict) -> tuple[float, str, str | None] | None:
             return None
         if not (0 <= value <= _MAX_ABS_VALUE):  # NaN, inf, huge ints and negative amounts are misreads
             return None
-        value = float(value)
-        comparator = quantity.get("comparator") if quantity.get("comparator") in ("<", "<=", ">", ">=") else "="
+        comparator = quantity.get("comparator", "=")
+        if comparator not in (*COMPARATORS, "="):
+            return None  # a comparator we do not know could turn a bound into its opposite
         unit = quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
         if unit is None and isinstance(quantity.get("unit"), str):
             unit = quantity["unit"]
-        return value, comparator, unit
-    return None  # valueString has no unit for these analytes, so it cannot be converted
+        return Value(float(value), comparator, unit, "quantity")
+    text = res.get("valueString")
+    match = _TEXT_VALUE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    comparator = {"≤": "<=", "≥": ">="}.get(match.group(1), match.group(1)) or "="
+    return Value(float(match.group(2)), comparator, match.group(3), "text")

@@ -42,13 +42,16 @@ def observation_codes(term: Terminology, placeholders: bool = True) -> list[tupl
 def queries(term: Terminology) -> dict[str, str]:
     """Every data key a rule may need, as a CDS Hooks prefetch template within the 2.0
     recommended query subset (reads, patient searches, token equality, _count, _sort; no
-    relative dates, no _include). Observations are filtered by the codes the rules know and
+    relative dates, no _include), but for the best-effort `:text` search. Observations are filtered by the codes the rules know and
     every search carries a _count, so payloads follow what rules need."""
     codes = ",".join(f"{system}|{code}" for system, code, _ in observation_codes(term, placeholders=False))
     return {
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?{_PATIENT}&clinical-status=active,recurrence,relapse&_count=100",
         "labs": f"Observation?{_PATIENT}&code={codes}&_sort=-date&_count=100",
+        # a result known only by its name (a PLMS index without the local code) never matches a code
+        # filter; `:text` lies outside the recommended subset, so this key is best effort (below)
+        "plms_index_by_text": f"Observation?{_PATIENT}&code:text={term.text_query('plms_index')}&_sort=-date&_count=20",
         "service_requests": f"ServiceRequest?{_PATIENT}&status=active,draft,completed&_count=100",
         "procedures": f"Procedure?{_PATIENT}&status=completed&_count=100",
         "reports": f"DiagnosticReport?{_PATIENT}&status=final,amended,corrected&_count=100",
@@ -106,6 +109,13 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date) -
 
 
 MAX_PARALLEL_SEARCHES = 6  # searches in flight per hook call: enough for a split key, gentle on the EHR
+
+# Best-effort keys use a search a client may not fill and a server may refuse (a `:text`
+# modifier). Such a key that cannot be read is *incomplete* (what it would have found is
+# unknown, so no rule concludes absence from it), not *unknown*: the rules that also read it
+# still run on the other keys.
+BEST_EFFORT_KEYS = frozenset({"plms_index_by_text"})
+
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
@@ -166,6 +176,16 @@ def expand(template: str, context: dict) -> str | None:
 def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory,
             searches: dict[str, list[str]] | None = None) -> Resolved:
     """`searches`: per key, the fhirServer searches that replace its template (server_searches)."""
+    resolved = _resolve(templates, prefetch, context, access, client_factory, searches)
+    for key in BEST_EFFORT_KEYS & set(resolved.unknown):
+        log.info("best-effort key %s could not be read (%s): incomplete", key, resolved.unknown.pop(key))
+        resolved.incomplete.add(key)
+        resolved.resources[key] = []
+    return resolved
+
+
+def _resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory,
+             searches: dict[str, list[str]] | None) -> Resolved:
     resolved = Resolved()
     to_fetch: list[str] = []
     partial: dict[str, dict] = {}

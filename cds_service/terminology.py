@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote
 
 KNOWLEDGE_DIR = Path(__file__).parent / "knowledge"
 
@@ -44,6 +45,7 @@ class CodeSetMatcher:
     titles: dict[str, str]
     excluded: frozenset[tuple[str, str]] = frozenset()  # (ICD key, set name) a prefix must not take
     phrases: tuple[tuple[re.Pattern, str], ...] = ()  # text fallback (set name)
+    windows: tuple[tuple[str, str], ...] = ()  # (set name, settings key): counts only this many days from onset
 
     @classmethod
     def from_data(cls, data: dict) -> "CodeSetMatcher":
@@ -51,6 +53,7 @@ class CodeSetMatcher:
         prefixes: list[tuple[str, str]] = []
         excluded: set[tuple[str, str]] = set()
         phrases: list[tuple[re.Pattern, str]] = []
+        windows: list[tuple[str, str]] = []
         titles = {}
         for name, entry in data.items():
             if name.startswith("_"):
@@ -65,8 +68,10 @@ class CodeSetMatcher:
             for code in entry.get("snomed", []):
                 exact.setdefault((SNOMED, code), set()).add(name)
             phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
+            if entry.get("max_days_setting"):
+                windows.append((name, entry["max_days_setting"]))
         return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
-                   tuple(phrases))
+                   tuple(phrases), tuple(windows))
 
     @cached_property
     def _prefix_index(self) -> dict[str, tuple[str, ...]]:
@@ -183,6 +188,7 @@ class Terminology:
         self.settings = {k: v for k, v in _load_json("settings.json").items() if not k.startswith("_")}
         self.settings.update(settings_overrides or {})
         labs = _load_json("labs.json")
+        self._lab_texts = {name: tuple(e.get("text", [])) for name, e in labs.items() if not name.startswith("_")}
         self.analytes = self._load_analytes(labs)
         self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
         self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
@@ -196,6 +202,9 @@ class Terminology:
                 row = DrugRow(rxcui=rxcui, name=extra["name"], ingredient_key=rxcui, ingredient_name=extra["name"],
                               drug_class=extra["class"], atc=extra["atc"], systemic=True)
                 self._rows_by_ingredient.setdefault(rxcui, []).append(row)
+        self._rows_by_name = [DrugRow(rxcui="", name=name, ingredient_key=name, ingredient_name=name,
+                                      drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                              for name, extra in self.drugs["name_only_ingredients"].items() if not name.startswith("_")]
         self.groups = self._groups()
 
     @staticmethod
@@ -208,6 +217,12 @@ class Terminology:
             for name, e in data.items()
             if not name.startswith("_")
         }
+
+    def text_query(self, analyte: str) -> str:
+        """The analyte's names as one `code:text` search value (comma = or, URL-encoded). FHIR
+        servers match `:text` like a string search, so a name must start the code's text or
+        display ("PLM index (PSG)"); the matcher then checks every result (never "arousal")."""
+        return ",".join(quote(phrase) for phrase in self._lab_texts[analyte])
 
     def observation_analyte(self, codings: list[dict], texts: list[str]) -> tuple[Analyte, str, str] | None:
         """(analyte, code or text, how) for an Observation or a lab order; None if not ours."""
@@ -251,13 +266,13 @@ class Terminology:
     def class_title(self, drug_class: str) -> str:
         return self.drugs["class_titles"].get(drug_class, drug_class)
 
-    # ---- medication matching (clinical-rules.md section 9) -------------------------------
+    # ---- medication matching (product code, ingredient, ATC, name; systemic only) -------------------------------
 
     @cached_property
     def _name_index(self) -> dict[str, list[DrugRow]]:
         """Whole-word names (ingredients, WHO synonyms, bracketed brands) to table rows."""
         index: dict[str, list[DrugRow]] = {}
-        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values()]:
+        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values(), self._rows_by_name]:
             for row in rows:
                 if row.ingredient_name:
                     index.setdefault(normalise_name(row.ingredient_name, self.salt_words), []).append(row)
@@ -275,6 +290,8 @@ class Terminology:
     def match_medication(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
         """Classify one medication (section 9), then add the finer classes some rules need."""
         match = self._match_steps(codings, texts, route_texts)
+        if match is not None and match.matched_by != "text":
+            self._add_name_only_ingredients(match, texts)
         if match is None or not match.classes:
             return match
         atc_codes = [c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
@@ -285,6 +302,16 @@ class Terminology:
             if words & set(spec["ingredients"]) or any(a.startswith(tuple(spec["atc"])) for a in atc_codes):
                 match.classes = (*match.classes, name)
         return match
+
+    def _add_name_only_ingredients(self, match: MedicationMatch, texts: list[str]) -> None:
+        """A product matched by code whose table rows omit an ingredient the table lacks (codeine /
+        dexchlorpheniramine is listed under codeine only): the ingredient named in the product's
+        own text adds its class. Whole words, so chlorpheniramine is never dexchlorpheniramine."""
+        words = {w for t in texts for w in normalise_name(t, self.salt_words).split()}
+        for row in self._rows_by_name:
+            if row.ingredient_name in words and row.ingredient_key not in match.ingredients:
+                match.classes = tuple(dict.fromkeys((*match.classes, row.drug_class)))
+                match.ingredients = (*match.ingredients, row.ingredient_key)
 
     def _match_steps(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
         """The first step that matches wins (section 9, steps 1-5)."""

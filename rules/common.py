@@ -15,7 +15,7 @@ SEED_002 = "002_bc010253c106cbbd.txt"
 SEED_003 = "003_34900d95d68d4bde.txt"
 AASM_2024 = "AASM 2024 CPG (Winkelman JW et al., J Clin Sleep Med 2024, doi:10.5664/jcsm.11390)"
 AASM_2024_URL = "https://doi.org/10.5664/jcsm.11390"
-CATALOG = "shared/reference/clinical-rules.md"
+CATALOG = "legmove-cds rule catalog"
 
 
 def seeds(*names: str) -> str:

@@ -1,7 +1,7 @@
 """Findings from the problem list: which leg-movement diagnoses are present (or suspected).
 
 These derivations feed every topic module, so a code set is interpreted in one place.
-"Present" follows clinical-rules.md 2.2: an active, recurrent or relapsed Condition that is
+"Present" means: an active, recurrent or relapsed Condition that is
 not refuted or entered in error (the facts layer has already dropped everything else);
 provisional and differential diagnoses count, so a finding means "suspected or confirmed".
 A coded reason on the order being placed counts too (the facts layer makes it a condition).
@@ -10,7 +10,7 @@ from durable.lang import c, item, m, when_all
 
 from cds_service.rulebook import derivation
 
-CATALOG = "shared/reference/clinical-rules.md 2.2 and 8.1"
+CATALOG = "legmove-cds rule catalog: which conditions count, and the code sets"
 
 
 def _present(finding_id: str, title: str, code_set: str, produces: str, codes: str) -> None:

@@ -30,13 +30,27 @@ FIRST_TIER = {  # test -> (analytes that satisfy it, order code, order display)
 
 # ---- red flags and when to look ------------------------------------------------------------
 
+# how the R8 summary names each red flag (dysphagia and dysarthria: signs of bulbar involvement)
+RED_FLAG_WORDS = {"WEAKNESS": "weakness", "ATROPHY": "muscle atrophy", "ABNORMAL_REFLEX": "abnormal reflexes",
+                  "DYSPHAGIA": "dysphagia", "DYSARTHRIA": "dysarthria"}
+
+
+def red_flag_phrase(flags: list[dict], limit: int = 50) -> str:
+    """'dysphagia', 'weakness and dysarthria', 'weakness, muscle atrophy and dysphagia'; past
+    `limit` characters, the first flag 'and other red flags' (catalog R8)."""
+    words = [w for w in RED_FLAG_WORDS.values() if any(w in f["flags"] for f in flags)] or ["red flags"]
+    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return text if len(text) <= limit else f"{words[0]} and other red flags"
+
+
 @derivation(id="F-RED-FLAG", title="An ALS red flag is present", citation=f"{SEED}; {CATALOG} R8",
             when=when_all(c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG")
                                      & m.sets.allItems(item != "WEAK_RED_FLAG"))),
             produces="red_flag", logic="present(WEAKNESS M62.81/26544005, ATROPHY M62.5*, DYSPHAGIA R13.1*, DYSARTHRIA R47.1)")
 def red_flag(match):
     return {"resource_ref": match["flag"]["resource_ref"], "display": match["flag"]["display"],
-            "recorded_days_ago": match["flag"]["recorded_days_ago"]}
+            "recorded_days_ago": match["flag"]["recorded_days_ago"],
+            "flags": [word for name, word in RED_FLAG_WORDS.items() if name in match["flag"]["sets"]]}
 
 
 @derivation(id="F-RED-FLAG-WEAK", title="A nonspecific red flag is present (R29.2, R53.1)", citation=f"{CATALOG} R8",
@@ -74,6 +88,8 @@ def fasciculation_red_flags(matches, ctx):
            "disease coded. Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations need "
            "an urgent EMG/NCS and a neurology referral (R29.2 does not say whether reflexes are brisk or reduced; "
            "R53.1 is nonspecific)."]
+    if any(word in f["flags"] for f in flags for word in ("dysphagia", "dysarthria")):
+        why.append("Dysphagia and dysarthria are signs of bulbar involvement, which seed 002 treats as progression.")
     missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
                if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
     if missing:
@@ -81,7 +97,8 @@ def fasciculation_red_flags(matches, ctx):
     if emg and referral:
         why.append("An EMG/NCS and a neurology referral are already on file after the latest red flag: "
                    + "; ".join(escape(f["resource_ref"]) for f in emg + referral) + ".")
-        return CardDraft(summary="Fasciculations with red flags: EMG/NCS and neurology referral already on file",
+        return CardDraft(summary=f"Fasciculations with {red_flag_phrase(flags)}: EMG/NCS and neurology referral already "
+                                 "on file",
                          indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
     settings = ctx.settings
     order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
@@ -89,7 +106,7 @@ def fasciculation_red_flags(matches, ctx):
         procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags (R8)"),
     ])
     return CardDraft(
-        summary="Fasciculations with weakness, atrophy or abnormal reflexes: urgent EMG/NCS and neurology referral",
+        summary=f"Fasciculations with {red_flag_phrase(flags)}: urgent EMG/NCS and neurology referral",
         indicator="critical", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags, suggestions=[order],
         override_reasons=[("already-arranged", "EMG or neurology review already arranged elsewhere"),
                           ("known-cause", "Red flag has a known other cause")],
@@ -188,9 +205,11 @@ for _test, (_analytes, _code, _display) in FIRST_TIER.items():
 
 @card_rule(id="R11", title="First-tier labs for fasciculations", citation=SEED, hooks=("patient-view",),
            needs=("labs", "service_requests"),
-           logic="fasciculation present and at least one first-tier test (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP) "
-                 "neither resulted within 12 months nor pending",
-           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "first_tier_missing"))))
+           logic="fasciculation present, no ALS/MND coded (a patient with known ALS is under specialist care), and at "
+                 "least one first-tier test (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP) neither resulted within 12 months "
+                 "nor pending",
+           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "first_tier_missing")),
+                         none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))))
 def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
     months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
@@ -261,9 +280,10 @@ _missing_screen("PHQ-9", "phq9", "DEPRESSION")
 
 @card_rule(id="R13", title="Anxiety and depression screening in fasciculations", citation=SEED,
            hooks=("patient-view",), needs=("labs", "conditions"),
-           logic="fasciculation present and no GAD-7 or no PHQ-9 within 12 months (a coded anxiety/depression stands "
-                 "in when r13_skip_if_diagnosed is on); never suggests a drug",
-           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "screen_missing"))))
+           logic="fasciculation present, no ALS/MND coded, and no GAD-7 or no PHQ-9 within 12 months (a coded "
+                 "anxiety/depression stands in when r13_skip_if_diagnosed is on); never suggests a drug",
+           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "screen_missing")),
+                         none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))))
 def anxiety_depression_screening(matches, ctx):
     missing = [t for t in ("GAD-7", "PHQ-9") if t in {match["missing"]["test"] for match in matches}]
     why = ("Fasciculations are on the problem list and no " + " or ".join(missing) + " score from the last 12 months was "

@@ -37,7 +37,8 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
 
 @card_rule(id="R1", title="RLS without recent ferritin", citation=SEEDS_IRON, source_url=AASM_2024_URL,
            hooks=("patient-view", "order-select"), needs=("labs", "service_requests"),
-           logic="present(RLS) and no final ferritin within the lookback and no pending ferritin order or result "
+           logic="present(RLS) and no readable final ferritin within the lookback (a result in an unknown unit, text "
+                 "without a number or with no value does not count, and is named) and no pending ferritin order or result "
                  "(order-select: only when an RLS drug or iron is selected)",
            when=when_all(
                c.rls << ((m.kind == "finding") & (m.name == "rls")),
@@ -48,10 +49,15 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
            ))
 def rls_without_ferritin(matches, ctx):
     months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
-    why = (f"Restless legs syndrome is on the problem list, and no final ferritin result (LOINC 2276-4, 20567-4, "
+    why = (f"Restless legs syndrome is on the problem list, and no readable final ferritin result (LOINC 2276-4, 20567-4, "
            f"24373-3) dated within the last {months} months was found, nor a pending ferritin order or result. "
            "Seeds 000 and 001 ask for ferritin in every patient with RLS, even when haemoglobin is normal (001); "
            "AASM 2024 asks for ferritin and transferrin saturation.\n\n" + DRAW_ADVICE)
+    unreadable = facts_of(ctx, "unreadable_result", analyte="ferritin")
+    if unreadable:
+        why += "\n\n" + "\n".join(
+            f"- A ferritin of {f['date']} could not be read: value '{escape(f['raw_text'])}', unit "
+            f"'{escape(f['raw_unit'])}' ({escape(f['reason'])}); verify it." for f in unreadable)
     order = SuggestionDraft(
         label="Order iron studies",
         is_recommended=True,
@@ -59,11 +65,12 @@ def rls_without_ferritin(matches, ctx):
                  lab_order(ctx.patient_id, "50190-8", "Iron and Iron binding capacity panel - Serum or Plasma", DRAW_ADVICE)],
     )
     return CardDraft(
-        summary=fill("RLS on the problem list and no ferritin in the last {months} months: "
-                     "check ferritin and transferrin saturation", months=str(months)),
+        summary=fill("RLS on the problem list and no {readable}ferritin in the last {months} months: "
+                     "check ferritin and transferrin saturation", months=str(months),
+                     readable="readable " if unreadable else ""),
         indicator="info",
         why=why,
-        evidence=[f for match in matches for f in (match["rls"], match["due"])],
+        evidence=[f for match in matches for f in (match["rls"], match["due"])] + unreadable,
         suggestions=[order],
         override_reasons=[("already-ordered", "Already ordered or drawn elsewhere"),
                           ("not-clinically-relevant", "Not clinically relevant for this patient")],
@@ -74,7 +81,7 @@ def rls_without_ferritin(matches, ctx):
 
 def _below(lab: dict, limit: float, inclusive: bool = False) -> bool | None:
     """Is the value below `limit` (or at it, if inclusive)? A comparator makes the value a bound
-    (catalog 8.2): '<5' is below 10, '>60' is not below 50, '>20' against 50 is unknown (None)."""
+    (a bound): '<5' is below 10, '>60' is not below 50, '>20' against 50 is unknown (None)."""
     value, comparator = lab["value"], lab["comparator"]
     if comparator == "=":
         return value <= limit if inclusive else value < limit
@@ -106,7 +113,10 @@ def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) 
             and params["show_guideline_disagreement"]):
         shown = "disagreement"
     return {"verdict": shown, "seed_verdict": seed, "aasm_verdict": aasm, "profile": params["profile"],
-            "ferritin": ferritin["value"], "tsat": tsat["value"] if tsat else -1.0, "child": patient["child"],
+            "ferritin": ferritin["value"], "ferritin_comparator": ferritin["comparator"],
+            "tsat": tsat["value"] if tsat else -1.0, "tsat_comparator": tsat["comparator"] if tsat else "=",
+            "child": patient["child"],
+            "age_known": patient.get("age_known", True),
             "by_tsat": bool(tsat_low) and not bool(_below(ferritin, params["aasm2024_ferritin_iron_indicated_at_or_below"], True))}
 
 
@@ -159,8 +169,8 @@ def rls_low_iron(matches, ctx):
     params = next(f for f in ctx.facts if f["kind"] == "params")
     labs = {f["analyte"]: f for f in facts_of(ctx, "lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
     on_iron = [f for f in facts_of(ctx, "medication", origin="chart") if "iron" in f.get("groups", [])]
-    value = _number(iron["ferritin"])
-    tsat = _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
+    value = _bound(iron["ferritin_comparator"]) + _number(iron["ferritin"])  # "<10": a bound keeps its comparator
+    tsat = _bound(iron["tsat_comparator"]) + _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
     verdict = iron["verdict"]
     why = [_profile_sentence(iron, params), _other_profile(iron, params), ACUTE_PHASE]
     hb = labs.get("hemoglobin")
@@ -207,6 +217,9 @@ def _profile_sentence(iron: dict, params: dict) -> str:
             f"{name[iron['profile']]}; source: {escape(params['profile_source'])}.")
     if iron["child"] and iron["profile"] == "aasm2024":
         text += " For a child the AASM profile uses ferritin < 50 ng/mL; that figure is from a secondary source and unverified."
+    if not iron["age_known"]:
+        text += (" The patient's age is uncertain (birth date missing or only partly known), so the adult thresholds "
+                 "are used.")
     return text
 
 
@@ -216,6 +229,10 @@ def _other_profile(iron: dict, params: dict) -> str:
     if iron["profile"] == "seed":
         return f"Under AASM 2024 (ferritin <= 75 ng/mL or TSAT < 20 %): {words[iron['aasm_verdict']]}."
     return f"Under the seed threshold (ferritin < 50 ng/mL): {words[iron['seed_verdict']]}."
+
+
+def _bound(comparator: str) -> str:
+    return "" if comparator == "=" else comparator
 
 
 def _number(value) -> str:

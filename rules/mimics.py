@@ -3,7 +3,7 @@
 Seed 001 names neuroleptic-induced akathisia, PAD, venous disease, neuropathy, spinal stenosis,
 radiculopathy and cramps as mimics, and notes that the four RLS criteria alone misclassify 16 %
 of patients without RLS; seed 000 contrasts cramps. Akathisia here is caused by dopamine
-antagonists only (antipsychotics and antiemetics; catalog 6.2).
+antagonists only (antipsychotics and antiemetics; the seed's broader list is not used).
 """
 from durable.lang import c, item, m, none, when_all
 

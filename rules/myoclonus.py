@@ -17,7 +17,7 @@ SEED = seeds(SEED_003)
 MYO = c.myo << ((m.kind == "finding") & (m.name == "myoclonus"))
 PARAMS = c.params << (m.kind == "params")
 CMP = ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma")
-NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is never low (catalog 8.2)
+NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is a lower bound, never low
 CAUSE_ORDER = ["kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"]
 LOCALISE = ("EEG/EMG can localise the origin of the jerks (seeds 000, 003); rhythmic jerks of the lower trunk and legs "
             "suggest spinal myoclonus: MRI of the spine with nerve conduction studies (seed 000).")
@@ -107,7 +107,9 @@ def _drug_cause(drug: dict) -> dict:
 @derivation(id="F-MYOCLONUS-ALCOHOL", title="Alcohol withdrawal coded", citation=f"{SEED}; {CATALOG} R15",
             when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
                           c.dx << ((m.kind == "condition") & m.sets.anyItem(item == "ALCOHOL_WITHDRAWAL"))),
-            produces="myoclonus_cause", logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.230, F10.239")
+            produces="myoclonus_cause",
+            logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.13*, F10.23*, F10.93* (alcohol abuse, dependence or use "
+                  "with withdrawal, including delirium and perceptual disturbance), SNOMED 8635005")
 def myoclonus_alcohol(match):
     return {"cause": "alcohol", "resource_ref": match["dx"]["resource_ref"]}
 

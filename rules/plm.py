@@ -3,7 +3,7 @@
 Seeds 000 and 001: PLMD needs a polysomnographic PLMS index above 15/h in adults plus sleep
 disturbance or daytime fatigue; PLMS without such a complaint needs no treatment, and PLMS is
 common in RLS (treat the RLS). The child threshold (> 5/h) is an AASM 2024 Addition. The PLMS
-index has no LOINC code: a configurable local code or the test's name (catalog 8.4), never a
+index has no LOINC code: a configurable local code or the test's name (found by a name search), never a
 "PLMS arousal index". Variant A (documentation check) is off unless `r7_documentation_check` is
 on, because it is noisy wherever sleep-study results are not coded.
 """
@@ -29,11 +29,11 @@ def _register_b(child: bool) -> None:
 
     def derive(match):
         return {"variant": "B", "index": match["idx"]["value"], "resource_ref": match["idx"]["resource_ref"],
-                "threshold": match["params"][f"plms_index_threshold_{who}"]}
+                "threshold": match["params"][f"plms_index_threshold_{who}"], "age_known": match["patient"]["age_known"]}
 
     derive.__name__ = f"plms_without_complaint_{who}"
     derivation(id=f"F-PLMS-NO-COMPLAINT-{who.upper()}", title=f"PLMS index above the {who} threshold without a complaint",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
                when=when_all(VIEW, PARAMS, c.patient << ((m.kind == "patient") & (m.child == child)),
                              c.idx << _index_above(child),
@@ -49,7 +49,7 @@ def _register_a(missing: str, child: bool | None, *conditions) -> None:
     derive.__name__ = f"plmd_criterion_missing_{missing}{who.lower().replace('-', '_')}"
     patient = () if child is None else (c.patient << ((m.kind == "patient") & (m.child == child)),)
     derivation(id=f"F-PLMD-MISSING-{missing.upper()}{who}", title=f"PLMD coded without {missing}",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "conditions", "patient"),
+               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
                when=when_all(VIEW, c.params << ((m.kind == "params") & (m.r7_documentation_check == True)),
                              c.plmd << ((m.kind == "finding") & (m.name == "plmd")), *patient, *conditions))(derive)
@@ -57,14 +57,15 @@ def _register_a(missing: str, child: bool | None, *conditions) -> None:
 
 _register_b(child=False)
 _register_b(child=True)
-_register_a("a PLMS index above the threshold", False, none(_index_above(False)))
-_register_a("a PLMS index above the threshold", True, none(_index_above(True)))
+_NO_INDEX_GAP = none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "plms_index_by_text")))
+_register_a("a PLMS index above the threshold", False, none(_index_above(False)), _NO_INDEX_GAP)
+_register_a("a PLMS index above the threshold", True, none(_index_above(True)), _NO_INDEX_GAP)
 _register_a("a sleep complaint or daytime fatigue", None,
             none((m.kind == "condition") & m.sets.anyItem(item == "SLEEP_COMPLAINT")))
 
 
 @card_rule(id="R7", title="PLMD criteria / PLMS without complaint", citation=f"{SEEDS}; child threshold: {AASM_2024}",
-           hooks=("patient-view",), needs=("labs", "conditions", "patient"),
+           hooks=("patient-view",), needs=("labs", "plms_index_by_text", "conditions", "patient"),
            logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
                  "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
            when=when_all(c.case << ((m.kind == "finding") & (m.name == "plm_case"))))
@@ -77,6 +78,9 @@ def plm_criteria(matches, ctx):
                "legs syndrome and no sleep complaint or daytime fatigue coded. Seeds 000 and 001: periodic limb "
                "movements without sleep disruption or daytime fatigue usually need no treatment (PLMD requires the "
                "complaint).")
+        if not b["age_known"]:
+            why += (" The patient's age is uncertain (birth date missing or only partly known), so the adult threshold "
+                    "is used.")
         return CardDraft(summary=fill("PLMS index {index} /h without sleep complaint or daytime fatigue: treatment "
                                       "usually unnecessary", index=f"{b['index']:g}"),
                          indicator="info", why=why, evidence=[b] + index)

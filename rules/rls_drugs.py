@@ -11,10 +11,10 @@ augmentation); it fires only for a new start and never for parkinsonism.
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill, name_list
 
-from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, drug_fields, drug_line,
-                     seeds, unique, unique_drugs)
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, conditions_in,
+                     drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)
 from .iron import iron_verdict
 
 SEEDS_DRUGS = f"{seeds(SEED_000, SEED_001)} (SNRI, mirtazapine: AASM 2024 addition)"
@@ -39,7 +39,9 @@ def _diagnoses(matches) -> list[dict]:
 @card_rule(id="R3", title="RLS-worsening drug ordered", citation=SEEDS_DRUGS,
            hooks=("order-select", "order-sign"),
            logic="present(RLS or PLMD) and a selected (order-select) or any (order-sign) draft MedicationRequest "
-                 "is a systemic drug of an RLS-worsening class",
+                 "is a systemic drug of an RLS-worsening class; a coded indication is named and weighed; a "
+                 "non-sedating antihistamine (cetirizine) is offered only when the antihistamine is ordered for an "
+                 "allergic condition (J30.*, L50.*, L20.*, T78.4*, H10.1*, SNOMED 61582004, 126485001)",
            when=when_all(
                c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd"))),
                ORDER_HOOK,
@@ -53,10 +55,17 @@ def worsening_drug_ordered(matches, ctx):
            "placed is a drug that can worsen it (seeds 000 and 001: tricyclics, SSRIs, lithium, dopamine "
            "antagonists; 001: centrally acting antihistamines; SNRIs and mirtazapine are an AASM 2024 addition).\n\n"
            + "\n".join(_drug_line(d, ctx) for d in drugs))
+    indicated = [(d, d.get("indications") or []) for d in drugs if d.get("indications")]
+    if indicated:
+        why += "\n\n" + "\n".join(
+            f"- {escape(d['name'])} is ordered for {escape(', '.join(reasons))}: weigh that benefit against the risk "
+            "of worsening restless legs." for d, reasons in indicated)
     if len(drugs) == 1:
         suggestions = [SuggestionDraft(label=f"Remove this order ({fill('{d}', d=first['name'])})",
                                        actions=[remove_draft(first["resource_ref"], first["name"])])]
-        if "sedating_antihistamine" in first["classes"] and first["resource_type"] == "MedicationRequest":
+        # cetirizine treats allergy only: not anxiety (hydroxyzine), sleep (doxylamine), vertigo or nausea
+        if ("sedating_antihistamine" in first["classes"] and first["resource_type"] == "MedicationRequest"
+                and "ALLERGIC_CONDITION" in first.get("indication_sets", [])):
             suggestions.append(SuggestionDraft(
                 label="Replace with a non-sedating antihistamine (cetirizine 10 mg)",
                 actions=[remove_draft(first["resource_ref"], first["name"]),
@@ -137,14 +146,19 @@ def prolactin_lowering_draft(match):
 
 @card_rule(id="R20", title="Dopamine agonist or levodopa as RLS treatment", citation=AASM_2024, source_url=AASM_2024_URL,
            hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "medication_statements", "labs", "patient"),
+           supersedes=("R2",),
            logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
-                 "parkinsonism, and no order of either class in the new-start window; warning when iron is low",
+                 "parkinsonism, and no order of either class in the new-start window (the medication list complete: "
+                 "every medication readable); warning when iron is low, and then it replaces R2's card (its detail "
+                 "carries the iron verdict); no gabapentinoid is proposed in pregnancy (within pregnancy_max_days), "
+                 "ESRD/dialysis, for a child or when the age is unknown",
            when=when_all(
                ORDER_HOOK,
                c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
                c.rls << ((m.kind == "finding") & (m.name == "rls")),
                none((m.kind == "condition") & m.sets.anyItem(item == "PARKINSONISM")),
                none((m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic")),
+               none((m.kind == "data_gap") & (m.key == "medication_requests")),  # "new start" needs the full list
            ))
 def dopaminergic_for_rls(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
@@ -161,15 +175,54 @@ def dopaminergic_for_rls(matches, ctx):
            "\n".join(drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts),
            "Check renal function before dosing a gabapentinoid (R23)."]
     if iron in ("indicated", "iv_only"):
-        why.append("**Iron stores are low for this patient (see R2): treat iron first.**")
-    suggestions = [SuggestionDraft(label=fill("Replace with {name}", name=name),
-                                   actions=[remove_draft(first["resource_ref"], first["name"]),
-                                            medication_proposal(ctx.patient_id, rxcui, name)])
-                   for rxcui, name in RLS_ALTERNATIVES] if len(drafts) == 1 else []
+        why.append(f"**Iron stores are low for this patient (ferritin {_ferritin_text(assessment)}; see R2): treat iron "
+                   "first.**")
+    elif iron == "disagreement":
+        why.append(f"Ferritin {_ferritin_text(assessment)} meets the AASM 2024 iron threshold but not that of the older "
+                   "reviews (see R2): consider iron first.")
+    withheld, population = _no_gabapentinoid_because(ctx)
+    if withheld:
+        why[0] = why[0].replace("are preferred first-line options", "are the preferred first-line options for adults "
+                                "in general")
+        why[2] = (f"No gabapentinoid is proposed: the patient {withheld}. AASM 2024 has separate recommendations for "
+                  "pregnancy, end-stage renal disease and children that have not been verified for this service "
+                  "(gabapentin enacarbil is not recommended on haemodialysis); treatment in this population needs "
+                  "specialist advice.")
+    if len(drafts) != 1:
+        suggestions = []
+    elif withheld:
+        suggestions = [SuggestionDraft(label=fill("Remove this order ({name})", name=first["name"]),
+                                       actions=[remove_draft(first["resource_ref"], first["name"])])]
+    else:
+        suggestions = [SuggestionDraft(label=fill("Replace with {name}", name=name),
+                                       actions=[remove_draft(first["resource_ref"], first["name"]),
+                                                medication_proposal(ctx.patient_id, rxcui, name)])
+                       for rxcui, name in RLS_ALTERNATIVES]
     summary = ("Levodopa for RLS: AASM 2024 suggests against standard use (augmentation risk)" if levodopa else
                "Dopamine agonist for RLS: AASM 2024 suggests against standard use (augmentation risk)")
     return CardDraft(summary=summary, indicator="warning" if iron in ("indicated", "iv_only") else "info",
-                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls"), suggestions=suggestions,
+                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls") + population, suggestions=suggestions,
                      override_reasons=[("continuation", "Continuation of established therapy"),
                                        ("alternatives-failed", "Alternatives tried or contraindicated")])
 
+
+def _ferritin_text(assessment: dict) -> str:
+    comparator = "" if assessment["ferritin_comparator"] == "=" else assessment["ferritin_comparator"]
+    return f"{comparator}{round(float(assessment['ferritin']), 1):g} ng/mL"
+
+
+def _no_gabapentinoid_because(ctx) -> tuple[str | None, list[dict]]:
+    """Why no gabapentinoid may be proposed (the populations R19 gives no drug advice for), or
+    None, with the conditions that say so (evidence for the card)."""
+    reasons = []
+    pregnancy, esrd = conditions_in(ctx, "PREGNANCY"), conditions_in(ctx, "ESRD_DIALYSIS")
+    if pregnancy:  # the facts layer keeps only pregnancies within pregnancy_max_days
+        reasons.append("is pregnant")
+    if esrd:
+        reasons.append("has end-stage renal disease or is on dialysis")
+    patient = facts_of(ctx, "patient")[0]
+    if patient["child"]:
+        reasons.append("is a child")
+    elif not patient["age_known"]:
+        reasons.append("has an unknown age (birth date missing or only partly known)")
+    return " and ".join(reasons) or None, pregnancy + esrd

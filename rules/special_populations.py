@@ -19,10 +19,12 @@ LABELS = "US product labels (renal dosing); thresholds unverified"
 
 @card_rule(id="R19", title="Secondary-RLS context", citation=f"{seeds(SEED_000, SEED_001)}; pregnancy, ESRD: {AASM_2024}",
            hooks=("patient-view", "order-select"), needs=("conditions", "labs", "patient"),
-           logic="RLS present (patient-view) or an RLS drug selected, with pregnancy, ESRD/dialysis or iron deficiency",
+           logic="RLS present (patient-view) or an RLS drug selected, with pregnancy (onset, else recorded date, within "
+                 "pregnancy_max_days), ESRD/dialysis or iron deficiency",
            when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
                          c.due << ((m.kind == "finding") & (m.name == "rls_review_due")),
-                         c.context << ((m.kind == "condition") & m.sets.anyItem(item == "SECONDARY_RLS_CONTEXT"))))
+                         c.context << ((m.kind == "condition") & m.sets.anyItem(
+                             (item == "PREGNANCY") | (item == "ESRD_DIALYSIS") | (item == "IRON_DEFICIENCY")))))
 def secondary_rls(matches, ctx):
     contexts = unique(matches, "context")
     verdict = iron_verdict(ctx)

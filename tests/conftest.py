@@ -188,13 +188,31 @@ def as_server_request(request: dict, server: FhirServer, keep_prefetch: tuple[st
     return call
 
 
+def namespace_map(resources: list[dict], prefix: str) -> dict[str, str]:
+    """`Type/id` -> `Type/prefix.id` for every resource `namespaced` renames."""
+    return {f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/" + f"{prefix}.{r['id']}"[:64]
+            for r in resources if r["resourceType"] != "Patient"}
+
+
+def rewrite_references(value, mapping: dict[str, str]):
+    """A copy of `value` whose `reference` fields point to the renamed resources."""
+    if isinstance(value, dict):
+        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else rewrite_references(v, mapping))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [rewrite_references(v, mapping) for v in value]
+    return value
+
+
 def namespaced(resources: list[dict], prefix: str) -> list[dict]:
-    """Fixture resource ids repeat across fixtures (rls-1); one server holds them all."""
+    """Fixture resource ids repeat across fixtures (rls-1); one server holds them all. References
+    between the renamed resources (a MedicationRequest's medicationReference) follow them."""
+    mapping = namespace_map(resources, prefix)
     out = []
     for resource in resources:
-        resource = copy.deepcopy(resource)
+        resource = rewrite_references(copy.deepcopy(resource), mapping)
         if resource["resourceType"] != "Patient":
-            resource["id"] = f"{prefix}.{resource['id']}"[:64]
+            resource["id"] = mapping[f"{resource['resourceType']}/{resource['id']}"].split("/", 1)[1]
         out.append(resource)
     return out
 

@@ -12,7 +12,7 @@ import requests
 from werkzeug.serving import make_server
 
 from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fired_rules, fixture_id, load_fixture,
-                      namespaced, prefetched_resources)
+                      namespace_map, namespaced, prefetched_resources, rewrite_references)
 from cds_service.app import create_app
 from cds_service.rulebook import REGISTRY
 
@@ -83,8 +83,10 @@ def test_fixture_through_fhir_server(client, fhir_server, path):
         pytest.skip(fixture["fhir_server"])
     request = fixture["request"]
     fhir_server.transaction(namespaced(prefetched_resources(request), path.stem))
-    response = client_for(fixture, client).post(f"/cds-services/{fixture['service']}",
-                                                json=as_server_request(request, fhir_server))
+    call = as_server_request(request, fhir_server)
+    # a draft may refer to a resource that now lives on the server under its namespaced id
+    call["context"] = rewrite_references(call["context"], namespace_map(prefetched_resources(request), path.stem))
+    response = client_for(fixture, client).post(f"/cds-services/{fixture['service']}", json=call)
     assert_expected_cards(fixture, response)
 
 

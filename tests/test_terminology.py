@@ -109,9 +109,9 @@ def test_rls_worsening_additions_are_configurable():
     assert "snri" not in Terminology({"rls_worsening_additions": []}).groups["rls_worsening"]
 
 
-def _lab_facts(term, observation):
+def _lab_facts(term, observation, kind="lab"):
     data = PatientData("patient-view", "p1", {"labs": [observation]})
-    return [f for f in build_facts(data, term, date(2026, 11, 22)).facts if f["kind"] == "lab"]
+    return [f for f in build_facts(data, term, date(2026, 11, 22)).facts if f["kind"] == kind]
 
 
 def _ferritin(**overrides):
@@ -128,14 +128,37 @@ def _ferritin(**overrides):
     ({"valueQuantity": {"value": True, "unit": "ng/mL"}}, False),
     ({"valueQuantity": {"value": 1e300, "unit": "ng/mL"}}, False),
     ({"valueQuantity": {"value": 30, "unit": "furlongs"}}, False),
+    ({"valueQuantity": {"value": 35, "unit": "mg/L"}}, False),  # converts, but ferritin is never reported in mg/L
+    ({"valueQuantity": {"value": 0.035, "unit": "g/L"}}, False),
+    ({"valueQuantity": {"value": 5, "unit": "ng/mL", "comparator": "ad"}}, False),  # not an R4 comparator
+    ({"valueQuantity": None, "valueString": "see comment"}, False),
+    ({"valueQuantity": None, "dataAbsentReason": {"text": "x"}}, False),
 ])
-def test_values_are_coerced_or_marked_unusable(term, overrides, usable):
-    [fact] = _lab_facts(term, _ferritin(**overrides))
-    assert fact["usable"] is usable and (("value" in fact) is usable)
+def test_values_are_read_or_kept_as_unreadable(term, overrides, usable):
+    """An unreadable value is never a lab fact (so never "on file"), but an unreadable_result the rules can name."""
+    facts, unreadable = _lab_facts(term, _ferritin(**overrides)), _lab_facts(term, _ferritin(**overrides), "unreadable_result")
+    assert len(facts) == int(usable) and len(unreadable) == int(not usable)
+    assert not facts or (facts[0]["usable"] and "value" in facts[0])
+
+
+@pytest.mark.parametrize("text, comparator, value, assumed", [
+    ("<10", "<", 10, True), ("< 10 ng/mL", "<", 10, False), (">1000", ">", 1000, True), ("≤ 5 ng/mL", "<=", 5, False),
+    ("12.5", "=", 12.5, True), ("27 ug/L", "=", 27, False),
+])
+def test_text_values_are_bounds_or_numbers(term, text, comparator, value, assumed):
+    [fact] = _lab_facts(term, _ferritin(valueQuantity=None, valueString=text))
+    assert (fact["comparator"], fact["value"], fact["unit"]) == (comparator, value, "ng/mL")
+    assert fact.get("unit_assumed", False) is assumed and fact["value_source"] == "text"
+
+
+@pytest.mark.parametrize("text", ["see note", "<<10", "10 ng/mL (repeat)", "35 mg/L", "10-20", ""])
+def test_text_without_a_readable_number_is_unreadable(term, text):
+    observation = _ferritin(valueQuantity=None, valueString=text)
+    assert _lab_facts(term, observation) == [] and len(_lab_facts(term, observation, "unreadable_result")) == 1
 
 
 @pytest.mark.parametrize("overrides", [
-    {"status": "entered-in-error"}, {"status": "preliminary"}, {"dataAbsentReason": {"text": "x"}},
+    {"status": "entered-in-error"}, {"status": "preliminary"},
     {"effectiveDateTime": "2024-01-01"}, {"effectiveDateTime": "2031-01-01"}, {"effectiveDateTime": "2026-10"},
     {"effectiveDateTime": "yesterday"}, {"subject": {"reference": "Patient/p2"}},
 ])
