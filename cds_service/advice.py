@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
+from . import url_policy
 from .cards import render_cards
 from .engine import RuleEngine
 from .facts import PatientData, build_facts
-from .fhir_client import FhirClient
+from .fhir_client import FhirClient, budget_for
 from .hook_request import HookRequest
 from .prefetch import FhirAccess, resolve
 from .rulebook import RenderContext, RuleSpec
@@ -69,23 +70,21 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
 def fhir_access(req: HookRequest, config) -> FhirAccess:
     if not req.fhir_server:
         return FhirAccess(None, None, False, "no fhirServer in the request")
-    if req.fhir_server.startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
+    if not url_policy.acceptable(req.fhir_server) or "?" in req.fhir_server:
+        # userinfo (`https://ehr.example.org:443@attacker.example/`) or dot segments hide the real target
+        return FhirAccess(req.fhir_server, None, False, "fhirServer is not a plain http(s) base URL")
+    if req.fhir_server.lower().startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not https")
     known = config["FHIR_SERVER_ALLOWLIST"]
-    if known is not None and not _under_any(req.fhir_server, known):
+    if known is None or not url_policy.under_any(req.fhir_server, known):
         # without this any caller could make the service send requests (and tokens) anywhere (SSRF)
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not on the configured allowlist")
     if req.access_token:
         return FhirAccess(req.fhir_server, req.access_token, True)
-    if config["FHIR_UNAUTHENTICATED_READS"] and _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
+    if config["FHIR_UNAUTHENTICATED_READS"] and url_policy.under_any(req.fhir_server,
+                                                                     config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
         return FhirAccess(req.fhir_server, None, True)
     return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
-
-
-def _under_any(url: str, bases: list[str]) -> bool:
-    """`url` is one of `bases` or below one (a path or, for a bare host, a port)."""
-    return any(url == base or url.startswith(base.rstrip("/") + "/") or url.startswith(base.rstrip("/") + ":")
-               for base in bases)
 
 
 def evaluation_date(config) -> date:
@@ -96,7 +95,8 @@ def evaluation_date(config) -> date:
 def _client(access: FhirAccess, config) -> FhirClient:
     return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
                       read_timeout=config["FHIR_READ_TIMEOUT"], deadline=config["FHIR_DEADLINE"],
-                      max_pages=config["FHIR_MAX_PAGES"])
+                      max_pages=config["FHIR_MAX_PAGES"], max_response_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+                      budget=budget_for(config["FHIR_BUFFER_BUDGET"]))
 
 
 class _Stopwatch:

@@ -6,9 +6,11 @@ import os
 import traceback
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from . import migrations, url_policy
 from .advice import Knowledge
 from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
@@ -31,10 +33,10 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     from_environment(app)
     app.config.update(overrides)
     configure_logs(app.config.get("LOG_LEVEL", "INFO"))
+    check_safe_to_start(app.config)
     app.extensions["legmove"] = build_knowledge(app.config)
     warm_up_cards()
-    app.extensions["legmove_ledger"] = (CardLedger(app.config["FEEDBACK_STORE"], app.config["FEEDBACK_STORE_COMMENTS"])
-                                        if app.config["FEEDBACK_STORE"] else None)
+    app.extensions["legmove_ledger"] = ledger_from_config(app.config)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
@@ -46,6 +48,48 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.register_blueprint(bp)
     _register_error_handlers(app)
     return app
+
+
+class UnsafeConfiguration(Exception):
+    """A configuration that would serve without saying who may call or where tokens may go."""
+
+
+def check_safe_to_start(config) -> None:
+    """Refuse to start on defaults that are unsafe on a network. Verifying no client must be
+    said explicitly (OPEN_MODE), and so must "any FHIR server" (FHIR_SERVER_ALLOWLIST ["*"]):
+    otherwise any caller could make the service send the EHR's token to a server of its choice."""
+    if not config["CLIENT_AUTH"] and not config["OPEN_MODE"]:
+        raise UnsafeConfiguration("client JWTs are not verified and OPEN_MODE is not set: set LEGMOVE_CLIENT_AUTH=true "
+                                  "(with PUBLIC_BASE_URL and TRUSTED_ISSUERS), or LEGMOVE_OPEN_MODE=true on a "
+                                  "trusted network")
+    allowlist = config["FHIR_SERVER_ALLOWLIST"]
+    if not isinstance(allowlist, list) or not all(isinstance(base, str) for base in allowlist):
+        raise UnsafeConfiguration('FHIR_SERVER_ALLOWLIST is not set: list the EHR FHIR base URLs this deployment '
+                                  'serves (LEGMOVE_FHIR_SERVER_ALLOWLIST=\'["https://ehr.example.org/fhir"]\'), '
+                                  'or ["*"] for any')
+    for name in ("FHIR_SERVER_ALLOWLIST", "FHIR_UNAUTHENTICATED_ALLOWLIST"):
+        bad = [base for base in config[name] if not url_policy.valid_base(base)]
+        if bad:
+            raise UnsafeConfiguration(f"{name} holds entries that are not http(s) base URLs: {bad}")
+
+
+def ledger_from_config(config) -> CardLedger | None:
+    """The feedback store, on a schema this build knows (migrated first where configured). An
+    unknown or outdated schema stops start-up (SchemaMismatch). A store that cannot be reached
+    does not: advice matters more than its bookkeeping, so hook calls are served and the ledger
+    checks the schema (a read, never a change) once it can connect."""
+    url = config["FEEDBACK_STORE"]
+    if not url:
+        return None
+    try:
+        if config["FEEDBACK_STORE_AUTO_UPGRADE"]:
+            migrations.upgrade(url)
+        migrations.require_current(url)
+    except SQLAlchemyError as exc:
+        log.error("feedback store unreachable at start-up (%s); feedback answers 503 until it can be reached "
+                  "and its schema is current", type(exc).__name__)
+        return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"], schema_check=lambda: migrations.require_current(url))
+    return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"])
 
 
 def build_knowledge(config) -> Knowledge:

@@ -130,9 +130,11 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
 def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict], context: dict, access: FhirAccess,
            client_factory) -> None:
     client: FhirClient = client_factory(access)
-    try:
-        jobs = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(to_fetch) + len(partial)))) as pool:
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(to_fetch) + len(partial)))) as pool:
+        # closing the client inside the pool's block stops the other fetches at once when one
+        # fails, so leaving the block never waits for them
+        try:
             for key, template in to_fetch.items():
                 query = expand(template, context)
                 if query is None:
@@ -148,10 +150,12 @@ def _fetch(resolved: Resolved, to_fetch: dict[str, str], partial: dict[str, dict
                         resolved.incomplete.add(key)
                         log.warning("could not page prefetch key %s: %s", key, exc)
                         continue
-                    raise PreconditionFailed(f"prefetch key {key} missing and the FHIR server query failed: {exc}") from exc
+                    # the reason stays in the log: naming the error class in the body lets a caller probe ports
+                    log.warning("prefetch key %s: FHIR server query failed: %s", key, exc)
+                    raise PreconditionFailed(f"prefetch key {key} missing and the FHIR server is unavailable") from exc
                 resolved.resources[key] = result.resources
                 resolved.fetched.append(key)
                 if not result.complete:
                     resolved.incomplete.add(key)
-    finally:
-        client.close()
+        finally:
+            client.close()

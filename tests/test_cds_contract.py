@@ -172,7 +172,8 @@ def test_unreachable_fhir_server_is_412_within_the_deadline(client):
 
 def test_http_fhir_server_refused_in_production(app):
     from cds_service.app import create_app
-    production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22").test_client()
+    production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22", OPEN_MODE=True,
+                            FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE=None).test_client()
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"].pop("labs")
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
@@ -325,10 +326,11 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
 
 
 @pytest.mark.fhir_server
-def test_fhir_server_rejecting_the_token_is_412(client, fhir_server):
+def test_fhir_server_rejecting_the_token_is_412(client, fhir_server, caplog):
     body = as_server_request(R1_FIRES["request"], fhir_server)
     body["fhirAuthorization"]["access_token"] = "not-the-right-token"
-    assert "HTTP 401" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    assert "FHIR server is unavailable" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    assert "HTTP 401" in caplog.text
 
 
 def test_prefetch_tokens_expand_from_context():
