@@ -46,7 +46,20 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (checklist 12)
     access = fhir_access(req, config)
-    resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config))
+    clients: list[FhirClient] = []
+    try:
+        return _advise(req, service, knowledge, config, clock, access, clients)
+    finally:
+        for client in clients:  # the memory budget covers the read resources until the call ends
+            client.release_memory()
+
+
+def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, clock, access, clients) -> Advice:
+    def client_for(granted: FhirAccess) -> FhirClient:
+        clients.append(_client(granted, config))
+        return clients[-1]
+
+    resolved = resolve(service.prefetch, req.prefetch, req.context, access, client_for)
     clock.lap("data")
     data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete, req.draft_orders,
                        req.selections)

@@ -24,10 +24,13 @@ class Config:
     FHIR_SERVER_ALLOWLIST: list[str] | None = None
     FHIR_UNAUTHENTICATED_READS = False  # query a fhirServer that came without fhirAuthorization
     FHIR_UNAUTHENTICATED_ALLOWLIST: list[str] = []  # base URLs for which that is allowed
-    FHIR_MAX_RESPONSE_BYTES = 20 * 1024 * 1024  # one FHIR response, decoded
-    # FHIR response bytes one process holds at once, over all its concurrent calls: a reader that
-    # would exceed it waits (within its deadline) for others to finish, so memory stays bounded
-    FHIR_BUFFER_BUDGET = 48 * 1024 * 1024
+    # One FHIR response, decoded. A search page of _count=100 resources is well under 1 MB; parsed
+    # JSON takes about six times its size in memory (a 20 MB bundle: 124 MB and a second of CPU).
+    FHIR_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+    # FHIR response bytes one process holds at once, over all its concurrent calls, until each call
+    # ends: a reader that would exceed it waits (within its deadline) for the calls holding it.
+    # 16 MiB of responses is about 100 MB parsed, so a worker stays well under 250 MB.
+    FHIR_BUFFER_BUDGET = 16 * 1024 * 1024
     # Clinical knowledge
     KNOWLEDGE_OVERRIDES: dict = {}  # keys of knowledge/settings.json to override
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default

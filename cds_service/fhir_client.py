@@ -13,7 +13,8 @@ are released instead of being left to a thread that was given up on. The body is
 `read1` (at most one socket read per call), checking the deadline between reads.
 
 Memory: a process holds at most `FHIR_BUFFER_BUDGET` bytes of FHIR responses at once over all
-its calls; a reader that would go past it waits, within its own deadline, for others to finish.
+its calls (one response larger than the budget is read only when nothing else is held); a reader
+that would go past it waits, within its own deadline, for the calls holding it to end.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from . import url_policy
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE_BYTES = 20 * 1024 * 1024
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # FHIR_MAX_RESPONSE_BYTES
 READ_SIZE = 65536
 
 
@@ -200,10 +201,14 @@ class FhirClient:
         self._timer.start()
 
     def close(self) -> None:
-        """End the call: in-flight reads of other threads stop at once, memory is given back."""
+        """End the fetching: in-flight reads of other threads stop at once."""
         self._timer.cancel()
         self._tripwire.trip()
         self.session.close()
+
+    def release_memory(self) -> None:
+        """Give back this call's share of the budget. Called when the hook call is over, not at
+        close(): the parsed resources live (at about six times their size) until then."""
         with self._reserved_lock:
             reserved, self._reserved = self._reserved, 0
         self.budget.release(reserved)
@@ -254,11 +259,11 @@ class FhirClient:
                 raise FhirUnavailable(f"deadline passed talking to the FHIR server ({type(exc).__name__})") from exc
             raise FhirUnavailable(f"{type(exc).__name__} talking to the FHIR server") from exc
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
+            text = raw.decode("utf-8")
+            del raw  # a 20 MB body must not be held three times (bytes, text, objects)
+            body = json.loads(text)
+        except ValueError as exc:  # UnicodeDecodeError included
             raise FhirUnavailable("FHIR server answered with something that is not JSON") from exc
-        finally:
-            del raw
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirUnavailable("FHIR server answered with JSON that is not a FHIR resource")
         if body["resourceType"] == "OperationOutcome":
