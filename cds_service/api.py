@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise
-from .client_auth import Unauthorized
+from .client_auth import ReplayStoreUnavailable, Unauthorized
 from .feedback import BadFeedback, StoreUnavailable, parse_feedback
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
@@ -51,6 +51,10 @@ def authenticate_client():
     except Unauthorized as exc:
         log.warning("401 on %s %s: %s", request.method, request.path, exc)
         return outcome(401, "security", "unauthorized")
+    except ReplayStoreUnavailable as exc:
+        log.error("503 on %s %s: the JWT replay store (REPLAY_STORE) is unreachable: %s", request.method,
+                  request.path, exc)
+        return outcome(503, "transient", "the service cannot verify callers right now; retry later")
     log.debug("client %s authenticated (jti %s)", claims["iss"], claims["jti"])
     return None
 
