@@ -39,10 +39,13 @@ keepalive = 5
 max_requests = 5000
 max_requests_jitter = 500
 accesslog = "-"
+# gunicorn >= 25 opens an admin control socket at one fixed path per user: several instances on a
+# host would fight over it, and nothing here uses it
+control_socket_disable = True
 
 
 def on_starting(server):
-    """Bring the feedback store's schema to the newest revision once, in the master, before any
-    worker serves (workers only check it). A separate process, so the master imports nothing
-    that gevent would have to patch later."""
-    subprocess.run([sys.executable, "-m", "cds_service.migrations", "upgrade"], check=True)
+    """Once, in the master, before any worker: refuse unsafe settings and bring the feedback
+    store's schema to the newest revision (workers only check it). See cds_service/prestart.py."""
+    if subprocess.run([sys.executable, "-m", "cds_service.prestart"]).returncode != 0:
+        raise SystemExit(1)

@@ -142,7 +142,7 @@ def feedback(service_id: str):
 
 def read_json():
     """Parse the body once; malformed, non-UTF-8, NaN-bearing or absurdly deep JSON is a 400."""
-    raw = request.get_data(cache=False)
+    raw = _body_bytes()
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
@@ -150,6 +150,19 @@ def read_json():
     except (ValueError, RecursionError) as exc:
         message = "the body is not valid JSON" if not isinstance(exc, RecursionError) else "the JSON is nested too deeply"
         abort(outcome(400, "invalid", message))
+
+
+def _body_bytes() -> bytes:
+    """The body, at most MAX_CONTENT_LENGTH bytes. With a Content-Length Werkzeug refuses a larger
+    body (413); a chunked body has none, and Werkzeug would silently cut it at the limit (then
+    a 400 for broken JSON), so it is read up to one byte past the limit and refused the same way."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        abort(outcome(413, "too-costly", f"the body is larger than {limit} bytes"))
+    return raw
 
 
 def _reject_constant(name: str):

@@ -10,12 +10,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from . import migrations, url_policy
+from . import migrations
 from .advice import Knowledge
 from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
 from .api import bp, outcome
-from .config import CONFIGS, from_environment
+from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from .logs import configure as configure_logs
@@ -47,30 +47,17 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
     _register_error_handlers(app)
+    app.after_request(_security_headers)
     return app
 
 
-class UnsafeConfiguration(Exception):
-    """A configuration that would serve without saying who may call or where tokens may go."""
-
-
-def check_safe_to_start(config) -> None:
-    """Refuse to start on defaults that are unsafe on a network. Verifying no client must be
-    said explicitly (OPEN_MODE), and so must "any FHIR server" (FHIR_SERVER_ALLOWLIST ["*"]):
-    otherwise any caller could make the service send the EHR's token to a server of its choice."""
-    if not config["CLIENT_AUTH"] and not config["OPEN_MODE"]:
-        raise UnsafeConfiguration("client JWTs are not verified and OPEN_MODE is not set: set LEGMOVE_CLIENT_AUTH=true "
-                                  "(with PUBLIC_BASE_URL and TRUSTED_ISSUERS), or LEGMOVE_OPEN_MODE=true on a "
-                                  "trusted network")
-    allowlist = config["FHIR_SERVER_ALLOWLIST"]
-    if not isinstance(allowlist, list) or not all(isinstance(base, str) for base in allowlist):
-        raise UnsafeConfiguration('FHIR_SERVER_ALLOWLIST is not set: list the EHR FHIR base URLs this deployment '
-                                  'serves (LEGMOVE_FHIR_SERVER_ALLOWLIST=\'["https://ehr.example.org/fhir"]\'), '
-                                  'or ["*"] for any')
-    for name in ("FHIR_SERVER_ALLOWLIST", "FHIR_UNAUTHENTICATED_ALLOWLIST"):
-        bad = [base for base in config[name] if not url_policy.valid_base(base)]
-        if bad:
-            raise UnsafeConfiguration(f"{name} holds entries that are not http(s) base URLs: {bad}")
+def _security_headers(response):
+    """Cards carry patient data: no cache (browser, proxy) may keep them (`no-store`), and a
+    browser must not sniff a JSON body into something it would render (`nosniff`). Every
+    response gets both; none of ours is meant to be cached."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def ledger_from_config(config) -> CardLedger | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+from . import url_policy
+
 
 class Config:
     SERVICE_NAME = "legmove-cds"
@@ -103,3 +105,26 @@ def settings(name: str | None = None) -> dict:
     values = {key: getattr(source, key) for key in dir(source) if key.isupper()}
     values.update(environment_overrides())
     return values
+
+
+class UnsafeConfiguration(Exception):
+    """A configuration that would serve without saying who may call or where tokens may go."""
+
+
+def check_safe_to_start(config) -> None:
+    """Refuse to start on defaults that are unsafe on a network. Verifying no client must be
+    said explicitly (OPEN_MODE), and so must "any FHIR server" (FHIR_SERVER_ALLOWLIST ["*"]):
+    otherwise any caller could make the service send the EHR's token to a server of its choice."""
+    if not config["CLIENT_AUTH"] and not config["OPEN_MODE"]:
+        raise UnsafeConfiguration("client JWTs are not verified and OPEN_MODE is not set: set LEGMOVE_CLIENT_AUTH=true "
+                                  "(with PUBLIC_BASE_URL and TRUSTED_ISSUERS), or LEGMOVE_OPEN_MODE=true on a "
+                                  "trusted network")
+    allowlist = config["FHIR_SERVER_ALLOWLIST"]
+    if not isinstance(allowlist, list) or not all(isinstance(base, str) for base in allowlist):
+        raise UnsafeConfiguration('FHIR_SERVER_ALLOWLIST is not set: list the EHR FHIR base URLs this deployment '
+                                  'serves (LEGMOVE_FHIR_SERVER_ALLOWLIST=\'["https://ehr.example.org/fhir"]\'), '
+                                  'or ["*"] for any')
+    for name in ("FHIR_SERVER_ALLOWLIST", "FHIR_UNAUTHENTICATED_ALLOWLIST"):
+        bad = [base for base in config[name] if not url_policy.valid_base(base)]
+        if bad:
+            raise UnsafeConfiguration(f"{name} holds entries that are not http(s) base URLs: {bad}")

@@ -63,10 +63,14 @@ class Service:
         raise RuntimeError(f"service did not start: {self.log_path.read_text()[-2000:]}")
 
     def master_pid(self) -> int:
-        """gunicorn's master (under `make run`, the child of make)."""
-        if Path(f"/proc/{self.process.pid}/comm").read_text().strip() == "make":
-            return worker_pids(self.process.pid)[0]
-        return self.process.pid
+        """gunicorn's master: the process itself, or under `make run` its first gunicorn descendant."""
+        pending = [self.process.pid]
+        while pending:
+            pid = pending.pop(0)
+            if Path(f"/proc/{pid}/comm").read_text().startswith("gunicorn"):
+                return pid
+            pending += worker_pids(pid)
+        raise FileNotFoundError("no gunicorn process yet")
 
     def worker_pids(self) -> list[int]:
         return worker_pids(self.master_pid())
