@@ -31,8 +31,8 @@ class Config:
     FHIR_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
     # FHIR response bytes one process holds at once, over all its concurrent calls, until each call
     # ends: a reader that would exceed it waits (within its deadline) for the calls holding it.
-    # 16 MiB of responses is about 100 MB parsed, so a worker stays well under 250 MB.
-    FHIR_BUFFER_BUDGET = 16 * 1024 * 1024
+    # 12 MiB of responses is about 75 MB parsed, so a worker (about 100 MB idle) stays under 250 MB.
+    FHIR_BUFFER_BUDGET = 12 * 1024 * 1024
     # Clinical knowledge
     KNOWLEDGE_OVERRIDES: dict = {}  # keys of knowledge/settings.json to override
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default

