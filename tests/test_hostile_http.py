@@ -190,3 +190,27 @@ def test_an_oversized_chunked_body_is_413(made):
     response = requests.post(f"{made.base}/cds-services/legmove-patient-view", data=iter([small[:100], small[100:]]),
                              timeout=30, headers={"Content-Type": "application/json"})
     assert response.status_code == 200 and fired_rules(response.json()) == {"R1"}
+
+
+def test_redis_replay_store_and_jwt_checks_under_the_async_worker(tmp_path):
+    """Client auth through gevent workers with the local Redis as the jti store: 40 concurrent
+    calls with fresh tokens all pass, each token replayed once is refused, whichever worker gets it."""
+    from test_client_auth import BASE, EHR_JWKS, token
+
+    path = "/cds-services/legmove-patient-view"
+    service = Service(tmp_path, workers=2, LEGMOVE_CLIENT_AUTH="true", LEGMOVE_PUBLIC_BASE_URL=BASE,
+                      LEGMOVE_TRUSTED_ISSUERS=json.dumps({"https://ehr.example.org": {"jwks": EHR_JWKS}}),
+                      LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0")
+    try:
+        tokens = [token(aud=BASE + path) for _ in range(40)]
+
+        def call(bearer):
+            return requests.post(f"{service.base}{path}", json=R1["request"], timeout=30,
+                                 headers={"Authorization": f"Bearer {bearer}"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(call, tokens))
+            again = list(pool.map(call, tokens))
+    finally:
+        service.stop()
+    assert first == [200] * 40 and again == [401] * 40
