@@ -11,7 +11,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests")]
 
-from conftest import ROOT as _, load_fixture  # noqa: E402
+from conftest import load_fixture  # noqa: E402
 from serving import Service  # noqa: E402
 from test_hostile_http import SlowClients  # noqa: E402
 

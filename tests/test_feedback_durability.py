@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -194,3 +195,15 @@ def test_production_does_not_migrate_on_the_request_path_and_refuses_an_old_sche
         assert "unmatched_feedback" not in sqlalchemy.inspect(conn).get_table_names()
         assert conn.execute(select(func.count()).select_from(issued_card)).scalar() == 0
     engine.dispose()
+
+
+def test_the_db_upgrade_command_migrates_the_configured_store(tmp_path):
+    """`legmove-cds db upgrade` reads the same settings as the app (LEGMOVE_CONFIG, LEGMOVE_FEEDBACK_STORE)."""
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    env = {**os.environ, "LEGMOVE_CONFIG": "production", "LEGMOVE_FEEDBACK_STORE": url}
+    cli = str(Path(sys.executable).parent / "legmove-cds")
+    result = subprocess.run([cli, "db", "upgrade"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"revision: {migrations.head()}" in result.stdout and migrations.current(url) == migrations.head()
+    shown = subprocess.run([cli, "db", "current"], capture_output=True, text=True, timeout=120, env=env)
+    assert migrations.head() in shown.stdout

@@ -1,14 +1,15 @@
 """Hostile clients and unsafe defaults, against the service as `make run` starts it (gunicorn
 with gunicorn.conf.py): slow-header clients, oversized chunked bodies, response headers, the
 bind address, PORT checks, and a production configuration that does not say who may call."""
-import copy
 import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -157,7 +158,7 @@ def test_production_gunicorn_with_no_settings_does_not_start(tmp_path):
     """The real process: no worker ever serves, the log says why."""
     env = dict(os.environ, LEGMOVE_CONFIG="production", PORT=str(_free_port()), LEGMOVE_FEEDBACK_STORE="null")
     env.pop("LEGMOVE_OPEN_MODE", None)
-    result = subprocess.run([str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
                              "cds_service.app:create_app()"], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0
