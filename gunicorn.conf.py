@@ -21,6 +21,12 @@ def _port(raw: str) -> int:
     return int(raw)
 
 
+def _workers(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise SystemExit(f"WORKERS must be a number from 1 to 64, got {raw!r}")
+    return int(raw)
+
+
 def _host(raw: str) -> str:
     if not raw or any(c.isspace() or c in "/@" for c in raw):
         raise SystemExit(f"HOST must be a host name or address, got {raw!r}")
@@ -30,7 +36,7 @@ def _host(raw: str) -> str:
 # ---- worker model (issue 10) -------------------------------------------------------------
 # Loopback unless HOST says otherwise: in open mode nothing checks who calls.
 bind = f"{_host(os.environ.get('HOST', '127.0.0.1'))}:{_port(os.environ.get('PORT', '8080'))}"
-workers = int(os.environ.get("WORKERS", "2"))  # about one per core: the engine is CPU-bound
+workers = _workers(os.environ.get("WORKERS", "2"))  # about one per core: the engine is CPU-bound
 worker_class = "gevent"
 worker_connections = 1000  # open connections per worker (slow ones included)
 timeout = 30  # a worker silent this long is restarted
