@@ -38,6 +38,7 @@ class Service:
                         WORKERS=str(workers), LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
                         LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
                         PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]))
+        self.env.pop("HOST", None)  # the default bind address is part of what is tested
         self.env.update(env)
         self.log_path = tmp / f"service-{self.port}.log"
         self.log = open(self.log_path, "w")
