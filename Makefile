@@ -2,7 +2,17 @@
 # Both create .venv on first use; the only prerequisite is Python 3.11 or 3.12 with a C compiler
 # (durable-rules 2.0.28 ships as source only).
 PORT ?= 8080
+HOST ?= 127.0.0.1
 WORKERS ?= 2
+# `make run` checks PORT before it installs or starts anything
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+  ifeq ($(shell echo '$(PORT)' | grep -Ex '[0-9]{1,5}'),)
+    $(error PORT must be a number from 1 to 65535, got '$(PORT)')
+  endif
+  ifneq ($(shell test '$(PORT)' -ge 1 -a '$(PORT)' -le 65535 && echo ok),ok)
+    $(error PORT must be a number from 1 to 65535, got '$(PORT)')
+  endif
+endif
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))' 2>/dev/null; then echo $$p; break; fi; done)
 VENV := .venv
@@ -19,10 +29,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# Worker model, bind address (HOST, default loopback) and timeouts: gunicorn.conf.py
 run: $(VENV)/.installed
-	LEGMOVE_CONFIG=$${LEGMOVE_CONFIG:-development} $(BIN)/gunicorn --preload --workers $(WORKERS) \
-		--bind 0.0.0.0:$(PORT) --max-requests 5000 --max-requests-jitter 500 --access-logfile - \
-		'cds_service.app:create_app()'
+	LEGMOVE_CONFIG=$${LEGMOVE_CONFIG:-development} HOST='$(HOST)' PORT='$(PORT)' WORKERS='$(WORKERS)' \
+		$(BIN)/gunicorn -c gunicorn.conf.py 'cds_service.app:create_app()'
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

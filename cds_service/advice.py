@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
+from . import url_policy
 from .cards import render_cards
 from .engine import RuleEngine
 from .facts import PatientData, build_facts, unresolved_medication_references
-from .fhir_client import FhirClient, FhirUnavailable
+from .fhir_client import FhirClient, FhirUnavailable, budget_for
 from .hook_request import HookRequest
 from .prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
 from .rulebook import RenderContext, RuleSpec
@@ -51,9 +52,22 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if req.hook == "patient-view" and req.user_id.startswith(("Patient/", "RelatedPerson/")):
         return Advice([], [], {}, [], [])  # our cards are written for clinicians (CDS Hooks 2.0 patient-view)
     access = fhir_access(req, config)
+    clients: list[FhirClient] = []
+    try:
+        return _advise(req, service, knowledge, config, clock, access, clients)
+    finally:
+        for client in clients:  # the memory budget covers the read resources until the call ends
+            client.release_memory()
+
+
+def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, clock, access, clients) -> Advice:
+    def client_for(granted: FhirAccess, deadline: float | None = None) -> FhirClient:
+        clients.append(_client(granted, config, deadline))
+        return clients[-1]
+
     searches = server_searches(knowledge.terminology, service.prefetch, evaluation_date(config))
-    resolved = resolve(service.prefetch, req.prefetch, req.context, access, lambda a: _client(a, config), searches)
-    read_referenced_medications(resolved, req.draft_orders, access, config, clock.started)
+    resolved = resolve(service.prefetch, req.prefetch, req.context, access, client_for, searches)
+    read_referenced_medications(resolved, req.draft_orders, access, config, clock.started, client_for)
     clock.lap("data")
     missing = set(resolved.unknown)
     evaluable = service.evaluable(missing)
@@ -94,7 +108,7 @@ MAX_MEDICATION_READS = 20
 
 
 def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], access: FhirAccess, config,
-                                started: float) -> None:
+                                started: float, client_for) -> None:
     """Medications known only by reference (`medicationReference: Medication/123`, as many EHRs
     send them) that came neither contained nor in any Bundle of the call: read each from
     fhirServer within what is left of the call's FHIR deadline. One that cannot be had is
@@ -105,7 +119,7 @@ def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], ac
         return
     found: list[dict] = []
     remaining = config["FHIR_DEADLINE"] - (time.perf_counter() - started)
-    client = _client(access, config, deadline=remaining) if access.allowed and remaining > 0 else None
+    client = client_for(access, remaining) if access.allowed and remaining > 0 else None
     try:
         for number, (reference, keys) in enumerate(sorted(wanted.items())):
             medication = None
@@ -138,26 +152,23 @@ def _medication_id(reference: str, base_url: str | None) -> str | None:
 def fhir_access(req: HookRequest, config) -> FhirAccess:
     if not req.fhir_server:
         return FhirAccess(None, None, False, "no fhirServer in the request")
-    if req.fhir_server.startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
+    if not url_policy.acceptable(req.fhir_server) or "?" in req.fhir_server:
+        # userinfo (`https://ehr.example.org:443@attacker.example/`) or dot segments hide the real target
+        return FhirAccess(req.fhir_server, None, False, "fhirServer is not a plain http(s) base URL")
+    if req.fhir_server.lower().startswith("http://") and not config["FHIR_ALLOW_HTTP"]:
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not https")
     known = config["FHIR_SERVER_ALLOWLIST"]
-    if known is not None and not _under_any(req.fhir_server, known):
+    if known is None or not url_policy.under_any(req.fhir_server, known):
         # without this any caller could make the service send requests (and tokens) anywhere (SSRF)
         return FhirAccess(req.fhir_server, None, False, "fhirServer is not on the configured allowlist")
     if req.access_token:
         return FhirAccess(req.fhir_server, req.access_token, True, scopes=parse_scopes(req.scope))
     if not config["FHIR_UNAUTHENTICATED_READS"]:
         return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
-    if not _under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
+    if not url_policy.under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
         return FhirAccess(req.fhir_server, None, False,
                           "no fhirAuthorization and fhirServer is not on the unauthenticated-reads allowlist")
     return FhirAccess(req.fhir_server, None, True)
-
-
-def _under_any(url: str, bases: list[str]) -> bool:
-    """`url` is one of `bases` or below one (a path or, for a bare host, a port)."""
-    return any(url == base or url.startswith(base.rstrip("/") + "/") or url.startswith(base.rstrip("/") + ":")
-               for base in bases)
 
 
 def evaluation_date(config) -> date:
@@ -169,7 +180,8 @@ def _client(access: FhirAccess, config, deadline: float | None = None) -> FhirCl
     return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
                       read_timeout=config["FHIR_READ_TIMEOUT"],
                       deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,
-                      max_pages=config["FHIR_MAX_PAGES"])
+                      max_pages=config["FHIR_MAX_PAGES"], max_response_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+                      budget=budget_for(config["FHIR_BUFFER_BUDGET"]))
 
 
 class _Stopwatch:

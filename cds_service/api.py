@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise
-from .client_auth import Unauthorized
+from .client_auth import ReplayStoreUnavailable, Unauthorized
 from .feedback import BadFeedback, StoreUnavailable, parse_feedback
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
@@ -52,6 +52,10 @@ def authenticate_client():
     except Unauthorized as exc:
         log.warning("401 on %s %s: %s", request.method, request.path, exc)
         return outcome(401, "security", "unauthorized")
+    except ReplayStoreUnavailable as exc:
+        log.error("503 on %s %s: the JWT replay store (REPLAY_STORE) is unreachable: %s", request.method,
+                  request.path, exc)
+        return outcome(503, "transient", "the service cannot verify callers right now; retry later")
     log.debug("client %s authenticated (jti %s)", claims["iss"], claims["jti"])
     return None
 
@@ -135,7 +139,7 @@ def feedback(service_id: str):
         return outcome(415, "not-supported", "send feedback as application/json")
     try:
         items = parse_feedback(read_json())
-        counts = ledger.record_feedback(canonical_ids(service_id), items)
+        counts = ledger.record_feedback(service_id, canonical_ids(service_id), items)
     except (BadBody, BadFeedback) as exc:
         return outcome(400, "invalid", str(exc))
     except StoreUnavailable:
@@ -153,7 +157,7 @@ class BadBody(Exception):
 
 def read_json():
     """Parse the body once; malformed, non-UTF-8, NaN-bearing or absurdly deep JSON is a 400."""
-    raw = request.get_data(cache=False)
+    raw = _body_bytes()
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
@@ -162,6 +166,19 @@ def read_json():
         raise BadBody("the JSON is nested too deeply") from None
     except ValueError:
         raise BadBody("the body is not valid JSON") from None
+
+
+def _body_bytes() -> bytes:
+    """The body, at most MAX_CONTENT_LENGTH bytes. With a Content-Length Werkzeug refuses a larger
+    body (413); a chunked body has none, and Werkzeug would silently cut it at the limit (then
+    a 400 for broken JSON), so it is read up to one byte past the limit and refused the same way."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        abort(outcome(413, "too-costly", f"the body is larger than {limit} bytes"))
+    return raw
 
 
 def _reject_constant(name: str):

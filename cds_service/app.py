@@ -6,14 +6,16 @@ import os
 import traceback
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from . import migrations
 from .advice import Knowledge
 from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
 from .api import bp, outcome
-from .config import CONFIGS, from_environment
+from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from .logs import configure as configure_logs
@@ -31,10 +33,10 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     from_environment(app)
     app.config.update(overrides)
     configure_logs(app.config.get("LOG_LEVEL", "INFO"))
+    check_safe_to_start(app.config)
     app.extensions["legmove"] = build_knowledge(app.config)
     warm_up_cards()
-    app.extensions["legmove_ledger"] = (CardLedger(app.config["FEEDBACK_STORE"], app.config["FEEDBACK_STORE_COMMENTS"])
-                                        if app.config["FEEDBACK_STORE"] else None)
+    app.extensions["legmove_ledger"] = ledger_from_config(app.config)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
@@ -45,7 +47,36 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
     _register_error_handlers(app)
+    app.after_request(_security_headers)
     return app
+
+
+def _security_headers(response):
+    """Cards carry patient data: no cache (browser, proxy) may keep them (`no-store`), and a
+    browser must not sniff a JSON body into something it would render (`nosniff`). Every
+    response gets both; none of ours is meant to be cached."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def ledger_from_config(config) -> CardLedger | None:
+    """The feedback store, on a schema this build knows (migrated first where configured). An
+    unknown or outdated schema stops start-up (SchemaMismatch). A store that cannot be reached
+    does not: advice matters more than its bookkeeping, so hook calls are served and the ledger
+    checks the schema (a read, never a change) once it can connect."""
+    url = config["FEEDBACK_STORE"]
+    if not url:
+        return None
+    try:
+        if config["FEEDBACK_STORE_AUTO_UPGRADE"]:
+            migrations.upgrade(url)
+        migrations.require_current(url)
+    except SQLAlchemyError as exc:
+        log.error("feedback store unreachable at start-up (%s); feedback answers 503 until it can be reached "
+                  "and its schema is current", type(exc).__name__)
+        return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"], schema_check=lambda: migrations.require_current(url))
+    return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"])
 
 
 def build_knowledge(config) -> Knowledge:

@@ -54,9 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="legmove-cds", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("rules", help="print the rule catalog as Markdown")
+    db = commands.add_parser("db", help="feedback store schema (Alembic): upgrade to the newest revision, or show it")
+    db.add_argument("action", choices=["upgrade", "current"])
     args = parser.parse_args(argv)
     if args.command == "rules":
         print(catalog_markdown(), end="")
+    elif args.command == "db":
+        from .migrations.__main__ import main as migrate
+
+        raise SystemExit(migrate([args.action]))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Trusting CDS clients (CDS Hooks 2.0 section "Trusting CDS Clients"; checklist 11.1, 16.2).
+"""Trusting CDS clients (CDS Hooks 2.0 section "Trusting CDS Clients").
 
 Every call carries `Authorization: Bearer <JWT>` signed by the EHR. We accept only asymmetric
 ES384/RS384 signatures from configured issuers, with keys we were told about (inline JWKS, a
 file, or an allowlisted URL; a token's own `jku` only when it is on that issuer's allowlist),
-an `aud` equal to the public URL of the endpoint called, `exp`/`iat`/`nbf` checked with
-leeway, and every `jti` used once across all workers. Failure reasons are logged; the client
-only ever sees a bare 401.
+an `aud` equal to the public URL of the endpoint called (with or without a trailing slash),
+numeric `exp`/`iat`/`nbf` checked with leeway, a lifetime `exp - iat` of at most
+`JWT_MAX_LIFETIME` (CDS Hooks advises 5 minutes), and every `jti` used once across all workers.
+Failure reasons are logged; the client only ever sees a bare 401 (or a 503 when the replay store
+cannot be reached).
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]  # no `sub`: 2.0 does not 
 
 class Unauthorized(Exception):
     """The reason is for the log only; the response says nothing that helps an attacker."""
+
+
+class ReplayStoreUnavailable(Exception):
+    """503: the jti store cannot be reached, so no token can be checked for replay."""
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,18 @@ class SqliteReplayStore:
         return db
 
     def first_use(self, iss: str, jti: str, expires: float) -> bool:
-        db = self._connect()
+        try:
+            db = self._connect()
+        except sqlite3.Error as exc:
+            raise ReplayStoreUnavailable(f"SQLite replay store: {type(exc).__name__}") from exc
         try:
             db.execute("DELETE FROM seen_jti WHERE expires < ?", (time.time(),))
             db.execute("INSERT INTO seen_jti VALUES (?, ?, ?)", (iss, jti, expires))
             return True
         except sqlite3.IntegrityError:
             return False
+        except sqlite3.Error as exc:
+            raise ReplayStoreUnavailable(f"SQLite replay store: {type(exc).__name__}") from exc
         finally:
             db.close()
 
@@ -136,8 +147,13 @@ class RedisReplayStore:
         self.redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
     def first_use(self, iss: str, jti: str, expires: float) -> bool:
+        import redis
+
         ttl = max(1, int(expires - time.time()) + 1)
-        return bool(self.redis.set(f"legmove:jti:{iss}:{jti}", 1, nx=True, ex=ttl))
+        try:
+            return bool(self.redis.set(f"legmove:jti:{iss}:{jti}", 1, nx=True, ex=ttl))
+        except redis.RedisError as exc:
+            raise ReplayStoreUnavailable(f"Redis replay store: {type(exc).__name__}") from exc
 
 
 def replay_store(url: str):
@@ -148,19 +164,46 @@ def replay_store(url: str):
     raise ValueError(f"unsupported REPLAY_STORE {url!r} (sqlite:///path or redis://host:port/db)")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _key_fits(algorithm: str, key) -> bool:
+    """RS384 needs an RSA key and ES384 a P-384 key. A token that names one algorithm and the
+    other key's kid otherwise fails deep inside the signature check with a TypeError."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if algorithm == "RS384":
+        return isinstance(key, rsa.RSAPublicKey)
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1)
+
+
 class ClientVerifier:
-    def __init__(self, issuers: dict[str, dict], public_base_url: str, leeway: float, store, resolver: KeyResolver):
+    def __init__(self, issuers: dict[str, dict], public_base_url: str, leeway: float, store, resolver: KeyResolver,
+                 max_lifetime: float = 300):
         self.issuers = {iss: TrustedIssuer.from_config(iss, entry) for iss, entry in issuers.items()}
         self.public_base_url = public_base_url.rstrip("/")
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
         self.store = store
         self.resolver = resolver
 
     def verify(self, authorization: str | None, path: str) -> dict:
-        """The token's claims, or Unauthorized with the reason (for the log)."""
-        if not authorization or not authorization.startswith("Bearer "):
+        """The token's claims, or Unauthorized with the reason (for the log). Every failure of
+        verification ends here as Unauthorized, whatever raised it; only an unreachable replay
+        store is different (ReplayStoreUnavailable, a 503: the token may be fine)."""
+        try:
+            return self._verify(authorization, path)
+        except (Unauthorized, ReplayStoreUnavailable):
+            raise
+        except Exception as exc:  # a malformed key or token shape the library did not expect
+            raise Unauthorized(f"verification failed: {type(exc).__name__}") from exc
+
+    def _verify(self, authorization: str | None, path: str) -> dict:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # the scheme is case-insensitive (RFC 6750, RFC 9110)
             raise Unauthorized("no bearer token")
-        token = authorization[len("Bearer "):].strip()
+        token = token.strip()
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -172,13 +215,21 @@ class ClientVerifier:
         issuer = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
         if issuer is None:
             raise Unauthorized("issuer not trusted")
+        for claim in ("exp", "iat", "nbf"):
+            if claim in unverified and not _is_number(unverified[claim]):
+                raise Unauthorized(f"{claim} is not a number")
         key = self.resolver.key_for(issuer, header)
+        if not _key_fits(algorithm, key):
+            raise Unauthorized(f"the key named by kid {header.get('kid')!r} does not fit algorithm {algorithm}")
         audience = self.public_base_url + path
+        audiences = [audience.rstrip("/"), audience.rstrip("/") + "/"]  # with or without a trailing slash
         try:
-            claims = jwt.decode(token, key, algorithms=[algorithm], audience=audience, issuer=issuer.iss,
+            claims = jwt.decode(token, key, algorithms=[algorithm], audience=audiences, issuer=issuer.iss,
                                 leeway=self.leeway, options={"require": REQUIRED_CLAIMS})
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"token rejected: {type(exc).__name__}: {exc}") from exc
+        if claims["exp"] - claims["iat"] > self.max_lifetime:
+            raise Unauthorized(f"token lifetime {claims['exp'] - claims['iat']:.0f} s exceeds {self.max_lifetime:.0f} s")
         if not isinstance(claims["jti"], str) or not claims["jti"]:
             raise Unauthorized("jti is not a non-empty string")
         if not self.store.first_use(issuer.iss, claims["jti"], float(claims["exp"]) + self.leeway):
@@ -194,4 +245,4 @@ def verifier_from_config(config) -> ClientVerifier | None:
         raise ValueError("CLIENT_AUTH needs PUBLIC_BASE_URL and at least one TRUSTED_ISSUERS entry")
     resolver = KeyResolver(url_ttl=float(config["JWKS_URL_TTL"]), allow_http=bool(config["JWKS_ALLOW_HTTP"]))
     return ClientVerifier(config["TRUSTED_ISSUERS"], config["PUBLIC_BASE_URL"], float(config["JWT_LEEWAY"]),
-                          replay_store(config["REPLAY_STORE"]), resolver)
+                          replay_store(config["REPLAY_STORE"]), resolver, float(config["JWT_MAX_LIFETIME"]))

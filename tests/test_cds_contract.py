@@ -184,7 +184,8 @@ def test_unreachable_fhir_server_is_412_within_the_deadline(client):
 
 def test_http_fhir_server_refused_in_production(app):
     from cds_service.app import create_app
-    production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22").test_client()
+    production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22", OPEN_MODE=True,
+                            FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE=None).test_client()
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"] = {}
     body["fhirServer"] = "http://127.0.0.1:9/fhir"

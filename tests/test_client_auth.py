@@ -231,3 +231,64 @@ def test_feedback_follows_the_same_policy_with_its_own_audience(secured):
     assert_401(secured.post(feedback_path, json=body))
     assert_401(send(token()))  # a token minted for the service endpoint is not valid here
     assert send(token(aud=BASE + feedback_path)).status_code == 200
+
+
+# ---- hostile networks: key-type confusion and JWT details -----------------------------------
+
+@pytest.mark.parametrize("signer, alg, iss, kid", [
+    (EPIC_KEY, "RS384", "https://ehr.example.org", "ehr-1"),  # RS384, but the kid names the EC key
+    (EHR_KEY, "ES384", "https://epic.example.org/fhir", "epic-1"),  # ES384, but the kid names the RSA key
+], ids=["rs384-with-ec-kid", "es384-with-rsa-kid"])
+def test_key_type_confusion_is_a_bare_401_without_an_error(secured, caplog, signer, alg, iss, kid):
+    """Was a TypeError outside the 401 path: 500 and an ERROR with stack frames."""
+    assert_401(call(secured, token(signer, alg, iss, headers={"kid": kid})))
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert "does not fit algorithm" in caplog.text
+
+
+def test_token_lifetime_is_capped(secured, tmp_path):
+    """A 10-year token was accepted; exp - iat may be at most JWT_MAX_LIFETIME (default 300 s)."""
+    now = int(time.time())
+    assert_401(call(secured, token(iat=now, exp=now + 10 * 365 * 86400)))
+    assert_401(call(secured, token(iat=now, exp=now + 301)))
+    assert call(secured, token(iat=now, exp=now + 300)).status_code == 200
+    longer = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE, JWT_MAX_LIFETIME=3600,
+                        REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
+                        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}}).test_client()
+    assert call(longer, token(iat=now, exp=now + 3600)).status_code == 200
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": str(int(time.time()) + 120)}, {"iat": str(int(time.time()))}, {"nbf": str(int(time.time()) - 10)},
+    {"exp": True}, {"exp": [int(time.time()) + 120]},
+], ids=["exp-string", "iat-string", "nbf-string", "exp-boolean", "exp-list"])
+def test_non_numeric_time_claims_are_refused(secured, claims):
+    """A string `exp` was accepted (PyJWT converts it); RFC 7519 says NumericDate."""
+    assert_401(call(secured, token(**claims)))
+
+
+def test_audience_with_or_without_a_trailing_slash(secured):
+    assert call(secured, token(aud=BASE + PATH + "/")).status_code == 200
+    assert call(secured, token(aud=BASE + PATH)).status_code == 200
+    assert_401(call(secured, token(aud=BASE + PATH + "//")))
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_bearer_scheme_is_case_insensitive(secured, scheme):
+    """RFC 6750 section 2.1 and RFC 9110 section 11.1: the scheme name is case-insensitive."""
+    response = secured.post(PATH, json=FIXTURE["request"], headers={"Authorization": f"{scheme} {token()}"})
+    assert response.status_code == 200
+
+
+def test_unreachable_redis_replay_store_is_503_with_a_clear_log_line(caplog):
+    """Was a 500 with a stack trace. Nothing listens on the port: the token may be fine, but its
+    jti cannot be checked, so the call is refused as retryable, and the log says why."""
+    from conftest import _free_port
+
+    app = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE,
+                     REPLAY_STORE=f"redis://127.0.0.1:{_free_port()}/0",
+                     TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
+    response = call(app.test_client(), token())
+    assert response.status_code == 503 and response.get_json()["issue"][0]["code"] == "transient"
+    assert "replay store (REPLAY_STORE) is unreachable" in caplog.text
+    assert "Traceback" not in caplog.text and not any(getattr(r, "frames", None) for r in caplog.records)

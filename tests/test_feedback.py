@@ -64,15 +64,20 @@ def test_accepted_and_overridden_feedback_is_stored_with_the_rule(feedback_app):
     assert by_outcome["overridden"]["user_comment"] is None  # free text kept only when configured
 
 
-def test_repeated_reports_are_stored_once_and_unknown_cards_are_skipped(feedback_app, caplog):
+def test_repeated_reports_are_stored_once_and_unknown_cards_are_kept_apart(feedback_app, caplog):
+    """Feedback on a card uuid the store does not know is answered 200 and kept in its own table
+    (it was dropped before), once per report like any other."""
     client = feedback_app.test_client()
     card = issue_card(client)
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
     stranger = dict(item, card=str(uuid.uuid4()))
     caplog.set_level("INFO", logger="cds_service.api")
     assert send(client, item, item, stranger).status_code == 200
-    assert send(client, item).status_code == 200
-    assert len(feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"])) == 1
+    assert send(client, item, stranger).status_code == 200
+    ledger = feedback_app.extensions["legmove_ledger"]
+    assert len(ledger.feedback_for(card["uuid"])) == 1
+    (kept,) = ledger.unmatched_for(stranger["card"])
+    assert (kept["service_id"], kept["outcome"]) == ("legmove-orders", "overridden")
     counts = [r for r in caplog.records if getattr(r, "event", None) == "feedback"]
     assert (counts[0].stored, counts[0].repeated, counts[0].unknown_card) == (1, 1, 1)
 

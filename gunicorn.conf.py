@@ -1,0 +1,57 @@
+"""Gunicorn settings for `make run` and deployments: `gunicorn -c gunicorn.conf.py 'cds_service.app:create_app()'`.
+
+Worker model: gevent. A client that sends its request slowly (one header line every few seconds,
+whether by a bad network or on purpose) holds whatever serves it until the request is complete.
+With sync workers that is a whole worker; with gthread a thread (and 50 such clients need 50
+threads per worker). With gevent it is a greenlet of a few KiB, so a normal call keeps answering
+while thousands wait. Measured, and why the engine, the stores and `requests` are safe under it:
+README.md, section "Serving".
+
+No `preload_app`: each worker builds the app after gevent has patched threading, so every lock
+the app creates (the engine's, the ledger's, the JWKS cache's) is cooperative.
+"""
+import os
+import subprocess
+import sys
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise SystemExit(f"PORT must be a number from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _workers(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise SystemExit(f"WORKERS must be a number from 1 to 64, got {raw!r}")
+    return int(raw)
+
+
+def _host(raw: str) -> str:
+    if not raw or any(c.isspace() or c in "/@" for c in raw):
+        raise SystemExit(f"HOST must be a host name or address, got {raw!r}")
+    return f"[{raw}]" if ":" in raw and not raw.startswith("[") else raw
+
+
+# ---- worker model (issue 10) -------------------------------------------------------------
+# Loopback unless HOST says otherwise: in open mode nothing checks who calls.
+bind = f"{_host(os.environ.get('HOST', '127.0.0.1'))}:{_port(os.environ.get('PORT', '8080'))}"
+workers = _workers(os.environ.get("WORKERS", "2"))  # about one per core: the engine is CPU-bound
+worker_class = "gevent"
+worker_connections = 1000  # open connections per worker (slow ones included)
+timeout = 30  # a worker silent this long is restarted
+graceful_timeout = 10
+keepalive = 5
+max_requests = 5000
+max_requests_jitter = 500
+accesslog = "-"
+# gunicorn >= 25 opens an admin control socket at one fixed path per user: several instances on a
+# host would fight over it, and nothing here uses it
+control_socket_disable = True
+
+
+def on_starting(server):
+    """Once, in the master, before any worker: refuse unsafe settings and bring the feedback
+    store's schema to the newest revision (workers only check it). See cds_service/prestart.py."""
+    if subprocess.run([sys.executable, "-m", "cds_service.prestart"]).returncode != 0:
+        raise SystemExit(1)
