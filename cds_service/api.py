@@ -7,7 +7,7 @@ import math
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .advice import Knowledge, advise

@@ -77,7 +77,7 @@ def test_repeated_reports_are_stored_once_and_unknown_cards_are_kept_apart(feedb
     ledger = feedback_app.extensions["legmove_ledger"]
     assert len(ledger.feedback_for(card["uuid"])) == 1
     (kept,) = ledger.unmatched_for(stranger["card"])
-    assert (kept["service_id"], kept["outcome"]) == ("legmove-orders", "overridden")
+    assert (kept["service_id"], kept["outcome"]) == ("legmove-order-sign", "overridden")  # the endpoint called
     counts = [r for r in caplog.records if getattr(r, "event", None) == "feedback"]
     assert (counts[0].stored, counts[0].repeated, counts[0].unknown_card) == (1, 1, 1)
 

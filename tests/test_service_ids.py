@@ -103,8 +103,9 @@ def test_a_413_is_logged_as_a_413(client, app, caplog):
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    ({}, "fhirServer is not on the unauthenticated-reads allowlist"),  # development: reads on, loopback only
-    ({"FHIR_UNAUTHENTICATED_READS": False}, "unauthenticated reads are off"),
+    ({}, "not on the configured allowlist"),  # development: FHIR servers on loopback only
+    ({"FHIR_SERVER_ALLOWLIST": ["*"]}, "fhirServer is not on the unauthenticated-reads allowlist"),
+    ({"FHIR_SERVER_ALLOWLIST": ["*"], "FHIR_UNAUTHENTICATED_READS": False}, "unauthenticated reads are off"),
     ({"FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}, "not on the configured allowlist"),
 ])
 def test_a_412_in_development_names_the_real_reason(overrides, reason):
