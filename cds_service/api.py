@@ -82,6 +82,7 @@ def call_service(service_id: str):
         status = response.status_code
         if service_id in ALIASES:
             response.headers["Deprecation"] = "true"  # RFC 9745: use the per-hook ids from discovery
+            record["deprecated_alias"] = True
         return response
     except HTTPException as exc:
         # an abort() carrying a ready response (e.g. 413) has no code of its own

@@ -119,8 +119,10 @@ class Service:
                  "prefetch": dict(self.prefetch),
                  "usageRequirements": "Needs read access to Patient, Condition, Observation, ServiceRequest, Procedure, "
                                       "DiagnosticReport, MedicationRequest and MedicationStatement for the context "
-                                      "patient (prefetch or fhirServer). The PLMS index is read by the local code "
-                                      "in setting plms_index_code (no LOINC code exists)."}
+                                      "patient (prefetch or fhirServer); a key left out only silences the rules "
+                                      "that read it. The PLMS index has no LOINC code: it is read by the local code "
+                                      "in setting plms_index_code, which joins the labs template once set to a "
+                                      "system the deployment owns."}
         if not entry["prefetch"]:
             del entry["prefetch"]
         return entry

@@ -15,6 +15,7 @@ import copy
 import gzip
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import os
 import shutil
@@ -36,6 +37,8 @@ CHARTS = sorted(SYNTHEA.glob("*.json.gz"))
 KEY_TYPES = {"patient": "Patient", "conditions": "Condition", "labs": "Observation",
              "service_requests": "ServiceRequest", "procedures": "Procedure", "reports": "DiagnosticReport",
              "medication_requests": "MedicationRequest", "medication_statements": "MedicationStatement"}
+RETRIES = 2  # a call whose answer differs is repeated (after 1 s): on a machine loaded far beyond its cores a
+# query can outlast the deadline, which correctly makes its key missing; a real divergence repeats
 ENRICHED = 9  # copies of the largest charts (most Observations), with RLS data added
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1_SELECT = load_fixture(ROOT / "fhir_fixtures/R1/fires-snomed-order-select-pramipexole.json")
@@ -107,7 +110,8 @@ def _load(server: FhirServer, bundle: dict) -> dict[str, list[dict]]:
 def _cache_dir() -> Path:
     """Loading takes minutes on a busy machine, so a loaded server's data directory is kept for the
     next session, keyed by everything that shapes it (charts, this file, the sekmet version)."""
-    digest = hashlib.sha256(Path(__file__).read_bytes() + importlib.metadata.version("sekmet-fhir").encode())
+    shaping = [inspect.getsource(f) for f in (_enrich, _without_dangling, _load)] + [repr((KEY_TYPES, ENRICHED))]
+    digest = hashlib.sha256("".join(shaping).encode() + importlib.metadata.version("sekmet-fhir").encode())
     for path in CHARTS:
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
     root = Path(os.environ.get("LEGMOVE_SYNTHEA_CACHE", tempfile.gettempdir()))
@@ -166,13 +170,25 @@ def _cards(response) -> list[tuple[str, str]]:
     return sorted((c["extension"][EXTENSION]["rule"], c["indicator"]) for c in response.get_json()["cards"])
 
 
-def test_fhir_server_path_matches_prefetch_for_every_chart(population):
+def _logged_gaps(caplog) -> list[str]:
+    """Keys the last hook call could not read, or read only in part (from its hook_call log line)."""
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"][-1:]
+    return sorted(getattr(record, "missing", []) + getattr(record, "incomplete", []))
+
+
+@pytest.fixture(scope="module")
+def app():
+    """Default deadline, timeouts and page cap (built before caplog attaches its handler)."""
+    return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None)
+
+
+def test_fhir_server_path_matches_prefetch_for_every_chart(population, app, caplog):
     server, charts = population
-    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None)  # default deadline, timeouts, page cap
     for key in ("FHIR_DEADLINE", "FHIR_READ_TIMEOUT", "FHIR_CONNECT_TIMEOUT", "FHIR_MAX_PAGES"):
         assert app.config[key] == getattr(Config, key)
     client = app.test_client()
-    durations, mismatches, fired, answered = [], [], set(), set()
+    caplog.set_level("INFO", logger="cds_service.api")
+    durations, mismatches, fired, answered, retried = [], [], set(), set(), 0
     for name, stored, enriched in charts:
         for service, call in _calls(stored, enriched):
             prefetched = dict(call, prefetch={key: {"resourceType": "Bundle", "type": "searchset",
@@ -184,22 +200,28 @@ def test_fhir_server_path_matches_prefetch_for_every_chart(population):
             remote = dict(call, fhirServer=server.base_url, fhirAuthorization={
                 "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
                 "subject": "legmove-cds", "patient": call["context"]["patientId"]})
-            started = time.monotonic()
-            actual = client.post(f"/cds-services/{service}", json=remote)
-            durations.append(time.monotonic() - started)
+            caplog.clear()
+            for attempt in range(1 + RETRIES):
+                started = time.monotonic()
+                actual = client.post(f"/cds-services/{service}", json=remote)
+                durations.append(time.monotonic() - started)
+                gaps = _logged_gaps(caplog)
+                if actual.status_code == 200 and _cards(actual) == _cards(expected) and not gaps:
+                    break
+                retried += 1  # on a machine overloaded far beyond 2 cores the deadline, not the logic
+                caplog.clear()
+                time.sleep(1)
             if os.environ.get("LEGMOVE_POPULATION_VERBOSE"):
                 print(name[:30], call["hook"], actual.status_code, f"{durations[-1]:.2f}s", _cards(actual)
                       if actual.status_code == 200 else actual.get_data(as_text=True)[-200:], flush=True)
-            if actual.status_code != 200 or _cards(actual) != _cards(expected):
-                mismatches.append((name, call["hook"], actual.status_code, _cards(expected),
+            if actual.status_code != 200 or _cards(actual) != _cards(expected) or gaps:
+                mismatches.append((name, call["hook"], actual.status_code, gaps, _cards(expected),
                                    _cards(actual) if actual.status_code == 200 else actual.get_data(as_text=True)[:200]))
                 continue
-            missing = [c["extension"][EXTENSION].get("missingData") for c in actual.get_json()["cards"]]
-            assert not any(missing), (name, missing)
             answered.add(name)
             fired |= {rule for rule, _ in _cards(actual)}
     print(f"\n{len(durations)} fhirServer calls: median {statistics.median(durations) * 1000:.0f} ms, "
-          f"max {max(durations) * 1000:.0f} ms; rules fired: {sorted(fired)}")
+          f"max {max(durations) * 1000:.0f} ms; {retried} repeated after a timeout; rules fired: {sorted(fired)}")
     assert not mismatches, mismatches[:5]
     assert len(answered) == len(CHARTS) + ENRICHED
     assert {"R1", "R2", "R3", "R4"} <= fired, "the enriched copies exercise the iron and drug rules"
