@@ -42,9 +42,13 @@ class Config:
     # None turns the feedback endpoint off (404). PostgreSQL: postgresql+psycopg://host/db
     FEEDBACK_STORE: str | None = "sqlite:///var/legmove-feedback.sqlite3"
     FEEDBACK_STORE_COMMENTS = False  # keep free-text userComment only after a privacy review
+    # The card preview page (/preview, cds_service/preview.py): a browser CDS client for trying the
+    # service. Off in production unless set; never served while CLIENT_AUTH is on (see preview.py).
+    PREVIEW_ENABLED = False
 
 
 class DevelopmentConfig(Config):
+    PREVIEW_ENABLED = True
     FHIR_ALLOW_HTTP = True
     FHIR_UNAUTHENTICATED_READS = True
     FHIR_UNAUTHENTICATED_ALLOWLIST = ["http://127.0.0.1", "http://localhost"]
