@@ -218,14 +218,18 @@ def _count_outcomes(response, created: dict, patients: list, failures: list, lab
         return
     for entry in entries:
         answer = entry.get("response") or {}
-        location = answer.get("location") or ""
-        kind = location.split("/", 1)[0] or "unknown"
+        # location is relative or absolute, with or without _history: "Type/id" is what we want
+        found = _LOCATION.search(str(answer.get("location") or ""))
+        kind, new_id = found.groups() if found else ("unknown", "")
         status = str(answer.get("status", "")).split(" ", 1)[0]
         bucket = created.setdefault(kind, {})
         key = status if status in ("200", "201") else "other"
         bucket[key] = bucket.get(key, 0) + 1
-        if kind == "Patient" and "/" in location:
-            patients.append(location.split("/")[1])
+        if kind == "Patient":
+            patients.append(new_id)
+
+
+_LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]*)?$")
 
 
 # ---- invoke --------------------------------------------------------------------------------
