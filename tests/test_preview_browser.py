@@ -23,6 +23,20 @@ NO_FERRITIN = "R1/fires-no-ferritin"
 
 pytestmark = pytest.mark.fhir_server
 
+# chart text is attacker-controlled as far as the page is concerned: HTML in a diagnosis name
+PAYLOAD = '<img src=x onerror="document.title=\'pwned\'"><script>document.title=\'pwned\'</script>'
+HOSTILE_CHART = [
+    {"resourceType": "Patient", "id": "hostile-1"},
+    {"resourceType": "Condition", "id": "hostile-1-rls", "subject": {"reference": "Patient/hostile-1"},
+     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                    "code": "active"}]},
+     "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                        "code": "confirmed"}]},
+     "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G25.81", "display": PAYLOAD}],
+              "text": PAYLOAD},
+     "recordedDate": "2025-03-14"},
+]
+
 
 def _need(condition: bool, reason: str) -> None:
     if condition:
@@ -55,6 +69,7 @@ def stack(tmp_path_factory):
     loaded = run_cli("load", "--fhir-server", fhir.base_url, "--token", FHIR_TOKEN,
                      ROOT / "fhir_fixtures" / f"{NO_FERRITIN}.json")
     assert loaded.returncode == 0, loaded.stderr
+    fhir.transaction(HOSTILE_CHART)
     service = ServedService(tmp_path_factory.mktemp("preview-service"),
                             FHIR_SERVER_ALLOWLIST=json.dumps([fhir.base_url]))
     yield fhir, service
@@ -189,3 +204,18 @@ def test_the_preview_is_off_in_production_and_with_client_auth():
                         PUBLIC_BASE_URL="https://cds.example.org",
                         TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": {"keys": []}}})
     assert signed.test_client().get("/preview").status_code == 404
+
+
+def test_html_in_chart_data_is_shown_as_text_never_run(page, stack):
+    fhir, _ = stack
+    page.check("input[name=source][value=fhir]")
+    page.select_option("#hook", "patient-view")
+    page.fill("#fhir-server", fhir.base_url)
+    page.fill("#patient-id", "hostile-1")
+    page.fill("#fhir-token", FHIR_TOKEN)
+    page.click("#run")
+    expect(page.locator("#status")).to_contain_text("card(s) from")
+    card = page.locator(".card").first
+    assert "<img src=x" in card.locator(".detail").inner_text(), "the payload is quoted in the card, as text"
+    assert page.locator(".card img, .card script").count() == 0
+    assert page.title() != "pwned"

@@ -58,18 +58,31 @@ function diagnostics(body) {
 
 const INLINE = /\\([\\`*_{}[\]()#+\-.!])|\*\*(.+?)\*\*|\*(.+?)\*|`([^`]+)`/g;
 
+const ENTITIES = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0" };
+
+function decodeEntities(text) {
+  // Markdown shows &lt; as "<": the service escapes HTML in chart text, the page shows the characters (as text)
+  return text.replace(/&(#x[0-9a-f]+|#[0-9]+|[a-z]+);/gi, (whole, name) => {
+    if (name[0] === "#") {
+      const code = name[1].toLowerCase() === "x" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10);
+      return code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : whole;
+    }
+    return ENTITIES[name.toLowerCase()] ?? whole;
+  });
+}
+
 function inline(text) {
   const out = document.createDocumentFragment();
   let last = 0;
   for (const m of text.matchAll(INLINE)) {
-    out.append(text.slice(last, m.index));
+    out.append(decodeEntities(text.slice(last, m.index)));
     if (m[1] !== undefined) out.append(m[1]);
     else if (m[2] !== undefined) out.append(el("strong", {}, inline(m[2])));
     else if (m[3] !== undefined) out.append(el("em", {}, inline(m[3])));
-    else out.append(el("code", {}, m[4]));
+    else out.append(el("code", {}, m[4]));  // code spans keep entities as written (CommonMark)
     last = m.index + m[0].length;
   }
-  out.append(text.slice(last));
+  out.append(decodeEntities(text.slice(last)));
   return out;
 }
 
