@@ -30,16 +30,19 @@ def run_cli(*args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
 
 
 class ServedService:
-    def __init__(self, workdir: Path, **settings):
+    def __init__(self, workdir: Path, cwd: Path = ROOT, options_from_env: bool = False, **settings):
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.feedback_store = f"sqlite:///{workdir / 'feedback.sqlite3'}"
         env = cli_env(LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=self.feedback_store, LEGMOVE_LOG_LEVEL="WARNING",
                       **{f"LEGMOVE_{k}": v for k, v in settings.items()})
+        args = ["--port", str(self.port), "--workers", "1"]
+        if options_from_env:  # the way a container passes them
+            env.update(PORT=str(self.port), WORKERS="1")
+            args = []
         self.log = open(workdir / "serve.log", "w")
-        self.process = subprocess.Popen([LEGMOVE_CDS, "serve", "--port", str(self.port), "--workers", "1"], cwd=ROOT,
-                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen([LEGMOVE_CDS, "serve", *args], cwd=cwd, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -162,3 +162,13 @@ def test_rules_prints_the_catalog_that_docs_rules_md_holds():
     result = run_cli("rules", timeout=60)
     assert result.returncode == 0
     assert result.stdout == (ROOT / "docs/rules.md").read_text(encoding="utf-8")
+
+
+def test_serve_uses_gunicorn_conf_py_of_the_working_directory_and_port_from_the_environment(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text(f"accesslog = {str(tmp_path / 'access.log')!r}\n", encoding="utf-8")
+    service = ServedService(tmp_path, cwd=tmp_path, options_from_env=True)
+    try:
+        assert requests.get(f"{service.base_url}/cds-services", timeout=10).status_code == 200
+    finally:
+        service.stop()
+    assert "/cds-services" in (tmp_path / "access.log").read_text(encoding="utf-8")
