@@ -8,10 +8,15 @@ search must never look like "nothing on file".
 """
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import jwt
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from .bundle_search import search
 from .prefetch import expand
@@ -27,15 +32,45 @@ class Prefetched:
     warnings: list[str] = field(default_factory=list)
 
 
+class ClientSigner:
+    """Signs each call as a CDS client (CDS Hooks 2.0, Trusting CDS Clients): a fresh JWT per request,
+    ES384 for an EC P-384 key or RS384 for an RSA key, `aud` the exact URL called, a new `jti`."""
+
+    def __init__(self, key_file: Path, issuer: str, kid: str | None = None):
+        try:
+            self.key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ClientError(f"cannot read a PEM private key from {key_file}: {type(exc).__name__}") from None
+        if isinstance(self.key, ec.EllipticCurvePrivateKey) and isinstance(self.key.curve, ec.SECP384R1):
+            self.algorithm = "ES384"
+        elif isinstance(self.key, rsa.RSAPrivateKey):
+            self.algorithm = "RS384"
+        else:
+            raise ClientError("the client key must be EC P-384 (ES384) or RSA (RS384)")
+        self.issuer, self.kid = issuer, kid
+
+    def headers(self, url: str) -> dict:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": url, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+        token = jwt.encode(claims, self.key, algorithm=self.algorithm,
+                           headers={"kid": self.kid, "typ": "JWT"} if self.kid else {"typ": "JWT"})
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _signed(signer: "ClientSigner | None", url: str) -> dict:
+    return signer.headers(url) if signer else {}
+
+
 def service_base(url: str) -> str:
     """Accept the service root or its discovery URL."""
     url = url.rstrip("/")
     return url[: -len("/cds-services")] if url.endswith("/cds-services") else url
 
 
-def discover(session: requests.Session, base: str, timeout: float) -> list[dict]:
+def discover(session: requests.Session, base: str, timeout: float, signer: ClientSigner | None = None) -> list[dict]:
+    url = f"{base}/cds-services"
     try:
-        response = session.get(f"{base}/cds-services", timeout=timeout)
+        response = session.get(url, headers=_signed(signer, url), timeout=timeout)
     except requests.RequestException as exc:
         raise ClientError(f"cannot reach the CDS service at {base}: {type(exc).__name__}") from None
     if response.status_code != 200:
@@ -123,8 +158,10 @@ def hook_request(hook: str, context: dict, prefetch: dict | None, fhir_server: s
     return body
 
 
-def call(session: requests.Session, base: str, service_id: str, body: dict, timeout: float) -> requests.Response:
+def call(session: requests.Session, base: str, service_id: str, body: dict, timeout: float,
+         signer: ClientSigner | None = None) -> requests.Response:
+    url = f"{base}/cds-services/{service_id}"
     try:
-        return session.post(f"{base}/cds-services/{service_id}", json=body, timeout=timeout)
+        return session.post(url, json=body, headers=_signed(signer, url), timeout=timeout)
     except requests.RequestException as exc:
         raise ClientError(f"the hook call to {base} failed: {type(exc).__name__}") from None

@@ -251,9 +251,13 @@ _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_hist
 @click.option("--no-prefetch", is_flag=True, help="send no prefetch: the service reads the FHIR server itself")
 @click.option("--json", "as_json", is_flag=True, help="print the raw response")
 @click.option("--explain", is_flag=True, help="show each card's explanation (rule, facts, resources)")
+@click.option("--client-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="sign each call with this PEM private key (EC P-384 or RSA), for a service with client auth on")
+@click.option("--client-iss", help="the issuer (iss) the service trusts for --client-key")
+@click.option("--client-kid", help="key id (kid) to put in the JWT header")
 @click.option("--timeout", default=30.0, show_default=True, help="seconds per HTTP request")
 def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxnorm, service_url, service_id, user,
-           no_prefetch, as_json, explain, timeout) -> None:
+           no_prefetch, as_json, explain, client_key, client_iss, client_kid, timeout) -> None:
     """Call the service as an EHR would and show its cards.
 
     Reads discovery, fills each prefetch template from the FHIR server (or the bundle), sends the
@@ -275,11 +279,14 @@ def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxn
                   else [medication_draft(draft_rxnorm, patient)] if draft_rxnorm else [])
     except DraftError as exc:
         _fail(str(exc), 2)
+    if bool(client_key) != bool(client_iss):
+        _fail("--client-key and --client-iss go together", 2)
     base = cds.service_base(service_url)
     notes = []
     try:
+        signer = cds.ClientSigner(client_key, client_iss, client_kid) if client_key else None
         with requests.Session() as session:
-            service = cds.pick_service(cds.discover(session, base, timeout), hook, service_id)
+            service = cds.pick_service(cds.discover(session, base, timeout, signer), hook, service_id)
             context = cds.hook_context(hook, patient, user, drafts)
             prefetch = {}
             if not no_prefetch:
@@ -288,7 +295,7 @@ def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxn
                        if fhir_server else cds.prefetch_from_resources(templates, context, _chart(bundle_file)))
                 prefetch, notes = got.values, got.warnings
             body = cds.hook_request(hook, context, prefetch, fhir_server, token)
-            response = cds.call(session, base, service["id"], body, timeout)
+            response = cds.call(session, base, service["id"], body, timeout, signer)
     except cds.ClientError as exc:
         _fail(str(exc))
     if as_json:

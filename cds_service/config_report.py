@@ -64,12 +64,13 @@ def report(config) -> list[Item]:
     else:
         declared = config.get("OPEN_MODE") is True
         add("client auth", "OPEN MODE: client JWTs are not verified; anyone who reaches the port may call"
-            + (" (declared with OPEN_MODE)" if declared else ""), unsafe=not declared)
+            + (" (declared with OPEN_MODE)" if declared else ""), unsafe=True)
     allowlist = config["FHIR_SERVER_ALLOWLIST"]
     if allowlist is None:
         add("fhirServer", "any fhirServer a caller names is queried (with its token)", unsafe=True)
     elif allowlist == ["*"]:
-        add("fhirServer", "any fhirServer is allowed (explicit '*')")
+        add("fhirServer", "any fhirServer is allowed (explicit '*'): callers choose where requests and tokens go",
+            unsafe=True)
     else:
         add("fhirServer", f"queried only under: {', '.join(allowlist) or 'nothing (fetching is off)'}")
     if config["FHIR_ALLOW_HTTP"]:

@@ -30,8 +30,9 @@ def run_cli(*args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
 
 
 class ServedService:
-    def __init__(self, workdir: Path, cwd: Path = ROOT, options_from_env: bool = False, **settings):
-        self.port = _free_port()
+    def __init__(self, workdir: Path, cwd: Path = ROOT, options_from_env: bool = False, port: int | None = None,
+                 **settings):
+        self.port = port or _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.feedback_store = f"sqlite:///{workdir / 'feedback.sqlite3'}"
         env = cli_env(LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=self.feedback_store, LEGMOVE_LOG_LEVEL="WARNING",
@@ -43,18 +44,30 @@ class ServedService:
         self.log = open(workdir / "serve.log", "w")
         self.process = subprocess.Popen([LEGMOVE_CDS, "serve", *args], cwd=cwd, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        """/openapi.json needs no client token, whatever the configuration."""
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"legmove-cds serve exited early; see {self.log.name}")
             try:
-                if requests.get(f"{self.base_url}/cds-services", timeout=1).status_code == 200:
+                if requests.get(f"{self.base_url}/openapi.json", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise RuntimeError(f"legmove-cds serve did not answer within 90 s; see {self.log.name}")
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            self.log.close()
+            return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=15)

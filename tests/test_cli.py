@@ -172,3 +172,34 @@ def test_serve_uses_gunicorn_conf_py_of_the_working_directory_and_port_from_the_
     finally:
         service.stop()
     assert "/cds-services" in (tmp_path / "access.log").read_text(encoding="utf-8")
+
+
+def test_invoke_signs_as_a_trusted_client_when_the_service_enforces_client_auth(tmp_path):
+    """The service verifies the CLI's ES384 JWT like any EHR's: refused without the key, cards with it."""
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from conftest import _free_port
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "client.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+    public = pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [dict(public, kid="cli-1", use="sig")]}))
+    port = _free_port()
+    service = ServedService(tmp_path, port=port, CLIENT_AUTH="true", PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+                            DISCOVERY_REQUIRES_AUTH="true", REPLAY_STORE=f"sqlite:///{tmp_path / 'replay.sqlite3'}",
+                            TRUSTED_ISSUERS=json.dumps({"https://cli.example.org": {
+                                "jwks_file": str(tmp_path / "jwks.json")}}))
+    try:
+        call = ["invoke", "patient-view", "--patient", NO_FERRITIN_PATIENT, "--bundle", NO_FERRITIN,
+                "--service", service.base_url]
+        unsigned = run_cli(*call, timeout=60)
+        assert unsigned.returncode == 1 and "discovery at" in unsigned.stderr and "answered 401" in unsigned.stderr
+        signed = run_cli(*call, "--client-key", tmp_path / "client.pem", "--client-iss", "https://cli.example.org",
+                         "--client-kid", "cli-1", "--json", timeout=60)
+        assert signed.returncode == 0, signed.stderr
+        assert "R1" in rules_of(signed.stdout)
+    finally:
+        service.stop()
