@@ -2,6 +2,9 @@
 service started with `legmove-cds serve` (gunicorn), both on loopback: `load` a chart, then
 `invoke` the hooks with prefetch filled by the client, with `--no-prefetch`, and from a bundle."""
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -203,3 +206,25 @@ def test_invoke_signs_as_a_trusted_client_when_the_service_enforces_client_auth(
         assert "R1" in rules_of(signed.stdout)
     finally:
         service.stop()
+
+
+def _synthea_dir() -> Path | None:
+    """The shared Synthea charts beside the clone (or where LEGMOVE_SYNTHEA_DIR points)."""
+    folder = Path(os.environ.get("LEGMOVE_SYNTHEA_DIR", ROOT.parent / "shared" / "data" / "synthea"))
+    return folder if folder.is_dir() and any(folder.glob("*.json.gz")) else None
+
+
+def test_load_a_real_synthea_chart_then_invoke_on_the_id_the_server_gave(servers):
+    folder = _synthea_dir()
+    if folder is None:
+        pytest.skip("no Synthea charts at ../shared/data/synthea (set LEGMOVE_SYNTHEA_DIR)")
+    fhir, service, _ = servers
+    chart = min(folder.glob("*.json.gz"), key=lambda p: p.stat().st_size)  # gzip, POSTs with urn:uuid references
+    loaded = run_cli("load", "--fhir-server", fhir.base_url, "--token", FHIR_TOKEN, chart)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "1 of 1 bundles loaded" in loaded.stdout
+    (patient,) = re.findall(r"patients: (\S+)", loaded.stdout)
+    result = run_cli("invoke", "patient-view", "--patient", patient, "--fhir-server", fhir.base_url,
+                     "--token", FHIR_TOKEN, "--service", service.base_url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert isinstance(json.loads(result.stdout)["cards"], list)

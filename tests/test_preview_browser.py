@@ -219,3 +219,14 @@ def test_html_in_chart_data_is_shown_as_text_never_run(page, stack):
     assert "<img src=x" in card.locator(".detail").inner_text(), "the payload is quoted in the card, as text"
     assert page.locator(".card img, .card script").count() == 0
     assert page.title() != "pwned"
+
+
+def test_an_order_for_a_procedure(page):
+    page.select_option("#example", "R6/fires-psg-for-cramps")  # simple leg cramps on the problem list
+    page.select_option("#hook", "order-select")
+    page.check("input[name=draft][value=procedure]")
+    page.select_option("#procedure", "psg")
+    page.click("#run")
+    expect(page.locator("#status")).to_contain_text("card(s) from")
+    rules = [why.split("rule ")[-1] for why in page.locator("details.why summary").all_inner_texts()]
+    assert "R6" in rules, rules
