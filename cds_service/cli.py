@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 import requests
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -78,22 +78,14 @@ def _fixtures_by_rule() -> dict[str, tuple[list[str], list[str]]]:
     from .examples import all_examples
 
     found: dict[str, tuple[list[str], list[str]]] = {}
-    for name in sorted(all_examples(), key=lambda n: n + ".json"):  # the order of the file names
-        expect = _expectation(name)
+    for name, example in sorted(all_examples().items(), key=lambda kv: kv[0] + ".json"):  # file-name order
+        expect = example.expect
         stem = name.split("/", 1)[1]
         for rule in expect["fires"]:
             found.setdefault(rule, ([], []))[0].append(stem)
         for rule in expect["silent"]:
             found.setdefault(rule, ([], []))[1].append(stem)
     return found
-
-
-def _expectation(name: str) -> dict:
-    import importlib.resources
-
-    rule, stem = name.split("/", 1)
-    item = importlib.resources.files("legmove_examples").joinpath(rule, f"{stem}.json")
-    return json.loads(item.read_text(encoding="utf-8"))["expect"]
 
 
 @main.command("rules")
@@ -359,8 +351,6 @@ def render_card(card: dict, explain: bool = False) -> Panel:
     if explain and card.get("extension"):
         parts.append(Text("Explanation:", style="bold magenta"))
         parts.append(Text(json.dumps(card["extension"], indent=2, ensure_ascii=False), style="magenta"))
-    from rich.console import Group
-
     title = Text(f"[{card.get('indicator', '?').upper()}] ", style=f"bold {colour}")
     title.append(card.get("summary", ""), style="bold")
     return Panel(Group(*parts), title=title, title_align="left", border_style=colour)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 
@@ -21,6 +21,7 @@ class Example:
     hook: str
     service: str
     request: dict
+    expect: dict = field(default_factory=dict)  # {"fires": [rule ids], "silent": [rule ids]}
 
     @property
     def patient_id(self) -> str:
@@ -65,7 +66,7 @@ def all_examples() -> dict[str, Example]:
                 data = json.loads(item.read_text(encoding="utf-8"))
                 name = f"{folder.name}/{item.name[:-5]}"
                 found[name] = Example(name, data["description"], data["request"]["hook"], data["service"],
-                                      data["request"])
+                                      data["request"], data["expect"])
     return dict(sorted(found.items(), key=lambda kv: _natural(kv[0])))
 
 

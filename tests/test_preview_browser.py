@@ -196,9 +196,12 @@ def test_a_typed_fhir_server_goes_through_the_services_allowlist_and_token_rules
 def test_the_preview_is_off_in_production_and_with_client_auth():
     from cds_service.app import create_app
 
-    production = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None)
+    # OPEN_MODE and the allowlist: what a production start-up asks for when client auth is off
+    open_production = {"OPEN_MODE": True, "FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}
+    production = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, **open_production)
     assert production.test_client().get("/preview").status_code == 404
-    enabled = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, PREVIEW_ENABLED=True)
+    enabled = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, PREVIEW_ENABLED=True,
+                         **open_production)
     assert enabled.test_client().get("/preview").status_code == 200
     signed = create_app("test", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, CLIENT_AUTH=True,
                         PUBLIC_BASE_URL="https://cds.example.org",
