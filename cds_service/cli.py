@@ -154,7 +154,7 @@ def _bundles_from(path: Path) -> list[tuple[str, dict]]:
 
 @main.command()
 @click.option("--fhir-server", required=True, help="base URL of the FHIR server, e.g. http://127.0.0.1:8090/fhir")
-@click.option("--token", envvar="LEGMOVE_FHIR_TOKEN", help="bearer token for the FHIR server (env LEGMOVE_FHIR_TOKEN)")
+@click.option("--token", envvar="FHIR_TOKEN", help="bearer token for the FHIR server (env FHIR_TOKEN)")
 @click.option("--timeout", default=120.0, show_default=True, help="seconds per bundle")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def load(fhir_server: str, token: str | None, timeout: float, paths: tuple[Path, ...]) -> None:
@@ -230,14 +230,14 @@ _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_hist
 @click.argument("hook", type=click.Choice(HOOKS))
 @click.option("--patient", required=True, help="the patient's FHIR id (context.patientId)")
 @click.option("--fhir-server", help="FHIR server holding the chart (sent as fhirServer)")
-@click.option("--token", envvar="LEGMOVE_FHIR_TOKEN", help="bearer token for it (sent as fhirAuthorization)")
+@click.option("--token", envvar="FHIR_TOKEN", help="bearer token for it, sent as fhirAuthorization (env FHIR_TOKEN)")
 @click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="a Bundle (or fixture) holding the chart, instead of a FHIR server")
 @click.option("--draft", "draft_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="order hooks: a MedicationRequest/ServiceRequest, a Bundle of them, or a fixture")
 @click.option("--draft-rxnorm", help="order hooks: draft a MedicationRequest for this RxNorm code (bundled table)")
-@click.option("--service", "service_url", envvar="LEGMOVE_SERVICE_URL", default="http://127.0.0.1:8080",
-              show_default=True, help="the CDS service (root or discovery URL; env LEGMOVE_SERVICE_URL)")
+@click.option("--service", "service_url", envvar="CDS_SERVICE_URL", default="http://127.0.0.1:8080",
+              show_default=True, help="the CDS service (root or discovery URL; env CDS_SERVICE_URL)")
 @click.option("--service-id", help="use this service id instead of the first discovery entry for the hook")
 @click.option("--user", default="Practitioner/example", show_default=True, help="context.userId")
 @click.option("--no-prefetch", is_flag=True, help="send no prefetch: the service reads the FHIR server itself")

@@ -18,7 +18,8 @@ LEGMOVE_CDS = str(Path(sys.executable).parent / "legmove-cds")
 
 def cli_env(**extra) -> dict:
     """The environment of a `legmove-cds` subprocess: wide, uncoloured output, no stray LEGMOVE_ keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEGMOVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEGMOVE_")
+           and k not in ("FHIR_TOKEN", "CDS_SERVICE_URL", "HOST", "PORT", "WORKERS")}
     env.update(COLUMNS="200", NO_COLOR="1", TERM="dumb")
     env.update(extra)
     return env

@@ -228,3 +228,17 @@ def test_load_a_real_synthea_chart_then_invoke_on_the_id_the_server_gave(servers
                      "--token", FHIR_TOKEN, "--service", service.base_url, "--json")
     assert result.returncode == 0, result.stderr
     assert isinstance(json.loads(result.stdout)["cards"], list)
+
+
+def test_invoke_names_what_discovery_offers_when_the_service_id_does_not_serve_the_hook(servers):
+    _, service, _ = servers
+    result = run_cli("invoke", "patient-view", "--patient", NO_FERRITIN_PATIENT, "--bundle", NO_FERRITIN,
+                     "--service", service.base_url, "--service-id", "no-such-service")
+    assert result.returncode == 1
+    assert "discovery offers no service 'no-such-service' for hook 'patient-view'" in result.stderr
+    assert "legmove-patient-view (patient-view)" in result.stderr
+    env_token = run_cli("invoke", "patient-view", "--patient", NO_FERRITIN_PATIENT, "--fhir-server",
+                        servers[0].base_url, "--no-prefetch", "--service", service.base_url, "--json",
+                        FHIR_TOKEN=FHIR_TOKEN, CDS_SERVICE_URL="http://127.0.0.1:9")  # --service wins over the env
+    assert env_token.returncode == 0, env_token.stderr
+    assert "R1" in rules_of(env_token.stdout)
