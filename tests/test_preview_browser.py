@@ -222,6 +222,7 @@ def test_html_in_chart_data_is_shown_as_text_never_run(page, stack):
     assert "<img src=x" in card.locator(".detail").inner_text(), "the payload is quoted in the card, as text"
     assert page.locator(".card img, .card script").count() == 0
     assert page.title() != "pwned"
+    page.screenshot(path=str(ARTIFACTS / "preview-chart-text-with-html.png"), full_page=True)
 
 
 def test_an_order_for_a_procedure(page):
