@@ -29,10 +29,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Worker model, bind address (HOST, default loopback) and timeouts: gunicorn.conf.py
+# `legmove-cds serve`: gunicorn with gunicorn.conf.py (worker model, timeouts), the configuration
+# LEGMOVE_CONFIG names (development by default), bound to HOST:PORT (loopback by default)
 run: $(VENV)/.installed
 	LEGMOVE_CONFIG=$${LEGMOVE_CONFIG:-development} HOST='$(HOST)' PORT='$(PORT)' WORKERS='$(WORKERS)' \
-		$(BIN)/gunicorn -c gunicorn.conf.py 'cds_service.app:create_app()'
+		$(BIN)/legmove-cds serve
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -19,6 +19,7 @@ from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_envi
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from .logs import configure as configure_logs
+from .preview import register_preview
 from .rulebook import REGISTRY
 from .services import build_services
 from .terminology import Terminology
@@ -46,6 +47,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
+    register_preview(app)
     _register_error_handlers(app)
     app.after_request(_security_headers)
     return app

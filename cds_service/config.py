@@ -58,6 +58,9 @@ class Config:
     # Migrate the feedback store in create_app (one process: tests, a laptop). Off in production,
     # where `legmove-cds db upgrade` or gunicorn.conf.py's on_starting does it before workers start.
     FEEDBACK_STORE_AUTO_UPGRADE = False
+    # The card preview page (/preview, cds_service/preview.py): a browser CDS client for trying the
+    # service. Off in production unless set; never served while CLIENT_AUTH is on (see preview.py).
+    PREVIEW_ENABLED = False
 
 
 LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*",
@@ -66,6 +69,7 @@ LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*",
 
 class DevelopmentConfig(Config):
     OPEN_MODE = True
+    PREVIEW_ENABLED = True
     FHIR_ALLOW_HTTP = True
     FHIR_SERVER_ALLOWLIST = LOOPBACK
     FHIR_UNAUTHENTICATED_READS = True
