@@ -16,6 +16,7 @@ from .api import bp, outcome
 from .config import CONFIGS, from_environment
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
+from . import health, metrics
 from .logs import configure as configure_logs
 from .rulebook import REGISTRY
 from .services import build_services
@@ -44,6 +45,9 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
+    # operations endpoints: their own blueprints, so the client-JWT check of `bp` does not apply
+    app.register_blueprint(health.bp)
+    metrics.init_app(app)
     _register_error_handlers(app)
     return app
 

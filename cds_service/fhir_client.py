@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import requests
 
+from .metrics import timed_fhir_fetch
+
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024
@@ -69,6 +71,7 @@ class FhirClient:
     def same_server(self, url: str) -> bool:
         return url == self.base or url.startswith(self.base + "/") or url.startswith(self.base + "?")
 
+    @timed_fhir_fetch
     def _get(self, url: str) -> dict:
         remaining = self.deadline_at - time.monotonic()
         if remaining <= 0:
