@@ -142,16 +142,18 @@ def test_no_registered_rules_is_unready():
 def test_a_hook_call_counts_latency_cards_stages_and_status():
     app = create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None)
     client = app.test_client()
+    ids = [s["id"] for s in client.get("/cds-services").get_json()["services"] if s["hook"] == "order-sign"]
+    service = next((i for i in ids if i != "legmove-orders"), ids[0])  # the per-hook id where there is one
     before = scrape(client)
     for _ in range(3):
-        assert client.post("/cds-services/legmove-orders", json=R3["request"]).status_code == 200
+        assert client.post(f"/cds-services/{service}", json=R3["request"]).status_code == 200
     assert client.post("/cds-services/no-such-service-" + "x" * 40, json={}).status_code == 404
     after = scrape(client)
 
     def grew(name, **labels):
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    assert grew("legmove_hook_call_duration_seconds_count", service="legmove-orders", hook="order-sign", status="200") == 3
+    assert grew("legmove_hook_call_duration_seconds_count", service=service, hook="order-sign", status="200") == 3
     assert grew("legmove_hook_call_duration_seconds_count", service="unknown", hook="unknown", status="404") == 1
     assert grew("legmove_cards_total", hook="order-sign", rule="R3", indicator="warning") == 3
     assert grew("legmove_evaluation_stage_duration_seconds_count", hook="order-sign", stage="engine") == 3
