@@ -2,11 +2,13 @@
 hanging (the local PostgreSQL and Redis, closed and black-hole loopback ports), both endpoints
 open while client auth is on, and the metrics a hook call and a misbehaving FHIR server leave."""
 import copy
+import re
 import socket
 import threading
 import time
 import uuid
 
+import promql_parser
 import pytest
 import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
@@ -196,3 +198,23 @@ def test_fhir_fetches_are_timed_and_failures_counted_by_outcome(faulty_server, f
     if fault == "hang":
         assert metric(after, "legmove_fhir_fetch_duration_seconds_sum", outcome="timeout") >= 0.5
 
+
+
+def readme_queries() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```promql\n(.*?)```", text, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_readme_alert_queries_parse_and_name_only_exported_metrics():
+    queries = readme_queries()
+    assert len(queries) >= 8
+    exported = set()
+    for line in scrape(create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None).test_client()).splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            exported |= {name} | ({f"{name}_bucket", f"{name}_count", f"{name}_sum"} if kind == "histogram" else set())
+    for query in queries:
+        promql_parser.parse(query)  # raises ValueError on a syntax error
+        named = set(re.findall(r"\blegmove_\w+", query))
+        assert named <= exported, f"{query} names metrics that do not exist: {named - exported}"
