@@ -2,8 +2,10 @@
 
 This file is loaded by the gunicorn master only (workers inherit what it set up).
 """
+import atexit
 import glob
 import os
+import shutil
 import tempfile
 
 # ---- Prometheus multiprocess metrics (cds_service/metrics.py) --------------------------------
@@ -14,8 +16,12 @@ import tempfile
 # of a previous run would be summed as if they were live, so the directory is emptied once per
 # master (not again when a HUP re-reads this file). Without the variable a fresh temporary
 # directory is used; in a container give it an emptyDir/tmpfs (see deploy/).
-_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="legmove-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if not _metrics_dir:
+    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="legmove-metrics-")
+    _master_pid = os.getpid()
+    # remove the directory we made when the master exits (forked workers inherit this handler: skip there)
+    atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 if os.environ.get("GUNICORN_METRICS_WIPED_BY") != str(os.getpid()):
     os.environ["GUNICORN_METRICS_WIPED_BY"] = str(os.getpid())
     os.makedirs(_metrics_dir, exist_ok=True)

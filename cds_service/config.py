@@ -42,6 +42,7 @@ class Config:
     # None turns the feedback endpoint off (404). PostgreSQL: postgresql+psycopg://host/db
     FEEDBACK_STORE: str | None = "sqlite:///var/legmove-feedback.sqlite3"
     FEEDBACK_STORE_COMMENTS = False  # keep free-text userComment only after a privacy review
+    HEALTH_CHECK_TIMEOUT = 2.0  # seconds for all readiness checks together (health.py)
 
 
 class DevelopmentConfig(Config):
