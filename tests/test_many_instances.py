@@ -168,7 +168,8 @@ def cluster(tmp_path_factory, postgres_url):
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", LEGMOVE_CLIENT_AUTH="true",
                LEGMOVE_PUBLIC_BASE_URL=public, LEGMOVE_TRUSTED_ISSUERS=json.dumps({ISSUER: {"jwks": EHR_JWKS}}),
                LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0", LEGMOVE_FEEDBACK_STORE=postgres_url,
-               PYTHONPATH=str(ROOT))
+               # a call to the hanging FHIR server stays in flight ~5 s, long enough to be seen under load
+               LEGMOVE_FHIR_READ_TIMEOUT="6", LEGMOVE_FHIR_DEADLINE="8", PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     instances = []
     try:
@@ -253,7 +254,7 @@ def test_a_worker_killed_mid_request_leaves_no_phantom_in_flight_request(cluster
     b = cluster["b"]
     body = copy.deepcopy(R1["request"])
     body.pop("prefetch")
-    body["fhirServer"] = f"{faulty_server}/hang/fhir"  # the FHIR server sleeps; the call waits ~2 s
+    body["fhirServer"] = f"{faulty_server}/hang/fhir"  # the FHIR server sleeps 5 s before answering
     body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
                                  "scope": "patient/*.read", "subject": "legmove-cds"}
     calls_before = b.hook_calls()
