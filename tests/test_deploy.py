@@ -2,7 +2,11 @@
 production defaults (allowlist, client auth or explicit open mode, shared PostgreSQL and Redis).
 Linting (hadolint, kubernetes-validate) runs in .ci/run; no container engine runs here."""
 import json
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -87,3 +91,22 @@ def test_the_image_runs_gunicorn_with_its_config_file_as_a_non_root_user():
     assert re.search(r"^USER 10001", dockerfile, re.M) and "HEALTHCHECK" in dockerfile
     assert 'CMD ["gunicorn", "-c", "gunicorn.conf.py", "cds_service.app:create_app()"]' in dockerfile
     assert (ROOT / "gunicorn.conf.py").exists()
+
+
+def test_the_compose_nginx_config_passes_nginx_t(tmp_path):
+    """The top-level file compose mounts, with the service host and the include pointed at loopback
+    and this checkout (nginx -t resolves upstream hosts; `legmove` exists only on compose's network)."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        if os.environ.get("CI"):
+            raise AssertionError("nginx is required in CI (.ci/run installs it)")
+        pytest.skip("nginx is not installed")
+    text = (DEPLOY / "nginx/nginx.conf").read_text(encoding="utf-8")
+    for old, new in (("server legmove:8080", "server 127.0.0.1:1"), ("pid /tmp/nginx.pid", f"pid {tmp_path / 'nginx.pid'}"),
+                     ("/etc/nginx/legmove-proxy.conf", str(DEPLOY / "nginx/legmove-proxy.conf"))):
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "nginx.conf").write_text(text, encoding="utf-8")
+    result = subprocess.run([nginx, "-t", "-e", str(tmp_path / "error.log"), "-p", str(tmp_path), "-c",
+                             str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
