@@ -70,12 +70,16 @@ class Instance:
         self.metrics_dir = workdir / f"metrics-{name}"
         self.metrics_dir.mkdir()
         (self.metrics_dir / "counter_424242.db").write_bytes(b"left over from a previous run")
+        self.runtime_dir = workdir / f"run-{name}"
+        self.runtime_dir.mkdir(mode=0o700)
         self.log_path = workdir / f"gunicorn-{name}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--preload",
              "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}", "cds_service.app:create_app()"],
-            cwd=workdir, env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir)), stdout=self.log,
+            # XDG_RUNTIME_DIR: gunicorn >= 27 puts its control socket there, one per master, not one per user
+            cwd=workdir, env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), XDG_RUNTIME_DIR=str(self.runtime_dir)),
+            stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self.ready, f"instance {name} (see {self.log_path})")
 
