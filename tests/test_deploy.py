@@ -82,6 +82,11 @@ def test_the_kubernetes_objects_fit_together():
     assert container()["resources"]["requests"]["cpu"], "the CPU autoscaler needs a CPU request"
     security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert security["runAsNonRoot"] and security["runAsUser"] != 0
+    public = {p["path"] for rule in MANIFESTS["Ingress"]["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert public == {"/cds-services", "/openapi.json"}, "metrics and health stay off the public side"
+    assert all(p["backend"]["service"]["name"] == MANIFESTS["Service"]["metadata"]["name"]
+               for rule in MANIFESTS["Ingress"]["spec"]["rules"] for p in rule["http"]["paths"])
+    assert MANIFESTS["ConfigMap"]["data"]["LEGMOVE_PUBLIC_BASE_URL"] == f"https://{MANIFESTS['Ingress']['spec']['rules'][0]['host']}"
     mounts = {m["mountPath"] for m in container()["volumeMounts"]}
     assert "/tmp" in mounts and container()["securityContext"]["readOnlyRootFilesystem"]
 
