@@ -2,6 +2,7 @@
 hanging (the local PostgreSQL and Redis, closed and black-hole loopback ports), both endpoints
 open while client auth is on, and the metrics a hook call and a misbehaving FHIR server leave."""
 import copy
+import os
 import re
 import socket
 import threading
@@ -10,12 +11,13 @@ import uuid
 
 import promql_parser
 import pytest
+import requests
 import sqlalchemy
-from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 from cds_service.app import create_app
 from conftest import ROOT, _free_port, load_fixture
+from ops_support import WORKERS, Instance, children, metric, wait_for
 from test_client_auth import EHR_JWKS
 from test_fhir_faults import faulty_fhir
 
@@ -24,15 +26,6 @@ R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 AUTH = dict(CLIENT_AUTH=True, PUBLIC_BASE_URL="https://cds.example.org",
             TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample of the scraped text (0 when the series does not exist yet)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def scrape(client) -> str:
@@ -218,3 +211,28 @@ def test_the_readme_alert_queries_parse_and_name_only_exported_metrics():
         promql_parser.parse(query)  # raises ValueError on a syntax error
         named = set(re.findall(r"\blegmove_\w+", query))
         assert named <= exported, f"{query} names metrics that do not exist: {named - exported}"
+
+
+def test_metrics_stay_whole_while_gunicorn_recycles_its_workers(tmp_path):
+    """max_requests replaces workers all the time in production: counters of retired workers stay in
+    the sum, their live gauges leave with them (child_exit), and a scrape sees every worker."""
+    env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", LEGMOVE_FEEDBACK_STORE="null",
+               PYTHONPATH=str(ROOT))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    instance = Instance("recycling", tmp_path, env, extra_args=("--max-requests", "4"))
+    try:
+        first_workers = children(instance.process.pid)
+        path = "/cds-services/legmove-patient-view"
+        for _ in range(24):  # hook calls plus the scrapes below retire each worker several times
+            response = requests.post(instance.base + path, json=R1["request"], timeout=15)
+            assert response.status_code == 200
+        wait_for(lambda: not (children(instance.process.pid) & first_workers) and instance.ready(), "recycled workers")
+        text = instance.metrics()
+        assert metric(text, "legmove_hook_call_duration_seconds_count", service="legmove-patient-view",
+                      hook="patient-view", status="200") == 24
+        assert metric(text, "legmove_http_requests_in_flight") == 1, "only the scrape itself"
+        live = {int(f.stem.rsplit("_", 1)[1]) for f in instance.metrics_dir.glob("gauge_livesum_*.db")}
+        assert live <= children(instance.process.pid) | {instance.process.pid}, "gauges of retired workers are gone"
+        assert len(list(instance.metrics_dir.glob("counter_*.db"))) > WORKERS, "retired workers' counters are kept"
+    finally:
+        instance.stop()
