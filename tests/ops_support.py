@@ -47,6 +47,7 @@ class Instance:
         self.base = f"http://127.0.0.1:{self.port}"
         self.metrics_dir = workdir / f"metrics-{name}"
         self.metrics_dir.mkdir()
+        # a stale file that gunicorn.conf.py must remove at master start (the tests check it is gone)
         (self.metrics_dir / "counter_424242.db").write_bytes(b"left over from a previous run")
         self.runtime_dir = workdir / f"run-{name}"
         self.runtime_dir.mkdir(mode=0o700)
