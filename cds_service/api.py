@@ -10,6 +10,7 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .advice import Knowledge, advise
 from .client_auth import ReplayStoreUnavailable, Unauthorized
 from .feedback import BadFeedback, StoreUnavailable, parse_feedback
@@ -94,6 +95,7 @@ def call_service(service_id: str):
         if status == 500:
             record.setdefault("outcome", "internal error")
         log.info("hook call answered %s", status, extra=record)
+        metrics.hook_call_answered(record, {sid for (sid, _) in knowledge().services})
 
 
 def _call_service(service_id: str, record: dict) -> Response:
@@ -122,6 +124,7 @@ def _call_service(service_id: str, record: dict) -> Response:
     record.update(rules=result.rule_ids, cards=len(result.cards), timings_ms=result.timings_ms,
                   fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
                   missing_reasons=result.missing_keys, outcome="cards")
+    metrics.advice_given(hook_request.hook, result.cards, result.timings_ms)
     ledger = current_app.extensions["legmove_ledger"]
     if result.cards and ledger is not None:
         ledger.record_issued(service.id, hook_request.hook, result.cards)  # the per-hook id, also via the alias

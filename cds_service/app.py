@@ -18,6 +18,7 @@ from .api import bp, outcome
 from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
+from . import health, metrics
 from .logs import configure as configure_logs
 from .preview import register_preview
 from .rulebook import REGISTRY
@@ -48,6 +49,9 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
     register_preview(app)
+    # operations endpoints: their own blueprints, so the client-JWT check of `bp` does not apply
+    app.register_blueprint(health.bp)
+    metrics.init_app(app)
     _register_error_handlers(app)
     app.after_request(_security_headers)
     return app

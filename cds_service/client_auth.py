@@ -137,6 +137,14 @@ class SqliteReplayStore:
         finally:
             db.close()
 
+    def ping(self) -> None:
+        """Readiness (health.py): the file opens and the table is there; raises otherwise."""
+        db = self._connect()
+        try:
+            db.execute("SELECT count(*) FROM seen_jti WHERE 0")
+        finally:
+            db.close()
+
 
 class RedisReplayStore:
     """`jti` seen-set shared by every worker and host that uses the same Redis."""
@@ -154,6 +162,10 @@ class RedisReplayStore:
             return bool(self.redis.set(f"legmove:jti:{iss}:{jti}", 1, nx=True, ex=ttl))
         except redis.RedisError as exc:
             raise ReplayStoreUnavailable(f"Redis replay store: {type(exc).__name__}") from exc
+
+    def ping(self) -> None:
+        """Readiness (health.py): Redis answers; raises redis.RedisError otherwise."""
+        self.redis.ping()
 
 
 def replay_store(url: str):

@@ -61,6 +61,7 @@ class Config:
     # The card preview page (/preview, cds_service/preview.py): a browser CDS client for trying the
     # service. Off in production unless set; never served while CLIENT_AUTH is on (see preview.py).
     PREVIEW_ENABLED = False
+    HEALTH_CHECK_TIMEOUT = 2.0  # seconds for all readiness checks together (health.py)
 
 
 LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*",

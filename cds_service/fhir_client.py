@@ -35,6 +35,8 @@ from urllib3.poolmanager import PoolManager
 
 from . import url_policy
 
+from .metrics import timed_fhir_fetch
+
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # FHIR_MAX_RESPONSE_BYTES
@@ -253,6 +255,7 @@ class FhirClient:
         """Parsed scheme, host, port and path prefix, never a string prefix (url_policy)."""
         return url_policy.is_under(url, self.base)
 
+    @timed_fhir_fetch
     def _get(self, url: str) -> dict:
         remaining = self.deadline_at - time.monotonic()
         if remaining <= 0 or self._tripwire.tripped:
