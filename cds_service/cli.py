@@ -53,12 +53,28 @@ def _fixtures_by_rule() -> dict[str, tuple[list[str], list[str]]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="legmove-cds", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("rules", help="print the rule catalog as Markdown")
+    catalog = commands.add_parser("rules", help="print the rule catalog as Markdown")
+    catalog.add_argument("--lock", action="store_true", help="regenerate rules/versions.json (rule versions) instead")
+    catalog.add_argument("--accept-unbumped", action="store_true", help="with --lock: lock changed rules without a bump")
+    report = commands.add_parser("report", help="governance report per rule and version (cds_service.governance_report)")
+    report.add_argument("--since", help="first day (YYYY-MM-DD, UTC) of cards counted")
+    report.add_argument("--until", help="last day (YYYY-MM-DD, UTC) of cards counted")
+    report.add_argument("--csv", help="also write the table as CSV to this file")
+    report.add_argument("--png", help="also draw the table as a PNG chart (needs the `report` extra: matplotlib)")
+    commands.add_parser("prune", help="delete call, card and feedback rows older than RETENTION_DAYS")
     db = commands.add_parser("db", help="feedback store schema (Alembic): upgrade to the newest revision, or show it")
     db.add_argument("action", choices=["upgrade", "current"])
     args = parser.parse_args(argv)
+    if args.command == "rules" and args.lock:
+        from .rule_versions import run
+
+        raise SystemExit(run(write=True, accept_unbumped=args.accept_unbumped))
     if args.command == "rules":
         print(catalog_markdown(), end="")
+    elif args.command in ("report", "prune"):
+        from . import governance_report
+
+        raise SystemExit(governance_report.command(args))
     elif args.command == "db":
         from .migrations.__main__ import main as migrate
 

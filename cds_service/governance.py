@@ -260,18 +260,21 @@ class Governance:
             if rows:
                 conn.execute(insert(card_event), rows)
 
-    # ---- retention -----------------------------------------------------------------------
-
     def prune(self, days: float) -> dict[str, int]:
-        """Delete call, card and feedback rows older than `days`; returns rows deleted per table."""
-        cutoff = self.clock() - timedelta(days=float(days))
-        removed = {}
-        with self.ledger.engine().begin() as conn:
-            for table, column in ((hook_call, hook_call.c.called_at), (card_event, card_event.c.created_at),
-                                  (issued_card, issued_card.c.issued_at), (card_feedback, card_feedback.c.received_at),
-                                  (unmatched_feedback, unmatched_feedback.c.received_at)):
-                removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
-        return removed
+        return prune_rows(self.ledger.engine(), self.clock(), days)
+
+
+def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
+    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS);
+    returns the rows deleted per table. Suppression windows longer than this end early."""
+    cutoff = now - timedelta(days=float(days))
+    removed = {}
+    with engine.begin() as conn:
+        for table, column in ((hook_call, hook_call.c.called_at), (card_event, card_event.c.created_at),
+                              (issued_card, issued_card.c.issued_at), (card_feedback, card_feedback.c.received_at),
+                              (unmatched_feedback, unmatched_feedback.c.received_at)):
+            removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
+    return removed
 
 
 def card_drafts(card: dict, draft_refs: set[str]) -> set[str]:
