@@ -131,6 +131,9 @@ def patient_key(config) -> bytes:
     if not key or not isinstance(key, str):
         raise GovernanceConfigError("PATIENT_HASH_KEY is not set: set LEGMOVE_PATIENT_HASH_KEY to a long random secret, "
                                     "the same on every instance (patients are recorded only as a hash keyed with it)")
+    if len(key) < 16:
+        raise GovernanceConfigError("PATIENT_HASH_KEY is too short: use at least 16 characters of a random secret "
+                                    "(a short key lets patient ids be guessed from their hashes)")
     if key == DEVELOPMENT_KEY:
         log.warning("PATIENT_HASH_KEY is the public development key: patient hashes in the governance log can be "
                     "reversed by anyone with a list of patient ids; set LEGMOVE_PATIENT_HASH_KEY outside development")

@@ -159,8 +159,10 @@ def test_bad_rule_modes_stop_start_up(modes, message):
 def test_production_refuses_to_start_without_a_patient_hash_key(tmp_path):
     settings = dict(LOG_LEVEL="CRITICAL", OPEN_MODE=True, FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE_AUTO_UPGRADE=True,
                     FEEDBACK_STORE=f"sqlite:///{tmp_path / 'prod.sqlite3'}")
-    with pytest.raises(GovernanceConfigError, match="PATIENT_HASH_KEY"):
+    with pytest.raises(GovernanceConfigError, match="PATIENT_HASH_KEY is not set"):
         create_app("production", **settings)
+    with pytest.raises(GovernanceConfigError, match="too short"):
+        create_app("production", PATIENT_HASH_KEY="secret", **settings)
     app = create_app("production", PATIENT_HASH_KEY="a-long-random-secret-for-this-site", **settings)
     assert app.extensions["legmove_governance"] is not None
     app.extensions["legmove_ledger"].close()
