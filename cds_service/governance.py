@@ -226,7 +226,8 @@ class Governance:
                  .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
                  .where(card_event.c.kind == "issued", card_event.c.patient_hash == who,
                         card_event.c.evidence_fingerprint.in_(sorted(prints)), card_event.c.rule_id.in_(sorted(rules)),
-                        card_feedback.c.received_at >= now - longest))
+                        card_feedback.c.received_at >= now - longest)
+                 .order_by(card_feedback.c.received_at.desc()))  # the newest feedback decides
         with self.ledger.engine().connect() as conn:
             history = conn.execute(query).all()
         reasons = {}
@@ -243,6 +244,7 @@ class Governance:
                     break
                 if age <= self.window(rule, row.outcome):
                     reasons[card["uuid"]] = row.outcome  # "overridden" or "accepted"
+                    break
         return reasons
 
     def _record(self, service_id: str, hook: str, who: str, now: datetime, outcome: Outcome, events: list,
@@ -280,6 +282,25 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
     return removed
 
 
+def check_windows(settings: dict) -> None:
+    """Suppression windows are checked at start-up, so a typo never fails a hook call."""
+    def number(value, where: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 36500:
+            raise GovernanceConfigError(f"{where} must be a number of days (hours for order_sign_dedup_hours) "
+                                        f"from 0, got {value!r}")
+
+    for key in ("suppress_overridden_days", "suppress_accepted_days", "order_sign_dedup_hours"):
+        number(settings.get(key), key)
+    by_rule = settings.get("suppress_days_by_rule")
+    if not isinstance(by_rule, dict):
+        raise GovernanceConfigError('suppress_days_by_rule must be an object like {"R3": {"overridden": 7}}')
+    for rule, windows in by_rule.items():
+        if not isinstance(windows, dict) or set(windows) - {"overridden", "accepted"}:
+            raise GovernanceConfigError(f"suppress_days_by_rule.{rule} may set only 'overridden' and 'accepted'")
+        for outcome, value in windows.items():
+            number(value, f"suppress_days_by_rule.{rule}.{outcome}")
+
+
 def card_drafts(card: dict, draft_refs: set[str]) -> set[str]:
     """The draft orders of this call that the card rests on."""
     return set(_explanation(card).get("resources", [])) & draft_refs
@@ -293,4 +314,5 @@ def governance_from_config(config, ledger: CardLedger | None, terminology_settin
     """None when the store is off (FEEDBACK_STORE null): nothing recorded, nothing suppressed."""
     if ledger is None:
         return None  # no store: no hash is ever made, so no key is needed
+    check_windows(terminology_settings)
     return Governance(ledger, patient_key(config), terminology_settings, knowledge_version(config.get("KNOWLEDGE_OVERRIDES") or {}))

@@ -156,6 +156,17 @@ def test_bad_rule_modes_stop_start_up(modes, message):
         create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, RULE_MODES=modes)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"suppress_overridden_days": "a month"}, "suppress_overridden_days"),
+    ({"suppress_accepted_days": -1}, "suppress_accepted_days"),
+    ({"suppress_days_by_rule": {"R3": {"overriden": 7}}}, "only 'overridden' and 'accepted'"),
+    ({"suppress_days_by_rule": {"R3": {"overridden": True}}}, "suppress_days_by_rule.R3.overridden"),
+    ({"suppress_days_by_rule": []}, "must be an object")])
+def test_bad_suppression_windows_stop_start_up(tmp_path, overrides, message):
+    with pytest.raises(GovernanceConfigError, match=message):
+        make_app(f"sqlite:///{tmp_path / 'bad.sqlite3'}", KNOWLEDGE_OVERRIDES=overrides)
+
+
 def test_production_refuses_to_start_without_a_patient_hash_key(tmp_path):
     settings = dict(LOG_LEVEL="CRITICAL", OPEN_MODE=True, FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE_AUTO_UPGRADE=True,
                     FEEDBACK_STORE=f"sqlite:///{tmp_path / 'prod.sqlite3'}")
