@@ -15,8 +15,8 @@ store, the feedback database (same URL, same Alembic migrations):
   `suppress_overridden_days`, a card with an accepted suggestion for `suppress_accepted_days`
   (both knowledge settings, per rule in `suppress_days_by_rule`), and a card answered at
   order-select is not repeated at order-sign for the same draft (`order_sign_dedup_hours`).
-  All three need the same rule and the same evidence fingerprint: a new value, a new draft or a
-  changed condition shows the card again. `critical` cards are never suppressed. The decision
+  All three need the same rule, the same rule version and the same evidence fingerprint: a new
+  value, a new draft, a changed condition or a new version of the rule shows the card again. `critical` cards are never suppressed. The decision
   reads the database, so every process sharing it decides alike.
 
 Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): the key is
@@ -221,7 +221,7 @@ class Governance:
         prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
         rules = {_explanation(c)["rule"] for c in candidates}
         longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
-        query = (select(card_event.c.rule_id, card_event.c.evidence_fingerprint, card_event.c.hook,
+        query = (select(card_event.c.rule_id, card_event.c.rule_version, card_event.c.evidence_fingerprint, card_event.c.hook,
                         card_event.c.draft_refs, card_feedback.c.outcome, card_feedback.c.received_at)
                  .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
                  .where(card_event.c.kind == "issued", card_event.c.patient_hash == who,
@@ -232,11 +232,13 @@ class Governance:
             history = conn.execute(query).all()
         reasons = {}
         for card in candidates:
-            rule, fingerprint = _explanation(card)["rule"], _explanation(card)["evidenceFingerprint"]
+            explanation = _explanation(card)
+            key = (explanation["rule"], explanation["ruleVersion"], explanation["evidenceFingerprint"])
+            rule = key[0]
             mine = sorted(card_drafts(card, draft_refs))
             for row in history:
-                if (row.rule_id, row.evidence_fingerprint) != (rule, fingerprint):
-                    continue
+                if (row.rule_id, row.rule_version, row.evidence_fingerprint) != key:
+                    continue  # another rule, another version of it (new advice), or other evidence
                 age = now - _utc(row.received_at)
                 if (hook == "order-sign" and row.hook == "order-select" and mine
                         and json.loads(row.draft_refs) == mine and age <= self._dedup_window()):

@@ -119,3 +119,29 @@ def test_the_prune_command_uses_retention_days(seeded):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "hook_call 1" in result.stdout and "card_event 1" in result.stdout
+
+
+def test_cards_and_feedback_keep_the_version_they_were_made_with(tmp_path, monkeypatch):
+    """R3 at version 1 overridden, then the rule bumped to 2: the report keeps the two apart, and
+    the new version's card is new advice (shown again to the same patient)."""
+    url = f"sqlite:///{tmp_path / 'versions.sqlite3'}"
+    old = make_app(url)
+    client = old.test_client()
+    body = new_patient(R3)
+    (v1,) = call(client, body, "legmove-orders")
+    answer(client, v1, "overridden", "legmove-orders", "benefit-outweighs-risk")
+    assert call(client, body, "legmove-orders") == []
+    old.extensions["legmove_ledger"].close()
+    from cds_service.rulebook import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["R3"], "version", 2)
+    new = make_app(url)
+    client = new.test_client()
+    (v2,) = call(client, body, "legmove-orders")
+    assert v2["extension"]["org.legmove-cds.explanation"]["ruleVersion"] == 2
+    answer(client, v2, "accepted", "legmove-orders")
+    rows = {(r.rule, r.version): r for r in governance_report.build(new.extensions["legmove_ledger"].engine())}
+    assert (rows[("R3", 1)].cards_issued, rows[("R3", 1)].suppressed, rows[("R3", 1)].overridden,
+            rows[("R3", 1)].accepted) == (1, 1, 1, 0)
+    assert (rows[("R3", 2)].cards_issued, rows[("R3", 2)].overridden, rows[("R3", 2)].accepted) == (1, 0, 1)
+    new.extensions["legmove_ledger"].close()
