@@ -174,15 +174,24 @@ def _day(value: str | None, name: str) -> date | None:
 
 def command(args) -> int:
     """`legmove-cds report` and `legmove-cds prune`, on the store the service is configured with."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .config import settings
-    from .migrations import require_current
+    from .migrations import SchemaMismatch, require_current
 
     config = settings()
     url = config["FEEDBACK_STORE"]
     if not url:
         print("the feedback store is off (FEEDBACK_STORE is null): nothing recorded", file=sys.stderr)
         return 1
-    require_current(url)
+    try:
+        require_current(url)
+    except SchemaMismatch as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"the feedback store cannot be reached: {type(exc).__name__}", file=sys.stderr)
+        return 1
     engine = create_engine(url)
     try:
         if args.command == "prune":

@@ -112,6 +112,16 @@ def test_the_report_command_prints_writes_csv_and_png_without_patient_data(seede
     assert bad.returncode != 0 and "must be a date" in bad.stderr
 
 
+@pytest.mark.parametrize("store, message", [("sqlite:///{tmp}/never-migrated.sqlite3", "db upgrade"),
+                                            ("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1",
+                                             "cannot be reached")])
+def test_the_report_on_a_store_without_schema_or_unreachable_says_so(tmp_path, store, message):
+    env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=store.format(tmp=tmp_path))
+    result = subprocess.run([str(Path(sys.executable).parent / "legmove-cds"), "report"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_the_prune_command_uses_retention_days(seeded):
     _, url, *_ = seeded
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=url, LEGMOVE_RETENTION_DAYS="365")
