@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from . import url_policy
-from .cards import render_cards
+from .cards import EXTENSION_KEY, render_cards
 from .engine import RuleEngine
 from .facts import PatientData, build_facts, unresolved_medication_references
 from .fhir_client import FhirClient, FhirUnavailable, budget_for
@@ -31,6 +31,9 @@ class Knowledge:
     specs: dict[str, RuleSpec]
     engine: RuleEngine
     services: dict[tuple[str, str], Service]
+    # card rule -> "active" | "silent"; rules that are off are not compiled, unlisted ones are active
+    modes: dict[str, str] = field(default_factory=dict)
+    knowledge_version: str = ""
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Advice:
     fetched_keys: list[str]
     incomplete_keys: list[str]
     missing_keys: dict[str, str] = field(default_factory=dict)  # key -> why (log text, may name exceptions)
+    silent: list[dict] = field(default_factory=list)  # cards of silent-mode rules: recorded, never shown
 
 
 def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> Advice:
@@ -85,15 +89,29 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
     clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
-                        incomplete_keys=tuple(sorted(resolved.incomplete)), missing_keys=tuple(sorted(missing)))
+                        incomplete_keys=tuple(sorted(resolved.incomplete)), missing_keys=tuple(sorted(missing)),
+                        knowledge_version=knowledge.knowledge_version)
     # the service lists the card rules registered for this hook that its data lets it evaluate:
     # the one place hooks and missing data are filtered
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in evaluable}
-    cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
+    active = {rule: found for rule, found in matches.items() if knowledge.modes.get(rule, "active") == "active"}
+    cards = render_cards(knowledge.specs, active, evaluation.facts_by_id, ctx)
+    silent = _silent_cards(knowledge, matches, active, evaluation.facts_by_id, ctx)
     clock.lap("cards")
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
-    return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown)
+    return Advice(cards, sorted(active), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown,
+                  silent)
+
+
+def _silent_cards(knowledge: Knowledge, matches: dict, active: dict, facts_by_id: dict, ctx: RenderContext) -> list[dict]:
+    """Cards silent-mode rules would have added. Rendered with every rule as if all were active,
+    so a silent rule counts only where its card would really have shown; but it never supersedes
+    an active rule's card in the response: a silent rule changes nothing clinicians see."""
+    if len(matches) == len(active):
+        return []
+    return [card for card in render_cards(knowledge.specs, matches, facts_by_id, ctx)
+            if knowledge.modes.get(card["extension"][EXTENSION_KEY]["rule"]) == "silent"]
 
 
 def _precondition_message(access: FhirAccess, resolved) -> str:

@@ -14,6 +14,7 @@ from . import metrics
 from .advice import Knowledge, advise
 from .client_auth import ReplayStoreUnavailable, Unauthorized
 from .feedback import BadFeedback, StoreUnavailable, parse_feedback
+from .governance import draft_references, service_version
 from .hook_request import BadRequest, parse_hook_request
 from .prefetch import BadPrefetch, PreconditionFailed
 from .services import ALIASES, canonical_ids, services_at
@@ -69,7 +70,9 @@ def openapi():
 
 @bp.get("/cds-services", strict_slashes=False)
 def discovery():
-    services = [s.discovery_entry() for s in knowledge().services.values()]
+    versions = {"org.legmove-cds.versions": {"service": service_version(),
+                                             "knowledge": knowledge().knowledge_version}}
+    services = [{**s.discovery_entry(), "extension": versions} for s in knowledge().services.values()]
     return json_response({"services": services})
 
 
@@ -121,14 +124,21 @@ def _call_service(service_id: str, record: dict) -> Response:
     except PreconditionFailed as exc:
         record.update(outcome=str(exc), missing=sorted(exc.reasons), missing_reasons=exc.reasons)
         return outcome(412, "not-found", str(exc))
-    record.update(rules=result.rule_ids, cards=len(result.cards), timings_ms=result.timings_ms,
+    cards = result.cards
+    governance = current_app.extensions.get("legmove_governance")
+    if governance is not None:  # suppression by earlier feedback, and the call and card log
+        decided = governance.apply(service.id, hook_request.hook, hook_request.patient_id, hook_request.fhir_server,
+                                   draft_references(hook_request.draft_orders), result.cards, result.silent)
+        cards = decided.cards
+        record.update(silent=decided.silent, suppressed=decided.suppressed)
+    record.update(rules=result.rule_ids, cards=len(cards), timings_ms=result.timings_ms,
                   fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
                   missing_reasons=result.missing_keys, outcome="cards")
-    metrics.advice_given(hook_request.hook, result.cards, result.timings_ms)
+    metrics.advice_given(hook_request.hook, cards, result.timings_ms)
     ledger = current_app.extensions["legmove_ledger"]
-    if result.cards and ledger is not None:
-        ledger.record_issued(service.id, hook_request.hook, result.cards)  # the per-hook id, also via the alias
-    return json_response({"cards": result.cards})
+    if cards and ledger is not None:
+        ledger.record_issued(service.id, hook_request.hook, cards)  # the per-hook id, also via the alias
+    return json_response({"cards": cards})
 
 
 @bp.post("/cds-services/<service_id>/feedback", strict_slashes=False)

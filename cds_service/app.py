@@ -19,6 +19,7 @@ from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_envi
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from . import health, metrics
+from .governance import governance_from_config, knowledge_version, rule_modes
 from .logs import configure as configure_logs
 from .preview import register_preview
 from .rulebook import REGISTRY
@@ -39,6 +40,8 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.extensions["legmove"] = build_knowledge(app.config)
     warm_up_cards()
     app.extensions["legmove_ledger"] = ledger_from_config(app.config)
+    app.extensions["legmove_governance"] = governance_from_config(
+        app.config, app.extensions["legmove_ledger"], app.extensions["legmove"].terminology.settings)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
@@ -91,12 +94,13 @@ def build_knowledge(config) -> Knowledge:
 
     rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
-    enabled = config["ENABLED_RULES"]
+    modes = rule_modes(REGISTRY, config)  # active | silent | off per card rule (governance.py)
     specs = prune_unused_derivations([s for s in REGISTRY.values()
-                                      if (s.id in enabled if enabled is not None else s.enabled_by_default)
-                                      or s.stratum != "card"])
+                                      if s.stratum != "card" or modes[s.id] != "off"])
     engine = engine_for(specs)
-    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs, terminology))
+    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs, terminology),
+                     {rule: mode for rule, mode in modes.items() if mode != "off"},
+                     knowledge_version(config["KNOWLEDGE_OVERRIDES"]))
 
 
 def _register_error_handlers(app: Flask) -> None:

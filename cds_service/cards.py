@@ -7,6 +7,8 @@ R4-compatible) before they leave. Nothing empty or null is ever emitted (checkli
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import uuid
@@ -39,7 +41,7 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
     for rule_id, draft in drafts.items():
         if rule_id in superseded:
             continue
-        card = _card(specs[rule_id], draft, facts_by_id)
+        card = _card(specs[rule_id], draft, facts_by_id, ctx)
         replaced = sorted(loser for loser, winner in superseded.items() if winner == rule_id)
         if replaced:
             card["extension"][EXTENSION_KEY]["supersedes"] = replaced
@@ -52,7 +54,7 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
     return [prune(card) for card in cards]
 
 
-def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict]) -> dict:
+def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict], ctx: RenderContext) -> dict:
     evidence = _expand(draft.evidence, facts_by_id)
     findings = sorted({f["name"] for f in draft.evidence if f.get("kind") == "finding"})
     card = {
@@ -69,6 +71,9 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict]) -> dic
             "citation": spec.citation,
             "findings": findings,
             "resources": sorted({f["resource_ref"] for f in evidence if "resource_ref" in f}),
+            "ruleVersion": spec.version,
+            "knowledgeVersion": ctx.knowledge_version,
+            "evidenceFingerprint": evidence_fingerprint(evidence),
         }},
     }
     suggestions = [s for s in draft.suggestions if _actionable(s)]
@@ -76,6 +81,23 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict]) -> dic
         card["selectionBehavior"] = draft.selection_behavior
         card["suggestions"] = [_suggestion(s) for s in suggestions]
     return card
+
+
+# Fact fields that change without the evidence changing: per-request fact and session ids and the
+# ids a finding was derived from, ages counted from the evaluation date (`*days_ago`), and whether
+# a draft is the one selected (order-select) or one of all drafts (order-sign).
+_UNSTABLE_FIELDS = frozenset({"id", "sid", "basis", "selected"})
+
+
+def evidence_fingerprint(evidence: list[dict]) -> str:
+    """What the card rests on, as a hash: each base fact with its resource, codes, values, units
+    and dates. A new ferritin value, another draft order or a changed condition gives a new
+    fingerprint; a new request, new uuids or a later evaluation day do not. Suppression and the
+    order-select -> order-sign de-duplication compare these (cds_service.governance)."""
+    stable = sorted(json.dumps({k: v for k, v in fact.items()
+                                if k not in _UNSTABLE_FIELDS and not k.endswith("days_ago")}, sort_keys=True,
+                               separators=(",", ":"), default=str) for fact in evidence)
+    return hashlib.sha256("\n".join(stable).encode("utf-8")).hexdigest()[:32]
 
 
 _REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")

@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import requests
@@ -89,9 +90,38 @@ def _fixtures_by_rule() -> dict[str, tuple[list[str], list[str]]]:
 
 
 @main.command("rules")
-def rules_command() -> None:
-    """Print the rule catalog as Markdown (docs/rules.md is this output)."""
+@click.option("--lock", is_flag=True, help="regenerate rules/versions.json (rule versions) instead of printing")
+@click.option("--accept-unbumped", is_flag=True, help="with --lock: lock changed rules without a version bump")
+def rules_command(lock: bool, accept_unbumped: bool) -> None:
+    """Print the rule catalog as Markdown (docs/rules.md is this output), or regenerate the lock."""
+    if lock:
+        from .rule_versions import run
+
+        raise SystemExit(run(write=True, accept_unbumped=accept_unbumped))
     click.echo(catalog_markdown(), nl=False)
+
+
+# ---- governance ----------------------------------------------------------------------------
+
+@main.command("report")
+@click.option("--since", help="first day (YYYY-MM-DD, UTC) of cards counted")
+@click.option("--until", help="last day (YYYY-MM-DD, UTC) of cards counted")
+@click.option("--csv", "csv_path", help="also write the table as CSV to this file")
+@click.option("--png", "png_path", help="also draw the table as a PNG chart (needs the `report` extra: matplotlib)")
+def report_command(since: str | None, until: str | None, csv_path: str | None, png_path: str | None) -> None:
+    """Governance report per rule and version: views, cards, silent, suppressed, accepted, overridden."""
+    from . import governance_report
+
+    raise SystemExit(governance_report.command(SimpleNamespace(command="report", since=since, until=until,
+                                                               csv=csv_path, png=png_path)))
+
+
+@main.command("prune")
+def prune_command() -> None:
+    """Delete call, card and feedback rows older than RETENTION_DAYS."""
+    from . import governance_report
+
+    raise SystemExit(governance_report.command(SimpleNamespace(command="prune")))
 
 
 # ---- serve ---------------------------------------------------------------------------------

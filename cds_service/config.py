@@ -62,6 +62,12 @@ class Config:
     # service. Off in production unless set; never served while CLIENT_AUTH is on (see preview.py).
     PREVIEW_ENABLED = False
     HEALTH_CHECK_TIMEOUT = 2.0  # seconds for all readiness checks together (health.py)
+    # Governance (cds_service/governance.py), in the same database as feedback.
+    RULE_MODES: dict = {}  # rule id -> "active" | "silent" | "off"; unset rules follow ENABLED_RULES
+    # HMAC key for the patient hash in the call and card log; the same on every instance, never
+    # stored in the database. Required in production; rotating it starts suppressions over.
+    PATIENT_HASH_KEY: str | None = None
+    RETENTION_DAYS = 400  # `legmove-cds prune` deletes call and card rows older than this
 
 
 LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*",
@@ -76,6 +82,7 @@ class DevelopmentConfig(Config):
     FHIR_UNAUTHENTICATED_READS = True
     FHIR_UNAUTHENTICATED_ALLOWLIST = LOOPBACK
     FEEDBACK_STORE_AUTO_UPGRADE = True
+    PATIENT_HASH_KEY = "legmove-development-patient-hash-key"  # fixed, public: start-up warns
 
 
 class TestConfig(DevelopmentConfig):

@@ -35,6 +35,7 @@ class RenderContext:
     facts: list[dict]  # base facts, for describing context (e.g. "already on iron"), never for firing
     incomplete_keys: tuple[str, ...] = ()  # data keys whose later pages could not be read
     missing_keys: tuple[str, ...] = ()  # data keys that could not be read at all (rules on them were silent)
+    knowledge_version: str = ""  # which knowledge base made the card (governance.knowledge_version)
 
 
 @dataclass
@@ -92,6 +93,9 @@ class RuleSpec:
     produces: str | None = None  # finding name a derivation asserts
     needs: tuple[str, ...] = ()  # data keys (see prefetch.queries) the rule reads besides the hook context
     supersedes: tuple[str, ...] = ()  # card rules whose card this one replaces when both fire (same problem)
+    # Bumped whenever the rule's criteria, code, texts or the settings it reads change; the lock file
+    # rules/versions.json and its test make a change without a bump fail (cds_service.rule_versions).
+    version: int = 1
 
     @property
     def priority(self) -> int:
@@ -108,14 +112,14 @@ def _register(spec: RuleSpec) -> None:
 
 
 def derivation(*, id: str, title: str, citation: str, when, produces: str, needs: tuple[str, ...] = (),
-               logic: str = ""):
+               logic: str = "", version: int = 1):
     """Declare a finding rule: `fn(match) -> dict` returns the finding's fields, or None when the
     match fails a check the DSL cannot express (then no finding is asserted)."""
 
     def decorate(fn):
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=DERIVE, condition=when,
                            module=fn.__module__, derive=fn, produces=produces, logic=logic or title,
-                           needs=tuple(needs)))
+                           needs=tuple(needs), version=_version(id, version)))
         return fn
 
     return decorate
@@ -123,7 +127,7 @@ def derivation(*, id: str, title: str, citation: str, when, produces: str, needs
 
 def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], when, logic: str,
               needs: tuple[str, ...] = (), source_url: str | None = None, enabled_by_default: bool = True,
-              supersedes: tuple[str, ...] = ()):
+              supersedes: tuple[str, ...] = (), version: int = 1):
     """Declare a card rule: `fn(matches, ctx) -> CardDraft | None`, called once per hook call."""
 
     unknown = set(hooks) - set(HOOKS)
@@ -134,10 +138,16 @@ def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], whe
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=CARD, condition=when, module=fn.__module__,
                            hooks=tuple(hooks), render=fn, logic=logic, source_url=source_url,
                            enabled_by_default=enabled_by_default, needs=tuple(needs),
-                           supersedes=tuple(supersedes)))
+                           supersedes=tuple(supersedes), version=_version(id, version)))
         return fn
 
     return decorate
+
+
+def _version(rule_id: str, version) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"rule {rule_id}: version must be a whole number from 1, got {version!r}")
+    return version
 
 
 def fill(template: str, limit: int = 40, **values: str) -> str:

@@ -1,4 +1,5 @@
 """Card feedback (checklist 10) against real databases: a SQLite file and the local PostgreSQL."""
+import itertools
 import json
 import uuid
 
@@ -6,7 +7,7 @@ import pytest
 import sqlalchemy
 
 from cds_service.app import create_app
-from conftest import ROOT, load_fixture
+from conftest import ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -33,8 +34,12 @@ def feedback_app(request, tmp_path):
     app.extensions["legmove_ledger"].close()
 
 
+_patients = itertools.count(9000)
+
+
 def issue_card(client, service="legmove-order-sign") -> dict:
-    response = client.post(f"/cds-services/{service}", json=R3["request"])
+    """A new patient each time: feedback on one card keeps it away for that patient (governance)."""
+    response = client.post(f"/cds-services/{service}", json=patient_variant(R3["request"], next(_patients))[0])
     assert response.status_code == 200
     (card,) = response.get_json()["cards"]
     return card

@@ -1,0 +1,138 @@
+"""Governance storage: the Alembic migrations (from an empty database and from the previous
+revision, with its data) and suppression shared by two real service processes on one database."""
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import requests
+import sqlalchemy
+from alembic import command
+from sqlalchemy import insert, inspect, select
+
+from cds_service import migrations
+from cds_service.feedback import card_feedback, issued_card
+from conftest import EXTENSION
+from serving import Service
+from test_governance import R3, R8, new_patient
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")  # the service's log file handles
+
+
+def table_names(url: str) -> set[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store(request, tmp_path):
+    return f"sqlite:///{tmp_path / 'empty.sqlite3'}" if request.param == "sqlite" else _fresh_postgres()
+
+
+def test_migrations_from_an_empty_database(empty_store):
+    url = empty_store
+    assert migrations.current(url) is None
+    assert migrations.upgrade(url) == migrations.head() == "0003"
+    assert {"issued_card", "card_feedback", "unmatched_feedback", "hook_call", "card_event"} <= table_names(url)
+    migrations.require_current(url)
+
+
+def test_migrations_from_the_previous_revision_keep_its_data(empty_store):
+    url = empty_store
+    command.upgrade(migrations._config(url), "0002")
+    assert migrations.current(url) == "0002" and "hook_call" not in table_names(url)
+    now = datetime.now(timezone.utc)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(issued_card), {"card_uuid": "c-old", "rule_id": "R3", "service_id": "legmove-orders",
+                                           "hook": "order-sign", "suggestion_uuids": "[]", "issued_at": now})
+        conn.execute(insert(card_feedback), {"card_uuid": "c-old", "rule_id": "R3", "outcome": "overridden",
+                                             "accepted_suggestions": "[]", "outcome_timestamp": now, "received_at": now})
+    with pytest.raises(migrations.SchemaMismatch, match="0003"):
+        migrations.require_current(url)  # a build with governance refuses the old schema until upgraded
+    assert migrations.upgrade(url) == "0003"
+    with engine.connect() as conn:
+        assert conn.execute(select(card_feedback.c.card_uuid)).scalars().all() == ["c-old"]
+        assert conn.execute(select(issued_card.c.rule_id)).scalars().all() == ["R3"]
+    engine.dispose()
+    assert {"hook_call", "card_event"} <= table_names(url)
+
+
+_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+_created: list[str] = []
+
+
+def _fresh_postgres() -> str:
+    name = f"legmove_mig_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    _created.append(name)
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_fresh_databases():
+    yield
+    admin = sqlalchemy.create_engine(_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in _created:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+# ---- two processes, one database -------------------------------------------------------
+
+def post(base: str, path: str, body: dict) -> requests.Response:
+    return requests.post(f"{base}{path}", json=body, timeout=30)
+
+
+def cards_at(service: Service, body: dict, sid: str) -> list[dict]:
+    response = post(service.base, f"/cds-services/{sid}", body)
+    assert response.status_code == 200, response.text[:300]
+    return response.json()["cards"]
+
+
+def override(service: Service, card: dict, sid: str) -> None:
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": datetime.now(timezone.utc).isoformat()}
+    assert post(service.base, f"/cds-services/{sid}/feedback", {"feedback": [item]}).status_code == 200
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_services(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}" if request.param == "sqlite" else _fresh_postgres()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Service(tmp_path / "a", LEGMOVE_FEEDBACK_STORE=url)
+    try:
+        second = Service(tmp_path / "b", LEGMOVE_FEEDBACK_STORE=url)
+    except Exception:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def test_two_processes_on_one_database_share_suppressions(two_services):
+    a, b = two_services
+    body = new_patient(R3)
+    (card,) = cards_at(a, body, "legmove-orders")
+    override(b, card, "legmove-orders")  # the feedback reaches the other process
+    assert cards_at(b, body, "legmove-orders") == []
+    assert cards_at(a, body, "legmove-orders") == []
+    changed = copy.deepcopy(body)
+    changed["context"]["draftOrders"]["entry"][0]["resource"]["id"] += "-new"
+    assert [c["extension"][EXTENSION]["rule"] for c in cards_at(b, changed, "legmove-orders")] == ["R3"]
+    critical = new_patient(R8)
+    (referral,) = cards_at(b, critical, "legmove-patient-view")
+    override(a, referral, "legmove-patient-view")
+    assert [c["indicator"] for c in cards_at(a, critical, "legmove-patient-view")] == ["critical"]
+    assert json.dumps(cards_at(b, new_patient(R3), "legmove-orders")).count('"R3"') == 1  # another patient
