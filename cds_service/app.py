@@ -9,6 +9,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from . import bench_floor
 from .advice import Knowledge
 from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
@@ -44,6 +45,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
+    bench_floor.init_app(app)
     _register_error_handlers(app)
     return app
 

@@ -28,6 +28,7 @@ class Config:
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default
     EXTRA_RULE_MODULES: list[str] = []  # import paths of site rule modules, loaded after rules/
     EVALUATION_DATE: str | None = None  # ISO date; None means today (UTC)
+    BENCH_FLOOR = False  # POST /bench/floor: parse the body, answer no cards (benchmark baseline only)
     CORS_ORIGINS = "*"
     # Trusting CDS clients (checklist 11.1). Off means open mode, announced loudly at start-up.
     CLIENT_AUTH = False
