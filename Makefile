@@ -38,8 +38,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# Not part of `make test`: starts the service as `make run` does and loads it with wrk (apt-get install wrk).
 bench: $(VENV)/.installed
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

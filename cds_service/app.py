@@ -11,6 +11,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from . import migrations
+from . import bench_floor
 from .advice import Knowledge
 from .cards import warm_up as warm_up_cards
 from .client_auth import verifier_from_config
@@ -55,6 +56,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     # operations endpoints: their own blueprints, so the client-JWT check of `bp` does not apply
     app.register_blueprint(health.bp)
     metrics.init_app(app)
+    bench_floor.init_app(app)
     _register_error_handlers(app)
     app.after_request(_security_headers)
     return app

@@ -38,6 +38,7 @@ class Config:
     ENABLED_RULES: list[str] | None = None  # None: every rule that is on by default
     EXTRA_RULE_MODULES: list[str] = []  # import paths of site rule modules, loaded after rules/
     EVALUATION_DATE: str | None = None  # ISO date; None means today (UTC)
+    BENCH_FLOOR = False  # POST /bench/floor: parse the body, answer no cards (benchmark baseline only)
     CORS_ORIGINS = "*"
     # Trusting CDS clients. Off needs OPEN_MODE = true (LEGMOVE_OPEN_MODE=true), said explicitly:
     # start-up refuses a configuration that verifies no client and did not say it means to.

@@ -298,12 +298,24 @@ def _format_number(value: float) -> str:
 
 
 def fact_json(fact: dict) -> str:
-    """JSON text for the engine, with every float written in a form its parser accepts."""
+    """JSON text for the engine, with every float written in a form its parser accepts.
+
+    One `json.dumps` of the whole fact when no float needs rewriting (the usual case: it writes
+    floats with `repr`, as `_format_number` does); field by field only for a float in exponent
+    form without a fraction, which the engine's parser rejects."""
     validate_fact(fact)
+    if not any(_needs_rewrite(value) for value in fact.values()):
+        return json.dumps(fact, ensure_ascii=False, separators=(",", ":"))
     parts = []
     for key, value in fact.items():
         parts.append(f"{json.dumps(key, ensure_ascii=False)}:{_value_json(value)}")
     return "{" + ",".join(parts) + "}"
+
+
+def _needs_rewrite(value) -> bool:
+    if isinstance(value, float):
+        return _format_number(value) != repr(value)
+    return isinstance(value, list) and any(isinstance(v, float) and _format_number(v) != repr(v) for v in value)
 
 
 def _value_json(value) -> str:

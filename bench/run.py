@@ -1,0 +1,313 @@
+"""Benchmark of the running service, side by side with a floor. Run with `make bench`.
+
+It starts the service the way `make run` does (same recipe, read from the Makefile; feedback
+store and card recording on), drives it over loopback with wrk at several connection counts,
+and prints median, p95 and p99 latency and throughput for:
+
+- the floor: `POST /bench/floor` in the same server, which parses the same body and answers no cards;
+- patient-view for generated patients with 20, 200, 2,000 and 20,000 prefetched resources;
+- the Synthea charts (every chart in turn, prefetch filled from the whole chart);
+- order-select with a selected draft order;
+- the `fhirServer` path: the same Synthea patients on a sekmet-fhir server, no prefetch.
+
+It then measures the in-process split of one call per series (parse, data, facts, engine, cards,
+the rest: validation, recording, logging), peak memory per worker, and how the two cores were
+shared between wrk and the workers. Results go to docs/benchmarks.md with a latency chart.
+Budgets are reported, never asserted: a benchmark is not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import workload  # noqa: E402
+from bench.processes import ROOT, FhirServer, Service, cpu_seconds, peak_rss_mb  # noqa: E402
+
+LUA = Path(__file__).with_name("wrk_bodies.lua")
+SIZES = (20, 200, 2000, 20000)
+BODY_LIMIT = 64 * 1024 * 1024  # LEGMOVE_MAX_CONTENT_LENGTH for the run: a 20,000-resource chart is ~7 MB
+
+
+@dataclass
+class Series:
+    name: str
+    path: str
+    bodies: list[Path]
+    resources: int | None = None  # prefetched resources per call, for the chart
+    connections: tuple[int, ...] = (1, 8, 32)
+    runs: dict[int, dict] = field(default_factory=dict)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
+    parser.add_argument("--connections", default="1,8,32")
+    parser.add_argument("--synthea", type=Path, default=ROOT.parent / "shared" / "data" / "synthea")
+    parser.add_argument("--fhir-charts", type=int, default=24, help="Synthea charts loaded into the FHIR server")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    connections = tuple(int(c) for c in args.connections.split(","))
+    if not _have("wrk"):
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    work = Path(tempfile.mkdtemp(prefix="legmove-bench-"))
+    env = {"LEGMOVE_FEEDBACK_STORE": json.dumps(f"sqlite:///{work / 'feedback.sqlite3'}"),
+           "LEGMOVE_REPLAY_STORE": json.dumps(f"sqlite:///{work / 'replay.sqlite3'}"),
+           "LEGMOVE_MAX_CONTENT_LENGTH": str(BODY_LIMIT), "LEGMOVE_BENCH_FLOOR": "true"}
+    os.environ.update(env)  # the in-process split below builds the same app
+    service = Service(work, env)
+    fhir = FhirServer(work / "sekmet")
+    try:
+        discovery = requests.get(f"{service.base_url}/cds-services", timeout=5).json()
+        series = build_series(discovery, work, args.synthea, fhir, args.fhir_charts, connections)
+        started = datetime.now(timezone.utc)
+        for s in series:
+            for c in s.connections:
+                s.runs[c] = drive(service, s, c, args.duration)
+                _print_run(s, c)
+        split = in_process_split(series)
+        peaks = {pid: peak_rss_mb(pid) for pid in service.workers()}
+        report = render(series, split, peaks, service.command, started, args)
+        args.out.write_text(report, encoding="utf-8")
+        chart(series, args.out.with_name("benchmarks-latency.png"))
+        print(f"\nwrote {args.out} and {args.out.with_name('benchmarks-latency.png')}")
+    finally:
+        service.stop()
+        fhir.stop()
+
+
+def _have(tool: str) -> bool:
+    return subprocess.run(["which", tool], capture_output=True).returncode == 0
+
+
+def build_series(discovery: dict, work: Path, synthea: Path, fhir: FhirServer, fhir_charts: int,
+                 connections: tuple[int, ...]) -> list[Series]:
+    today = date.today()
+    pv_types = workload.template_types(discovery, "patient-view")
+    os_types = workload.template_types(discovery, "order-select")
+    pv_path = f"/cds-services/{workload.service_id(discovery, 'patient-view')}"
+    os_path = f"/cds-services/{workload.service_id(discovery, 'order-select')}"
+    n = 0
+
+    def write(name: str, call: dict) -> Path:
+        nonlocal n
+        n += 1
+        path = work / f"{name}-{n}.json"
+        path.write_text(json.dumps(call), encoding="utf-8")
+        return path
+
+    out: list[Series] = []
+    floor_patient, floor_resources = workload.generated_patient(0, 200, today)
+    floor_body = write("floor", workload.patient_view(floor_patient["id"],
+                                                     workload.prefetch_for(floor_resources, floor_patient, pv_types), 0))
+    out.append(Series("floor (no-op, 200-resource body)", "/bench/floor", [floor_body], 200, connections))
+    for size in SIZES:
+        bodies = []
+        for i in range(2 if size >= 20000 else 8):
+            patient, resources = workload.generated_patient(i, size, today)
+            bodies.append(write(f"pv{size}", workload.patient_view(
+                patient["id"], workload.prefetch_for(resources, patient, pv_types), i)))
+        out.append(Series(f"patient-view, {size:,} resources", pv_path, bodies, size,
+                          connections if size < 20000 else (1, 8)))
+    drafts = []
+    for i in range(8):
+        patient, resources = workload.generated_patient(100 + i, 200, today)
+        drafts.append(write("order-select", workload.order_select(patient, resources, os_types, i)))
+    out.append(Series("order-select with a draft, 200 resources", os_path, drafts, 200, connections))
+    files = workload.synthea_files(synthea)
+    if files:
+        bodies = []
+        for i, path in enumerate(files):
+            patient, resources = workload.synthea_chart(path)
+            bodies.append(write("synthea", workload.patient_view(
+                patient["id"], workload.prefetch_for(resources, patient, pv_types), i)))
+        sizes = [len(json.loads(b.read_text())["prefetch"].get("labs", {}).get("entry", [])) for b in bodies]
+        out.append(Series(f"patient-view, {len(files)} Synthea charts (whole chart in prefetch)", pv_path, bodies,
+                          None, connections))
+        print(f"Synthea: {len(files)} charts, {statistics.median(sizes):.0f} Observations median")
+        fhir_bodies = []
+        for i, path in enumerate(files[:fhir_charts]):
+            uuid, bundle = workload.synthea_transaction(path)
+            fhir.post_transaction(bundle)
+            call = workload.patient_view(fhir.patient_id(uuid), None, 1000 + i)
+            call["fhirServer"] = fhir.base_url
+            call["fhirAuthorization"] = {"access_token": fhir.TOKEN, "token_type": "Bearer", "expires_in": 300,
+                                         "scope": "patient/*.read", "subject": "legmove-bench",
+                                         "patient": call["context"]["patientId"]}
+            fhir_bodies.append(write("fhir", call))
+        out.append(Series(f"patient-view via fhirServer, {len(fhir_bodies)} Synthea charts on sekmet-fhir",
+                          pv_path, fhir_bodies, None, connections))
+    else:
+        print(f"no Synthea charts under {synthea}: those series are skipped")
+    return out
+
+
+def drive(service: Service, s: Series, connections: int, duration: int) -> dict:
+    """One wrk run; CPU time of wrk (this process's children) and of each worker is read around it."""
+    workers = service.workers()
+    before = {pid: cpu_seconds(pid) for pid in workers}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "-s", str(LUA),
+               f"{service.base_url}{s.path}", "--", *map(str, s.bodies)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    result = json.loads(line[len("WRKJSON "):])
+    seconds = result["duration_us"] / 1e6
+    result["rps"] = result["requests"] / seconds if seconds else 0.0
+    result["wrk_cpu"] = ((children_after.ru_utime + children_after.ru_stime)
+                         - (children_before.ru_utime + children_before.ru_stime)) / seconds
+    result["workers_cpu"] = sum(cpu_seconds(pid) - before[pid] for pid in workers) / seconds
+    result["peak_rss_mb"] = max((peak_rss_mb(pid) for pid in service.workers()), default=0.0)
+    return result
+
+
+def _print_run(s: Series, c: int) -> None:
+    r = s.runs[c]
+    print(f"{s.name:<62} c={c:<3} p50 {r['p50_us'] / 1000:8.2f} ms  p95 {r['p95_us'] / 1000:8.2f}  "
+          f"p99 {r['p99_us'] / 1000:8.2f}  {r['rps']:8.1f} req/s  non-2xx {r['non2xx']}  "
+          f"cpu wrk {r['wrk_cpu']:.2f} workers {r['workers_cpu']:.2f}")
+
+
+# ---- in-process split ----------------------------------------------------------------------
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == "hook_call":
+            self.records.append({"total_ms": record.total_ms, **(getattr(record, "timings_ms", None) or {})})
+
+
+def in_process_split(series: list[Series]) -> dict[str, dict[str, float]]:
+    """Median milliseconds per stage for one body of each series, through the app in this process
+    (the hook_call log record carries the stages; JSON parsing is timed on its own)."""
+    from cds_service.app import create_app
+
+    app = create_app("development", LOG_LEVEL="INFO")
+    handler = _Records()
+    logging.getLogger().addHandler(handler)
+    for h in logging.getLogger().handlers:
+        if h is not handler:
+            h.setLevel(logging.ERROR)  # keep the console quiet; the records still reach `handler`
+    client = app.test_client()
+    split = {}
+    for s in series:
+        if s.path == "/bench/floor" or "fhirServer" in s.name:
+            continue
+        body = s.bodies[0].read_bytes()
+        repeat = 5 if len(body) > 2_000_000 else 40
+        handler.records.clear()
+        parse = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            json.loads(body)
+            parse.append((time.perf_counter() - started) * 1000)
+            client.post(s.path, data=body, content_type="application/json")
+        records = handler.records[1:] or handler.records
+        stages = {key: statistics.median(r.get(key, 0.0) for r in records) for key in ("data", "facts", "engine", "cards")}
+        total = statistics.median(r["total_ms"] for r in records)
+        stages["json parse"] = statistics.median(parse)
+        stages["rest (validation, recording, log)"] = max(0.0, total - sum(stages.values()))
+        stages["total"] = total
+        split[s.name] = {k: round(v, 2) for k, v in stages.items()}
+    logging.getLogger().removeHandler(handler)
+    return split
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def render(series: list[Series], split: dict, peaks: dict, command: str, started: datetime, args) -> str:
+    floor = series[0]
+    pv200 = next(s for s in series if s.name.startswith("patient-view, 200 "))
+    pv20k = next(s for s in series if s.name.startswith("patient-view, 20,000"))
+    lines = ["# Benchmarks", "",
+             f"Run of {started:%Y-%m-%d %H:%M} UTC with `make bench` on {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, {args.duration} s per run, wrk over loopback. The service was started "
+             f"with the `make run` recipe:", "", f"    {command}", "",
+             "Feedback store (SQLite) and card recording were on, as in `make run`. Latency in milliseconds; "
+             "throughput in requests per second; CPU is the share of one core used by wrk and by all workers "
+             "together during the run (2.00 = both cores).", "",
+             "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in series:
+        for c, r in s.runs.items():
+            base = floor.runs.get(c, {}).get("rps")
+            share = f"{100 * r['rps'] / base:.0f} %" if base and s is not floor else ""
+            lines.append(f"| {s.name} | {c} | {r['p50_us'] / 1000:.1f} | {r['p95_us'] / 1000:.1f} | "
+                         f"{r['p99_us'] / 1000:.1f} | {r['rps']:.0f} | {share} | {r['non2xx']} | "
+                         f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} |")
+    lines += ["", "![p50 and p99 latency against prefetch size, 8 connections](benchmarks-latency.png)", "",
+              "## Where one call spends its time (in process, median ms)", "",
+              "| series | json parse | data | facts | engine | cards | rest (validation, recording, log) | total |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, st in split.items():
+        lines.append(f"| {name} | {st['json parse']} | {st['data']} | {st['facts']} | {st['engine']} | {st['cards']} | "
+                     f"{st['rest (validation, recording, log)']} | {st['total']} |")
+    lines += ["", f"Peak resident memory per worker after all runs (VmHWM): "
+              + ", ".join(f"{mb:.0f} MB" for mb in peaks.values()) + ".", "", "## Budgets", ""]
+    c8 = 8
+    share = pv200.runs[c8]["rps"] / floor.runs[c8]["rps"] if c8 in pv200.runs and c8 in floor.runs else 0
+    p99 = pv200.runs.get(c8, {}).get("p99_us", 0) / 1000
+    big = max(r["p99_us"] for r in pv20k.runs.values()) / 1000 if pv20k.runs else float("inf")
+    big_errors = sum(r["non2xx"] + r["socket_errors"] for r in pv20k.runs.values())
+    memory = max(peaks.values(), default=0)
+    budgets = [
+        ("throughput at 200 resources, 8 connections, at least 60 % of the floor", f"{100 * share:.0f} %", share >= 0.6),
+        ("p99 under 50 ms at 200 resources, 8 connections", f"{p99:.1f} ms", p99 < 50),
+        ("20,000 resources answered in under 1 s (p99, every run answered 200)",
+         f"{big:.0f} ms, {big_errors} errors", big < 1000 and big_errors == 0),
+        ("worker memory under 200 MB", f"{memory:.0f} MB", memory < 200),
+    ]
+    lines += ["| budget | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'met' if ok else '**not met**'} |" for name, value, ok in budgets]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def chart(series: list[Series], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sized = [s for s in series if s.resources and s.path != "/bench/floor" and s.name.startswith("patient-view")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
+        points = [(s.resources, s.runs[8][key] / 1000) for s in sized if 8 in s.runs]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"patient-view {label}")
+    floor = series[0].runs.get(8)
+    if floor:
+        ax.axhline(floor["p50_us"] / 1000, color="grey", linestyle="--", label="floor p50 (200 resources)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prefetched resources per call")
+    ax.set_ylabel("latency (ms), 8 connections")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
