@@ -60,7 +60,7 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     clock.lap("engine")
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
-                        incomplete_keys=tuple(sorted(resolved.incomplete)))
+                        incomplete_keys=tuple(sorted(resolved.incomplete)), base_url=public_base_url(config))
     # the service lists the card rules registered for this hook: the one place hooks are filtered
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in service.rule_ids}
     cards = render_cards(knowledge.specs, matches, evaluation.facts_by_id, ctx)
@@ -68,6 +68,17 @@ def advise(req: HookRequest, service: Service, knowledge: Knowledge, config) -> 
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
     return Advice(cards, sorted(matches), clock.laps, resolved.fetched, sorted(resolved.incomplete))
+
+
+def public_base_url(config) -> str:
+    """Where this service's public pages are: PUBLIC_BASE_URL when configured (behind a proxy the
+    request's host may not be the public one), else the host the request came to."""
+    from flask import has_request_context, request
+
+    configured = config.get("PUBLIC_BASE_URL")
+    if configured:
+        return configured.rstrip("/")
+    return request.host_url.rstrip("/") if has_request_context() else ""
 
 
 MAX_MEDICATION_READS = 20
