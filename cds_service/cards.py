@@ -190,9 +190,32 @@ def _expand(evidence: list[dict], facts_by_id: dict[str, dict]) -> list[dict]:
     return out
 
 
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)%][.!?])\s+(?=[A-Z*])")
+
+
+def split_lead(why: str) -> tuple[str, list[str]]:
+    """The lead a clinician reads first (the first paragraph, at most two sentences) and the rest of a
+    rule's text as list items: further paragraphs, list lines, sentences past the second."""
+    first, *rest = [p.strip() for p in why.split("\n\n") if p.strip()] or [""]
+    sentences = _SENTENCE_END.split(first)
+    lead, spill = " ".join(sentences[:2]), sentences[2:]
+    items = [" ".join(spill)] if spill else []
+    for paragraph in rest:
+        lines = paragraph.splitlines()
+        if all(line.startswith("- ") for line in lines):
+            items += [line[2:] for line in lines]
+        else:
+            items.append(" ".join(lines))
+    return lead, items
+
+
 def _detail(spec: RuleSpec, draft: CardDraft, evidence: list[dict]) -> str:
-    lines = [*draft.notes, *(line for line in (describe(fact) for fact in evidence) if line)]
-    parts = [draft.why]
+    lead, items = split_lead(draft.why)
+    notes = [*items, *draft.notes]
+    named = " ".join(notes)  # a drug a note already names (how it was recognised) is not listed twice
+    facts = [f for f in evidence if not (f.get("kind") == "medication" and f"**{escape(f['name'])}**" in named)]
+    lines = [*notes, *(line for line in (describe(fact) for fact in facts) if line)]
+    parts = [lead]
     if lines:
         parts.append("\n".join(f"- {line}" for line in dict.fromkeys(lines)))
     parts.append(f"*Source: {human_citation(spec.citation)}.*")  # our own titles, not chart text

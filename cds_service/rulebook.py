@@ -149,15 +149,20 @@ def fill(template: str, limit: int = 40, **values: str) -> str:
 
 
 def clip(text: str, limit: int) -> str:
-    """`text` whole when it fits, else its leading whole words (no ellipsis after a partial word)."""
+    """`text` whole when it fits, else its longest leading clause (up to a comma, semicolon or
+    parenthesis) that fits, else its leading whole words: never a partial word, never an ellipsis."""
+    text = " ".join(str(text).split())
     if len(text) <= limit:
         return text
-    words, out = text.split(), ""
-    for word in words:
-        if len(out) + len(word) + (1 if out else 0) > limit - 1:
+    clauses = [m.start() for m in re.finditer(r"[,;(]| - ", text) if 0 < m.start() <= limit]
+    if clauses and clauses[-1] >= limit // 2:
+        return text[: clauses[-1]].rstrip()
+    out = ""
+    for word in text.split():
+        if len(out) + len(word) + (1 if out else 0) > limit:
             break
         out = f"{out} {word}" if out else word
-    return (out or text[: limit - 1]).rstrip(",;:") + "…"
+    return (out or text.split()[0]).rstrip(",;:")
 
 
 _STRENGTH = re.compile(r"^(?P<name>.*?)\s+(?P<strength>\d[\d.,]*\s*(?:MG|MCG|G|ML|UNT|MEQ|%)(?:/(?:\d[\d.]*\s*)?(?:ML|HR|ACTUAT))?)\b",

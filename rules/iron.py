@@ -35,7 +35,7 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
 
 # ---- R1 -----------------------------------------------------------------------------------
 
-@card_rule(id="R1", title="RLS without recent ferritin", citation=SEEDS_IRON, source_url=AASM_2024_URL,
+@card_rule(id="R1", title="RLS without recent ferritin", citation=f"{SEEDS_IRON}; {AASM_2024}", source_url=AASM_2024_URL,
            hooks=("patient-view", "order-select"), needs=("labs", "service_requests"),
            logic="present(RLS) and no readable final ferritin within the lookback (a result in an unknown unit, text "
                  "without a number or with no value does not count, and is named) and no pending ferritin order or result "
