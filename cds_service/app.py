@@ -17,6 +17,7 @@ from .config import CONFIGS, from_environment
 from .engine import engine_for, prune_unused_derivations
 from .feedback import CardLedger
 from .logs import configure as configure_logs
+from .rule_pages import pages as rule_pages
 from .rulebook import REGISTRY
 from .services import build_services
 from .terminology import Terminology
@@ -44,6 +45,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
          allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
     app.register_blueprint(bp)
+    app.register_blueprint(rule_pages)  # public, outside the CDS blueprint's client-JWT check
     _register_error_handlers(app)
     return app
 
