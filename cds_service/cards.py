@@ -230,11 +230,13 @@ def lab_value(fact: dict) -> str:
     """'<10 ng/mL', or '41 ug/L (41 ng/mL)' when the unit differed: as reported, then converted."""
     comparator = "" if fact.get("comparator", "=") == "=" else escape(fact["comparator"])
     reported = f"{comparator}{_number(fact['raw_value'])} {escape(fact['raw_unit'])}".strip()
-    if fact.get("unit_assumed") or fact["raw_unit"] in ("", "1"):
-        return f"{comparator}{_number(fact['value'])} {escape(fact['unit'])} (reported without a unit)"
+    if fact.get("unit_assumed"):
+        return (f"{comparator}{_number(fact['value'])} {escape(fact['unit'])} (reported as text "
+                f"'{comparator}{_number(fact['raw_value'])}' without a unit)")
+    text = " (reported as text)" if fact.get("value_source") == "text" else ""
     if fact["raw_unit"] != fact["unit"] and _number(fact["raw_value"]) + fact["raw_unit"] != _number(fact["value"]) + fact["unit"]:
-        return f"{reported} ({comparator}{_number(fact['value'])} {escape(fact['unit'])})"
-    return reported
+        return f"{reported} ({comparator}{_number(fact['value'])} {escape(fact['unit'])}){text}"
+    return reported + text
 
 
 def describe(fact: dict) -> str | None:
@@ -256,8 +258,8 @@ def describe(fact: dict) -> str | None:
         return f"{title} {lab_value(fact)} on {fact['date']}"
     if kind == "unreadable_result":
         title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
-        return (f"{title} of {fact['date']} could not be read (value '{escape(fact['raw_text'])}', unit "
-                f"'{escape(fact['raw_unit'])}'): verify it")
+        return (f"{title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
+                f"'{escape(fact['raw_unit'])}'; verify it")
     if kind == "medication":
         origin = {"draft": "being ordered", "recent": "recent order, no longer active"}.get(fact["origin"], "active")
         since = f", since {fact['since']}" if fact.get("since") and fact["origin"] != "draft" else ""

@@ -151,9 +151,10 @@ def fill(template: str, limit: int = 40, **values: str) -> str:
 def clip(text: str, limit: int) -> str:
     """`text` whole when it fits, else its longest leading clause (up to a comma, semicolon or
     parenthesis) that fits, else its leading whole words: never a partial word, never an ellipsis."""
-    text = " ".join(str(text).split())
+    text = str(text)
     if len(text) <= limit:
         return text
+    text = " ".join(text.split())
     clauses = [m.start() for m in re.finditer(r"[,;(]| - ", text) if 0 < m.start() <= limit]
     if clauses and clauses[-1] >= limit // 2:
         return text[: clauses[-1]].rstrip()

@@ -54,8 +54,6 @@ def rls_without_ferritin(matches, ctx):
            f"from the last {months} months, nor a pending ferritin, was found. Check ferritin and transferrin saturation.")
     notes = ["The review articles ask for ferritin in every patient with restless legs, even when haemoglobin is "
              "normal; the AASM 2024 guideline asks for ferritin and transferrin saturation.", DRAW_ADVICE]
-    notes += [f"A ferritin of {f['date']} could not be read: value '{escape(f['raw_text'])}', unit "
-              f"'{escape(f['raw_unit'])}'; verify it." for f in unreadable]
     order = SuggestionDraft(
         label="Order iron studies",
         is_recommended=True,
