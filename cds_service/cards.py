@@ -107,7 +107,7 @@ def source_of(spec: RuleSpec, page: str) -> tuple[str, str]:
     return f"Leg-movement CDS: {spec.title}", page
 
 
-_MACHINE_SKIP = {"id", "sets_display"}
+_MACHINE_SKIP = {"id", "sid", "sets_display"}  # engine bookkeeping, not evidence
 
 
 def machine_fact(fact: dict) -> dict:

@@ -212,3 +212,10 @@ def test_rule_index_and_pages_are_open_with_client_auth_on():
     assert ".txt" not in html and "seed 000" not in html
     assert client.get("/rules/R999").status_code == 404
     assert client.post("/cds-services/legmove-patient-view", json={}).status_code == 401, "the CDS API stays closed"
+
+
+def test_rule_page_shows_the_thresholds_in_force():
+    overrides = {"KNOWLEDGE_OVERRIDES": {"profiles": _profiles(aasm2024__ferritin_iron_indicated_at_or_below=65)}}
+    html = _client(json.dumps(overrides, sort_keys=True)).get("/rules/R2").get_data(as_text=True)
+    row = re.search(r"aasm2024\.ferritin_iron_indicated_at_or_below</code></td><td>([^<]+)<", html)
+    assert row and row.group(1) == "65"
