@@ -179,6 +179,13 @@ def drug_name(name: str, limit: int = 40) -> str:
     name = " ".join(str(name).split())
     if len(name) <= limit:
         return name
+    if " / " in name:  # a combination product: name every ingredient, never only the first
+        parts = [ingredient_name(part) for part in name.split(" / ")]
+        combined = _join(list(dict.fromkeys(parts)))
+        if len(combined) <= limit:
+            return combined
+        rest = len(parts) - 1
+        return clip(f"{parts[0]} and {rest} other ingredient{'s' if rest > 1 else ''}", limit)
     found = _STRENGTH.match(name)
     base = found.group("name") if found else name
     words = [w for w in base.split() if w.lower() not in _SALTS] or base.split()
@@ -194,7 +201,10 @@ def drug_name(name: str, limit: int = 40) -> str:
 
 
 def ingredient_name(name: str) -> str:
-    """The ingredient words of a product display ("chlorpheniramine maleate 4 MG Oral Tablet" -> "chlorpheniramine")."""
+    """The ingredient words of a product display ("chlorpheniramine maleate 4 MG Oral Tablet" -> "chlorpheniramine";
+    a combination names each ingredient)."""
+    if " / " in str(name):
+        return _join(list(dict.fromkeys(ingredient_name(part) for part in str(name).split(" / "))))
     found = _STRENGTH.match(" ".join(str(name).split()))
     base = found.group("name") if found else str(name)
     words = [w for w in base.split() if w.lower() not in _SALTS] or base.split()

@@ -212,8 +212,10 @@ def rls_low_iron(matches, ctx):
     summary = {
         ("indicated", "seed"): fill("RLS with ferritin {value} ng/mL (below {threshold}): iron supplementation indicated",
                                     value=value, threshold=t["seed"]),
-        ("indicated", "aasm2024"): fill("RLS with ferritin {value} ng/mL, TSAT {tsat}%: meets the AASM 2024 threshold "
-                                        "for iron therapy", value=value, tsat=tsat),
+        ("indicated", "aasm2024"): (fill("RLS with ferritin {value} ng/mL, TSAT {tsat}%: meets the AASM 2024 threshold "
+                                         "for iron therapy", value=value, tsat=tsat) if tsat != "n/a" else
+                                    fill("RLS with ferritin {value} ng/mL: meets the AASM 2024 threshold for iron "
+                                         "therapy", value=value)),
         ("iv_only", "aasm2024"): fill("RLS with ferritin {value} ng/mL ({low}-{high}): AASM 2024 suggests IV rather than "
                                       "oral iron", value=value, low=t["iv_above"], high=t["iv_up_to"]),
         ("disagreement", "seed"): (fill("Ferritin {value} ng/mL: iron advised by AASM 2024 (≤ {aasm}), not by the "

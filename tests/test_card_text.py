@@ -163,6 +163,7 @@ def test_r2_disagreement_reads_as_two_sources():
     ("gabapentin enacarbil 600 MG Extended Release Oral Tablet", "gabapentin enacarbil 600 mg"),
     ("sertraline 50 MG Oral Tablet", "sertraline 50 MG Oral Tablet"),
     ("chlorpheniramine maleate 4 MG Oral Tablet", "chlorpheniramine 4 mg"),
+    ("codeine phosphate 1.8 MG/ML / dexchlorpheniramine maleate 0.4 MG/ML Oral Solution", "codeine and dexchlorpheniramine"),
 ])
 def test_long_product_names_become_ingredient_and_strength(product, short):
     assert drug_name(product) == short
