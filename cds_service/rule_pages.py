@@ -106,6 +106,14 @@ def examples() -> dict[str, dict[str, list[str]]]:
     return found
 
 
+_PRESENT = re.compile(r"present\(([^()]*)\)")
+
+
+def plain(logic: str) -> str:
+    """The catalog one-liner in words: 'present(RLS)' reads 'RLS is on the problem list'."""
+    return _PRESENT.sub(lambda m: f"{m.group(1)} is on the problem list", logic)
+
+
 def _natural(rule_id: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", rule_id))
 
@@ -132,7 +140,7 @@ def rule_page(rule_id: str):
     if spec is None:
         abort(404, f"no rule {rule_id!r}")
     settings = current_app.extensions["legmove"].terminology.settings
-    page = render_template("rule_page.html", spec=spec, enabled=spec.id in _enabled(),
+    page = render_template("rule_page.html", spec=spec, enabled=spec.id in _enabled(), checks=plain(spec.logic),
                            sources=cited(spec.citation), thresholds=_thresholds(spec.id, settings),
                            examples=examples().get(spec.id, {"fires": [], "silent": []}),
                            version=getattr(spec, "version", None),

@@ -213,8 +213,9 @@ def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
     months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
     why = (f"Fasciculations are on the problem list and these first-tier tests have no result in the last {months} "
-           f"months and are not pending: {', '.join(missing)}. The first tier is fasting glucose or HbA1c, CBC, CMP, B12, "
-           "TSH and serum protein electrophoresis; a haemoglobin alone does not count as a CBC.")
+           f"months and are not pending: {', '.join(missing)}. Order the missing tests.\n\n"
+           "The first tier is fasting glucose or HbA1c, CBC, CMP, B12, TSH and serum protein electrophoresis; a "
+           "haemoglobin alone does not count as a CBC.")
     order = SuggestionDraft(label="Order missing first-tier labs", actions=[
         lab_order(ctx.patient_id, FIRST_TIER[test][1], FIRST_TIER[test][2]) for test in missing])
     return CardDraft(summary=fill("Fasciculations: first-tier labs missing ({missing})", limit=60,

@@ -40,6 +40,6 @@ def problems(card: dict) -> list[str]:
     first = lead(card["detail"])
     if sentences(first) > 2:
         found.append(f"detail: lead of {sentences(first)} sentences ({first[:80]!r})")
-    if len(first) > 320:
+    if len(first) > 300:  # about 280 characters: two sentences a clinician reads at a glance
         found.append(f"detail: lead of {len(first)} characters")
     return found

@@ -220,3 +220,16 @@ def test_rule_page_shows_the_thresholds_in_force():
     html = _client(json.dumps(overrides, sort_keys=True)).get("/rules/R2").get_data(as_text=True)
     row = re.search(r"aasm2024\.ferritin_iron_indicated_at_or_below</code></td><td>([^<]+)<", html)
     assert row and row.group(1) == "65"
+
+
+def test_rule_page_without_packaged_examples_still_serves(monkeypatch):
+    from cds_service import rule_pages
+
+    monkeypatch.setattr(rule_pages, "_fixtures_root", lambda: None)
+    rule_pages.examples.cache_clear()
+    try:
+        page = _client("{}").get("/rules/R3")
+        assert page.status_code == 200 and page.get_data(as_text=True).count("No example.") == 2
+    finally:
+        rule_pages.examples.cache_clear()
+    assert "RLS or PLMD is on the problem list" in _client("{}").get("/rules/R3").get_data(as_text=True)
