@@ -218,11 +218,12 @@ def rls_low_iron(matches, ctx):
                                          "therapy", value=value)),
         ("iv_only", "aasm2024"): fill("RLS with ferritin {value} ng/mL ({low}-{high}): AASM 2024 suggests IV rather than "
                                       "oral iron", value=value, low=t["iv_above"], high=t["iv_up_to"]),
-        ("disagreement", "seed"): (fill("Ferritin {value} ng/mL: iron advised by AASM 2024 (≤ {aasm}), not by the "
-                                        "review articles (< {seed})", value=value, aasm=t["aasm"], seed=t["seed"])
+        ("disagreement", "seed"): (fill("Ferritin {value} ng/mL: iron therapy per AASM 2024 (≤ {aasm}), though not "
+                                        "below the {seed} of older reviews", value=value, aasm=t["aasm"], seed=t["seed"])
                                    if not iron["by_tsat"] else
-                                   fill("TSAT {tsat}%: iron advised by AASM 2024 (< {tsat_limit}%); ferritin {value} ng/mL "
-                                        "is not below {seed}", tsat=tsat, tsat_limit=t["tsat"], value=value, seed=t["seed"])),
+                                   fill("TSAT {tsat}%: iron therapy per AASM 2024 (< {tsat_limit}%), though ferritin "
+                                        "{value} ng/mL is not below the {seed} of older reviews", tsat=tsat,
+                                        tsat_limit=t["tsat"], value=value, seed=t["seed"])),
     }[(verdict, profile)]
     return CardDraft(
         summary=summary,
