@@ -179,10 +179,11 @@ def drug_name(name: str, limit: int = 40) -> str:
     name = " ".join(str(name).split())
     if len(name) <= limit:
         return name
-    if " / " in name:  # a combination product: name every ingredient, never only the first
+    if " / " in name:  # a combination product: name every ingredient, never only the first (the class
+        # printed beside it may belong to any of them), allowing 10 characters more than a single drug
         parts = [ingredient_name(part) for part in name.split(" / ")]
         combined = _join(list(dict.fromkeys(parts)))
-        if len(combined) <= limit:
+        if len(combined) <= limit + 10:
             return combined
         rest = len(parts) - 1
         return clip(f"{parts[0]} and {rest} other ingredient{'s' if rest > 1 else ''}", limit)

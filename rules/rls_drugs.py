@@ -60,7 +60,7 @@ def worsening_drug_ordered(matches, ctx):
     notes += [f"{escape(d['name'])} is ordered for {escape(', '.join(reasons))}: weigh that benefit against the risk "
               "of worsening restless legs." for d, reasons in indicated]
     if len(drugs) == 1:
-        suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(first['name'], 50)})",
+        suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(first['name'])})",
                                        actions=[remove_draft(first["resource_ref"], first["name"])])]
         # cetirizine treats allergy only: not anxiety (hydroxyzine), sleep (doxylamine), vertigo or nausea
         if ("sedating_antihistamine" in first["classes"] and first["resource_type"] == "MedicationRequest"
@@ -70,7 +70,7 @@ def worsening_drug_ordered(matches, ctx):
                 actions=[remove_draft(first["resource_ref"], first["name"]),
                          medication_proposal(ctx.patient_id, *CETIRIZINE_10)]))
         behavior = "at-most-one"
-        drug_text = drug_name(first["name"], 50)  # leaves room for the longest class title under 140
+        drug_text = drug_name(first["name"])  # at most 40 characters: ingredient and strength when longer
         class_text = _worsening_class(first, ctx)
     else:
         suggestions = [SuggestionDraft(label=f"Remove the order for {drug_name(d['name'])}",
