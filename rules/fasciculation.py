@@ -101,8 +101,8 @@ def fasciculation_red_flags(matches, ctx):
                          indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
     settings = ctx.settings
     order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags (R8)"),
-        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags (R8)"),
+        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags"),
     ])
     return CardDraft(
         summary=f"Fasciculations with {red_flag_phrase(flags)}: urgent EMG/NCS and neurology referral",
@@ -176,7 +176,7 @@ def sudden_fasciculation_with_deficit(matches, ctx):
            "fasciculations, no stroke is coded and no head imaging is ordered. Sudden onset with a new "
            "deficit needs emergent CT/MRI to exclude a stroke.")
     order = SuggestionDraft(label="Order emergent head imaging", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations (R10)")])
+        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations")])
     return CardDraft(summary="New fasciculations with a new neurological deficit: emergent CT/MRI to exclude stroke",
                      indicator="critical", why=why, evidence=found, suggestions=[order])
 

@@ -30,6 +30,8 @@ def problems(card: dict) -> list[str]:
     found = []
     texts = [("summary", card["summary"]), ("detail", card["detail"])]
     texts += [(f"suggestion '{s['label']}'", s["label"]) for s in card.get("suggestions", [])]
+    texts += [(f"action '{a['description']}'", a["description"]) for s in card.get("suggestions", [])
+              for a in s["actions"]]
     for where, text in texts:
         for what, pattern in CHECKS:
             hit = pattern.search(text)
