@@ -90,7 +90,7 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
     ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
                         class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
                         incomplete_keys=tuple(sorted(resolved.incomplete)), missing_keys=tuple(sorted(missing)),
-                        knowledge_version=knowledge.knowledge_version)
+                        knowledge_version=knowledge.knowledge_version, base_url=public_base_url(config))
     # the service lists the card rules registered for this hook that its data lets it evaluate:
     # the one place hooks and missing data are filtered
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in evaluable}
@@ -120,6 +120,17 @@ def _precondition_message(access: FhirAccess, resolved) -> str:
     if not access.allowed:
         return f"prefetch key(s) {keys} missing and the FHIR server cannot be queried: {access.reason}"
     return f"prefetch key(s) {keys} missing and the FHIR server did not provide them (unavailable, too slow or refused)"
+
+
+def public_base_url(config) -> str:
+    """Where this service's public pages are: PUBLIC_BASE_URL when configured (behind a proxy the
+    request's host may not be the public one), else the host the request came to."""
+    from flask import has_request_context, request
+
+    configured = config.get("PUBLIC_BASE_URL")
+    if configured:
+        return configured.rstrip("/")
+    return request.host_url.rstrip("/") if has_request_context() else ""
 
 
 MAX_MEDICATION_READS = 20

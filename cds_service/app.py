@@ -23,6 +23,7 @@ from . import health, metrics
 from .governance import governance_from_config, knowledge_version, rule_modes
 from .logs import configure as configure_logs
 from .preview import register_preview
+from .rule_pages import pages as rule_pages
 from .rulebook import REGISTRY
 from .services import build_services
 from .terminology import Terminology
@@ -57,6 +58,7 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.register_blueprint(health.bp)
     metrics.init_app(app)
     bench_floor.init_app(app)
+    app.register_blueprint(rule_pages)  # public, outside the CDS blueprint's client-JWT check
     _register_error_handlers(app)
     app.after_request(_security_headers)
     return app

@@ -1,9 +1,15 @@
-"""Rendering: rule matches -> CDS Hooks 2.0 cards.
+"""Rendering: rule matches -> CDS Hooks 2.0 cards, in two layers.
 
-Every card says why it fired (the rule's explanation plus each resource, value, unit and date
-it rests on), where its advice comes from (`source` and the citation), and which rule made it
-(`extension`). Suggested resources are validated against the FHIR R4 models (R4B package,
-R4-compatible) before they leave. Nothing empty or null is ever emitted (checklist section 1).
+What a clinician reads (`summary`, `detail`, suggestion labels) is short clinical prose: a lead of
+at most two sentences, the evidence as a list in clinical words (values with unit and date as
+reported), and the source by its human title. It never carries rule ids, FHIR ids, profile names
+or file names. Everything an integrator or governance needs (rule id, codes and how each drug
+matched, raw and converted values, thresholds in use, resource references, findings, citation
+keys, seed file names) is in the card's `extension`, a dict other modules may add keys to.
+`source` follows CDS Hooks 2.0 (section Source): a label a clinician trusts, a `url` that matches
+it (the guideline's DOI, else the rule's public page) and the rule id as `topic`.
+Suggested resources are validated against the FHIR R4 models (R4B package, R4-compatible) before
+they leave. Nothing empty or null is ever emitted.
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import uuid
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from .rulebook import CardDraft, RenderContext, RuleSpec, escape
+from .rulebook import CardDraft, RenderContext, RuleSpec, clip, escape
+from .sources import AASM_2024, cited, human_citation, seed_files
 from .terminology import SYSTEM_LABELS
 
 log = logging.getLogger(__name__)
@@ -24,7 +31,7 @@ INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 OVERRIDE_SYSTEM = "urn:legmove-cds:override-reason"
 EXTENSION_KEY = "org.legmove-cds.explanation"
 MAX_SUMMARY = 139
-EXTERNAL_SOURCES = ("AASM 2024", "AAN 2016", "IRLSSG 2018", "FDA 2010")  # short names of the external sources the rules cite
+RULE_TOPIC_SYSTEM = "urn:legmove-cds:rule"
 
 
 class SuggestionInvalid(Exception):
@@ -54,23 +61,39 @@ def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: di
     return [prune(card) for card in cards]
 
 
+def rule_page_url(base_url: str, rule_id: str) -> str:
+    return f"{base_url.rstrip('/')}/rules/{rule_id}"
+
+
 def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict], ctx: RenderContext) -> dict:
     evidence = _expand(draft.evidence, facts_by_id)
     findings = sorted({f["name"] for f in draft.evidence if f.get("kind") == "finding"})
+    page = rule_page_url(ctx.base_url, spec.id)
+    label, url = source_of(spec, page)
+    params = next((f for f in ctx.facts if f.get("kind") == "params"), {})
     card = {
         "uuid": str(uuid.uuid4()),
         "summary": guard_summary(draft.summary),
         "indicator": draft.indicator,
         "detail": _detail(spec, draft, evidence),
-        "source": {"label": source_label(spec), "url": spec.source_url},
+        "source": {"label": label, "url": url,
+                   "topic": {"system": RULE_TOPIC_SYSTEM, "code": spec.id, "display": spec.title}},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
                             for code, display in draft.override_reasons],
+        "links": [{"label": "Why this card", "url": page, "type": "absolute"}],
         "extension": {EXTENSION_KEY: {
             "rule": spec.id,
             "ruleTitle": spec.title,
+            "rulePage": page,
             "citation": spec.citation,
+            "citationKeys": [s.key for s in cited(spec.citation)],
+            "seedFiles": seed_files(spec.citation),
             "findings": findings,
-            "resources": sorted({f["resource_ref"] for f in evidence if "resource_ref" in f}),
+            "resources": sorted({f["resource_ref"] for f in [*evidence, *draft.evidence] if "resource_ref" in f}),
+            "evidence": [machine_fact(f) for f in evidence],
+            "profile": {"name": params.get("profile"), "title": params.get("profile_title"),
+                        "source": params.get("profile_source")} if params else None,
+            "thresholds": draft.thresholds,
             "ruleVersion": spec.version,
             "knowledgeVersion": ctx.knowledge_version,
             "evidenceFingerprint": evidence_fingerprint(evidence),
@@ -98,6 +121,22 @@ def evidence_fingerprint(evidence: list[dict]) -> str:
                                 if k not in _UNSTABLE_FIELDS and not k.endswith("days_ago")}, sort_keys=True,
                                separators=(",", ":"), default=str) for fact in evidence)
     return hashlib.sha256("\n".join(stable).encode("utf-8")).hexdigest()[:32]
+
+
+def source_of(spec: RuleSpec, page: str) -> tuple[str, str]:
+    """The label a clinician trusts and the URL that matches it: the AASM 2024 guideline's DOI for the
+    rules whose advice is that guideline's, otherwise this service's public page for the rule."""
+    if spec.source_url and spec.source_url == AASM_2024.url:
+        return "AASM 2024 RLS guideline (Winkelman et al.)", AASM_2024.url
+    return f"Leg-movement CDS: {spec.title}", page
+
+
+_MACHINE_SKIP = {"id", "sid", "sets_display"}  # engine bookkeeping, not evidence
+
+
+def machine_fact(fact: dict) -> dict:
+    """A fact as the extension carries it: every field, the resource reference and codes included."""
+    return {k: v for k, v in fact.items() if k not in _MACHINE_SKIP and v is not None}
 
 
 _REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
@@ -149,15 +188,12 @@ ANALYTE_TITLES = {"tsat": "Transferrin saturation", "hba1c": "HbA1c", "cbc": "CB
 
 
 def guard_summary(summary: str) -> str:
-    """Catalog 2.3: fewer than 140 characters, cut to 136 plus '...' as a last resort."""
-    return summary if len(summary) <= MAX_SUMMARY else summary[:136] + "..."
-
-
-def source_label(spec: RuleSpec) -> str:
-    seeds = re.findall(r"\b(\d{3})_[0-9a-f]+\.txt", spec.citation)
-    basis = [f"seed {', '.join(dict.fromkeys(seeds))}"] if seeds else []
-    basis += [name for name in EXTERNAL_SOURCES if name in spec.citation]
-    return f"legmove-cds {spec.id}" + (f" ({'; '.join(basis)})" if basis else "")
+    """Fewer than 140 characters (CDS Hooks 2.0, section Card Attributes); as a last resort cut at a
+    word boundary (rules keep their summaries short, a test renders every fixture)."""
+    if len(summary) <= MAX_SUMMARY:
+        return summary
+    log.warning("summary over %d characters, shortened: %r", MAX_SUMMARY, summary)
+    return clip(summary, MAX_SUMMARY)
 
 
 # ---- detail ------------------------------------------------------------------------------
@@ -178,59 +214,90 @@ def _expand(evidence: list[dict], facts_by_id: dict[str, dict]) -> list[dict]:
     return out
 
 
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)%][.!?])\s+(?=[A-Z*])")
+
+
+def split_lead(why: str) -> tuple[str, list[str]]:
+    """The lead a clinician reads first (the first paragraph, at most two sentences) and the rest of a
+    rule's text as list items: further paragraphs, list lines, sentences past the second."""
+    first, *rest = [p.strip() for p in why.split("\n\n") if p.strip()] or [""]
+    sentences = _SENTENCE_END.split(first)
+    lead, spill = " ".join(sentences[:2]), sentences[2:]
+    items = [" ".join(spill)] if spill else []
+    for paragraph in rest:
+        lines = paragraph.splitlines()
+        if all(line.startswith("- ") for line in lines):
+            items += [line[2:] for line in lines]
+        else:
+            items.append(" ".join(lines))
+    return lead, items
+
+
 def _detail(spec: RuleSpec, draft: CardDraft, evidence: list[dict]) -> str:
-    lines = [line for line in (describe(fact) for fact in evidence) if line]
-    parts = [draft.why]
+    lead, items = split_lead(draft.why)
+    notes = [*items, *draft.notes]
+    named = " ".join(notes)  # a drug a note already names (how it was recognised) is not listed twice
+    facts = [f for f in evidence if not (f.get("kind") == "medication" and f"**{escape(f['name'])}**" in named)]
+    lines = [*notes, *(line for line in (describe(fact) for fact in facts) if line)]
+    parts = [lead]
     if lines:
-        parts.append("**Based on:**\n" + "\n".join(f"- {line}" for line in lines))
-    parts.append(f"*Rule {spec.id}: {escape(spec.title)}. Source: {escape(spec.citation)}.*")
+        parts.append("\n".join(f"- {line}" for line in dict.fromkeys(lines)))
+    parts.append(f"*Source: {human_citation(spec.citation)}.*")  # our own titles, not chart text
     return "\n\n".join(parts)
 
 
+def _number(value) -> str:
+    return f"{round(float(value), 2):g}"
+
+
+def lab_value(fact: dict) -> str:
+    """'<10 ng/mL', or '41 ug/L (41 ng/mL)' when the unit differed: as reported, then converted."""
+    comparator = "" if fact.get("comparator", "=") == "=" else escape(fact["comparator"])
+    reported = f"{comparator}{_number(fact['raw_value'])} {escape(fact['raw_unit'])}".strip()
+    if fact.get("unit_assumed"):
+        return (f"{comparator}{_number(fact['value'])} {escape(fact['unit'])} (reported as text "
+                f"'{comparator}{_number(fact['raw_value'])}' without a unit)")
+    text = " (reported as text)" if fact.get("value_source") == "text" else ""
+    if fact["raw_unit"] != fact["unit"] and _number(fact["raw_value"]) + fact["raw_unit"] != _number(fact["value"]) + fact["unit"]:
+        return f"{reported} ({comparator}{_number(fact['value'])} {escape(fact['unit'])}){text}"
+    return reported + text
+
+
 def describe(fact: dict) -> str | None:
-    """One evidence line: resource, code, value with units, date."""
-    ref = escape(fact.get("resource_ref", ""))
+    """One evidence line in clinical words: what, value with unit as reported, date. No FHIR ids."""
     kind = fact.get("kind")
     if kind == "condition":
-        system = SYSTEM_LABELS.get(fact["system"], fact["system"])
-        return (f"{ref}: {system} {escape(fact['code'])} *{escape(fact['display'])}* "
-                f"({fact['clinical_status']}, {fact['verification_status']}, recorded {fact['recorded']})")
+        system = SYSTEM_LABELS.get(fact["system"], "code")
+        status = fact["clinical_status"]
+        since = f", recorded {fact['recorded']}" if fact.get("recorded") and fact["recorded"] != "unknown" else ""
+        extra = "" if fact["verification_status"] in ("confirmed", "") else f", {fact['verification_status']}"
+        return f"{escape(fact['display'])} ({system} {escape(fact['code'])}; {status}{extra}{since})"
     if kind == "lab":
         title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
-        code = f"LOINC {fact['loinc']}" if fact.get("matched_by") != "text" else "matched by name"
-        if fact.get("matched_by") == "code" and not re.match(r"^\d+-\d$", fact["loinc"]):
-            code = f"local code {escape(fact['loinc'])}"
         if "raw_value" not in fact and fact.get("usable") is False and "comparator" not in fact:
-            return f"{ref}: {title} ({code}) resulted on {fact['date']} ({fact['days_ago']} days ago)"
+            return f"{title} resulted on {fact['date']}"
         if not fact.get("usable"):
-            raw = f"{fact['raw_value']:g} {escape(fact['raw_unit'])}" if "raw_value" in fact else "no numeric value"
-            return f"{ref}: {title} ({code}) {raw} on {fact['date']}: not usable (unit or value not understood)"
-        comparator = "" if fact["comparator"] == "=" else escape(fact["comparator"])
-        reported = f"{comparator}{fact['raw_value']:g} {escape(fact['raw_unit'])}"
-        if fact.get("unit_assumed"):
-            reported = f"reported as text '{comparator}{fact['raw_value']:g}' without a unit, read as {reported}"
-        elif fact.get("value_source") == "text":
-            reported = f"reported as text '{reported}'"
-        converted = "" if fact["raw_unit"] == fact["unit"] else f" = {comparator}{fact['value']:g} {fact['unit']}"
-        return f"{ref}: {title} ({code}) {reported}{converted} on {fact['date']} ({fact['days_ago']} days ago)"
+            raw = f"{_number(fact['raw_value'])} {escape(fact['raw_unit'])}" if "raw_value" in fact else "no number"
+            return f"{title} {raw} on {fact['date']}: not used (unit or value not understood)"
+        return f"{title} {lab_value(fact)} on {fact['date']}"
     if kind == "unreadable_result":
         title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
-        return (f"{ref}: {title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
-                f"'{escape(fact['raw_unit'])}' ({escape(fact['reason'])}); not used")
+        return (f"{title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
+                f"'{escape(fact['raw_unit'])}'; verify it")
     if kind == "medication":
-        origin = {"draft": "draft order", "recent": "recent order, no longer active"}.get(fact["origin"], "active medication")
-        return f"{ref}: {escape(fact['name'])} ({origin}, since {fact['since']})"
+        origin = {"draft": "being ordered", "recent": "recent order, no longer active"}.get(fact["origin"], "active")
+        since = f", since {fact['since']}" if fact.get("since") and fact["origin"] != "draft" else ""
+        return f"{escape(fact['name'])} ({origin}{since})"
     if kind == "pending_test":
         what = "result pending" if fact["origin"] == "result" else "order pending"
-        return f"{ref}: {ANALYTE_TITLES.get(fact['analyte'], fact['analyte'].capitalize())} {what} ({fact['status']})"
+        return f"{ANALYTE_TITLES.get(fact['analyte'], fact['analyte'].capitalize())}: {what}"
     if kind == "order":
-        state = "draft order" if fact["origin"] == "draft" else f"order {fact['status']}"
-        how = "" if fact["matched_by"] == "code" else ", recognised by its text"
-        return f"{ref}: {escape(fact['name'])} ({state}{how})"
+        state = "being ordered" if fact["origin"] == "draft" else f"order {fact['status']}"
+        return f"{escape(fact['name'])} ({state})"
     if kind == "procedure_done":
-        return f"{ref}: {fact['procedure'].upper() if fact['procedure'] == 'emg' else fact['procedure']} done on {escape(fact['date'])}"
+        return f"{fact['procedure'].upper() if fact['procedure'] == 'emg' else fact['procedure']} done on {escape(fact['date'])}"
     if kind == "patient":
-        return f"age {fact['age_years']}" if fact["age_years"] >= 0 else None
+        return f"Age {fact['age_years']}" if fact["age_years"] >= 0 else None
     return None
 
 

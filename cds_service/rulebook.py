@@ -36,6 +36,7 @@ class RenderContext:
     incomplete_keys: tuple[str, ...] = ()  # data keys whose later pages could not be read
     missing_keys: tuple[str, ...] = ()  # data keys that could not be read at all (rules on them were silent)
     knowledge_version: str = ""  # which knowledge base made the card (governance.knowledge_version)
+    base_url: str = ""  # public base URL of this service, for the rule pages cards link to
 
 
 @dataclass
@@ -65,12 +66,14 @@ class CardDraft:
 
     summary: str
     indicator: str
-    why: str  # markdown: the rule-specific explanation; evidence is appended by cards.py
+    why: str  # markdown lead for the clinician: at most two sentences (what was found, what to do)
     evidence: list[dict]
+    notes: list[str] = field(default_factory=list)  # further clinical points, one list item each, before the facts
     suggestions: list[SuggestionDraft] = field(default_factory=list)
     selection_behavior: str = "at-most-one"
     override_reasons: list[tuple[str, str]] = field(default_factory=list)  # (code, display)
     links: list[LinkDraft] = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)  # the numbers the rule used, for the card's extension
 
 
 Match = dict[str, dict]  # alias -> bound fact
@@ -151,16 +154,101 @@ def _version(rule_id: str, version) -> int:
 
 
 def fill(template: str, limit: int = 40, **values: str) -> str:
-    """Fill a summary template, cutting each placeholder to `limit` characters (catalog 2.3)."""
-    cut = {k: (v if len(v) <= limit else v[: limit - 1] + "…") for k, v in values.items()}
-    return template.format(**cut)
+    """Fill a summary template; a value longer than `limit` is shortened at a word boundary,
+    never inside a word (drug names should come through `drug_name`/`drug_names` first)."""
+    return template.format(**{k: clip(v, limit) for k, v in values.items()})
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` whole when it fits, else its longest leading clause (up to a comma, semicolon or
+    parenthesis) that fits, else its leading whole words: never a partial word, never an ellipsis."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    text = " ".join(text.split())
+    clauses = [m.start() for m in re.finditer(r"[,;(]| - ", text) if 0 < m.start() <= limit]
+    if clauses and clauses[-1] >= limit // 2:
+        return text[: clauses[-1]].rstrip()
+    out = ""
+    for word in text.split():
+        if len(out) + len(word) + (1 if out else 0) > limit:
+            break
+        out = f"{out} {word}" if out else word
+    return (out or text.split()[0]).rstrip(",;:")
+
+
+_STRENGTH = re.compile(r"^(?P<name>.*?)\s+(?P<strength>\d[\d.,]*\s*(?:MG|MCG|G|ML|UNT|MEQ|%)(?:/(?:\d[\d.]*\s*)?(?:ML|HR|ACTUAT))?)\b",
+                       re.IGNORECASE)
+_SALTS = {"hydrochloride", "hcl", "maleate", "sulfate", "succinate", "tartrate", "citrate", "sodium", "potassium",
+          "mesylate", "besylate", "fumarate", "hydrobromide", "phosphate", "acetate", "bromide", "dihydrochloride",
+          "monohydrate", "anhydrous", "calcium", "extended", "release"}
+
+
+def drug_name(name: str, limit: int = 40) -> str:
+    """A drug as a clinician would write it within `limit` characters: the product display when it
+    fits, else ingredient and strength ("diphenhydramine 25 mg"), else the ingredient alone."""
+    name = " ".join(str(name).split())
+    if len(name) <= limit:
+        return name
+    if " / " in name:  # a combination product: name every ingredient, never only the first (the class
+        # printed beside it may belong to any of them), allowing 10 characters more than a single drug
+        parts = [ingredient_name(part) for part in name.split(" / ")]
+        combined = _join(list(dict.fromkeys(parts)))
+        if len(combined) <= limit + 10:
+            return combined
+        rest = len(parts) - 1
+        return clip(f"{parts[0]} and {rest} other ingredient{'s' if rest > 1 else ''}", limit)
+    found = _STRENGTH.match(name)
+    base = found.group("name") if found else name
+    words = [w for w in base.split() if w.lower() not in _SALTS] or base.split()
+    ingredient = " ".join(words)
+    if found:
+        strength = found.group("strength").lower()
+        candidate = f"{ingredient} {strength}"
+        if len(candidate) <= limit:
+            return candidate
+    if len(ingredient) <= limit:
+        return ingredient
+    return clip(ingredient, limit)
+
+
+def ingredient_name(name: str) -> str:
+    """The ingredient words of a product display ("chlorpheniramine maleate 4 MG Oral Tablet" -> "chlorpheniramine";
+    a combination names each ingredient)."""
+    if " / " in str(name):
+        return _join(list(dict.fromkeys(ingredient_name(part) for part in str(name).split(" / "))))
+    found = _STRENGTH.match(" ".join(str(name).split()))
+    base = found.group("name") if found else str(name)
+    words = [w for w in base.split() if w.lower() not in _SALTS] or base.split()
+    return " ".join(words)
+
+
+def drug_names(names: list[str], limit: int = 60) -> str:
+    """Several drugs in at most `limit` characters: all named ("chlorpheniramine and sertraline"),
+    else the first ones by ingredient and a count ("sertraline and 2 other drugs")."""
+    unique = list(dict.fromkeys(names))
+    if len(unique) == 1:
+        return drug_name(unique[0], limit)
+    for shorten in (lambda n: drug_name(n, 40), ingredient_name):
+        text = _join([shorten(n) for n in unique])
+        if len(text) <= limit:
+            return text
+    ingredients = [ingredient_name(n) for n in unique]
+    for shown in range(len(unique) - 1, 0, -1):
+        rest = len(unique) - shown
+        text = f"{', '.join(ingredients[:shown])} and {rest} other drug{'s' if rest > 1 else ''}"
+        if len(text) <= limit:
+            return text
+    return f"{len(unique)} drugs"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def name_list(names: list[str], shown: int = 3) -> str:
-    """'a, b, c +2 more': the catalog's {drugs} placeholder."""
-    unique = list(dict.fromkeys(names))
-    text = ", ".join(unique[:shown])
-    return text + (f" +{len(unique) - shown} more" if len(unique) > shown else "")
+    """Kept for rules written before `drug_names`: the same wording, in at most 60 characters."""
+    return drug_names(names, 60)
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from durable.lang import c, m, when_all
 
 from cds_service.orders import remove_draft
-from cds_service.rulebook import SuggestionDraft, derivation, escape, fill
+from cds_service.rulebook import SuggestionDraft, derivation, drug_name, escape
 
 SEED_000 = "000_e09f97222edeabb3.txt"
 SEED_001 = "001_9c4bd8494c6f1f15.txt"
@@ -49,8 +49,8 @@ def review_triggers(*, id_prefix: str, produces: str, module: str, citation: str
                                         & selected_drug)))(on_order)
 
 
-HOW_MATCHED = {"rxnorm-product": "RxNorm product code", "rxnorm-ingredient": "RxNorm ingredient code",
-               "atc": "ATC code", "text": "name (no usable code)"}
+HOW_MATCHED = {"rxnorm-product": "its product code", "rxnorm-ingredient": "its ingredient code",
+               "atc": "its ATC class", "text": "its name (no usable code)"}
 
 
 def unique(matches, alias: str) -> list[dict]:
@@ -89,19 +89,31 @@ def class_of(drug: dict, wanted, ctx) -> str:
 
 
 def drug_line(drug: dict, class_title: str) -> str:
-    code = f" {drug['code']}" if drug.get("code") not in (None, "none") else ""
-    return (f"- **{escape(drug['name'])}** ({class_title}), {escape(drug['resource_ref'])}; "
-            f"matched by {HOW_MATCHED.get(drug['matched_by'], drug['matched_by'])}{code}")
+    """How a drug was recognised, in clinical words ("sertraline 50 MG Oral Tablet: an SSRI, recognised by its
+    product code"); the codes themselves and the resource reference are in the card's extension."""
+    return (f"**{escape(drug['name'])}**: {article(class_title)} {class_title}, recognised by "
+            f"{HOW_MATCHED.get(drug['matched_by'], 'its coding')}")
 
 
-def condition_names(conditions: list[dict], limit: int = 2) -> str:
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" or word[:2] in ("SS", "SN", "NS") else "a"
+
+
+def condition_names(conditions: list[dict], limit: int = 2, width: int = 40) -> str:
+    """'PAD and neuropathy', or 'PAD and 2 other conditions': whole names only, within `width` when it can."""
     names = list(dict.fromkeys(c["display"] for c in conditions))
-    return ", ".join(names[:limit]) + (f" +{len(names) - limit} more" if len(names) > limit else "")
+    for shown in range(min(limit, len(names)), 0, -1):
+        rest = len(names) - shown
+        text = " and ".join(names[:shown]) if not rest else (
+            f"{', '.join(names[:shown])} and {rest} other condition{'s' if rest > 1 else ''}")
+        if len(text) <= width or shown == 1:
+            return text
+    return names[0] if names else ""
 
 
 def removal_suggestions(drafts: list[dict]) -> tuple[list[SuggestionDraft], str]:
     """'Remove this order' for each offending draft (never recommended), and the selection behaviour."""
-    suggestions = [SuggestionDraft(label=fill("Remove this order ({name})", name=d["name"]),
+    suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(d['name'])})",
                                    actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
     return suggestions, "at-most-one" if len(drafts) == 1 else "any"
 

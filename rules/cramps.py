@@ -7,7 +7,7 @@ malaria, not for leg cramps: serious and life-threatening haematologic reactions
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, escape
+from cds_service.rulebook import CardDraft, card_rule
 
 from .common import ORDER_HOOK, SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
 
@@ -28,12 +28,13 @@ def dopaminergic_for_cramps(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
     cramps = conditions_in(ctx, "LEG_CRAMP")
     why = ("Leg cramps are on the problem list, with no restless legs syndrome, PLMD or parkinsonism, and a dopaminergic "
-           "drug is being ordered. Seed 000: dopaminergic therapy is not indicated for simple leg cramps; calf "
-           "stretching is the first step.\n\n" + "\n".join(drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts))
+           "drug is being ordered. Dopaminergic therapy is not indicated for simple leg cramps; calf stretching is the "
+           "first step.")
+    notes = [drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts]
     suggestions, behavior = removal_suggestions(drafts)
     return CardDraft(
         summary="Dopaminergic therapy is not indicated for simple leg cramps; try calf stretching instead",
-        indicator="warning", why=why, evidence=drafts + cramps, suggestions=suggestions, selection_behavior=behavior,
+        indicator="warning", why=why, notes=notes, evidence=drafts + cramps, suggestions=suggestions, selection_behavior=behavior,
         override_reasons=[("other-indication", "Prescribed for another indication"),
                           ("rls-suspected", "Restless legs suspected, not yet coded")],
     )
@@ -57,14 +58,14 @@ def dopaminergic_for_cramps(matches, ctx):
            ))
 def psg_for_cramps(matches, ctx):
     orders = unique(matches, "psg")
-    why = ("Leg cramps are on the problem list and polysomnography is being ordered, with no restless legs syndrome, "
-           "PLMD, sleep-disordered breathing or other sleep disorder coded, and no other reason on the order. Seed 000: "
-           "polysomnography is not indicated for simple nocturnal leg cramps; it is for suspected PLMD with a sleep "
-           "complaint or daytime fatigue.")
+    why = ("Polysomnography is being ordered for a patient with leg cramps and no sleep disorder coded. It is not "
+           "indicated for simple nocturnal leg cramps; it is for suspected PLMD with a sleep complaint or daytime fatigue.")
+    notes = ["No restless legs syndrome, PLMD, sleep-disordered breathing or other sleep disorder is coded, and the "
+             "order gives no other reason."]
     suggestions, behavior = removal_suggestions(orders)
     return CardDraft(
         summary="Polysomnography is not indicated for simple nocturnal leg cramps",
-        indicator="warning", why=why, evidence=orders + conditions_in(ctx, "LEG_CRAMP"), suggestions=suggestions,
+        indicator="warning", why=why, notes=notes, evidence=orders + conditions_in(ctx, "LEG_CRAMP"), suggestions=suggestions,
         selection_behavior=behavior,
         override_reasons=[("other-sleep-indication", "Ordered for another sleep indication"),
                           ("plmd-suspected", "PLMD suspected, not yet coded")],
@@ -85,15 +86,14 @@ def quinine_for_cramps(matches, ctx):
     drugs = unique(matches, "drug")
     cramps = conditions_in(ctx, "LEG_CRAMP")
     why = ("Quinine is being ordered and no malaria is coded. The FDA (2010) warns against quinine for leg cramps: "
-           "serious and life-threatening haematologic reactions (thrombocytopenia, HUS/TTP) have been reported, and "
-           "Qualaquin is approved only for malaria.")
+           "serious and life-threatening haematologic reactions (thrombocytopenia, HUS/TTP) have been reported.")
+    notes = ["Quinine (Qualaquin) is approved only for malaria."]
     if cramps:
-        why += " Leg cramps are on the problem list, the likely reason for this order."
-    why += "\n\n" + "\n".join(f"- **{escape(d['name'])}**, {escape(d['resource_ref'])}" for d in drugs)
+        notes.append("Leg cramps are on the problem list, the likely reason for this order.")
     suggestions, behavior = removal_suggestions(drugs)
     return CardDraft(
         summary="Quinine is not recommended for leg cramps (FDA warning: serious hematologic reactions)",
-        indicator="warning", why=why, evidence=drugs + cramps, suggestions=suggestions, selection_behavior=behavior,
+        indicator="warning", why=why, notes=notes, evidence=drugs + cramps, suggestions=suggestions, selection_behavior=behavior,
         override_reasons=[("malaria-treatment", "Prescribed for malaria"),
                           ("benefit-outweighs-risk", "Benefit outweighs the risk; patient informed")],
     )

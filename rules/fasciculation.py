@@ -85,25 +85,24 @@ def fasciculation_red_flags(matches, ctx):
     latest = min((f["recorded_days_ago"] for f in flags), default=-1)
     emg, referral = _done_since(ctx, "emg", latest), _done_since(ctx, "neurology_referral", latest)
     why = [f"Fasciculations with {escape(condition_names(flags, 3))} on the problem list, and no ALS or motor neuron "
-           "disease coded. Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations need "
-           "an urgent EMG/NCS and a neurology referral (R29.2 does not say whether reflexes are brisk or reduced; "
-           "R53.1 is nonspecific)."]
+           "disease coded. Weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations need "
+           "an urgent EMG/NCS and a neurology referral.", "Abnormal reflexes (R29.2) may be brisk or reduced, and "
+           "weakness (R53.1) is nonspecific: confirm at the examination."]
     if any(word in f["flags"] for f in flags for word in ("dysphagia", "dysarthria")):
-        why.append("Dysphagia and dysarthria are signs of bulbar involvement, which seed 002 treats as progression.")
+        why.append("Dysphagia and dysarthria are signs of bulbar involvement, which the review article treats as progression.")
     missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
                if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
     if missing:
         why.append("First-tier labs not yet on file: " + ", ".join(missing) + " (they can go with the referral).")
     if emg and referral:
-        why.append("An EMG/NCS and a neurology referral are already on file after the latest red flag: "
-                   + "; ".join(escape(f["resource_ref"]) for f in emg + referral) + ".")
+        why.append("An EMG/NCS and a neurology referral are already on file after the latest red flag.")
         return CardDraft(summary=f"Fasciculations with {red_flag_phrase(flags)}: EMG/NCS and neurology referral already "
                                  "on file",
                          indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
     settings = ctx.settings
     order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags (R8)"),
-        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags (R8)"),
+        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags"),
     ])
     return CardDraft(
         summary=f"Fasciculations with {red_flag_phrase(flags)}: urgent EMG/NCS and neurology referral",
@@ -150,7 +149,7 @@ def gbs_pattern(match):
 def ascending_weakness(matches, ctx):
     found = unique(matches, "gbs")
     why = (f"Basis: {', '.join(sorted({f['basis_text'] for f in found}))}, with onset within "
-           f"{int(ctx.settings['gbs_onset_window_days'])} days. Seed 002: ascending weakness with areflexia suggests "
+           f"{int(ctx.settings['gbs_onset_window_days'])} days. Ascending weakness with areflexia suggests "
            "Guillain-Barre syndrome: admit, with respiratory monitoring (vital capacity). Coded data cannot express "
            "'ascending' or 'areflexia' (R29.2 covers brisk and reduced reflexes): confirm at the bedside.")
     return CardDraft(summary="Ascending weakness with areflexia: consider Guillain-Barre syndrome; admit with "
@@ -174,10 +173,10 @@ def ascending_weakness(matches, ctx):
 def sudden_fasciculation_with_deficit(matches, ctx):
     found = unique(matches, "fasc") + unique(matches, "deficit")
     why = (f"{escape(condition_names(unique(matches, 'deficit')))} began within 48 hours together with new "
-           "fasciculations, no stroke is coded and no head imaging is ordered. Seed 002: sudden onset with a new "
+           "fasciculations, no stroke is coded and no head imaging is ordered. Sudden onset with a new "
            "deficit needs emergent CT/MRI to exclude a stroke.")
     order = SuggestionDraft(label="Order emergent head imaging", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations (R10)")])
+        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations")])
     return CardDraft(summary="New fasciculations with a new neurological deficit: emergent CT/MRI to exclude stroke",
                      indicator="critical", why=why, evidence=found, suggestions=[order])
 
@@ -214,8 +213,9 @@ def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
     months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
     why = (f"Fasciculations are on the problem list and these first-tier tests have no result in the last {months} "
-           f"months and are not pending: {', '.join(missing)}. Seed 002 lists fasting glucose or HbA1c, CBC, CMP, B12, "
-           "TSH and serum protein electrophoresis as the first tier; a haemoglobin alone does not count as a CBC.")
+           f"months and are not pending: {', '.join(missing)}. Order the missing tests.\n\n"
+           "The first tier is fasting glucose or HbA1c, CBC, CMP, B12, TSH and serum protein electrophoresis; a "
+           "haemoglobin alone does not count as a CBC.")
     order = SuggestionDraft(label="Order missing first-tier labs", actions=[
         lab_order(ctx.patient_id, FIRST_TIER[test][1], FIRST_TIER[test][2]) for test in missing])
     return CardDraft(summary=fill("Fasciculations: first-tier labs missing ({missing})", limit=60,
@@ -245,7 +245,7 @@ def repeat_emg(matches, ctx):
     orders, priors = unique(matches, "emg"), unique(matches, "prior")
     why = ("Fasciculations are on the problem list, an EMG was done within the last "
            f"{round(int(ctx.settings['prior_emg_window_days']) / 30.4)} months, and no weakness, atrophy, abnormal "
-           "reflex, dysphagia or dysarthria has been recorded since. Seed 002: no routine repeat EMG in stable benign "
+           "reflex, dysphagia or dysarthria has been recorded since. No routine repeat EMG in stable benign "
            "fasciculation syndrome; repeat it when new deficits appear.")
     suggestions, behavior = removal_suggestions(orders)
     return CardDraft(summary="Repeat EMG is not indicated in stable benign fasciculation syndrome without new deficits",
@@ -287,7 +287,7 @@ _missing_screen("PHQ-9", "phq9", "DEPRESSION")
 def anxiety_depression_screening(matches, ctx):
     missing = [t for t in ("GAD-7", "PHQ-9") if t in {match["missing"]["test"] for match in matches}]
     why = ("Fasciculations are on the problem list and no " + " or ".join(missing) + " score from the last 12 months was "
-           "found. Seed 002: screen for anxiety and depression (GAD-7, PHQ-9) in benign fasciculations; anxiety "
+           "found. Screen for anxiety and depression (GAD-7, PHQ-9) in benign fasciculations; anxiety "
            "commonly drives and amplifies them.")
     return CardDraft(summary=fill("Fasciculations: screen for anxiety and depression ({missing})",
                                   missing=", ".join(missing)),
@@ -335,7 +335,7 @@ def brain_imaging_unneeded(match):
 def imaging_for_isolated_fasciculations(matches, ctx):
     orders = [dict(o, name=o["label"]) for o in unique(matches, "img")]
     lumbar = any(o["site"] == "lumbar" for o in orders)
-    why = ("Fasciculations are the only neurological finding coded and imaging is being ordered. Seed 002: lumbar MRI "
+    why = ("Fasciculations are the only neurological finding coded and imaging is being ordered. Lumbar MRI is indicated "
            "only with dermatomal radicular pain or upper motor neuron signs; no routine brain imaging for isolated "
            "fasciculations.")
     suggestions, behavior = removal_suggestions(orders)

@@ -35,7 +35,7 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
 
 # ---- R1 -----------------------------------------------------------------------------------
 
-@card_rule(id="R1", title="RLS without recent ferritin", citation=SEEDS_IRON, source_url=AASM_2024_URL,
+@card_rule(id="R1", title="RLS without recent ferritin", citation=f"{SEEDS_IRON}; {AASM_2024}", source_url=AASM_2024_URL,
            hooks=("patient-view", "order-select"), needs=("labs", "service_requests"),
            logic="present(RLS) and no readable final ferritin within the lookback (a result in an unknown unit, text "
                  "without a number or with no value does not count, and is named) and no pending ferritin order or result "
@@ -49,15 +49,11 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
            ))
 def rls_without_ferritin(matches, ctx):
     months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
-    why = (f"Restless legs syndrome is on the problem list, and no readable final ferritin result (LOINC 2276-4, 20567-4, "
-           f"24373-3) dated within the last {months} months was found, nor a pending ferritin order or result. "
-           "Seeds 000 and 001 ask for ferritin in every patient with RLS, even when haemoglobin is normal (001); "
-           "AASM 2024 asks for ferritin and transferrin saturation.\n\n" + DRAW_ADVICE)
     unreadable = facts_of(ctx, "unreadable_result", analyte="ferritin")
-    if unreadable:
-        why += "\n\n" + "\n".join(
-            f"- A ferritin of {f['date']} could not be read: value '{escape(f['raw_text'])}', unit "
-            f"'{escape(f['raw_unit'])}' ({escape(f['reason'])}); verify it." for f in unreadable)
+    why = (f"Restless legs syndrome is on the problem list and no {'readable ' if unreadable else ''}ferritin result "
+           f"from the last {months} months, nor a pending ferritin, was found. Check ferritin and transferrin saturation.")
+    notes = ["The review articles ask for ferritin in every patient with restless legs, even when haemoglobin is "
+             "normal; the AASM 2024 guideline asks for ferritin and transferrin saturation.", DRAW_ADVICE]
     order = SuggestionDraft(
         label="Order iron studies",
         is_recommended=True,
@@ -69,8 +65,10 @@ def rls_without_ferritin(matches, ctx):
                      "check ferritin and transferrin saturation", months=str(months),
                      readable="readable " if unreadable else ""),
         indicator="info",
-        why=why,
+        why=why, notes=notes,
         evidence=[f for match in matches for f in (match["rls"], match["due"])] + unreadable,
+        thresholds={"ferritin_lookback_days": int(ctx.settings["ferritin_lookback_days"]),
+                    "ferritin_loinc": ["2276-4", "20567-4", "24373-3"]},
         suggestions=[order],
         override_reasons=[("already-ordered", "Already ordered or drawn elsewhere"),
                           ("not-clinically-relevant", "Not clinically relevant for this patient")],
@@ -167,68 +165,98 @@ def iron_stores_ferritin_only(match):
 def rls_low_iron(matches, ctx):
     iron = matches[0]["iron"]
     params = next(f for f in ctx.facts if f["kind"] == "params")
+    t = thresholds_in_use(params)
     labs = {f["analyte"]: f for f in facts_of(ctx, "lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
     on_iron = [f for f in facts_of(ctx, "medication", origin="chart") if "iron" in f.get("groups", [])]
     value = _bound(iron["ferritin_comparator"]) + _number(iron["ferritin"])  # "<10": a bound keeps its comparator
     tsat = _bound(iron["tsat_comparator"]) + _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
-    verdict = iron["verdict"]
-    why = [_profile_sentence(iron, params), _other_profile(iron, params), ACUTE_PHASE]
+    verdict, profile = iron["verdict"], iron["profile"]
+    notes = ([] if verdict == "disagreement" else [_other_source(iron, t)]) + [ACUTE_PHASE]
+    if iron["child"] and profile == "aasm2024":
+        notes.append(f"For a child the guideline threshold used is ferritin < {t['child']} ng/mL; that figure comes "
+                     "from a secondary source and has not been verified.")
+    if not iron["age_known"]:
+        notes.append("The patient's age is uncertain (birth date missing or only partly known), so the adult "
+                     "thresholds are used.")
     hb = labs.get("hemoglobin")
     if hb and hb.get("below_reference"):
-        why.append("Haemoglobin is below its reference range: evaluate the cause of iron deficiency.")
+        notes.append("Haemoglobin is below its reference range: evaluate the cause of iron deficiency.")
     suggestions = []
     if verdict == "iv_only":
-        why.append("AASM 2024 suggests IV rather than oral iron in this band (e.g. ferric carboxymaltose); no order is "
-                   "proposed.")
+        action = "Consider IV rather than oral iron (e.g. ferric carboxymaltose); no order is proposed."
     elif verdict == "indicated" and on_iron:
-        why.append("Already on iron: " + "; ".join(f"{escape(f['name'])} since {escape(f['since'])}" for f in on_iron)
-                   + ". Recheck ferritin.")
+        action = "The patient is already on iron: recheck ferritin."
+        notes.append("Already on iron: " + "; ".join(f"{escape(f['name'])} since {escape(f['since'])}" for f in on_iron)
+                     + ".")
     elif verdict == "indicated":
+        action = "Consider iron supplementation."
         suggestions.append(SuggestionDraft(label="Start oral iron (ferrous sulfate 325 mg tablet)",
                                            actions=[medication_proposal(ctx.patient_id, *FERROUS_SULFATE_325)]))
+    else:
+        action = "Consider whether iron supplementation is warranted."
+    found = {
+        "seed": f"Restless legs syndrome with ferritin {value} ng/mL, below the {t['seed']} ng/mL at which the review "
+                "articles advise iron.",
+        "aasm2024": (f"Restless legs syndrome with transferrin saturation {tsat} %, below the AASM 2024 guideline's "
+                     f"{t['tsat']} %." if iron["by_tsat"] else
+                     f"Restless legs syndrome with ferritin {value} ng/mL, within the AASM 2024 guideline's iron "
+                     f"threshold (≤ {t['aasm']} ng/mL)." if verdict == "indicated" else
+                     f"Restless legs syndrome with ferritin {value} ng/mL, in the {t['iv_above']}-{t['iv_up_to']} "
+                     "ng/mL band where the AASM 2024 guideline suggests IV iron only."),
+        "disagreement": (f"Ferritin {value} ng/mL is not below the {t['seed']} ng/mL used by the review articles but "
+                         f"is within the AASM 2024 guideline's iron threshold (≤ {t['aasm']} ng/mL)."
+                         if not iron["by_tsat"] else
+                         f"Ferritin {value} ng/mL is not below the {t['seed']} ng/mL used by the review articles, but "
+                         f"transferrin saturation {tsat} % is below the AASM 2024 guideline's {t['tsat']} %."),
+    }["disagreement" if verdict == "disagreement" else profile]
     summary = {
         ("indicated", "seed"): fill("RLS with ferritin {value} ng/mL (below {threshold}): iron supplementation indicated",
-                                    value=value, threshold=_number(params["seed_ferritin_iron_indicated_below"])),
-        ("indicated", "aasm2024"): fill("RLS with ferritin {value} ng/mL, TSAT {tsat}%: meets the AASM 2024 threshold "
-                                        "for iron therapy", value=value, tsat=tsat),
-        ("iv_only", "aasm2024"): fill("RLS with ferritin {value} ng/mL (75-100): AASM 2024 suggests IV rather than oral "
-                                      "iron", value=value),
-        ("disagreement", "seed"): (fill("Ferritin {value} ng/mL meets the AASM 2024 iron threshold (75) but not the seed "
-                                        "threshold (50)", value=value) if not iron["by_tsat"] else
-                                   fill("TSAT {tsat}% meets the AASM 2024 iron threshold (20%) but ferritin {value} "
-                                        "ng/mL does not meet the seed threshold (50)", tsat=tsat, value=value)),
-    }[(verdict, iron["profile"])]
+                                    value=value, threshold=t["seed"]),
+        ("indicated", "aasm2024"): (fill("RLS with ferritin {value} ng/mL, TSAT {tsat}%: meets the AASM 2024 threshold "
+                                         "for iron therapy", value=value, tsat=tsat) if tsat != "n/a" else
+                                    fill("RLS with ferritin {value} ng/mL: meets the AASM 2024 threshold for iron "
+                                         "therapy", value=value)),
+        ("iv_only", "aasm2024"): fill("RLS with ferritin {value} ng/mL ({low}-{high}): AASM 2024 suggests IV rather than "
+                                      "oral iron", value=value, low=t["iv_above"], high=t["iv_up_to"]),
+        ("disagreement", "seed"): (fill("Ferritin {value} ng/mL: iron therapy per AASM 2024 (≤ {aasm}), though not "
+                                        "below the {seed} of older reviews", value=value, aasm=t["aasm"], seed=t["seed"])
+                                   if not iron["by_tsat"] else
+                                   fill("TSAT {tsat}%: iron therapy per AASM 2024 (< {tsat_limit}%), though ferritin "
+                                        "{value} ng/mL is not below the {seed} of older reviews", tsat=tsat,
+                                        tsat_limit=t["tsat"], value=value, seed=t["seed"])),
+    }[(verdict, profile)]
     return CardDraft(
         summary=summary,
         indicator="info" if verdict == "disagreement" else "warning",
-        why="\n\n".join(why),
+        why=f"{found} {action}",
+        notes=notes,
         evidence=[iron, *labs.values(), *on_iron],
+        thresholds={"profile": profile, "profileTitle": params["profile_title"],
+                    "profileSource": params["profile_source"], **{f"{k}": v for k, v in t.items()},
+                    "verdict": verdict, "seedVerdict": iron["seed_verdict"], "aasmVerdict": iron["aasm_verdict"]},
         suggestions=suggestions,
         override_reasons=[("patient-contraindication", "Iron contraindicated or not tolerated"),
                           ("already-treated", "Iron already given or planned")],
     )
 
 
-def _profile_sentence(iron: dict, params: dict) -> str:
-    name = {"seed": f"the seed profile (ferritin < {_number(params['seed_ferritin_iron_indicated_below'])} ng/mL; "
-                    "seed 000: iron supplementation is needed below 50 ng/mL)",
-            "aasm2024": "the AASM 2024 profile (ferritin <= 75 ng/mL or TSAT < 20 %; IV iron only for 75-100 ng/mL)"}
-    text = (f"Restless legs syndrome is on the problem list. Threshold profile in use: **{params['profile_title']}** — "
-            f"{name[iron['profile']]}; source: {escape(params['profile_source'])}.")
-    if iron["child"] and iron["profile"] == "aasm2024":
-        text += " For a child the AASM profile uses ferritin < 50 ng/mL; that figure is from a secondary source and unverified."
-    if not iron["age_known"]:
-        text += (" The patient's age is uncertain (birth date missing or only partly known), so the adult thresholds "
-                 "are used.")
-    return text
+def thresholds_in_use(params: dict) -> dict[str, str]:
+    """The iron numbers this call evaluated (settings and overrides), formatted once for every text."""
+    return {"seed": _number(params["seed_ferritin_iron_indicated_below"]),
+            "aasm": _number(params["aasm2024_ferritin_iron_indicated_at_or_below"]),
+            "tsat": _number(params["aasm2024_tsat_iron_indicated_below"]),
+            "iv_above": _number(params.get("aasm2024_iv_only_above", params["aasm2024_ferritin_iron_indicated_at_or_below"])),
+            "iv_up_to": _number(params["aasm2024_iv_only_up_to"]),
+            "child": _number(params["aasm2024_child_ferritin_iron_indicated_below"])}
 
 
-def _other_profile(iron: dict, params: dict) -> str:
+def _other_source(iron: dict, t: dict) -> str:
     words = {"indicated": "iron therapy is indicated", "iv_only": "IV iron only is suggested",
-             "in_range": "this patient is in range", "unknown": "the verdict is unknown (value is a bound)"}
+             "in_range": "iron stores are in range", "unknown": "no verdict (the value is reported as a bound)"}
     if iron["profile"] == "seed":
-        return f"Under AASM 2024 (ferritin <= 75 ng/mL or TSAT < 20 %): {words[iron['aasm_verdict']]}."
-    return f"Under the seed threshold (ferritin < 50 ng/mL): {words[iron['seed_verdict']]}."
+        return (f"Under the AASM 2024 guideline (ferritin ≤ {t['aasm']} ng/mL or transferrin saturation < {t['tsat']} %): "
+                f"{words[iron['aasm_verdict']]}.")
+    return f"Under the review articles' threshold (ferritin < {t['seed']} ng/mL): {words[iron['seed_verdict']]}."
 
 
 def _bound(comparator: str) -> str:

@@ -7,7 +7,7 @@ antagonists only (antipsychotics and antiemetics; the seed's broader list is not
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, derivation, escape, fill
+from cds_service.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
 
 from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line,
                      review_triggers, seeds, unique)
@@ -69,13 +69,15 @@ def akathisia_rather_than_rls(matches, ctx):
     drugs = [as_drug(d) for d in unique(matches, "drug")]
     wanted = ctx.groups["dopamine_antagonist"]
     first = drugs[0]
-    why = (f"Restlessness or RLS began {first['lead_days']} days after {escape(first['name'])} was started. Seed 001: "
-           "neuroleptic-induced akathisia mimics RLS. Akathisia is an inner, whole-body restlessness without an evening "
-           "pattern; RLS is limb-focused, worse at rest and in the evening, and relieved by movement.\n\n"
-           + "\n".join(drug_line(d, class_of(d, wanted, ctx)) for d in drugs))
+    why = (f"Restlessness or RLS began {first['lead_days']} days after {escape(first['name'])} was started. "
+           "Consider drug-induced akathisia, which mimics restless legs.")
+    notes = ["Akathisia is an inner, whole-body restlessness without an evening pattern; restless legs are limb-focused, "
+             "worse at rest and in the evening, and relieved by movement."]
+    notes += [drug_line(d, class_of(d, wanted, ctx)) for d in drugs]
     return CardDraft(summary=fill("Restlessness on {drug} (dopamine antagonist): consider drug-induced akathisia rather "
-                                  "than RLS", drug=first["name"]),
-                     indicator="info", why=why, evidence=drugs)
+                                  "than RLS", drug=drug_name(first["name"])),
+                     indicator="info", why=why, notes=notes, evidence=drugs,
+                     thresholds={"akathisia_window_days": int(ctx.settings["akathisia_window_days"])})
 
 
 # ---- R18 ------------------------------------------------------------------------------------
@@ -89,9 +91,10 @@ def akathisia_rather_than_rls(matches, ctx):
 def rls_mimics(matches, ctx):
     mimics = unique(matches, "mimic")
     kinds = [k for k in MIMIC_FEATURES if any(k in f["sets"] for f in mimics)]
-    why = ("A condition that mimics restless legs syndrome, or contributes to it, is on the problem list. Seeds 000 "
-           "and 001: rule out mimics before treating RLS; the four symptom criteria alone misclassify 16 % of patients "
-           "without RLS (001). Telling features:\n\n" + "\n".join(f"- {MIMIC_FEATURES[k]}" for k in kinds))
+    why = ("A condition that mimics restless legs syndrome, or contributes to it, is on the problem list. Rule it out "
+           "before treating restless legs.")
+    notes = ["The four symptom criteria alone misclassify 16 % of patients without restless legs."]
+    notes += [f"Telling feature of {MIMIC_FEATURES[k]}" for k in kinds]
     return CardDraft(summary=fill("Leg symptoms with {mimic}: rule out an RLS mimic before starting RLS treatment",
-                                  mimic=condition_names(mimics)),
-                     indicator="info", why=why, evidence=mimics)
+                                  limit=60, mimic=condition_names(mimics, width=60)),
+                     indicator="info", why=why, notes=notes, evidence=mimics)

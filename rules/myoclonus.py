@@ -8,7 +8,7 @@ seed 000 adds EEG/EMG to localise the origin and MRI of the spine with NCS for s
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import lab_order, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
 
 from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
                      unique_drugs)
@@ -19,8 +19,8 @@ PARAMS = c.params << (m.kind == "params")
 CMP = ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma")
 NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is a lower bound, never low
 CAUSE_ORDER = ["kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"]
-LOCALISE = ("EEG/EMG can localise the origin of the jerks (seeds 000, 003); rhythmic jerks of the lower trunk and legs "
-            "suggest spinal myoclonus: MRI of the spine with nerve conduction studies (seed 000).")
+LOCALISE = ("EEG/EMG can localise the origin of the jerks; rhythmic jerks of the lower trunk and legs "
+            "suggest spinal myoclonus: MRI of the spine with nerve conduction studies.")
 
 
 # ---- R14 metabolic causes ---------------------------------------------------------------------
@@ -64,7 +64,7 @@ _cause_measured("hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
            when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "metabolic_cause"))))
 def myoclonus_metabolic_cause(matches, ctx):
     causes = [cause for cause in CAUSE_ORDER if cause in {match["cause"]["cause"] for match in matches}]
-    why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Seed 003: metabolic disturbances "
+    why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Metabolic disturbances "
            "(kidney or liver failure, electrolyte imbalance, hypoglycaemia, hyponatraemia) cause myoclonus; treat the "
            "cause."]
     recent_cmp = [f for f in facts_of(ctx, "lab", analyte="cmp") if f["days_ago"] <= ctx.settings["metabolic_lookback_days"]]
@@ -72,7 +72,7 @@ def myoclonus_metabolic_cause(matches, ctx):
     if not recent_cmp:
         suggestions.append(SuggestionDraft(label="Order a comprehensive metabolic panel",
                                            actions=[lab_order(ctx.patient_id, *CMP)]))
-        why.append("No CMP in the last 3 months. " + LOCALISE)
+        why += ["No CMP in the last 3 months.", LOCALISE]
     return CardDraft(summary=fill("Myoclonus with {cause}: consider a metabolic cause", cause=" and ".join(causes[:2])),
                      indicator="warning", why="\n\n".join(why), evidence=unique(matches, "myo") + unique(matches, "cause"),
                      suggestions=suggestions)
@@ -123,17 +123,17 @@ def myoclonus_drug(matches, ctx):
     drugs = [as_drug(d) for d in unique_drugs([match for match in matches if match["cause"]["cause"] == "drug"], "cause")]
     alcohol = [match["cause"] for match in matches if match["cause"]["cause"] == "alcohol"]
     wanted = ctx.groups["myoclonus_causing"]
-    why = ["Myoclonus is on the problem list. Seed 003 names levodopa, antipsychotics, antidepressants, opioids and "
-           "alcohol withdrawal as causes of myoclonus: review whether the cause can be removed."]
+    why = ["Myoclonus is on the problem list with a recognised cause (levodopa, antipsychotics, antidepressants, "
+           "opioids or alcohol withdrawal). Review whether the cause can be removed."]
     if drugs:
         why.append("\n".join(drug_line(d, class_of(d, wanted, ctx)) for d in drugs))
     if alcohol:
         why.append("Alcohol withdrawal is coded.")
     drafts = [d for d in drugs if d["origin"] == "draft"]
-    suggestions = [SuggestionDraft(label=fill("Remove this order ({name})", name=d["name"]),
+    suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(d['name'])})",
                                    actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
     summary = (fill("Myoclonus: {drug} is a recognised cause of drug-induced myoclonus; review",
-                    drug=name_list([d["name"] for d in drugs], shown=1)) if drugs else
+                    drug=drug_names([d["name"] for d in drugs], 40)) if drugs else
                "Myoclonus with alcohol withdrawal coded: withdrawal is a recognised cause of myoclonus; review")
     return CardDraft(summary=summary, indicator="warning", why="\n\n".join(why),
                      evidence=unique(matches, "myo") + drugs + alcohol, suggestions=suggestions,
@@ -173,9 +173,9 @@ _screen_gap("RENAL", "no BMP, no creatinine and no eGFR", "bmp", "creatinine", "
                  "with AST or ALT",
            when=when_all(MYO, c.gap << ((m.kind == "finding") & (m.name == "metabolic_screen_incomplete"))))
 def myoclonus_workup(matches, ctx):
-    why = ("Myoclonus is on the problem list and the metabolic screen of the last 3 months is incomplete (a CMP, or "
-           "electrolytes, glucose and renal function together with AST or ALT). Seed 003: look for kidney or liver "
-           "failure, electrolyte imbalance and hypoglycaemia.\n\n" + LOCALISE)
+    why = ("Myoclonus is on the problem list and the metabolic screen of the last 3 months is incomplete. Look for kidney or liver "
+           "failure, electrolyte imbalance and hypoglycaemia.\n\nA complete screen is a CMP, or electrolytes, glucose "
+           "and renal function together with AST or ALT.\n\n" + LOCALISE)
     return CardDraft(summary="Myoclonus without recent metabolic labs: check electrolytes, glucose, renal and liver function",
                      indicator="info", why=why, evidence=unique(matches, "myo"),
                      suggestions=[SuggestionDraft(label="Order a comprehensive metabolic panel",

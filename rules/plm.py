@@ -75,20 +75,21 @@ def plm_criteria(matches, ctx):
     index = facts_of(ctx, "lab", analyte="plms_index")
     if b:
         why = (f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
-               "legs syndrome and no sleep complaint or daytime fatigue coded. Seeds 000 and 001: periodic limb "
-               "movements without sleep disruption or daytime fatigue usually need no treatment (PLMD requires the "
-               "complaint).")
+               "legs syndrome and no sleep complaint or daytime fatigue coded. Periodic limb movements without sleep "
+               "disruption or daytime fatigue usually need no treatment.")
+        notes = ["PLMD requires the complaint as well as the index."]
         if not b["age_known"]:
-            why += (" The patient's age is uncertain (birth date missing or only partly known), so the adult threshold "
-                    "is used.")
+            notes.append("The patient's age is uncertain (birth date missing or only partly known), so the adult "
+                         "threshold is used.")
         return CardDraft(summary=fill("PLMS index {index} /h without sleep complaint or daytime fatigue: treatment "
                                       "usually unnecessary", index=f"{b['index']:g}"),
-                         indicator="info", why=why, evidence=[b] + index)
+                         indicator="info", why=why, notes=notes, evidence=[b] + index,
+                         thresholds={"plms_index_threshold": b["threshold"]})
     missing = sorted({case["missing"] for case in cases})
     threshold = ctx.settings["plms_index_threshold_adult"]
-    why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. Seeds 000 and 001: PLMD needs a PSG PLMS "
-           f"index above {threshold}/h (children: above {ctx.settings['plms_index_threshold_child']}/h, AASM 2024) "
-           "plus sleep disturbance or daytime fatigue.")
+    child = ctx.settings["plms_index_threshold_child"]
+    why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. PLMD needs a polysomnographic PLMS index "
+           f"above {threshold:g}/h (children: above {child:g}/h, AASM 2024) plus sleep disturbance or daytime fatigue.")
     return CardDraft(summary=fill("PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime "
                                   "fatigue", plms=f"{threshold:g}"),
                      indicator="info", why=why, evidence=unique(matches, "case") + index + conditions_in(ctx, "PLMD"))

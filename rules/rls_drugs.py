@@ -11,7 +11,7 @@ augmentation); it fires only for a new start and never for parkinsonism.
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill, name_list
+from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
 
 from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, conditions_in,
                      drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)
@@ -52,16 +52,15 @@ def worsening_drug_ordered(matches, ctx):
     drugs = unique_drugs(matches, "drug")
     first = drugs[0]
     why = ("Restless legs syndrome or periodic limb movement disorder is on the problem list, and the order being "
-           "placed is a drug that can worsen it (seeds 000 and 001: tricyclics, SSRIs, lithium, dopamine "
-           "antagonists; 001: centrally acting antihistamines; SNRIs and mirtazapine are an AASM 2024 addition).\n\n"
-           + "\n".join(_drug_line(d, ctx) for d in drugs))
+           "placed can worsen it. Consider an alternative, or weigh the benefit against that risk.")
+    notes = [_drug_line(d, ctx) for d in drugs]
+    notes.append("Drugs that can worsen restless legs: tricyclics, SSRIs, lithium, dopamine antagonists and centrally "
+                 "acting antihistamines (review articles); SNRIs and mirtazapine (AASM 2024 guideline).")
     indicated = [(d, d.get("indications") or []) for d in drugs if d.get("indications")]
-    if indicated:
-        why += "\n\n" + "\n".join(
-            f"- {escape(d['name'])} is ordered for {escape(', '.join(reasons))}: weigh that benefit against the risk "
-            "of worsening restless legs." for d, reasons in indicated)
+    notes += [f"{escape(d['name'])} is ordered for {escape(', '.join(reasons))}: weigh that benefit against the risk "
+              "of worsening restless legs." for d, reasons in indicated]
     if len(drugs) == 1:
-        suggestions = [SuggestionDraft(label=f"Remove this order ({fill('{d}', d=first['name'])})",
+        suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(first['name'])})",
                                        actions=[remove_draft(first["resource_ref"], first["name"])])]
         # cetirizine treats allergy only: not anxiety (hydroxyzine), sleep (doxylamine), vertigo or nausea
         if ("sedating_antihistamine" in first["classes"] and first["resource_type"] == "MedicationRequest"
@@ -71,18 +70,20 @@ def worsening_drug_ordered(matches, ctx):
                 actions=[remove_draft(first["resource_ref"], first["name"]),
                          medication_proposal(ctx.patient_id, *CETIRIZINE_10)]))
         behavior = "at-most-one"
-        drug_text = first["name"]
+        drug_text = drug_name(first["name"])  # at most 40 characters: ingredient and strength when longer
         class_text = _worsening_class(first, ctx)
     else:
-        suggestions = [SuggestionDraft(label=fill("Remove the order for {d}", d=d["name"]),
+        suggestions = [SuggestionDraft(label=f"Remove the order for {drug_name(d['name'])}",
                                        actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drugs]
         behavior = "any"
-        drug_text = name_list([d["name"] for d in drugs], shown=2)
-        class_text = f"{len(drugs)} drugs"
+        drug_text = drug_names([d["name"] for d in drugs])
+        class_text = None
+    summary = (f"{drug_text} ({class_text}) can worsen restless legs; consider an alternative" if class_text else
+               f"{drug_text} can worsen restless legs; consider alternatives")
     return CardDraft(
-        summary=fill("{drug} ({cls}) can worsen restless legs; consider an alternative", drug=drug_text, cls=class_text),
+        summary=summary,
         indicator="warning",
-        why=why,
+        why=why, notes=notes,
         evidence=drugs + _diagnoses(matches),
         suggestions=suggestions,
         selection_behavior=behavior,
@@ -105,13 +106,13 @@ def worsening_drugs_review(matches, ctx):
     drugs = unique_drugs(matches, "drug")
     names = [d["name"] for d in drugs]
     why = ("A leg-movement diagnosis or complaint is on the problem list and the patient takes medication that can "
-           "cause or worsen restless legs (seeds 000 and 001). Review whether each is still needed.\n\n"
-           + "\n".join(_drug_line(d, ctx) for d in drugs))
+           "cause or worsen restless legs. Review whether each is still needed.")
+    notes = [_drug_line(d, ctx) for d in drugs]
+    noun = "medication" if len(drugs) == 1 else "medications"
     return CardDraft(
-        summary=fill("Review {n} active medication(s) that can worsen RLS: {drugs}", limit=60,
-                     n=str(len(drugs)), drugs=name_list(names)),
+        summary=f"Review {len(drugs)} active {noun} that can worsen RLS: {drug_names(names)}",
         indicator="info",
-        why=why,
+        why=why, notes=notes,
         evidence=[m_["drug"] for m_ in matches] + _diagnoses(matches),
     )
 
@@ -166,42 +167,44 @@ def dopaminergic_for_rls(matches, ctx):
     levodopa = "levodopa" in first["classes"] and "dopamine_agonist" not in first["classes"]
     assessment = iron_verdict(ctx)
     iron = assessment["verdict"] if assessment else None
-    why = [("Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (no "
-            "order of a dopamine agonist or levodopa in the last "
-            f"{int(ctx.settings['new_start_window_days'])} days). AASM 2024 suggests against the standard use of "
-            "pramipexole, ropinirole, rotigotine and levodopa because of augmentation, and against cabergoline; "
-            "gabapentin enacarbil, gabapentin or pregabalin are preferred first-line options (the recommendation "
-            "strengths come from secondary summaries and are not quoted here)."),
-           "\n".join(drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts),
-           "Check renal function before dosing a gabapentinoid (R23)."]
-    if iron in ("indicated", "iv_only"):
-        why.append(f"**Iron stores are low for this patient (ferritin {_ferritin_text(assessment)}; see R2): treat iron "
-                   "first.**")
-    elif iron == "disagreement":
-        why.append(f"Ferritin {_ferritin_text(assessment)} meets the AASM 2024 iron threshold but not that of the older "
-                   "reviews (see R2): consider iron first.")
+    window = int(ctx.settings["new_start_window_days"])
     withheld, population = _no_gabapentinoid_because(ctx)
+    lead = (f"Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (none "
+            f"in the last {window} days). The AASM 2024 guideline suggests against its standard use because of "
+            "augmentation; " + ("seek specialist advice for this patient." if withheld else
+                                "prefer gabapentin enacarbil, gabapentin or pregabalin."))
+    notes = [drug_line(d, ctx.class_title(d["classes"][0])) for d in drafts]
+    notes.append("The guideline suggests against the standard use of pramipexole, ropinirole, rotigotine and levodopa, "
+                 "and against cabergoline; gabapentin enacarbil, gabapentin or pregabalin are the preferred first-line "
+                 + ("options for adults in general " if withheld else "options ")
+                 + "(recommendation strengths come from secondary summaries and are not quoted here).")
+    if iron in ("indicated", "iv_only"):
+        notes.insert(0, f"**Iron stores are low (ferritin {_ferritin_text(assessment)}): treat iron first.**")
+    elif iron == "disagreement":
+        notes.insert(0, f"Ferritin {_ferritin_text(assessment)} is within the AASM 2024 guideline's iron threshold but "
+                        "not below that of the review articles: consider iron first.")
     if withheld:
-        why[0] = why[0].replace("are preferred first-line options", "are the preferred first-line options for adults "
-                                "in general")
-        why[2] = (f"No gabapentinoid is proposed: the patient {withheld}. AASM 2024 has separate recommendations for "
-                  "pregnancy, end-stage renal disease and children that have not been verified for this service "
-                  "(gabapentin enacarbil is not recommended on haemodialysis); treatment in this population needs "
-                  "specialist advice.")
+        notes.append(f"No gabapentinoid is proposed: the patient {withheld}. The guideline has separate recommendations "
+                     "for pregnancy, end-stage renal disease and children that have not been verified for this service "
+                     "(gabapentin enacarbil is not recommended on haemodialysis).")
+    else:
+        notes.append("Check renal function before dosing a gabapentinoid.")
     if len(drafts) != 1:
         suggestions = []
     elif withheld:
-        suggestions = [SuggestionDraft(label=fill("Remove this order ({name})", name=first["name"]),
+        suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(first['name'])})",
                                        actions=[remove_draft(first["resource_ref"], first["name"])])]
     else:
-        suggestions = [SuggestionDraft(label=fill("Replace with {name}", name=name),
+        suggestions = [SuggestionDraft(label=f"Replace with {drug_name(name)}",
                                        actions=[remove_draft(first["resource_ref"], first["name"]),
                                                 medication_proposal(ctx.patient_id, rxcui, name)])
                        for rxcui, name in RLS_ALTERNATIVES]
     summary = ("Levodopa for RLS: AASM 2024 suggests against standard use (augmentation risk)" if levodopa else
                "Dopamine agonist for RLS: AASM 2024 suggests against standard use (augmentation risk)")
     return CardDraft(summary=summary, indicator="warning" if iron in ("indicated", "iv_only") else "info",
-                     why="\n\n".join(why), evidence=drafts + unique(matches, "rls") + population, suggestions=suggestions,
+                     why=lead, notes=notes, thresholds={"new_start_window_days": window,
+                                                        "iron": assessment or {}},
+                     evidence=drafts + unique(matches, "rls") + population, suggestions=suggestions,
                      override_reasons=[("continuation", "Continuation of established therapy"),
                                        ("alternatives-failed", "Alternatives tried or contraindicated")])
 

@@ -9,7 +9,7 @@ cognitively impaired patients) is rarely coded, so it is off by default.
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, derivation, fill
+from cds_service.rulebook import CardDraft, card_rule, derivation, drug_name, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, seeds, unique
 from .iron import iron_verdict
@@ -29,17 +29,18 @@ def secondary_rls(matches, ctx):
     contexts = unique(matches, "context")
     verdict = iron_verdict(ctx)
     if verdict:
-        iron = {"indicated": "iron stores are low (see R2)", "iv_only": "AASM 2024 suggests IV iron (see R2)",
-                "disagreement": "ferritin meets the AASM 2024 threshold only (see R2)",
+        iron = {"indicated": "iron stores are low", "iv_only": "the AASM 2024 guideline suggests IV iron",
+                "disagreement": "ferritin is within the AASM 2024 guideline's iron threshold only",
                 "in_range": "ferritin is in range", "unknown": "ferritin is reported as a bound"}[verdict["verdict"]]
     else:
-        iron = "no ferritin on file (see R1)"
-    why = (f"Restless legs syndrome with {condition_names(contexts)}: RLS is likely secondary. Iron status: {iron}. "
-           "AASM 2024 has separate recommendations for pregnancy, end-stage renal disease and children; they have not "
-           "been verified for this service, so no drug-specific advice is given here.")
+        iron = "no ferritin on file"
+    why = (f"Restless legs syndrome with {condition_names(contexts)}: it is likely secondary. Review iron status "
+           f"({iron}) and the choice of drug.")
+    notes = ["The AASM 2024 guideline has separate recommendations for pregnancy, end-stage renal disease and "
+             "children; they have not been verified for this service, so no drug-specific advice is given here."]
     return CardDraft(summary=fill("RLS with {context}: likely secondary RLS; review iron status and drug choice",
                                   context=condition_names(contexts)),
-                     indicator="info", why=why, evidence=contexts + unique(matches, "rls"))
+                     indicator="info", why=why, notes=notes, evidence=contexts + unique(matches, "rls"))
 
 
 @derivation(id="F-RENAL-DOSED-CLASS", title="A renally cleared gabapentinoid is selected", citation=f"{LABELS}; {CATALOG} R23",
@@ -70,12 +71,14 @@ def renally_cleared_ingredient(match):
                          c.drug << ((m.kind == "finding") & (m.name == "renally_cleared_draft"))))
 def renal_dosing(matches, ctx):
     drug, egfr = as_drug(matches[0]["drug"]), matches[0]["egfr"]
-    why = (f"The latest eGFR is {egfr['value']:g} mL/min/1.73m2, below {ctx.settings['renal_dose_egfr_threshold']:g}. "
-           "Gabapentinoids, pramipexole and levetiracetam are renally cleared; check the dose against the product label "
-           "(labels state creatinine clearance by Cockcroft-Gault, not eGFR; the cut-offs used here are unverified).")
+    limit = ctx.settings["renal_dose_egfr_threshold"]
+    why = (f"The latest eGFR is {egfr['value']:g} mL/min/1.73m2, below {limit:g}, and a renally cleared drug is being "
+           "ordered. Check the dose against the product label.")
+    notes = ["Labels state creatinine clearance by Cockcroft-Gault, not eGFR; the cut-off used here is unverified."]
     return CardDraft(summary=fill("{drug} is renally cleared; eGFR {egfr} mL/min/1.73m2: check dose",
-                                  drug=drug["name"], egfr=f"{egfr['value']:g}"),
-                     indicator="info", why=why, evidence=unique(matches, "drug") + [egfr])
+                                  drug=drug_name(drug["name"]), egfr=f"{egfr['value']:g}"),
+                     indicator="info", why=why, notes=notes, evidence=unique(matches, "drug") + [egfr],
+                     thresholds={"renal_dose_egfr_threshold": limit})
 
 
 @card_rule(id="R24", title="RLS in cognitive impairment", citation=seeds(SEED_001), hooks=("patient-view",),
@@ -87,7 +90,8 @@ def renal_dosing(matches, ctx):
                          none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "DELIRIUM")))))
 def rls_in_cognitive_impairment(matches, ctx):
     why = ("Cognitive impairment with restlessness or disturbed sleep, and no restless legs syndrome or delirium coded. "
-           "Seed 001: patients who cannot describe RLS show it as leg rubbing, pacing, kicking or evening restlessness; "
-           "assess for RLS (and check ferritin) before sedating.")
+           "Assess for restless legs (and check ferritin) before sedating.")
+    notes = ["Patients who cannot describe restless legs show them as leg rubbing, pacing, kicking or evening "
+             "restlessness."]
     return CardDraft(summary="Cognitive impairment with evening agitation or leg rubbing: assess for RLS",
-                     indicator="info", why=why, evidence=unique(matches, "dementia") + unique(matches, "cue"))
+                     indicator="info", why=why, notes=notes, evidence=unique(matches, "dementia") + unique(matches, "cue"))

@@ -71,7 +71,11 @@ def assert_valid_cds_response(body: dict) -> None:
         assert card["source"]["label"]
         if "url" in card["source"]:
             assert re.match(r"^https?://", card["source"]["url"])
-        assert card["detail"] and "Rule " in card["detail"], "every card says which rule made it"
+        assert card["detail"], "every card explains itself"
+        rule = card["extension"][EXTENSION]["rule"]
+        assert card["source"]["topic"]["code"] == rule, "source.topic names the rule (the text need not)"
+        assert any(link["label"] == "Why this card" and link["url"].endswith(f"/rules/{rule}")
+                   for link in card.get("links", [])), "every card links to its rule page"
         uuids.append(card["uuid"])
         suggestions = card.get("suggestions")
         if suggestions:

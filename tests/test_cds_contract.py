@@ -261,8 +261,10 @@ def test_unfollowable_next_link_never_counts_as_absence(client):
 def test_r1_card_explains_itself_and_orders_iron_studies(client):
     card = post(client, "legmove-patient-view", R1_FIRES["request"]).get_json()["cards"][0]
     assert card["indicator"] == "info"
-    assert card["source"]["label"].startswith("legmove-cds R1 (seed 000, 001, 002")
-    assert "Condition/rls-1" in card["detail"] and "G25.81" in card["detail"]
+    assert card["source"] == {"label": "AASM 2024 RLS guideline (Winkelman et al.)", "url": "https://doi.org/10.5664/jcsm.11390",
+                              "topic": {"system": "urn:legmove-cds:rule", "code": "R1", "display": "RLS without recent ferritin"}}
+    assert "G25.81" in card["detail"] and "Condition/rls-1" not in card["detail"]
+    assert "Condition/rls-1" in card["extension"]["org.legmove-cds.explanation"]["resources"]
     actions = card["suggestions"][0]["actions"]
     assert [a["resource"]["code"]["coding"][0]["code"] for a in actions] == ["2276-4", "50190-8"]
     for action in actions:
@@ -275,8 +277,11 @@ def test_r2_card_shows_raw_and_converted_values(client):
     fixture = load_fixture(ROOT / "fhir_fixtures/R2/fires-low-ferritin-ugl.json")
     card = post(client, fixture["service"], fixture["request"]).get_json()["cards"][0]
     assert card["summary"] == "RLS with ferritin 32 ng/mL (below 50): iron supplementation indicated"
-    assert "32 ug/L = 32 ng/mL on 2026-10-15" in card["detail"]
-    assert "LOINC 2276-4" in card["detail"]
+    assert "Ferritin 32 ug/L (32 ng/mL) on 2026-10-15" in card["detail"]  # as reported, then converted
+    [lab] = [f for f in card["extension"]["org.legmove-cds.explanation"]["evidence"] if f["kind"] == "lab"
+             and f["analyte"] == "ferritin"]
+    assert (lab["loinc"], lab["raw_value"], lab["raw_unit"], lab["value"], lab["unit"]) == ("2276-4", 32, "ug/L", 32, "ng/mL")
+    assert "12.9 g/dL on" in card["detail"] and "= 12.9" not in card["detail"]
     resource = card["suggestions"][0]["actions"][0]["resource"]
     assert resource["medicationCodeableConcept"]["coding"][0]["code"] == "310325" and "dosageInstruction" not in resource
 
@@ -289,14 +294,16 @@ def test_r3_card_offers_to_delete_the_draft(client):
     action = card["suggestions"][0]["actions"][0]
     assert action == {"type": "delete", "description": action["description"],
                       "resourceId": "MedicationRequest/draft-sertraline"}
-    assert "RxNorm product code 312941" in card["detail"]
+    assert "SSRI, recognised by its product code" in card["detail"] and "312941" not in card["detail"]
+    [drug] = [f for f in card["extension"]["org.legmove-cds.explanation"]["evidence"] if f["kind"] == "medication"]
+    assert (drug["matched_by"], drug["code"]) == ("rxnorm-product", "312941")
 
 
 def test_r4_counts_one_ingredient_once(client):
     fixture = load_fixture(ROOT / "fhir_fixtures/R4/fires-chart-review.json")
     cards = post(client, fixture["service"], fixture["request"]).get_json()["cards"]
     card = next(c for c in cards if c["extension"]["org.legmove-cds.explanation"]["rule"] == "R4")
-    assert card["summary"].startswith("Review 2 active medication(s) that can worsen RLS")
+    assert card["summary"].startswith("Review 2 active medications that can worsen RLS")
     resources = card["extension"]["org.legmove-cds.explanation"]["resources"]
     assert {"MedicationRequest/mr-sertraline", "MedicationStatement/ms-sertraline"} <= set(resources)
 
@@ -356,10 +363,13 @@ def test_prefetch_tokens_expand_from_context():
     assert expand("Encounter/{{context.encounterId}}", context) is None
 
 
-def test_source_label_names_seeds_and_additions(client):
+def test_source_label_is_in_words_and_the_citation_keys_in_the_extension(client):
     fixture = load_fixture(ROOT / "fhir_fixtures/R22/fires-quinine-for-cramps.json")
     card = post(client, fixture["service"], fixture["request"]).get_json()["cards"][0]
-    assert card["source"]["label"] == "legmove-cds R22 (FDA 2010)"
+    assert card["source"]["label"] == "Leg-movement CDS: Quinine for leg cramps"
+    assert card["source"]["url"] == "http://localhost/rules/R22"
+    assert "FDA Drug Safety Communication on quinine" in card["detail"]
+    assert card["extension"]["org.legmove-cds.explanation"]["citationKeys"] == ["fda-2010"]
     assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/draft-quinine"
 
 

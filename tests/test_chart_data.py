@@ -256,7 +256,8 @@ def test_a_server_refusing_the_name_search_costs_only_that_key():
 
 def test_exactly_50_gives_the_disagreement_card_not_the_seed_warning(client):
     card = _call(client, "R2", "fires-disagreement-at-exactly-50")["R2"]
-    assert card["indicator"] == "info" and "meets the AASM 2024 iron threshold" in card["summary"]
+    assert card["indicator"] == "info" and "iron therapy per AASM 2024 (≤ 75)" in card["summary"]
+    assert "not below the 50 ng/mL used by the review articles" in card["detail"]
 
 
 def test_r20_names_the_population_it_withholds_gabapentinoids_for(client):
