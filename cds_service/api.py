@@ -34,7 +34,7 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 
 def outcome(status: int, code: str, diagnostics: str) -> Response:
-    """Every non-2xx carries an OperationOutcome without internals (checklist 8)."""
+    """Every non-2xx carries an OperationOutcome without internals (CDS Hooks 2.0, section Error handling)."""
     issue = {"severity": "error", "code": code, "diagnostics": diagnostics}
     return json_response({"resourceType": "OperationOutcome", "issue": [issue]}, status)
 

@@ -1,16 +1,16 @@
-"""A safe wrapper around durable-rules 2.0.28 (see shared/reference/durable-rules-notes.md).
+"""A safe wrapper around durable-rules 2.0.28, whose stock host is unsafe for a web service.
 
 The stock package starts a dispatcher thread that steals actions, keys sessions by 32-bit
 hashes, crashes on deleting an untouched session and hides input errors in batch asserts.
-This wrapper avoids all of that (requirement numbers from the notes, section 7):
+This wrapper avoids all of that:
 
-- R1 a Host subclass whose `_run` starts no threads; rulesets registered once per process;
-- R2 one evaluation at a time per process (a lock), one fresh session per evaluation;
-- R3 a uuid4 sid; R4 validated, compact facts with explicit collision-free ids;
-- R5 the C-level single-fact assert, negated kinds first; R6 a sentinel fact and rule;
-- R7 exceptions in actions are collected and raised as RuleError naming the rule;
-- R8 card matches are collected in Python, findings asserted with fresh ids;
-- R9 the session is deleted in `finally`.
+- a Host subclass whose `_run` starts no threads; rulesets registered once per process;
+- one evaluation at a time per process (a lock), one fresh session per evaluation;
+- a uuid4 session id; validated, compact facts with explicit collision-free ids;
+- the C-level single-fact assert, negated kinds first; a sentinel fact and rule;
+- exceptions in actions are collected and raised as RuleError naming the rule;
+- card matches are collected in Python, findings asserted with fresh ids;
+- the session is deleted in `finally`.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _fnv1a_32(text: str) -> int:
 
 
 def _collision_free_ids(count: int) -> tuple[str, ...]:
-    """f0, f1, ... skipping any id whose 32-bit FNV-1a hash repeats (notes 5.5)."""
+    """f0, f1, ... skipping any id whose 32-bit FNV-1a hash repeats: the engine keys facts by that hash."""
     ids, seen, n = [], set(), 0
     while len(ids) < count:
         candidate = f"f{n}"
@@ -188,7 +188,7 @@ class RuleEngine:
         with self._lock:
             sid = uuid.uuid4().hex
             # Serialise and validate everything before the session exists: a session whose
-            # actions never ran crashes the process when deleted (notes 5.3).
+            # actions never ran crashes the process when deleted.
             texts = [self._prepare(evaluation, sid, fact) for fact in [{"kind": SENTINEL_KIND}, *ordered]]
             token = _current.set(evaluation)
             offset, actions_ran = None, False
@@ -272,7 +272,7 @@ def _assert_derived(closure, evaluation: Evaluation, finding: dict) -> None:
 
 
 def validate_fact(fact: dict) -> None:
-    """Crash prevention, not tidiness: the C core segfaults on some inputs (notes 3, 5.7)."""
+    """Crash prevention, not tidiness: the C core segfaults on some inputs (nested objects, huge lists)."""
     count = 0
     for key, value in fact.items():
         if not isinstance(key, str) or key.startswith(("$", "_")) or (key in RESERVED_FIELDS and key not in ("id", "sid")):
@@ -326,11 +326,11 @@ def _value_json(value) -> str:
     return "[" + ",".join(_value_json(v) for v in value) + "]"
 
 
-# ---- registration-time lint (notes section 8.2) ----------------------------------------
+# ---- registration-time lint ---------------------------------------------------------------
 
 
 def negated_kinds(definition: dict) -> set[str]:
-    """Fact kinds that appear inside a none(): they must be asserted first (notes 5.4)."""
+    """Fact kinds that appear inside a none(): they must be asserted first, or a none() can stay true after its fact arrives."""
     kinds: set[str] = set()
     for rule in definition.values():
         for condition in rule.get("all", []) + rule.get("any", []):
@@ -395,7 +395,7 @@ def lint(specs: list[RuleSpec], definition: dict) -> None:
                 if base in RESERVED_ALIASES and not alias.startswith("m_"):
                     problems.append(f"{spec.id}: reserved alias {base!r}")
                 if alias.endswith("$not") and _kinds_in(expression) & derived:
-                    problems.append(f"{spec.id}: none() over a derived kind (notes 5.4)")
+                    problems.append(f"{spec.id}: none() over a derived kind (it could be asserted after the none() was decided)")
                 problems += [f"{spec.id}: {p}" for p in _literal_problems(expression)]
                 if _reference_after_or(expression):
                     problems.append(f"{spec.id}: a comparison with another alias follows an | group inside &; "

@@ -1,4 +1,4 @@
-"""Validation of an incoming hook call (checklist 4.1, 4.3 and 12): shape, types, consistency.
+"""Validation of an incoming hook call (CDS Hooks 2.0, sections HTTP Request and Hooks): shape, types, consistency.
 
 Every problem becomes a `BadRequest` with a message that says what is wrong, never a stack
 trace. Unknown fields are ignored, as the spec requires.

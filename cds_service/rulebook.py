@@ -18,7 +18,7 @@ from typing import Callable
 
 DERIVE = "derive"
 CARD = "card"
-STRATUM_PRIORITY = {DERIVE: 10, CARD: 100}  # durable-rules: lower fires first (notes section 2.6)
+STRATUM_PRIORITY = {DERIVE: 10, CARD: 100}  # durable-rules fires lower numbers first
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 

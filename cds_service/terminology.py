@@ -98,7 +98,7 @@ class CodeSetMatcher:
         return self.exact.get((system, code.strip()), frozenset())
 
     def sets_for_text(self, text: str | None) -> frozenset[str]:
-        """Only for concepts with listed phrases (catalog: "benign fasciculation"); the match is
+        """Only for concepts with listed phrases (e.g. "benign fasciculation"); the match is
         recorded as "text" in the card detail."""
         if not text:
             return frozenset()

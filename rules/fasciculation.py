@@ -37,7 +37,7 @@ RED_FLAG_WORDS = {"WEAKNESS": "weakness", "ATROPHY": "muscle atrophy", "ABNORMAL
 
 def red_flag_phrase(flags: list[dict], limit: int = 50) -> str:
     """'dysphagia', 'weakness and dysarthria', 'weakness, muscle atrophy and dysphagia'; past
-    `limit` characters, the first flag 'and other red flags' (catalog R8)."""
+    `limit` characters, the first flag 'and other red flags'."""
     words = [w for w in RED_FLAG_WORDS.values() if any(w in f["flags"] for f in flags)] or ["red flags"]
     text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
     return text if len(text) <= limit else f"{words[0]} and other red flags"

@@ -6,7 +6,7 @@ haemoglobin (001), and treat ferritin below 50 ng/mL as an indication for iron (
 only for 75-100 ng/mL. Both are profiles in `knowledge/settings.json`; the active one is chosen
 by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess_iron` below is
 the whole threshold logic, written once for both profiles so each card can also state the
-other profile's verdict (catalog section 7).
+other profile's verdict.
 """
 from durable.lang import c, item, m, none, when_all
 

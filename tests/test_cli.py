@@ -64,7 +64,7 @@ def test_invoke_renders_cards_for_the_terminal(servers):
     assert "1 card(s)" in out and "prefetch key(s) sent" in out
     assert "[WARNING]" in out and "sertraline 50 MG Oral Tablet" in out
     assert "Suggestion 1: Remove this order" in out and "delete MedicationRequest/draft-rxnorm-312941" in out
-    assert "Source: legmove-cds R3" in out
+    assert "Source: Leg-movement CDS: RLS-worsening drug ordered" in out and "/rules/R3" in out
     assert '"rule": "R3"' in out  # --explain shows the extension
 
 
