@@ -2,8 +2,9 @@
 
 A CDS client that has the chart in hand, instead of a FHIR server, still has to send each
 prefetch key what the template asks for. This evaluates the few search parameters our
-templates use (patient, status, clinical-status, code) the way a FHIR server would; `_sort`
-and `_count` are accepted and ignored (everything that matches is returned, on one page).
+templates use (patient, status, clinical-status, code, code:text, _include) the way a FHIR
+server would; `_sort` and `_count` are accepted and ignored (everything that matches is
+returned, on one page).
 Any other parameter is reported back, never silently treated as matched-nothing: returning a
 superset is safe because the service applies its own checks to every resource.
 """
@@ -23,7 +24,11 @@ def search(resources: list[dict], query: str) -> tuple[dict | None, list[str]]:
         return found, []
     unused: list[str] = []
     matches = [r for r in resources if r.get("resourceType") == kind]
+    includes: list[str] = []
     for name, value in parse_qsl(params, keep_blank_values=True):
+        if name == "_include":
+            includes.append(value)
+            continue
         test = _TESTS.get(name)
         if test is None:
             if name not in IGNORED:
@@ -31,10 +36,24 @@ def search(resources: list[dict], query: str) -> tuple[dict | None, list[str]]:
             continue
         wanted = [v for v in value.split(",") if v]
         matches = [r for r in matches if test(r, wanted)]
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
-              "entry": [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r,
-                         "search": {"mode": "match"}} for r in matches]}
+    entries = [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
+               for r in matches]
+    for include in includes:
+        included, unknown = _included(resources, matches, include)
+        entries += [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "include"}}
+                    for r in included]
+        unused += unknown
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches), "entry": entries}
     return bundle, unused
+
+
+def _included(resources: list[dict], matches: list[dict], include: str) -> tuple[list[dict], list[str]]:
+    """`_include=MedicationRequest:medication`: the resources the matches reference in that element."""
+    source, _, element = include.partition(":")
+    if element != "medication":
+        return [], [f"_include={include}"]
+    wanted = {(r.get(f"{element}Reference") or {}).get("reference") for r in matches if r.get("resourceType") == source}
+    return [r for r in resources if f"{r.get('resourceType')}/{r.get('id')}" in wanted], []
 
 
 def _patient(resource: dict, wanted: list[str]) -> bool:
@@ -63,5 +82,14 @@ def _code(resource: dict, wanted: list[str]) -> bool:
     return False
 
 
+def _code_text(resource: dict, wanted: list[str]) -> bool:
+    """`code:text`: the code's text or a coding's display starts with a wanted phrase, ignoring case
+    (FHIR string matching, which servers apply to `:text`)."""
+    concept = resource.get("code") if isinstance(resource.get("code"), dict) else {}
+    texts = [concept.get("text")] + [c.get("display") for c in _codes(concept)]
+    texts = [t.lower() for t in texts if isinstance(t, str)]
+    return any(t.startswith(w.lower()) for t in texts for w in wanted)
+
+
 _TESTS = {"patient": _patient, "subject": _patient, "status": _status, "clinical-status": _clinical_status,
-          "code": _code}
+          "code": _code, "code:text": _code_text}

@@ -69,8 +69,10 @@ def _result(name: str, future, timeout: float) -> dict:
         log.warning("readiness check %s failed: %s", name, exc)
         return {"status": "fail", "output": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of a dependency means "not ready"
-        log.warning("readiness check %s failed: %s", name, type(exc).__name__)
-        return {"status": "fail", "output": type(exc).__name__}
+        # name the root cause (OperationalError), not a wrapper of ours (StoreUnavailable)
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        log.warning("readiness check %s failed: %s", name, type(cause).__name__)
+        return {"status": "fail", "output": type(cause).__name__}
     if output == "skipped":
         return {"status": "skipped", "output": "not used by this configuration"}
     return {"status": "pass", "output": output}

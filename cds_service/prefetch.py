@@ -67,6 +67,9 @@ OPTIONAL = {
     "medication_request_medications": (
         f"MedicationRequest?{_PATIENT}&status=active,completed,stopped,on-hold&_include=MedicationRequest:medication"
         "&_count=100", "medication_requests"),
+    "medication_statement_medications": (
+        f"MedicationStatement?{_PATIENT}&status=active,intended&_include=MedicationStatement:medication&_count=100",
+        "medication_statements"),
 }
 
 

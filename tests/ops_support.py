@@ -54,7 +54,7 @@ class Instance:
         self.log_path = workdir / f"gunicorn-{name}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--preload",
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
              "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}", *extra_args, "cds_service.app:create_app()"],
             # XDG_RUNTIME_DIR: gunicorn >= 27 puts its control socket there, one per master, not one per user
             cwd=workdir, env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), XDG_RUNTIME_DIR=str(self.runtime_dir)),

@@ -34,8 +34,9 @@ def _call(client, example, prefetch: dict, **extra):
 def _searchable(path) -> dict:
     """The fixture, unless its data cannot be found by a search (a local one behaves like a server)."""
     fixture = load_fixture(path)
-    if str(fixture.get("fhir_server", "")).startswith("skip"):
-        pytest.skip(fixture["fhir_server"])
+    for path_name in ("fhir_server", "client"):
+        if str(fixture.get(path_name, "")).startswith("skip"):
+            pytest.skip(fixture[path_name])
     return fixture
 
 

@@ -219,7 +219,7 @@ def test_metrics_stay_whole_while_gunicorn_recycles_its_workers(tmp_path):
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", LEGMOVE_FEEDBACK_STORE="null",
                PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    instance = Instance("recycling", tmp_path, env, extra_args=("--max-requests", "4"))
+    instance = Instance("recycling", tmp_path, env, extra_args=("--max-requests", "4", "--max-requests-jitter", "0"))
     try:
         first_workers = children(instance.process.pid)
         path = "/cds-services/legmove-patient-view"

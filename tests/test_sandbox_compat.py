@@ -49,7 +49,8 @@ def test_every_search_template_means_the_same_as_a_form_encoded_post_search(clie
                 if "?" not in query:
                     continue
                 kind, params = query.split("?", 1)
-                assert all("+" not in v and " " not in v for _, v in parse_qsl(params)), (key, template)
+                # a literal "+" or space would read differently in a form body; %20 reads the same
+                assert "+" not in params and " " not in params, (key, template)
                 by_get = _ids(requests.get(f"{loaded.base_url}/{query}", headers=headers, timeout=30))
                 raw = requests.post(f"{loaded.base_url}/{kind}/_search", data=params, headers=form, timeout=30)
                 encoded = requests.post(f"{loaded.base_url}/{kind}/_search", data=urlencode(parse_qsl(params)),
