@@ -7,6 +7,7 @@ match against those lists, and it never guesses: an unknown code, unit or drug m
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -148,10 +149,19 @@ class ProcedureMatcher:
             if name:
                 return name, "code"
         for text in texts:
-            lowered = text.lower()
-            for name, words in self.patterns:
-                if all(w.search(lowered) for w in words):
-                    return name, "text"
+            name = self._named_in(text)
+            if name:
+                return name, "text"
+        return None
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - one matcher per process, texts repeat across charts
+    def _named_in(self, text: str) -> str | None:
+        """The procedure a text names. Cached: a long chart repeats the same few displays hundreds of
+        times ("Appendectomy", "CBC panel"), and every pattern is tried on each."""
+        lowered = text.lower()
+        for name, words in self.patterns:
+            if all(w.search(lowered) for w in words):
+                return name
         return None
 
 

@@ -77,7 +77,7 @@ def test_wrong_type_in_any_field_is_a_clear_400(client, field, value):
 
 # ---- absurd values inside FHIR resources ------------------------------------------------
 
-@pytest.mark.parametrize("value", [10 ** 400, 10 ** 20, -5, -0.01, "12", True, None, [12], {"value": 12}],
+@pytest.mark.parametrize("value", [10 ** 20, -5, -0.01, "12", True, None, [12], {"value": 12}],
                          ids=repr)
 def test_absurd_lab_value_never_reaches_a_card(client, value):
     body = copy.deepcopy(R2_FIRES["request"])
@@ -97,10 +97,14 @@ def test_absurd_or_unparseable_dates_make_the_value_unusable(client, when):
     assert "R2" not in fired_rules(assert_clean(post(client, body)))
 
 
-def test_number_overflowing_to_infinity_is_400(client):
-    text = json.dumps(R2_FIRES["request"]).replace('"valueQuantity": {', '"valueQuantity": {"x": 1e999, ', 1)
-    assert "1e999" in text
-    assert post(client, text, raw=True).status_code == 400
+@pytest.mark.parametrize("number", ["1e999", str(10 ** 400)], ids=["1e999", "400-digit integer"])
+def test_number_overflowing_to_infinity_is_400(client, number):
+    """No FHIR value is that large; read as infinity it would reach the engine (or, as a huge
+    integer, overflow later), so the body is refused as a whole, saying why."""
+    text = json.dumps(R2_FIRES["request"]).replace('"valueQuantity": {', f'"valueQuantity": {{"x": {number}, ', 1)
+    assert number in text
+    response = post(client, text, raw=True)
+    assert response.status_code == 400 and "out of range" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_prefetch_key_holding_the_wrong_resource_type_is_400(client):
