@@ -142,8 +142,9 @@ def _app_searching_every_analyte(config_json: str):
     """The same service, but its fhirServer lab searches ask for every analyte (as before)."""
     app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
     services = app.extensions["legmove"].services
+    every = queries(app.extensions["legmove"].terminology)["labs"]
     for key, service in services.items():
-        services[key] = dataclasses.replace(service, analytes=None)
+        services[key] = dataclasses.replace(service, analytes=None, prefetch={**service.prefetch, "labs": every})
     return app
 
 
