@@ -2,8 +2,8 @@
 
 A service is an (id, hook) pair and every hook has its own id: clients such as the CDS Hooks
 Sandbox key services by URL and keep only one service per URL, so two hooks under one id made
-one of them unreachable. Its prefetch templates are the union of what its rules read, so
-discovery and rule inputs cannot drift apart.
+one of them unreachable. Its prefetch templates are the union of what its rules read (and its
+`labs` template lists only the analytes they can use), so discovery and rule inputs cannot drift apart.
 
 `legmove-orders`, the id both order hooks shared before, is a deprecated alias: it still answers
 order-select and order-sign (with a `Deprecation` header) and accepts feedback on cards of either
@@ -169,6 +169,11 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
     unknown = {a for s in specs for a in s.analytes} - set(term.analytes)
     if unknown:
         raise ValueError(f"rules declare analytes the terminology does not know: {sorted(unknown)}")
+    for card in (s for s in specs if s.stratum == CARD):
+        chain = _with_derivations([card], specs)
+        if any("labs" in s.needs for s in chain) and hook_analytes(chain) == frozenset():
+            raise ValueError(f"rule {card.id} reads labs but neither its conditions nor analytes= name an analyte: "
+                             "declare the analytes its card reads")
     services = {}
     for (service_id, hook), (title, description) in SERVICE_TEXT.items():
         cards = [s for s in specs if s.stratum == CARD and hook in s.hooks]
@@ -176,11 +181,8 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
         keys = {key for s in used for key in s.needs}
         analytes = hook_analytes(used)
         templates = queries(term, analytes)
-        if "labs" not in templates:  # no rule of the hook can use any analyte
-            keys.discard("labs")
         rule_keys = {card.id: frozenset(key for s in _with_derivations([card], specs)
-                                        for key in set(s.needs) | keys_matched(s)
-                                        if key != "labs" or "labs" in templates) for card in cards}
+                                        for key in set(s.needs) | keys_matched(s)) for card in cards}
         prefetch = {k: t for k, t in templates.items() if k in keys} | optional_queries(keys)
         services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
                                                prefetch, analytes, rule_keys)

@@ -21,7 +21,7 @@ from cds_service.app import create_app
 from cds_service.fhir_read import codings_of
 from cds_service.prefetch import queries, server_searches
 from cds_service.rulebook import CARD, RuleSpec
-from cds_service.services import LAB_KINDS, analytes_read, services_at
+from cds_service.services import LAB_KINDS, analytes_read, build_services, services_at
 
 ORDER_FIXTURES = [p for p in FIXTURES if load_fixture(p)["service"] != "legmove-patient-view"]
 
@@ -65,6 +65,16 @@ def test_analytes_are_read_from_the_criteria_and_a_lab_without_analyte_means_all
     assert analytes_read(_spec(c.f << (m.kind == "lab"))) is None
     assert analytes_read(_spec(c.f << ((m.kind == "lab") & (m.analyte != "ferritin")))) is None
     assert analytes_read(_spec(c.f << ((m.kind == "condition") & (m.code == "G25.81")))) == set()
+
+
+def test_a_rule_that_reads_labs_without_naming_an_analyte_is_refused_at_start():
+    from cds_service.terminology import Terminology
+    silent_on_analytes = dataclasses.replace(_spec(c.f << ((m.kind == "condition") & (m.code == "G25.81"))),
+                                             hooks=("order-sign",), needs=("labs", "conditions"))
+    with pytest.raises(ValueError, match="rule T reads labs but neither"):
+        build_services([silent_on_analytes], Terminology())
+    declared = dataclasses.replace(silent_on_analytes, analytes=("ferritin",))
+    assert build_services([declared], Terminology())[("legmove-order-sign", "order-sign")].analytes == {"ferritin"}
 
 
 def test_order_hooks_ask_only_for_their_analytes_and_patient_view_for_what_its_rules_read(app):
