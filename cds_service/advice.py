@@ -69,7 +69,7 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
         clients.append(_client(granted, config, deadline))
         return clients[-1]
 
-    searches = server_searches(knowledge.terminology, service.prefetch, evaluation_date(config))
+    searches = server_searches(knowledge.terminology, service.prefetch, evaluation_date(config), service.analytes)
     resolved = resolve(service.prefetch, req.prefetch, req.context, access, client_for, searches)
     read_referenced_medications(resolved, req.draft_orders, access, config, clock.started, client_for)
     clock.lap("data")

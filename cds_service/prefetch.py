@@ -30,25 +30,30 @@ _PATIENT = "patient={{context.patientId}}"
 PLACEHOLDER_SYSTEMS = ("http://example.org/",)  # shipped defaults a deployment must replace
 
 
-def observation_codes(term: Terminology, placeholders: bool = True) -> list[tuple[str, str, str]]:
-    """(system, code, lookback setting) of every Observation a rule may read. Discovery leaves out
-    the local PLMS-index code while it is the shipped placeholder (`placeholders=False`): an EHR
-    cannot fill a template for a system nobody owns. Our own fhirServer searches keep it, since
-    a test or pilot deployment may have data under it."""
+def observation_codes(term: Terminology, placeholders: bool = True,
+                      analytes: frozenset[str] | None = None) -> list[tuple[str, str, str]]:
+    """(system, code, lookback setting) of every Observation of `analytes` (None: of every analyte
+    a rule may read). Discovery leaves out the local PLMS-index code while it is the shipped
+    placeholder (`placeholders=False`): an EHR cannot fill a template for a system nobody owns.
+    Our own fhirServer searches keep it, since a test or pilot deployment may have data under it."""
     return sorted((system, code, analyte.lookback_setting) for (system, code), analyte in term.observation_codes.items()
-                  if placeholders or not system.startswith(PLACEHOLDER_SYSTEMS))
+                  if (placeholders or not system.startswith(PLACEHOLDER_SYSTEMS))
+                  and (analytes is None or analyte.name in analytes))
 
 
-def queries(term: Terminology) -> dict[str, str]:
+def queries(term: Terminology, analytes: frozenset[str] | None = None) -> dict[str, str]:
     """Every data key a rule may need, as a CDS Hooks prefetch template within the 2.0
     recommended query subset (reads, patient searches, token equality, _count, _sort; no
-    relative dates, no _include), but for the best-effort `:text` search. Observations are filtered by the codes the rules know and
-    every search carries a _count, so payloads follow what rules need."""
-    codes = ",".join(f"{system}|{code}" for system, code, _ in observation_codes(term, placeholders=False))
+    relative dates, no _include), but for the best-effort `:text` search. Observations are
+    filtered by the codes of `analytes`, the ones a hook's rules can use (None: all), and every
+    search carries a _count, so payloads follow what rules need. Without a code to ask for
+    there is no `labs` key (a search without `code` would return the whole chart)."""
+    codes = ",".join(f"{system}|{code}" for system, code, _ in observation_codes(term, False, analytes))
+    labs = {"labs": f"Observation?{_PATIENT}&code={codes}&_sort=-date&_count=100"} if codes else {}
     return {
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?{_PATIENT}&clinical-status=active,recurrence,relapse&_count=100",
-        "labs": f"Observation?{_PATIENT}&code={codes}&_sort=-date&_count=100",
+        **labs,
         # a result known only by its name (a PLMS index without the local code) never matches a code
         # filter; `:text` lies outside the recommended subset, so this key is best effort (below)
         "plms_index_by_text": f"Observation?{_PATIENT}&code:text={term.text_query('plms_index')}&_sort=-date&_count=20",
@@ -82,7 +87,8 @@ CODES_PER_SEARCH = 8  # a many-code OR search is what made large charts slow (3.
 SERVER_COUNT = 200  # page size on the fhirServer path: 254 completed Procedures fit in two pages
 
 
-def server_searches(term: Terminology, templates: dict[str, str], today: date) -> dict[str, list[str]]:
+def server_searches(term: Terminology, templates: dict[str, str], today: date,
+                    analytes: frozenset[str] | None = None) -> dict[str, list[str]]:
     """How the `fhirServer` path reads the same keys more cheaply than the prefetch templates:
     Observations in several small searches (codes that share a lookback, a few at a time, run
     in parallel), each limited to its lookback window (`date=ge`, computed here because prefetch
@@ -91,7 +97,8 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date) -
     drops it as stale), so both paths give the same cards. Codes go without their system: an
     OR list of system|code pairs is many times slower than one of plain codes on servers that
     index the two apart (sekmet-fhir: 2.7-4 s against 0.8 s for the largest Synthea chart), and
-    over-fetching is harmless because facts.py matches every coding by system and code."""
+    over-fetching is harmless because facts.py matches every coding by system and code. Only
+    the codes of `analytes` are searched, the hook's own (None: all), as in its template."""
     searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()
                 if key not in OPTIONAL}
     for key, kind in (("medication_requests", "MedicationRequest"), ("medication_statements", "MedicationStatement")):
@@ -99,7 +106,7 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date) -
             searches[key] = [f"{q}&_include={kind}:medication" for q in searches[key]]
     if "labs" in templates:
         by_window: dict[str, list[str]] = {}
-        for system, code, lookback in observation_codes(term):
+        for system, code, lookback in observation_codes(term, analytes=analytes):
             by_window.setdefault(lookback, []).append(code)
         searches["labs"] = []
         for lookback, codes in sorted(by_window.items()):

@@ -96,6 +96,9 @@ class RuleSpec:
     produces: str | None = None  # finding name a derivation asserts
     needs: tuple[str, ...] = ()  # data keys (see prefetch.queries) the rule reads besides the hook context
     supersedes: tuple[str, ...] = ()  # card rules whose card this one replaces when both fire (same problem)
+    # analytes (labs.json names) the render function reads from `ctx.facts` beyond those its criteria
+    # name: a hook's `labs` template asks only for the analytes of its rules (services.analytes_read)
+    analytes: tuple[str, ...] = ()
     # Bumped whenever the rule's criteria, code, texts or the settings it reads change; the lock file
     # rules/versions.json and its test make a change without a bump fail (cds_service.rule_versions).
     version: int = 1
@@ -115,14 +118,14 @@ def _register(spec: RuleSpec) -> None:
 
 
 def derivation(*, id: str, title: str, citation: str, when, produces: str, needs: tuple[str, ...] = (),
-               logic: str = "", version: int = 1):
+               logic: str = "", version: int = 1, analytes: tuple[str, ...] = ()):
     """Declare a finding rule: `fn(match) -> dict` returns the finding's fields, or None when the
     match fails a check the DSL cannot express (then no finding is asserted)."""
 
     def decorate(fn):
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=DERIVE, condition=when,
                            module=fn.__module__, derive=fn, produces=produces, logic=logic or title,
-                           needs=tuple(needs), version=_version(id, version)))
+                           needs=tuple(needs), version=_version(id, version), analytes=tuple(analytes)))
         return fn
 
     return decorate
@@ -130,8 +133,10 @@ def derivation(*, id: str, title: str, citation: str, when, produces: str, needs
 
 def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], when, logic: str,
               needs: tuple[str, ...] = (), source_url: str | None = None, enabled_by_default: bool = True,
-              supersedes: tuple[str, ...] = (), version: int = 1):
-    """Declare a card rule: `fn(matches, ctx) -> CardDraft | None`, called once per hook call."""
+              supersedes: tuple[str, ...] = (), version: int = 1, analytes: tuple[str, ...] = ()):
+    """Declare a card rule: `fn(matches, ctx) -> CardDraft | None`, called once per hook call.
+    `analytes`: lab analytes the render function reads from `ctx.facts` that its criteria do not
+    name (the hook's `labs` template asks for those too; a card citing another one fails the tests)."""
 
     unknown = set(hooks) - set(HOOKS)
     if unknown:
@@ -141,7 +146,8 @@ def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], whe
         _register(RuleSpec(id=id, title=title, citation=citation, stratum=CARD, condition=when, module=fn.__module__,
                            hooks=tuple(hooks), render=fn, logic=logic, source_url=source_url,
                            enabled_by_default=enabled_by_default, needs=tuple(needs),
-                           supersedes=tuple(supersedes), version=_version(id, version)))
+                           supersedes=tuple(supersedes), version=_version(id, version),
+                           analytes=tuple(analytes)))
         return fn
 
     return decorate

@@ -2,8 +2,8 @@
 
 A service is an (id, hook) pair and every hook has its own id: clients such as the CDS Hooks
 Sandbox key services by URL and keep only one service per URL, so two hooks under one id made
-one of them unreachable. Its prefetch templates are the union of what its rules read, so
-discovery and rule inputs cannot drift apart.
+one of them unreachable. Its prefetch templates are the union of what its rules read (and its
+`labs` template lists only the analytes they can use), so discovery and rule inputs cannot drift apart.
 
 `legmove-orders`, the id both order hooks shared before, is a deprecated alias: it still answers
 order-select and order-sign (with a `Deprecation` header) and accepts feedback on cards of either
@@ -80,6 +80,39 @@ def keys_matched(spec: RuleSpec) -> set[str]:
     return keys
 
 
+# Fact kinds that carry an `analyte` (facts.py) and can come from the `labs` key
+LAB_KINDS = ("lab", "pending_test", "unreadable_result")
+
+
+def analytes_read(spec: RuleSpec) -> set[str] | None:
+    """Analytes whose results a rule can use: those its compiled conditions compare lab facts
+    with, plus those it declares (`analytes=`, read by its render function from the call's facts).
+    None means every analyte: a condition on a lab fact that names no analyte, or names one only
+    under a `!=`, may match any result, so the safe reading is all of them."""
+    compiled = spec.condition.define()
+    found = set(spec.analytes)
+    for condition in compiled.get("all", compiled.get("any")) or []:
+        for expression in condition.values():
+            if not _literals(expression, "kind") & set(LAB_KINDS):
+                continue
+            named = _literals(expression, "analyte")
+            if not named or _literals(_negated(expression), "analyte"):
+                return None
+            found |= named
+    return found
+
+
+def hook_analytes(specs: list[RuleSpec]) -> frozenset[str] | None:
+    """The union of `analytes_read` over rules (None: all analytes)."""
+    found: set[str] = set()
+    for spec in specs:
+        read = analytes_read(spec)
+        if read is None:
+            return None
+        found |= read
+    return frozenset(found)
+
+
 def _negated(expression) -> list:
     """The parts of a compiled condition under a `!=`."""
     if isinstance(expression, dict):
@@ -106,6 +139,8 @@ class Service:
     description: str
     rule_ids: tuple[str, ...]  # card rules that can answer on this hook
     prefetch: dict[str, str]  # key -> template, for the data its rules read
+    # lab analytes its rules (and the findings they read) can use; None: all (see analytes_read)
+    analytes: frozenset[str] | None = None
     # card rule -> every data key it depends on, through the findings it reads too: when one of
     # them is unknown the rule stays silent (it could fire on part of what it weighs)
     rule_keys: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -129,16 +164,28 @@ class Service:
 
 
 def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, str], Service]:
-    templates = queries(term)
+    """Each hook's templates from its rules: the keys they read and, in `labs`, only the codes of
+    the analytes they can use (an order hook reads a few; patient-view nearly all)."""
+    unknown = {a for s in specs for a in s.analytes} - set(term.analytes)
+    if unknown:
+        raise ValueError(f"rules declare analytes the terminology does not know: {sorted(unknown)}")
+    for card in (s for s in specs if s.stratum == CARD):
+        chain = _with_derivations([card], specs)
+        if any("labs" in s.needs for s in chain) and hook_analytes(chain) == frozenset():
+            raise ValueError(f"rule {card.id} reads labs but neither its conditions nor analytes= name an analyte: "
+                             "declare the analytes its card reads")
     services = {}
     for (service_id, hook), (title, description) in SERVICE_TEXT.items():
         cards = [s for s in specs if s.stratum == CARD and hook in s.hooks]
-        keys = {key for s in _with_derivations(cards, specs) for key in s.needs}
+        used = _with_derivations(cards, specs)
+        keys = {key for s in used for key in s.needs}
+        analytes = hook_analytes(used)
+        templates = queries(term, analytes)
         rule_keys = {card.id: frozenset(key for s in _with_derivations([card], specs)
                                         for key in set(s.needs) | keys_matched(s)) for card in cards}
         prefetch = {k: t for k, t in templates.items() if k in keys} | optional_queries(keys)
         services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
-                                               prefetch, rule_keys)
+                                               prefetch, analytes, rule_keys)
     return services
 
 

@@ -72,6 +72,7 @@ review_triggers(id_prefix="F-FASC-REVIEW", produces="fasciculation_review_due", 
 
 @card_rule(id="R8", title="Fasciculations with ALS red flags", citation=SEED, hooks=("patient-view", "order-select"),
            needs=("conditions", "service_requests", "procedures", "reports"), supersedes=("R11", "R13"),
+           analytes=tuple(a for analytes, _, _ in FIRST_TIER.values() for a in analytes),  # first-tier labs on file
            logic="fasciculations and a red flag (weakness, atrophy, abnormal reflex, dysphagia, dysarthria) and no "
                  "ALS/MND coded; info instead of critical when an EMG and a neurology referral follow the latest flag",
            when=when_all(

@@ -156,6 +156,7 @@ def iron_stores_ferritin_only(match):
 
 @card_rule(id="R2", title="RLS with low iron stores", citation=f"{SEEDS_IRON}; {AASM_2024}", source_url=AASM_2024_URL,
            hooks=("patient-view", "order-select"), needs=("labs", "medication_requests", "patient"),
+           analytes=("ferritin", "tsat", "hemoglobin"),  # the detail prints all three
            logic="present(RLS) and the latest ferritin (and TSAT) within the lookback meet the active profile "
                  "(seed: ferritin < 50 ng/mL; AASM 2024: <= 75 or TSAT < 20 %, IV only 75-100, child < 50); with the "
                  "seed profile an info card when only AASM 2024 is met; order-select only when an RLS drug is selected",

@@ -58,7 +58,7 @@ _cause_measured("hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
 
 
 @card_rule(id="R14", title="Myoclonus with a metabolic cause", citation=SEED, hooks=("patient-view",),
-           needs=("conditions", "labs"), supersedes=("R16",),
+           needs=("conditions", "labs"), supersedes=("R16",), analytes=("cmp",),  # a recent CMP
            logic="myoclonus and kidney failure, liver failure, hyponatraemia or hypoglycaemia, coded or measured "
                  "(eGFR < 30 in 3 months, sodium < 135 or glucose < 70 mg/dL in 30 days)",
            when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "metabolic_cause"))))

@@ -147,7 +147,7 @@ def prolactin_lowering_draft(match):
 
 @card_rule(id="R20", title="Dopamine agonist or levodopa as RLS treatment", citation=AASM_2024, source_url=AASM_2024_URL,
            hooks=("order-select", "order-sign"), needs=("conditions", "medication_requests", "medication_statements", "labs", "patient"),
-           supersedes=("R2",),
+           supersedes=("R2",), analytes=("ferritin", "tsat"),  # iron_verdict
            logic="a selected/any draft dopamine agonist or levodopa, RLS present (or the order's reason), no "
                  "parkinsonism, and no order of either class in the new-start window (the medication list complete: "
                  "every medication readable); warning when iron is low, and then it replaces R2's card (its detail "

@@ -19,6 +19,7 @@ LABELS = "US product labels (renal dosing); thresholds unverified"
 
 @card_rule(id="R19", title="Secondary-RLS context", citation=f"{seeds(SEED_000, SEED_001)}; pregnancy, ESRD: {AASM_2024}",
            hooks=("patient-view", "order-select"), needs=("conditions", "labs", "patient"),
+           analytes=("ferritin", "tsat"),  # iron_verdict
            logic="RLS present (patient-view) or an RLS drug selected, with pregnancy (onset, else recorded date, within "
                  "pregnancy_max_days), ESRD/dialysis or iron deficiency",
            when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
