@@ -1,6 +1,7 @@
 """Shared test fixtures: the app, the fixture requests, a real FHIR server, response checks."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,39 @@ def patient_variant(request: dict, number: int) -> tuple[dict, str]:
         call["context"]["selections"] = [s.replace("/", f"/{pid}-", 1) for s in call["context"]["selections"]]
     call["hookInstance"] = f"{pid}-{call['hookInstance']}"
     return call, pid
+
+
+# ---- a fresh database on the local PostgreSQL --------------------------------------------
+
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "legmove_test"):
+    """The URL of a database created on the local server for one test or module, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A fresh database shared by the tests of one module."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture()
+def fresh_postgres():
+    """A fresh database for one test."""
+    with fresh_postgres_database() as url:
+        yield url

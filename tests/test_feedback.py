@@ -4,26 +4,11 @@ import json
 import uuid
 
 import pytest
-import sqlalchemy
 
 from cds_service.app import create_app
 from conftest import ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A fresh database per run on the local server, dropped afterwards."""
-    name = f"legmove_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -23,22 +23,8 @@ from conftest import ROOT, load_fixture
 from serving import Service
 
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SERVICE = "legmove-patient-view"
 ACKNOWLEDGED = 1000
-
-
-@pytest.fixture()
-def fresh_postgres():
-    """A database created for this test alone, dropped afterwards."""
-    name = f"legmove_dur_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

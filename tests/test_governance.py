@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from importlib import metadata
 
 import pytest
-import sqlalchemy
 from sqlalchemy import select
 
 from cds_service import governance
@@ -24,24 +23,11 @@ from conftest import EXTENSION, ROOT, load_fixture, patient_variant
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R2 = load_fixture(ROOT / "fhir_fixtures/R2/fires-low-ferritin-ugl.json")
 R8 = load_fixture(ROOT / "fhir_fixtures/R8/fires-weakness-critical.json")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 _patients = itertools.count(7000)
 
 
 def new_patient(fixture: dict) -> dict:
     return patient_variant(fixture["request"], next(_patients))[0]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    name = f"legmove_gov_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

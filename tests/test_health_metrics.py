@@ -7,12 +7,10 @@ import re
 import socket
 import threading
 import time
-import uuid
 
 import promql_parser
 import pytest
 import requests
-import sqlalchemy
 from werkzeug.serving import make_server
 
 from cds_service.app import create_app
@@ -23,7 +21,6 @@ from test_fhir_faults import faulty_fhir
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 AUTH = dict(CLIENT_AUTH=True, PUBLIC_BASE_URL="https://cds.example.org",
             TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
 
@@ -32,18 +29,6 @@ def scrape(client) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     return response.get_data(as_text=True)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    name = f"legmove_health_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture()
@@ -190,7 +175,6 @@ def test_fhir_fetches_are_timed_and_failures_counted_by_outcome(faulty_server, f
     assert errors == (0 if fault == "fine" else fetched)
     if fault == "hang":
         assert metric(after, "legmove_fhir_fetch_duration_seconds_sum", outcome="timeout") >= 0.5
-
 
 
 def readme_queries() -> list[str]:

@@ -16,12 +16,10 @@ import shutil
 import signal
 import subprocess
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import sqlalchemy
 from werkzeug.serving import make_server
 
 from cds_service.feedback import CardLedger
@@ -31,7 +29,6 @@ from test_fhir_faults import faulty_fhir
 from ops_support import WORKERS, Instance, children, metric, wait_for
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ISSUER = "https://ehr.example.org"
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
@@ -79,18 +76,6 @@ http {{
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    name = f"legmove_cluster_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")
