@@ -58,8 +58,8 @@ control_socket_disable = True
 
 def on_starting(server):
     """Once, in the master, before any worker: refuse unsafe settings and bring the feedback
-    store's schema to the newest revision (workers only check it). See cds_service/prestart.py."""
-    if subprocess.run([sys.executable, "-m", "cds_service.prestart"]).returncode != 0:
+    store's schema to the newest revision (workers only check it). See cds_service/cli/prestart.py."""
+    if subprocess.run([sys.executable, "-m", "cds_service.cli.prestart"]).returncode != 0:
         raise SystemExit(1)
 
 # ---- Prometheus multiprocess metrics (cds_service/metrics.py) --------------------------------

@@ -10,17 +10,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
-from . import url_policy
-from .cards import EXTENSION_KEY, render_cards
-from .engine import RuleEngine
-from .facts import PatientData, build_facts, unresolved_medication_references
-from .fhir_client import FhirClient, FhirUnavailable, budget_for
-from .hook_request import HookRequest
-from .prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
-from .rulebook import RenderContext, RuleSpec
-from .scopes import parse_scopes
-from .services import Service
-from .terminology import Terminology
+from cds_service.fhir import url_policy
+from cds_service.cards.render import EXTENSION_KEY, render_cards
+from cds_service.engine.wrapper import RuleEngine
+from cds_service.facts.build import PatientData, build_facts, unresolved_medication_references
+from cds_service.fhir.fhir_client import FhirClient, FhirUnavailable, budget_for
+from cds_service.hook_request import HookRequest
+from cds_service.fhir.prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
+from cds_service.authoring.rulebook import RenderContext, RuleSpec
+from cds_service.fhir.scopes import parse_scopes
+from cds_service.services import Service
+from cds_service.knowledge.terminology import Terminology
 
 log = logging.getLogger(__name__)
 

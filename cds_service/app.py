@@ -10,29 +10,30 @@ from sqlalchemy.exc import SQLAlchemyError
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from . import migrations
-from . import bench_floor
-from .advice import Knowledge
-from .cards import warm_up as warm_up_cards
-from .client_auth import verifier_from_config
-from .api import bp, outcome
-from .config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
-from .engine import engine_for, prune_unused_derivations
-from .feedback import CardLedger
-from . import health, metrics
-from .governance import governance_from_config, knowledge_version, rule_modes
-from .logs import configure as configure_logs
-from .preview import register_preview
-from .rule_pages import pages as rule_pages
-from .rulebook import REGISTRY
-from .services import build_services
-from .terminology import Terminology
+from cds_service.store import migrations
+from cds_service.web import bench_floor
+from cds_service.advice import Knowledge
+from cds_service.cards.render import warm_up as warm_up_cards
+from cds_service.web.client_auth import verifier_from_config
+from cds_service.web.api import bp, outcome
+from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
+from cds_service.engine.wrapper import engine_for, prune_unused_derivations
+from cds_service.store.feedback import CardLedger
+from cds_service.web import health
+from cds_service import metrics
+from cds_service.store.governance import governance_from_config, knowledge_version, rule_modes
+from cds_service.web.logs import configure as configure_logs
+from cds_service.web.preview import register_preview
+from cds_service.web.rule_pages import pages as rule_pages
+from cds_service.authoring.rulebook import REGISTRY
+from cds_service.services import build_services
+from cds_service.knowledge.terminology import Terminology
 
 log = logging.getLogger(__name__)
 
 
 def create_app(config: str | type | None = None, **overrides) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     name = config if isinstance(config, str) else os.environ.get("LEGMOVE_CONFIG", "production")
     app.config.from_object(config if isinstance(config, type) else CONFIGS[name])
     from_environment(app)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import url_policy
+from cds_service.fhir import url_policy
 
 
 class Config:
@@ -59,11 +59,11 @@ class Config:
     # Migrate the feedback store in create_app (one process: tests, a laptop). Off in production,
     # where `legmove-cds db upgrade` or gunicorn.conf.py's on_starting does it before workers start.
     FEEDBACK_STORE_AUTO_UPGRADE = False
-    # The card preview page (/preview, cds_service/preview.py): a browser CDS client for trying the
+    # The card preview page (/preview, cds_service/web/preview.py): a browser CDS client for trying the
     # service. Off in production unless set; never served while CLIENT_AUTH is on (see preview.py).
     PREVIEW_ENABLED = False
     HEALTH_CHECK_TIMEOUT = 2.0  # seconds for all readiness checks together (health.py)
-    # Governance (cds_service/governance.py), in the same database as feedback.
+    # Governance (cds_service/store/governance.py), in the same database as feedback.
     RULE_MODES: dict = {}  # rule id -> "active" | "silent" | "off"; unset rules follow ENABLED_RULES
     # HMAC key for the patient hash in the call and card log; the same on every instance, never
     # stored in the database. Required in production; rotating it starts suppressions over.

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .engine import findings_read
-from .prefetch import optional_queries, queries
-from .rulebook import CARD, RuleSpec
-from .terminology import Terminology
+from cds_service.engine.wrapper import findings_read
+from cds_service.fhir.prefetch import optional_queries, queries
+from cds_service.authoring.rulebook import CARD, RuleSpec
+from cds_service.knowledge.terminology import Terminology
 
 SERVICE_TEXT = {
     ("legmove-patient-view", "patient-view"): (

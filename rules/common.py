@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from durable.lang import c, m, when_all
 
-from cds_service.orders import remove_draft
-from cds_service.rulebook import SuggestionDraft, derivation, drug_name, escape
+from cds_service.authoring.orders import remove_draft
+from cds_service.authoring.rulebook import SuggestionDraft, derivation, drug_name, escape
 
 SEED_000 = "000_e09f97222edeabb3.txt"
 SEED_001 = "001_9c4bd8494c6f1f15.txt"

@@ -7,7 +7,7 @@ malaria, not for leg cramps: serious and life-threatening haematologic reactions
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule
+from cds_service.authoring.rulebook import CardDraft, card_rule
 
 from .common import ORDER_HOOK, SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
 

@@ -8,7 +8,7 @@ A coded reason on the order being placed counts too (the facts layer makes it a 
 """
 from durable.lang import c, item, m, when_all
 
-from cds_service.rulebook import derivation
+from cds_service.authoring.rulebook import derivation
 
 CATALOG = "legmove-cds rule catalog: which conditions count, and the code sets"
 

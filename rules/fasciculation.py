@@ -10,8 +10,8 @@ A red-flag finding turns the work-up into one critical referral card (R8 superse
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.orders import lab_order, procedure_order
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
+from cds_service.authoring.orders import lab_order, procedure_order
+from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
 from .common import (CATALOG, ORDER_HOOK, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
                      review_triggers, seeds, unique)

@@ -10,8 +10,8 @@ other profile's verdict.
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.orders import lab_order, medication_proposal
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
+from cds_service.authoring.orders import lab_order, medication_proposal
+from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
 from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, review_triggers, seeds
 

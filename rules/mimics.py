@@ -7,7 +7,7 @@ antagonists only (antipsychotics and antiemetics; the seed's broader list is not
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
+from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
 
 from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line,
                      review_triggers, seeds, unique)

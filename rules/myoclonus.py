@@ -7,8 +7,8 @@ seed 000 adds EEG/EMG to localise the origin and MRI of the spine with NCS for s
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.orders import lab_order, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
+from cds_service.authoring.orders import lab_order, remove_draft
+from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
 
 from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
                      unique_drugs)

@@ -9,7 +9,7 @@ on, because it is noisy wherever sleep-study results are not coded.
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, derivation, fill
+from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, conditions_in, facts_of, seeds, unique
 

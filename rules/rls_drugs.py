@@ -10,8 +10,8 @@ augmentation); it fires only for a new start and never for parkinsonism.
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.orders import medication_proposal, remove_draft
-from cds_service.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
+from cds_service.authoring.orders import medication_proposal, remove_draft
+from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
 
 from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, conditions_in,
                      drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)

@@ -9,7 +9,7 @@ cognitively impaired patients) is rarely coded, so it is off by default.
 """
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.rulebook import CardDraft, card_rule, derivation, drug_name, fill
+from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, seeds, unique
 from .iron import iron_verdict

@@ -15,9 +15,9 @@ import pytest
 from card_text import lead, problems, sentences
 from conftest import EXTENSION, FIXTURES, ROOT, fixture_id, load_fixture
 from cds_service.app import create_app
-from cds_service.rulebook import drug_name, drug_names
-from cds_service.sources import AASM_2024
-from cds_service.terminology import KNOWLEDGE_DIR
+from cds_service.authoring.rulebook import drug_name, drug_names
+from cds_service.knowledge.sources import AASM_2024
+from cds_service.knowledge.terminology import KNOWLEDGE_DIR
 
 BASE = "https://cds.example.org"
 
@@ -223,7 +223,7 @@ def test_rule_page_shows_the_thresholds_in_force():
 
 
 def test_rule_page_without_packaged_examples_still_serves(monkeypatch):
-    from cds_service import rule_pages
+    from cds_service.web import rule_pages
 
     monkeypatch.setattr(rule_pages, "_fixtures_root", lambda: None)
     rule_pages.examples.cache_clear()

@@ -346,7 +346,7 @@ def test_markup_in_medication_names_is_escaped_in_rule_text(client):
 
 @pytest.mark.fhir_server
 def test_fhir_server_rejecting_the_token_is_412(client, fhir_server, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     body = as_server_request(R1_FIRES["request"], fhir_server)
     body["fhirAuthorization"]["access_token"] = "not-the-right-token"
     assert "did not provide" in assert_outcome(post(client, "legmove-patient-view", body), 412)
@@ -355,7 +355,7 @@ def test_fhir_server_rejecting_the_token_is_412(client, fhir_server, caplog):
 
 
 def test_prefetch_tokens_expand_from_context():
-    from cds_service.prefetch import expand
+    from cds_service.fhir.prefetch import expand
 
     context = {"patientId": "p-42", "userId": "PractitionerRole/pr-7"}
     assert expand("Condition?patient={{context.patientId}}", context) == "Condition?patient=p-42"

@@ -46,8 +46,8 @@ def test_unknown_age_uses_adult_thresholds_and_says_so(app):
 def test_partial_birthdate_is_an_age_range():
     from datetime import date
 
-    from cds_service.facts import PatientData, build_facts
-    from cds_service.terminology import Terminology
+    from cds_service.facts.build import PatientData, build_facts
+    from cds_service.knowledge.terminology import Terminology
 
     def patient_fact(birth):
         data = PatientData("patient-view", "p1", {"patient": [{"resourceType": "Patient", "id": "p1", "birthDate": birth}]})

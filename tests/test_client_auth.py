@@ -12,7 +12,7 @@ from flask import Flask, jsonify
 from werkzeug.serving import make_server
 
 from cds_service.app import create_app
-from cds_service.client_auth import RedisReplayStore, SqliteReplayStore
+from cds_service.web.client_auth import RedisReplayStore, SqliteReplayStore
 
 from conftest import ROOT, load_fixture
 

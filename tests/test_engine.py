@@ -6,8 +6,8 @@ import pytest
 from durable.lang import c, m, none, when_all
 
 from cds_service.advice import Knowledge
-from cds_service.engine import EngineError, RuleDefinitionError, RuleEngine, RuleError, fact_json
-from cds_service.rulebook import CARD, DERIVE, RuleSpec
+from cds_service.engine.wrapper import EngineError, RuleDefinitionError, RuleEngine, RuleError, fact_json
+from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
 
 from conftest import ROOT, load_fixture
 
@@ -108,7 +108,7 @@ def test_or_then_alias_comparison_defect_is_real():
     """Why the lint exists: the engine drops the comparison in this shape (measured here)."""
     bad = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit)))
     good = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & (m.v < c.p.limit) & ((m.u == 1) | (m.u == 2))))
-    from cds_service import engine as engine_module
+    from cds_service.engine import wrapper as engine_module
     original = engine_module.lint
     engine_module.lint = lambda specs, definition: None
     try:
@@ -148,7 +148,7 @@ def test_a_rule_that_raises_gives_one_clean_500_and_the_app_keeps_working(app):
 
 
 def test_rule_catalog_page_is_current():
-    from cds_service.cli import catalog_markdown
+    from cds_service.cli.main import catalog_markdown
 
     page = (ROOT / "docs/rules.md").read_text(encoding="utf-8")
     assert page == catalog_markdown(), "regenerate with: legmove-cds rules > docs/rules.md"

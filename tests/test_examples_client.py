@@ -10,8 +10,8 @@ import requests
 
 from conftest import FIXTURES, FHIR_TOKEN, FhirServer, fixture_id, load_fixture
 from test_fixtures import assert_expected_cards, client_for
-from cds_service import cds_client
-from cds_service.examples import all_examples, as_transaction
+from cds_service.cli import cds_client
+from cds_service.fhir.examples import all_examples, as_transaction
 
 EXAMPLES = all_examples()
 

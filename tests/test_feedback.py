@@ -61,7 +61,7 @@ def test_repeated_reports_are_stored_once_and_unknown_cards_are_kept_apart(feedb
     card = issue_card(client)
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
     stranger = dict(item, card=str(uuid.uuid4()))
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     assert send(client, item, item, stranger).status_code == 200
     assert send(client, item, stranger).status_code == 200
     ledger = feedback_app.extensions["legmove_ledger"]

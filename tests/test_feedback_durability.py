@@ -16,9 +16,9 @@ import requests
 import sqlalchemy
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, func, select
 
-from cds_service import migrations
+from cds_service.store import migrations
 from cds_service.app import create_app
-from cds_service.feedback import card_feedback, issued_card, unmatched_feedback
+from cds_service.store.feedback import card_feedback, issued_card, unmatched_feedback
 from conftest import ROOT, load_fixture
 from serving import Service
 
@@ -123,7 +123,7 @@ def test_concurrent_upgrades_of_a_fresh_postgres_database_both_succeed(fresh_pos
     """Two deployments (or a deployment step and a master) upgrading at once: an advisory lock
     lets one migrate; the other finds the schema current."""
     env_url = {"LEGMOVE_FEEDBACK_STORE": fresh_postgres, "LEGMOVE_CONFIG": "production"}
-    procs = [subprocess.Popen([sys.executable, "-m", "cds_service.migrations", "upgrade"], env={**os.environ, **env_url},
+    procs = [subprocess.Popen([sys.executable, "-m", "cds_service.store.migrations", "upgrade"], env={**os.environ, **env_url},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
@@ -163,7 +163,7 @@ def test_a_schema_this_build_does_not_know_stops_start_up(tmp_path):
     engine.dispose()
     with pytest.raises(migrations.SchemaMismatch, match="9999"):
         create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=url)
-    result = subprocess.run([sys.executable, "-m", "cds_service.prestart"], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-m", "cds_service.cli.prestart"], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "LEGMOVE_CONFIG": "test", "LEGMOVE_FEEDBACK_STORE": url})
     assert result.returncode == 1 and "does not know" in result.stderr
 

@@ -89,7 +89,7 @@ def call(client, base, fault):
     ("array", "not a FHIR resource"), ("outcome", "OperationOutcome"), ("drip", "deadline"),
 ])
 def test_faults_end_in_412_within_the_deadline(client, faulty_server, fault, says, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     response, elapsed = call(client, faulty_server, fault)
     assert response.status_code == 412, response.get_data(as_text=True)
     assert "did not provide" in response.get_json()["issue"][0]["diagnostics"]
@@ -105,7 +105,7 @@ def logged_reasons(caplog) -> str:
 
 def test_malformed_bundle_is_412_never_read_as_empty(client, faulty_server, caplog):
     """Read as 'no data', a broken Bundle would let absence rules (R1) fire on garbage."""
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     response, elapsed = call(client, faulty_server, "badbundle")
     assert response.status_code == 412 and "malformed Bundle" in logged_reasons(caplog)
 

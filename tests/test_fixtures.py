@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fired_rules, fixture_id, load_fixture,
                       namespace_map, namespaced, prefetched_resources, rewrite_references)
 from cds_service.app import create_app
-from cds_service.rulebook import REGISTRY
+from cds_service.authoring.rulebook import REGISTRY
 
 
 @lru_cache(maxsize=None)

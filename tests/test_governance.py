@@ -14,10 +14,10 @@ from importlib import metadata
 import pytest
 from sqlalchemy import select
 
-from cds_service import governance
+from cds_service.store import governance
 from cds_service.app import create_app
-from cds_service.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
-from cds_service.rulebook import REGISTRY
+from cds_service.store.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
+from cds_service.authoring.rulebook import REGISTRY
 from conftest import EXTENSION, ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
@@ -93,7 +93,7 @@ def move_clock(app, days: float) -> None:
                                                    ("off", [], None)])
 def test_the_three_modes_on_a_fixture(tmp_path, caplog, mode, shown, recorded):
     app = make_app(f"sqlite:///{tmp_path / 'modes.sqlite3'}", caplog, RULE_MODES={"R3": mode})
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     cards = call(app.test_client(), R3["request"], "legmove-orders")
     assert rules_of(cards) == shown
     rows = events(app, rule_id="R3")
@@ -168,7 +168,7 @@ def test_production_refuses_to_start_without_a_patient_hash_key(tmp_path):
 def test_development_key_is_announced(tmp_path, caplog):
     app = make_app(f"sqlite:///{tmp_path / 'dev.sqlite3'}", caplog)
     assert app.extensions["legmove_governance"] is not None
-    caplog.set_level("WARNING", logger="cds_service.governance")
+    caplog.set_level("WARNING", logger="cds_service.store.governance")
     governance.patient_key({"PATIENT_HASH_KEY": governance.DEVELOPMENT_KEY})
     assert any("public development key" in r.getMessage() for r in caplog.records)
     app.extensions["legmove_ledger"].close()
@@ -216,7 +216,7 @@ def test_an_overridden_card_is_suppressed_until_it_expires(store_url, caplog):
     body = new_patient(R3)
     (card,) = call(client, body, "legmove-orders")
     feedback(client, card, "overridden", "legmove-orders")
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     assert call(client, body, "legmove-orders") == []
     (line,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
     assert line.suppressed == [{"rule": "R3", "reason": "overridden"}] and line.cards == 0
@@ -316,7 +316,7 @@ def test_feedback_at_order_select_is_not_repeated_at_order_sign(store_url, caplo
     sign = new_patient(R3)
     (card,) = call(client, order_select(sign), "legmove-orders")
     feedback(client, card, outcome, "legmove-orders")
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     assert call(client, sign, "legmove-orders") == []
     (line,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
     assert line.suppressed == [{"rule": "R3", "reason": "answered-at-order-select"}]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from cds_service import governance_report
-from cds_service.governance import card_event, hook_call, prune_rows
+from cds_service.store import governance_report
+from cds_service.store.governance import card_event, hook_call, prune_rows
 from conftest import ROOT, load_fixture
 from test_governance import R2, R3, R8, call, make_app, new_patient, rules_of
 
@@ -142,7 +142,7 @@ def test_cards_and_feedback_keep_the_version_they_were_made_with(tmp_path, monke
     answer(client, v1, "overridden", "legmove-orders", "benefit-outweighs-risk")
     assert call(client, body, "legmove-orders") == []
     old.extensions["legmove_ledger"].close()
-    from cds_service.rulebook import REGISTRY
+    from cds_service.authoring.rulebook import REGISTRY
 
     monkeypatch.setattr(REGISTRY["R3"], "version", 2)
     new = make_app(url)

@@ -13,8 +13,8 @@ import sqlalchemy
 from alembic import command
 from sqlalchemy import insert, inspect, select
 
-from cds_service import migrations
-from cds_service.feedback import card_feedback, issued_card
+from cds_service.store import migrations
+from cds_service.store.feedback import card_feedback, issued_card
 from conftest import EXTENSION
 from serving import Service
 from test_governance import R3, R8, new_patient

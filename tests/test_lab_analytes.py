@@ -18,9 +18,9 @@ from durable.lang import c, m, none, when_all
 from conftest import (FIXTURES, as_server_request, fixture_id, load_fixture, namespace_map, namespaced,
                       prefetched_resources, rewrite_references)
 from cds_service.app import create_app
-from cds_service.fhir_read import codings_of
-from cds_service.prefetch import queries, server_searches
-from cds_service.rulebook import CARD, RuleSpec
+from cds_service.fhir.fhir_read import codings_of
+from cds_service.fhir.prefetch import queries, server_searches
+from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.services import LAB_KINDS, analytes_read, build_services, services_at
 
 ORDER_FIXTURES = [p for p in FIXTURES if load_fixture(p)["service"] != "legmove-patient-view"]
@@ -68,7 +68,7 @@ def test_analytes_are_read_from_the_criteria_and_a_lab_without_analyte_means_all
 
 
 def test_a_rule_that_reads_labs_without_naming_an_analyte_is_refused_at_start():
-    from cds_service.terminology import Terminology
+    from cds_service.knowledge.terminology import Terminology
     silent_on_analytes = dataclasses.replace(_spec(c.f << ((m.kind == "condition") & (m.code == "G25.81"))),
                                              hooks=("order-sign",), needs=("labs", "conditions"))
     with pytest.raises(ValueError, match="rule T reads labs but neither"):

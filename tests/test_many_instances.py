@@ -22,7 +22,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from cds_service.feedback import CardLedger
+from cds_service.store.feedback import CardLedger
 from conftest import ROOT, _free_port, fired_rules, load_fixture
 from test_client_auth import EHR_JWKS, token
 from test_fhir_faults import faulty_fhir

@@ -18,18 +18,18 @@ def test_the_wheel_serves_the_preview_and_its_examples_without_the_source_tree(t
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(site)
-    assert {"cds_service/templates/preview.html", "cds_service/static/preview.js", "cds_service/static/preview.css",
+    assert {"cds_service/web/templates/preview.html", "cds_service/web/static/preview.js", "cds_service/web/static/preview.css",
             "cds_service/knowledge/rxnorm_leg_movement_drug_products.csv"} <= names
     assert len([n for n in names if n.startswith("legmove_examples/R") and n.endswith(".json")]) == len(FIXTURES)
     probe = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(site)!r})
         import legmove_examples
-        import cds_service.examples, cds_service.preview
-        for module in (legmove_examples, cds_service.examples, cds_service.preview):
+        import cds_service.fhir.examples, cds_service.web.preview
+        for module in (legmove_examples, cds_service.fhir.examples, cds_service.web.preview):
             assert module.__file__.startswith({str(site)!r}), module.__file__
         from cds_service.app import create_app
-        from cds_service.examples import all_examples
+        from cds_service.fhir.examples import all_examples
         client = create_app("test", LOG_LEVEL="ERROR", FEEDBACK_STORE=None).test_client()
         page = client.get("/preview")
         assert page.status_code == 200 and b"R3/fires-sertraline-order-sign" in page.data

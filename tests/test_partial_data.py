@@ -10,7 +10,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cds_service.app import create_app
-from cds_service.rulebook import CARD
+from cds_service.authoring.rulebook import CARD
 from cds_service.services import _with_derivations, keys_matched
 from conftest import EXTENSION, ROOT, fired_rules, load_fixture, prefetched_resources
 
@@ -33,7 +33,7 @@ def hook_calls(caplog) -> list:
 
 
 def test_r3_fires_without_labs_and_names_the_missing_key(client, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     response = client.post(f"/cds-services/{R3['service']}", json=without(R3, "labs"))
     assert response.status_code == 200, response.get_data(as_text=True)
     cards = response.get_json()["cards"]
@@ -129,7 +129,7 @@ def r3_server():
 
 @pytest.mark.parametrize("fault", ["403", "slow"])
 def test_one_failing_type_costs_only_its_rules(r3_server, fault, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, FHIR_DEADLINE=1.5, FHIR_READ_TIMEOUT=1.0)
     body = copy.deepcopy(R3["request"])
     body.pop("prefetch")

@@ -187,7 +187,7 @@ def test_fhir_server_path_matches_prefetch_for_every_chart(population, app, capl
     for key in ("FHIR_DEADLINE", "FHIR_READ_TIMEOUT", "FHIR_CONNECT_TIMEOUT", "FHIR_MAX_PAGES"):
         assert app.config[key] == getattr(Config, key)
     client = app.test_client()
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     durations, mismatches, fired, answered, retried = [], [], set(), set(), 0
     for name, stored, enriched in charts:
         for service, call in _calls(stored, enriched):

@@ -10,8 +10,8 @@ import pytest
 from durable.lang import m, when_all
 
 import rules
-from cds_service import rule_versions
-from cds_service.rulebook import REGISTRY
+from cds_service.store import rule_versions
+from cds_service.authoring.rulebook import REGISTRY
 from conftest import ROOT
 
 
@@ -66,7 +66,7 @@ def test_changed_code_text_or_settings_read_change_the_fingerprint(registry, mon
 
 def test_helpers_a_rule_calls_are_part_of_its_fingerprint(registry):
     sources = rule_versions.fingerprint_parts(registry["R3"])["sources"]
-    assert "rules.common.unique_drugs" in sources and "cds_service.orders.remove_draft" in sources
+    assert "rules.common.unique_drugs" in sources and "cds_service.authoring.orders.remove_draft" in sources
 
 
 def test_new_and_removed_rules_need_regeneration(registry):
@@ -85,14 +85,14 @@ def test_versions_only_go_up(registry):
 
 
 def test_the_check_command_exits_zero_on_the_repository():
-    result = subprocess.run([sys.executable, "-m", "cds_service.rule_versions"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "cds_service.store.rule_versions"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "match the lock file" in result.stdout
 
 
 def test_a_version_must_be_a_whole_number():
-    from cds_service.rulebook import card_rule
+    from cds_service.authoring.rulebook import card_rule
 
     with pytest.raises(ValueError, match="version must be a whole number"):
         card_rule(id="RX", title="t", citation="c", hooks=("patient-view",), when=when_all(m.kind == "x"), logic="l",

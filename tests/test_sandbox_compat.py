@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from conftest import FhirServer
-from cds_service.examples import all_examples, as_transaction
-from cds_service.prefetch import expand
+from cds_service.fhir.examples import all_examples, as_transaction
+from cds_service.fhir.prefetch import expand
 
 CHARTS = ["R2/fires-low-ferritin-ugl", "R3/fires-sertraline-order-sign", "R12/fires-repeat-emg-stable"]
 

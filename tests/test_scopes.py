@@ -5,7 +5,7 @@ import copy
 import pytest
 import requests
 
-from cds_service.scopes import parse_scopes
+from cds_service.fhir.scopes import parse_scopes
 from conftest import (EXTENSION, FHIR_TOKEN, ROOT, FhirServer, as_server_request, fired_rules, load_fixture, namespaced,
                       prefetched_resources)
 from test_partial_data import by_type_server
@@ -97,7 +97,7 @@ def test_the_server_really_refuses_an_ungranted_type(scoped_server):
 
 
 def test_an_ungranted_type_is_not_queried_and_is_unknown(client, scoped_server, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     response = client.post(f"/cds-services/{R3['service']}", json=server_call(scoped_server, smart_token(scoped_server, NO_LABS), NO_LABS))
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
@@ -108,7 +108,7 @@ def test_an_ungranted_type_is_not_queried_and_is_unknown(client, scoped_server, 
 
 def test_a_403_for_one_type_is_an_unknown_key(client, scoped_server, caplog):
     """The token lacks Observation but the request claims more: the server's 403 costs only labs."""
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     token = smart_token(scoped_server, NO_LABS)
     response = client.post(f"/cds-services/{R3['service']}", json=server_call(scoped_server, token, "system/*.read"))
     assert response.status_code == 200 and fired_rules(response.get_json()) == {"R3"}

@@ -87,7 +87,7 @@ def test_405_names_the_allowed_methods(base_url, method, path, allowed):
     (b'{"hook": 1}', "'hook' is required and must be a non-empty string"),
 ])
 def test_a_400_is_logged_as_a_400(client, caplog, data, outcome):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     response = client.post("/cds-services/legmove-patient-view", data=data, content_type="application/json")
     assert response.status_code == 400
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
@@ -95,7 +95,7 @@ def test_a_400_is_logged_as_a_400(client, caplog, data, outcome):
 
 
 def test_a_413_is_logged_as_a_413(client, app, caplog):
-    caplog.set_level("INFO", logger="cds_service.api")
+    caplog.set_level("INFO", logger="cds_service.web.api")
     big = b'{"hook": "' + b"x" * (app.config["MAX_CONTENT_LENGTH"] + 10) + b'"}'
     assert client.post("/cds-services/legmove-patient-view", data=big, content_type="application/json").status_code == 413
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]

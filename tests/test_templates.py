@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl
 import pytest
 import requests
 
-from cds_service.prefetch import BEST_EFFORT_KEYS, OPTIONAL, expand
+from cds_service.fhir.prefetch import BEST_EFFORT_KEYS, OPTIONAL, expand
 from conftest import FHIR_TOKEN, ROOT, fired_rules, load_fixture
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")

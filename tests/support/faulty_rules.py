@@ -2,7 +2,7 @@
 (EXTRA_RULE_MODULES): its renderer raises for patients whose id starts with 'boom-'."""
 from durable.lang import c, m, when_all
 
-from cds_service.rulebook import card_rule
+from cds_service.authoring.rulebook import card_rule
 
 
 @card_rule(id="X-FAULT", title="Fault injection", citation="tests/test_load_isolation.py", hooks=("patient-view",),

@@ -1,0 +1,401 @@
+"""Terminology: code sets, lab units and medication classes, loaded once from `knowledge/`.
+
+Everything clinical that is a *list* (codes, units, drug classes) lives in data files so a
+clinical informaticist can review it without reading Python. This module only knows how to
+match against those lists, and it never guesses: an unknown code, unit or drug matches nothing.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import quote
+
+KNOWLEDGE_DIR = Path(__file__).parent
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+UCUM = "http://unitsofmeasure.org"
+
+SYSTEM_LABELS = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", ATC: "ATC"}
+
+
+def _load_json(name: str) -> dict:
+    with open(KNOWLEDGE_DIR / name, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _icd_key(code: str) -> str:
+    """ICD-10-CM codes arrive with or without the dot; compare them without it."""
+    return code.replace(".", "").strip().upper()
+
+
+@dataclass(frozen=True)
+class CodeSetMatcher:
+    """Maps (system, code) to the names of the code sets that contain it."""
+
+    exact: dict[tuple[str, str], frozenset[str]]
+    icd_prefixes: tuple[tuple[str, str], ...]  # (prefix without dot, set name)
+    titles: dict[str, str]
+    excluded: frozenset[tuple[str, str]] = frozenset()  # (ICD key, set name) a prefix must not take
+    phrases: tuple[tuple[re.Pattern, str], ...] = ()  # text fallback (set name)
+    windows: tuple[tuple[str, str], ...] = ()  # (set name, settings key): counts only this many days from onset
+
+    @classmethod
+    def from_data(cls, data: dict) -> "CodeSetMatcher":
+        exact: dict[tuple[str, str], set[str]] = {}
+        prefixes: list[tuple[str, str]] = []
+        excluded: set[tuple[str, str]] = set()
+        phrases: list[tuple[re.Pattern, str]] = []
+        windows: list[tuple[str, str]] = []
+        titles = {}
+        for name, entry in data.items():
+            if name.startswith("_"):
+                continue
+            titles[name] = entry.get("title", name)
+            for code in entry.get("icd10cm", []):
+                if code.endswith("*"):
+                    prefixes.append((_icd_key(code[:-1]), name))
+                else:
+                    exact.setdefault((ICD10CM, _icd_key(code)), set()).add(name)
+            excluded.update((_icd_key(code), name) for code in entry.get("exclude", []))
+            for code in entry.get("snomed", []):
+                exact.setdefault((SNOMED, code), set()).add(name)
+            phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
+            if entry.get("max_days_setting"):
+                windows.append((name, entry["max_days_setting"]))
+        return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
+                   tuple(phrases), tuple(windows))
+
+    @cached_property
+    def _prefix_index(self) -> dict[str, tuple[str, ...]]:
+        """Prefix -> set names: one dict lookup per prefix length instead of a scan of every prefix."""
+        index: dict[str, list[str]] = {}
+        for prefix, name in self.icd_prefixes:
+            index.setdefault(prefix, []).append(name)
+        return {prefix: tuple(names) for prefix, names in index.items()}
+
+    @cached_property
+    def _prefix_lengths(self) -> tuple[int, ...]:
+        return tuple(sorted({len(prefix) for prefix, _ in self.icd_prefixes}))
+
+    def sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
+        if not system or not code:
+            return frozenset()
+        if system == ICD10CM:
+            key = _icd_key(code)
+            found = set(self.exact.get((ICD10CM, key), ()))
+            for length in self._prefix_lengths:
+                found.update(name for name in self._prefix_index.get(key[:length], ())
+                             if (key, name) not in self.excluded)
+            return frozenset(found)
+        return self.exact.get((system, code.strip()), frozenset())
+
+    def sets_for_text(self, text: str | None) -> frozenset[str]:
+        """Only for concepts with listed phrases (e.g. "benign fasciculation"); the match is
+        recorded as "text" in the card detail."""
+        if not text:
+            return frozenset()
+        lowered = text.lower()
+        return frozenset(name for pattern, name in self.phrases if pattern.search(lowered))
+
+
+@dataclass(frozen=True)
+class Analyte:
+    name: str
+    title: str
+    loinc: tuple[str, ...]
+    unit: str | None  # None for panels and questionnaires: a final result means "done"
+    factors: dict[str, float]
+    lookback_setting: str
+    panel: bool = False
+    text: tuple[re.Pattern, ...] = ()  # fallback for tests without a standard code (PLMS index)
+    text_exclude: tuple[str, ...] = ()
+
+    def named_in(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(p.search(lowered) for p in self.text) and not any(x in lowered for x in self.text_exclude)
+
+    def to_canonical(self, value: float, unit: str | None) -> float | None:
+        """Converted value, or None when the unit is not one we know for this analyte."""
+        if unit is None:
+            return None
+        factor = self.factors.get(unit.strip())
+        return None if factor is None else value * factor
+
+
+class ProcedureMatcher:
+    """Which procedure an order or procedure record names: by code first, then by its text."""
+
+    def __init__(self, data: dict):
+        self.titles = {name: e["title"] for name, e in data.items() if not name.startswith("_")}
+        self.by_code = {(system, code): name for name, e in data.items() if not name.startswith("_")
+                        for system, codes in e["codes"].items() for code in codes}
+        self.patterns = [(name, [re.compile(r"(?<![\w-])" + re.escape(w.rstrip("*")) + (r"[\w-]*" if w.endswith("*") else "")
+                                            + r"(?![\w-])") for w in words])
+                         for name, e in data.items() if not name.startswith("_") for words in e["text"]]
+
+    def match(self, codings: list[dict], texts: list[str]) -> tuple[str, str] | None:
+        """(procedure, how) where how is 'code' or 'text'; None when nothing is recognised."""
+        for coding in codings:
+            name = self.by_code.get((coding.get("system"), coding.get("code")))
+            if name:
+                return name, "code"
+        for text in texts:
+            name = self._named_in(text)
+            if name:
+                return name, "text"
+        return None
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - one matcher per process, texts repeat across charts
+    def _named_in(self, text: str) -> str | None:
+        """The procedure a text names. Cached: a long chart repeats the same few displays hundreds of
+        times ("Appendectomy", "CBC panel"), and every pattern is tried on each."""
+        lowered = text.lower()
+        for name, words in self.patterns:
+            if all(w.search(lowered) for w in words):
+                return name
+        return None
+
+
+@dataclass(frozen=True)
+class DrugRow:
+    rxcui: str
+    name: str
+    ingredient_key: str
+    ingredient_name: str
+    drug_class: str
+    atc: str
+    systemic: bool
+
+
+@dataclass
+class MedicationMatch:
+    """How one medication was classified, kept for the card's explanation."""
+
+    name: str
+    classes: tuple[str, ...]
+    ingredients: tuple[str, ...]
+    matched_by: str  # rxnorm-product | rxnorm-ingredient | atc | text
+    code: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Terminology:
+    """All bundled knowledge, loaded once per process (in `create_app`)."""
+
+    def __init__(self, settings_overrides: dict | None = None):
+        self.codesets = CodeSetMatcher.from_data(_load_json("codesets.json"))
+        self.procedures = ProcedureMatcher(_load_json("procedures.json"))
+        self.drugs = _load_json("drugs.json")
+        self.settings = {k: v for k, v in _load_json("settings.json").items() if not k.startswith("_")}
+        self.settings.update(settings_overrides or {})
+        labs = _load_json("labs.json")
+        self._lab_texts = {name: tuple(e.get("text", [])) for name, e in labs.items() if not name.startswith("_")}
+        self.analytes = self._load_analytes(labs)
+        self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
+        self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
+        for name, entry in labs.items():  # local codes (PLMS index) are deployment settings, not data
+            local = self.settings.get(entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
+            if local:
+                self.observation_codes[(local["system"], local["code"])] = self.analytes[name]
+        self._rows_by_rxcui, self._rows_by_ingredient = self._load_drug_table()
+        for rxcui, extra in self.drugs["extra_ingredients"].items():
+            if not rxcui.startswith("_"):
+                row = DrugRow(rxcui=rxcui, name=extra["name"], ingredient_key=rxcui, ingredient_name=extra["name"],
+                              drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                self._rows_by_ingredient.setdefault(rxcui, []).append(row)
+        self._rows_by_name = [DrugRow(rxcui="", name=name, ingredient_key=name, ingredient_name=name,
+                                      drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                              for name, extra in self.drugs["name_only_ingredients"].items() if not name.startswith("_")]
+        self.groups = self._groups()
+
+    @staticmethod
+    def _load_analytes(data: dict) -> dict[str, Analyte]:
+        return {
+            name: Analyte(name, e["title"], tuple(e["loinc"]), e["unit"], dict(e["factors"]), e["lookback"],
+                          panel=bool(e.get("panel")),
+                          text=tuple(re.compile(rf"\b{re.escape(t)}\b") for t in e.get("text", [])),
+                          text_exclude=tuple(e.get("text_exclude", [])))
+            for name, e in data.items()
+            if not name.startswith("_")
+        }
+
+    def text_query(self, analyte: str) -> str:
+        """The analyte's names as one `code:text` search value (comma = or, URL-encoded). FHIR
+        servers match `:text` like a string search, so a name must start the code's text or
+        display ("PLM index (PSG)"); the matcher then checks every result (never "arousal")."""
+        return ",".join(quote(phrase) for phrase in self._lab_texts[analyte])
+
+    def observation_analyte(self, codings: list[dict], texts: list[str]) -> tuple[Analyte, str, str] | None:
+        """(analyte, code or text, how) for an Observation or a lab order; None if not ours."""
+        for coding in codings:
+            analyte = self.observation_codes.get((coding.get("system"), coding.get("code")))
+            if analyte:
+                return analyte, coding["code"], "code"
+        for text in texts:
+            for analyte in self.analytes.values():
+                if analyte.text and analyte.named_in(text):
+                    return analyte, text, "text"
+        return None
+
+    @staticmethod
+    def _load_drug_table() -> tuple[dict[str, list[DrugRow]], dict[str, list[DrugRow]]]:
+        by_rxcui: dict[str, list[DrugRow]] = {}
+        by_ingredient: dict[str, list[DrugRow]] = {}
+        with open(KNOWLEDGE_DIR / "rxnorm_leg_movement_drug_products.csv", encoding="utf-8", newline="") as fh:
+            for rec in csv.DictReader(fh):
+                ingredient_name = rec["ingredient_name"].strip()
+                row = DrugRow(
+                    rxcui=rec["rxcui"].strip(),
+                    name=rec["name"].strip(),
+                    # Rows without an ingredient code (asenapine, aripiprazole lauroxil) key on the name.
+                    ingredient_key=rec["ingredient_rxcui"].strip() or ingredient_name,
+                    ingredient_name=ingredient_name,
+                    drug_class=rec["drug_class"].strip(),
+                    atc=rec["atc"].strip(),
+                    systemic=rec["systemic"].strip().lower() != "no",
+                )
+                by_rxcui.setdefault(row.rxcui, []).append(row)
+                if rec["ingredient_rxcui"].strip():
+                    by_ingredient.setdefault(rec["ingredient_rxcui"].strip(), []).append(row)
+        return by_rxcui, by_ingredient
+
+    def _groups(self) -> dict[str, frozenset[str]]:
+        groups = {name: set(classes) for name, classes in self.drugs["groups"].items()}
+        groups["rls_worsening"].update(self.settings.get("rls_worsening_additions", []))
+        return {name: frozenset(classes) for name, classes in groups.items()}
+
+    def class_title(self, drug_class: str) -> str:
+        return self.drugs["class_titles"].get(drug_class, drug_class)
+
+    # ---- medication matching (product code, ingredient, ATC, name; systemic only) -------------------------------
+
+    @cached_property
+    def _name_index(self) -> dict[str, list[DrugRow]]:
+        """Whole-word names (ingredients, WHO synonyms, bracketed brands) to table rows."""
+        index: dict[str, list[DrugRow]] = {}
+        for rows in [*self._rows_by_rxcui.values(), *self._rows_by_ingredient.values(), self._rows_by_name]:
+            for row in rows:
+                if row.ingredient_name:
+                    index.setdefault(normalise_name(row.ingredient_name, self.salt_words), []).append(row)
+                brand = re.search(r"\[([^\]]+)\]", row.name)
+                if brand:
+                    index.setdefault(normalise_name(brand.group(1), self.salt_words), []).append(row)
+        for synonym, canonical in self.drugs["name_synonyms"].items():
+            index.setdefault(synonym, []).extend(index.get(canonical, []))
+        return index
+
+    @cached_property
+    def salt_words(self) -> frozenset[str]:
+        return frozenset(self.drugs["salt_words"])
+
+    def match_medication(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
+        """Classify one medication (section 9), then add the finer classes some rules need."""
+        match = self._match_steps(codings, texts, route_texts)
+        if match is not None and match.matched_by != "text":
+            self._add_name_only_ingredients(match, texts)
+        if match is None or not match.classes:
+            return match
+        atc_codes = [c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
+        words = {w for t in [*texts, match.name, *match.ingredients] for w in normalise_name(str(t), self.salt_words).split()}
+        for name, spec in self.drugs["subclasses"].items():
+            if name.startswith("_"):
+                continue
+            if words & set(spec["ingredients"]) or any(a.startswith(tuple(spec["atc"])) for a in atc_codes):
+                match.classes = (*match.classes, name)
+        return match
+
+    def _add_name_only_ingredients(self, match: MedicationMatch, texts: list[str]) -> None:
+        """A product matched by code whose table rows omit an ingredient the table lacks (codeine /
+        dexchlorpheniramine is listed under codeine only): the ingredient named in the product's
+        own text adds its class. Whole words, so chlorpheniramine is never dexchlorpheniramine."""
+        words = {w for t in texts for w in normalise_name(t, self.salt_words).split()}
+        for row in self._rows_by_name:
+            if row.ingredient_name in words and row.ingredient_key not in match.ingredients:
+                match.classes = tuple(dict.fromkeys((*match.classes, row.drug_class)))
+                match.ingredients = (*match.ingredients, row.ingredient_key)
+
+    def _match_steps(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
+        """The first step that matches wins (section 9, steps 1-5)."""
+        rx_codes = [c.get("code") for c in codings if c.get("system") == RXNORM and isinstance(c.get("code"), str)]
+        display = next((t for t in texts if t), None)
+        for code in rx_codes:
+            rows = self._rows_by_rxcui.get(code.strip())
+            if rows:
+                return self._from_rows(rows, "rxnorm-product", code, display or rows[0].name, route_texts, table_route=True)
+        for code in rx_codes:
+            rows = self._rows_by_ingredient.get(code.strip())
+            if rows:
+                return self._from_rows(rows, "rxnorm-ingredient", code, display or rows[0].ingredient_name, route_texts)
+        atc_codes = [c.get("code") for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
+        for code in atc_codes:
+            match = self._match_atc(code.strip().upper(), display)
+            if match:
+                return self._checked_route(match, route_texts + texts)
+        for text in texts:
+            rows = self._match_text(text)
+            if rows:
+                return self._from_rows(rows, "text", None, text, route_texts + texts)
+        return None
+
+    def _from_rows(self, rows, matched_by, code, name, route_texts, table_route=False) -> MedicationMatch | None:
+        systemic_rows = [r for r in rows if r.systemic]
+        if not systemic_rows:
+            return None  # every matching row is topical/ophthalmic/otic
+        match = MedicationMatch(
+            name=name,
+            classes=tuple(dict.fromkeys(r.drug_class for r in systemic_rows)),
+            ingredients=tuple(dict.fromkeys(r.ingredient_key for r in systemic_rows)),
+            matched_by=matched_by,
+            code=code,
+        )
+        if table_route:
+            if route_is_non_systemic(route_texts, self.drugs["non_systemic_route_words"]):
+                match.notes.append("the order's route looks non-systemic, but the product code is systemic; the code wins")
+            return match
+        return self._checked_route(match, route_texts)
+
+    def _checked_route(self, match: MedicationMatch, route_texts: list[str]) -> MedicationMatch | None:
+        if route_is_non_systemic(route_texts, self.drugs["non_systemic_route_words"]):
+            return None
+        return match
+
+    def _match_atc(self, code: str, display: str | None) -> MedicationMatch | None:
+        classes = [cls for cls, prefixes in self.drugs["atc_prefixes"].items() if any(code.startswith(p) for p in prefixes)]
+        if any(code.startswith(prefix) for prefix in self.drugs["atc_not_antipsychotic"]):
+            classes = [cls for cls in classes if cls != "antipsychotic"]  # lithium, pimavanserin, xanomeline
+        if "antipsychotic" in classes:
+            specific = [c for c, codes in self.drugs["atc_antipsychotic_by_substance"].items() if code in codes]
+            classes = [c for c in classes if c != "antipsychotic"] + (specific or ["antipsychotic"])
+        if not classes:
+            return None
+        return MedicationMatch(name=display or f"ATC {code}", classes=tuple(classes), ingredients=(f"atc:{code}",), matched_by="atc", code=code)
+
+    def _match_text(self, text: str) -> list[DrugRow]:
+        words = normalise_name(text, self.salt_words).split()
+        found: list[DrugRow] = []
+        index = self._name_index
+        for size in (3, 2, 1):  # multi-word names first ("ferrous sulfate" is reduced to "ferrous")
+            for i in range(len(words) - size + 1):
+                found.extend(index.get(" ".join(words[i : i + size]), []))
+        return found
+
+
+def normalise_name(text: str, salt_words: frozenset[str]) -> str:
+    """Lower-case, strip punctuation, salts and strengths, so whole-word matching works."""
+    text = re.sub(r"[^a-z0-9 ]+", " ", text.lower())
+    words = [w for w in text.split() if w not in salt_words and not re.fullmatch(r"\d+(\.\d+)?|mg|mcg|ml|g|hr|\d+mg", w)]
+    return " ".join(words)
+
+
+def route_is_non_systemic(texts: list[str], words: list[str]) -> bool:
+    joined = " ".join(t.lower() for t in texts if t)
+    return any(re.search(rf"\b{re.escape(w)}\b", joined) for w in words)

@@ -1,0 +1,320 @@
+"""CDS governance: rule modes, versions on record, the call log, and suppression.
+
+A CDS committee asks "how often would this rule fire, how often is it overridden, and why?";
+clinicians ask "stop showing me what I already dismissed". This module answers both from one
+store, the feedback database (same URL, same Alembic migrations):
+
+- Rule modes. Each card rule is `active` (cards shown), `silent` (evaluated and recorded as
+  "would have fired", never shown) or `off` (not compiled) by `RULE_MODES`; a rule not named
+  there follows `ENABLED_RULES` / its on-by-default flag.
+- The call log. Every answered hook call is a `hook_call` row (service, hook, keyed patient hash,
+  time, cards issued, silent and suppressed counts); every card a rule made in it is a
+  `card_event` row with its rule version, knowledge version and evidence fingerprint. Feedback
+  joins to its card by uuid, so it keeps the versions the card was made with.
+- Suppression. A card overridden for a patient is not shown again for that patient for
+  `suppress_overridden_days`, a card with an accepted suggestion for `suppress_accepted_days`
+  (both knowledge settings, per rule in `suppress_days_by_rule`), and a card answered at
+  order-select is not repeated at order-sign for the same draft (`order_sign_dedup_hours`).
+  All three need the same rule, the same rule version and the same evidence fingerprint: a new
+  value, a new draft, a changed condition or a new version of the rule shows the card again. `critical` cards are never suppressed. The decision
+  reads the database, so every process sharing it decides alike.
+
+Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): the key is
+configuration, the same on every instance, never stored. If the store cannot be read, every card
+is shown (advice never disappears because its bookkeeping failed).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.cards.render import EXTENSION_KEY
+from cds_service.store.feedback import CardLedger, StoreUnavailable, card_feedback, issued_card, metadata, unmatched_feedback
+from cds_service.authoring.rulebook import CARD, RuleSpec
+
+log = logging.getLogger(__name__)
+
+MODES = ("active", "silent", "off")
+DEVELOPMENT_KEY = "legmove-development-patient-hash-key"
+KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "knowledge"
+
+hook_call = Table(
+    "hook_call", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("called_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("patient_hash", String(64), nullable=False),
+    Column("cards_issued", Integer, nullable=False),
+    Column("silent", Integer, nullable=False),
+    Column("suppressed", Integer, nullable=False),
+    Column("knowledge_version", String(40), nullable=False),
+    Column("service_version", String(32), nullable=False),
+)
+card_event = Table(
+    "card_event", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("card_uuid", String(36)),
+    Column("rule_id", String(32), nullable=False),
+    Column("rule_version", Integer, nullable=False),
+    Column("knowledge_version", String(40), nullable=False),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("patient_hash", String(64), nullable=False),
+    Column("evidence_fingerprint", String(64), nullable=False),
+    Column("draft_refs", Text, nullable=False),
+    Column("reason", String(48)),
+)
+
+
+class GovernanceConfigError(Exception):
+    """A rule mode or the patient hash key is missing or wrong: start-up stops."""
+
+
+def service_version() -> str:
+    """The installed package's version (pyproject.toml), as discovery and the call log carry it."""
+    try:
+        return package_metadata.version("legmove-cds")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def knowledge_version(overrides: dict) -> str:
+    """A hash of the knowledge files (code sets, drugs, labs, product table, settings) and of the
+    deployment's KNOWLEDGE_OVERRIDES: two services answer alike exactly when this matches."""
+    digest = hashlib.sha256()
+    for path in sorted(KNOWLEDGE_DIR.iterdir()):
+        if path.suffix in (".json", ".csv"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps(overrides or {}, sort_keys=True, default=str).encode())
+    return "kb-" + digest.hexdigest()[:16]
+
+
+def rule_modes(registry: dict[str, RuleSpec], config) -> dict[str, str]:
+    """Mode of every card rule: RULE_MODES where set, else active when ENABLED_RULES (or, without
+    it, the rule's on-by-default flag) says so, else off."""
+    modes = config.get("RULE_MODES") or {}
+    if not isinstance(modes, dict):
+        raise GovernanceConfigError('RULE_MODES must be an object such as {"R3": "silent"}')
+    cards = {spec.id for spec in registry.values() if spec.stratum == CARD}
+    unknown = sorted(set(modes) - cards)
+    if unknown:
+        raise GovernanceConfigError(f"RULE_MODES names rules that are not card rules: {unknown}")
+    bad = {rule: mode for rule, mode in modes.items() if mode not in MODES}
+    if bad:
+        raise GovernanceConfigError(f"RULE_MODES values must be one of {list(MODES)}: {bad}")
+    enabled = config.get("ENABLED_RULES")
+    out = {}
+    for rule in sorted(cards):
+        default_on = rule in enabled if enabled is not None else registry[rule].enabled_by_default
+        out[rule] = modes.get(rule, "active" if default_on else "off")
+    return out
+
+
+def patient_key(config) -> bytes:
+    """The HMAC key. Production has no default: the service refuses to start without one."""
+    key = config.get("PATIENT_HASH_KEY")
+    if not key or not isinstance(key, str):
+        raise GovernanceConfigError("PATIENT_HASH_KEY is not set: set LEGMOVE_PATIENT_HASH_KEY to a long random secret, "
+                                    "the same on every instance (patients are recorded only as a hash keyed with it)")
+    if len(key) < 16:
+        raise GovernanceConfigError("PATIENT_HASH_KEY is too short: use at least 16 characters of a random secret "
+                                    "(a short key lets patient ids be guessed from their hashes)")
+    if key == DEVELOPMENT_KEY:
+        log.warning("PATIENT_HASH_KEY is the public development key: patient hashes in the governance log can be "
+                    "reversed by anyone with a list of patient ids; set LEGMOVE_PATIENT_HASH_KEY outside development")
+    return key.encode("utf-8")
+
+
+def patient_hash(key: bytes, patient_id: str, fhir_server: str | None) -> str:
+    """Keyed, so the hash cannot be recomputed from a patient id without the key. The FHIR
+    server is part of it: two EHRs may both have a Patient/123."""
+    message = f"{(fhir_server or '').rstrip('/')}|{patient_id}".encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """What governance did to one call's cards."""
+
+    cards: list[dict]  # shown
+    suppressed: list[dict] = field(default_factory=list)  # {"rule", "reason"} per card not shown
+    silent: list[str] = field(default_factory=list)  # rules that would have fired
+
+
+def _explanation(card: dict) -> dict:
+    return card["extension"][EXTENSION_KEY]
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; they were written in UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+class Governance:
+    """Records calls and cards and decides suppression, on the feedback store's engine."""
+
+    def __init__(self, ledger: CardLedger, key: bytes, settings: dict, knowledge: str,
+                 clock: Callable[[], datetime] | None = None):
+        self.ledger = ledger
+        self.key = key
+        self.settings = settings
+        self.knowledge_version = knowledge
+        self.service_version = service_version()
+        self.clock = clock or (lambda: datetime.now(timezone.utc))  # tests move it to see suppressions expire
+
+    # ---- windows -------------------------------------------------------------------------
+
+    def window(self, rule_id: str, outcome: str) -> timedelta:
+        """How long feedback of this outcome keeps a rule's card away (per rule, else default)."""
+        per_rule = (self.settings.get("suppress_days_by_rule") or {}).get(rule_id, {})
+        default = self.settings["suppress_overridden_days" if outcome == "overridden" else "suppress_accepted_days"]
+        return timedelta(days=float(per_rule.get(outcome, default)))
+
+    def _dedup_window(self) -> timedelta:
+        return timedelta(hours=float(self.settings["order_sign_dedup_hours"]))
+
+    # ---- one hook call -------------------------------------------------------------------
+
+    def apply(self, service_id: str, hook: str, patient_id: str, fhir_server: str | None, draft_refs: set[str],
+              cards: list[dict], silent_cards: list[dict]) -> Outcome:
+        """Suppress what feedback says to, record the call and every card, return what to show."""
+        now = self.clock()
+        who = patient_hash(self.key, patient_id, fhir_server)
+        try:
+            reasons = self._suppression(who, hook, cards, draft_refs, now)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            log.warning("suppression not checked, every card shown: %s", type(exc).__name__)
+            reasons = {}
+        shown = [card for card in cards if card["uuid"] not in reasons]
+        outcome = Outcome(shown, [{"rule": _explanation(c)["rule"], "reason": reasons[c["uuid"]]}
+                                  for c in cards if c["uuid"] in reasons],
+                          sorted(_explanation(c)["rule"] for c in silent_cards))
+        events = ([("issued", c, None) for c in shown] + [("suppressed", c, reasons[c["uuid"]]) for c in cards
+                                                           if c["uuid"] in reasons]
+                  + [("silent", c, None) for c in silent_cards])
+        try:
+            self._record(service_id, hook, who, now, outcome, events, draft_refs)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            log.warning("could not record the hook call: %s", type(exc).__name__)
+        return outcome
+
+    def _suppression(self, who: str, hook: str, cards: list[dict], draft_refs: set[str], now: datetime) -> dict:
+        """card uuid -> reason, for the cards earlier feedback keeps away."""
+        candidates = [c for c in cards if c["indicator"] != "critical"]  # critical: never suppressed
+        if not candidates:
+            return {}
+        prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
+        rules = {_explanation(c)["rule"] for c in candidates}
+        longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
+        query = (select(card_event.c.rule_id, card_event.c.rule_version, card_event.c.evidence_fingerprint, card_event.c.hook,
+                        card_event.c.draft_refs, card_feedback.c.outcome, card_feedback.c.received_at)
+                 .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
+                 .where(card_event.c.kind == "issued", card_event.c.patient_hash == who,
+                        card_event.c.evidence_fingerprint.in_(sorted(prints)), card_event.c.rule_id.in_(sorted(rules)),
+                        card_feedback.c.received_at >= now - longest)
+                 .order_by(card_feedback.c.received_at.desc()))  # the newest feedback decides
+        with self.ledger.engine().connect() as conn:
+            history = conn.execute(query).all()
+        reasons = {}
+        for card in candidates:
+            explanation = _explanation(card)
+            key = (explanation["rule"], explanation["ruleVersion"], explanation["evidenceFingerprint"])
+            rule = key[0]
+            mine = sorted(card_drafts(card, draft_refs))
+            for row in history:
+                if (row.rule_id, row.rule_version, row.evidence_fingerprint) != key:
+                    continue  # another rule, another version of it (new advice), or other evidence
+                age = now - _utc(row.received_at)
+                if (hook == "order-sign" and row.hook == "order-select" and mine
+                        and json.loads(row.draft_refs) == mine and age <= self._dedup_window()):
+                    reasons[card["uuid"]] = "answered-at-order-select"
+                    break
+                if age <= self.window(rule, row.outcome):
+                    reasons[card["uuid"]] = row.outcome  # "overridden" or "accepted"
+                    break
+        return reasons
+
+    def _record(self, service_id: str, hook: str, who: str, now: datetime, outcome: Outcome, events: list,
+                draft_refs: set[str]) -> None:
+        with self.ledger.engine().begin() as conn:
+            call_id = conn.execute(insert(hook_call).values(
+                called_at=now, service_id=service_id, hook=hook, patient_hash=who, cards_issued=len(outcome.cards),
+                silent=len(outcome.silent), suppressed=len(outcome.suppressed),
+                knowledge_version=self.knowledge_version, service_version=self.service_version)).inserted_primary_key[0]
+            rows = [{"call_id": call_id, "created_at": now, "kind": kind,
+                     "card_uuid": card["uuid"] if kind == "issued" else None,
+                     "rule_id": _explanation(card)["rule"], "rule_version": _explanation(card)["ruleVersion"],
+                     "knowledge_version": self.knowledge_version, "service_id": service_id, "hook": hook,
+                     "indicator": card["indicator"], "patient_hash": who,
+                     "evidence_fingerprint": _explanation(card)["evidenceFingerprint"],
+                     "draft_refs": json.dumps(sorted(card_drafts(card, draft_refs))), "reason": reason}
+                    for kind, card, reason in events]
+            if rows:
+                conn.execute(insert(card_event), rows)
+
+    def prune(self, days: float) -> dict[str, int]:
+        return prune_rows(self.ledger.engine(), self.clock(), days)
+
+
+def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
+    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS);
+    returns the rows deleted per table. Suppression windows longer than this end early."""
+    cutoff = now - timedelta(days=float(days))
+    removed = {}
+    with engine.begin() as conn:
+        for table, column in ((hook_call, hook_call.c.called_at), (card_event, card_event.c.created_at),
+                              (issued_card, issued_card.c.issued_at), (card_feedback, card_feedback.c.received_at),
+                              (unmatched_feedback, unmatched_feedback.c.received_at)):
+            removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
+    return removed
+
+
+def check_windows(settings: dict) -> None:
+    """Suppression windows are checked at start-up, so a typo never fails a hook call."""
+    def number(value, where: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 36500:
+            raise GovernanceConfigError(f"{where} must be a number of days (hours for order_sign_dedup_hours) "
+                                        f"from 0, got {value!r}")
+
+    for key in ("suppress_overridden_days", "suppress_accepted_days", "order_sign_dedup_hours"):
+        number(settings.get(key), key)
+    by_rule = settings.get("suppress_days_by_rule")
+    if not isinstance(by_rule, dict):
+        raise GovernanceConfigError('suppress_days_by_rule must be an object like {"R3": {"overridden": 7}}')
+    for rule, windows in by_rule.items():
+        if not isinstance(windows, dict) or set(windows) - {"overridden", "accepted"}:
+            raise GovernanceConfigError(f"suppress_days_by_rule.{rule} may set only 'overridden' and 'accepted'")
+        for outcome, value in windows.items():
+            number(value, f"suppress_days_by_rule.{rule}.{outcome}")
+
+
+def card_drafts(card: dict, draft_refs: set[str]) -> set[str]:
+    """The draft orders of this call that the card rests on."""
+    return set(_explanation(card).get("resources", [])) & draft_refs
+
+
+def draft_references(draft_orders: list[dict]) -> set[str]:
+    return {f"{r.get('resourceType')}/{r.get('id')}" for r in draft_orders if isinstance(r, dict) and r.get("id")}
+
+
+def governance_from_config(config, ledger: CardLedger | None, terminology_settings: dict) -> Governance | None:
+    """None when the store is off (FEEDBACK_STORE null): nothing recorded, nothing suppressed."""
+    if ledger is None:
+        return None  # no store: no hash is ever made, so no key is needed
+    check_windows(terminology_settings)
+    return Governance(ledger, patient_key(config), terminology_settings, knowledge_version(config.get("KNOWLEDGE_OVERRIDES") or {}))
