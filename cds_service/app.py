@@ -17,7 +17,8 @@ from cds_service.cards.render import warm_up as warm_up_cards
 from cds_service.web.client_auth import verifier_from_config
 from cds_service.web.api import bp, outcome
 from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
-from cds_service.engine.wrapper import engine_for, prune_unused_derivations
+from cds_service.engine.lint import prune_unused_derivations
+from cds_service.engine.wrapper import engine_for
 from cds_service.store.feedback import CardLedger
 from cds_service.web import health
 from cds_service import metrics

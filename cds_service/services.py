@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cds_service.engine.wrapper import findings_read
+from cds_service.engine.lint import findings_read
 from cds_service.fhir.prefetch import optional_queries, queries
 from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.knowledge.terminology import Terminology

@@ -3,7 +3,8 @@ finer drug classes, and the iron profiles of catalog section 7.2."""
 import pytest
 
 from cds_service.facts.build import params_fact
-from cds_service.knowledge.terminology import ATC, ICD10CM, LOINC, RXNORM, SNOMED, Terminology
+from cds_service.knowledge.codesets import ATC, ICD10CM, LOINC, RXNORM, SNOMED
+from cds_service.knowledge.terminology import Terminology
 from rules.iron import assess_iron
 
 

@@ -4,7 +4,8 @@ from datetime import date
 import pytest
 
 from cds_service.facts.build import PatientData, build_facts
-from cds_service.knowledge.terminology import ATC, ICD10CM, RXNORM, SNOMED, Terminology
+from cds_service.knowledge.codesets import ATC, ICD10CM, RXNORM, SNOMED
+from cds_service.knowledge.terminology import Terminology
 
 
 @pytest.fixture(scope="module")

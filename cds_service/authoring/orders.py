@@ -7,7 +7,7 @@ against the FHIR R4 models before it leaves the service.
 from __future__ import annotations
 
 from cds_service.authoring.rulebook import ActionDraft
-from cds_service.knowledge.terminology import LOINC, RXNORM
+from cds_service.knowledge.codesets import LOINC, RXNORM
 
 
 def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None) -> ActionDraft:

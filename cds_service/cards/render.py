@@ -23,7 +23,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service.authoring.rulebook import CardDraft, RenderContext, RuleSpec, clip, escape
 from cds_service.knowledge.sources import AASM_2024, cited, human_citation, seed_files
-from cds_service.knowledge.terminology import SYSTEM_LABELS
+from cds_service.knowledge.codesets import SYSTEM_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
-from cds_service.knowledge.terminology import UCUM
+from cds_service.knowledge.codesets import UCUM
 
 MAX_TEXT = 120  # longest free text copied into a fact (card detail escapes it later)
 

@@ -10,182 +10,21 @@ import csv
 import functools
 import json
 import re
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
 
+from cds_service.knowledge.codesets import ATC, LOINC, RXNORM, CodeSetMatcher
+from cds_service.knowledge.labs import Analyte
+from cds_service.knowledge.medications import DrugRow, MedicationMatch, normalise_name, route_is_non_systemic
+from cds_service.knowledge.procedures import ProcedureMatcher
+
 KNOWLEDGE_DIR = Path(__file__).parent
-
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ATC = "http://www.whocc.no/atc"
-UCUM = "http://unitsofmeasure.org"
-
-SYSTEM_LABELS = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", ATC: "ATC"}
 
 
 def _load_json(name: str) -> dict:
     with open(KNOWLEDGE_DIR / name, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def _icd_key(code: str) -> str:
-    """ICD-10-CM codes arrive with or without the dot; compare them without it."""
-    return code.replace(".", "").strip().upper()
-
-
-@dataclass(frozen=True)
-class CodeSetMatcher:
-    """Maps (system, code) to the names of the code sets that contain it."""
-
-    exact: dict[tuple[str, str], frozenset[str]]
-    icd_prefixes: tuple[tuple[str, str], ...]  # (prefix without dot, set name)
-    titles: dict[str, str]
-    excluded: frozenset[tuple[str, str]] = frozenset()  # (ICD key, set name) a prefix must not take
-    phrases: tuple[tuple[re.Pattern, str], ...] = ()  # text fallback (set name)
-    windows: tuple[tuple[str, str], ...] = ()  # (set name, settings key): counts only this many days from onset
-
-    @classmethod
-    def from_data(cls, data: dict) -> "CodeSetMatcher":
-        exact: dict[tuple[str, str], set[str]] = {}
-        prefixes: list[tuple[str, str]] = []
-        excluded: set[tuple[str, str]] = set()
-        phrases: list[tuple[re.Pattern, str]] = []
-        windows: list[tuple[str, str]] = []
-        titles = {}
-        for name, entry in data.items():
-            if name.startswith("_"):
-                continue
-            titles[name] = entry.get("title", name)
-            for code in entry.get("icd10cm", []):
-                if code.endswith("*"):
-                    prefixes.append((_icd_key(code[:-1]), name))
-                else:
-                    exact.setdefault((ICD10CM, _icd_key(code)), set()).add(name)
-            excluded.update((_icd_key(code), name) for code in entry.get("exclude", []))
-            for code in entry.get("snomed", []):
-                exact.setdefault((SNOMED, code), set()).add(name)
-            phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
-            if entry.get("max_days_setting"):
-                windows.append((name, entry["max_days_setting"]))
-        return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
-                   tuple(phrases), tuple(windows))
-
-    @cached_property
-    def _prefix_index(self) -> dict[str, tuple[str, ...]]:
-        """Prefix -> set names: one dict lookup per prefix length instead of a scan of every prefix."""
-        index: dict[str, list[str]] = {}
-        for prefix, name in self.icd_prefixes:
-            index.setdefault(prefix, []).append(name)
-        return {prefix: tuple(names) for prefix, names in index.items()}
-
-    @cached_property
-    def _prefix_lengths(self) -> tuple[int, ...]:
-        return tuple(sorted({len(prefix) for prefix, _ in self.icd_prefixes}))
-
-    def sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
-        if not system or not code:
-            return frozenset()
-        if system == ICD10CM:
-            key = _icd_key(code)
-            found = set(self.exact.get((ICD10CM, key), ()))
-            for length in self._prefix_lengths:
-                found.update(name for name in self._prefix_index.get(key[:length], ())
-                             if (key, name) not in self.excluded)
-            return frozenset(found)
-        return self.exact.get((system, code.strip()), frozenset())
-
-    def sets_for_text(self, text: str | None) -> frozenset[str]:
-        """Only for concepts with listed phrases (e.g. "benign fasciculation"); the match is
-        recorded as "text" in the card detail."""
-        if not text:
-            return frozenset()
-        lowered = text.lower()
-        return frozenset(name for pattern, name in self.phrases if pattern.search(lowered))
-
-
-@dataclass(frozen=True)
-class Analyte:
-    name: str
-    title: str
-    loinc: tuple[str, ...]
-    unit: str | None  # None for panels and questionnaires: a final result means "done"
-    factors: dict[str, float]
-    lookback_setting: str
-    panel: bool = False
-    text: tuple[re.Pattern, ...] = ()  # fallback for tests without a standard code (PLMS index)
-    text_exclude: tuple[str, ...] = ()
-
-    def named_in(self, text: str) -> bool:
-        lowered = text.lower()
-        return any(p.search(lowered) for p in self.text) and not any(x in lowered for x in self.text_exclude)
-
-    def to_canonical(self, value: float, unit: str | None) -> float | None:
-        """Converted value, or None when the unit is not one we know for this analyte."""
-        if unit is None:
-            return None
-        factor = self.factors.get(unit.strip())
-        return None if factor is None else value * factor
-
-
-class ProcedureMatcher:
-    """Which procedure an order or procedure record names: by code first, then by its text."""
-
-    def __init__(self, data: dict):
-        self.titles = {name: e["title"] for name, e in data.items() if not name.startswith("_")}
-        self.by_code = {(system, code): name for name, e in data.items() if not name.startswith("_")
-                        for system, codes in e["codes"].items() for code in codes}
-        self.patterns = [(name, [re.compile(r"(?<![\w-])" + re.escape(w.rstrip("*")) + (r"[\w-]*" if w.endswith("*") else "")
-                                            + r"(?![\w-])") for w in words])
-                         for name, e in data.items() if not name.startswith("_") for words in e["text"]]
-
-    def match(self, codings: list[dict], texts: list[str]) -> tuple[str, str] | None:
-        """(procedure, how) where how is 'code' or 'text'; None when nothing is recognised."""
-        for coding in codings:
-            name = self.by_code.get((coding.get("system"), coding.get("code")))
-            if name:
-                return name, "code"
-        for text in texts:
-            name = self._named_in(text)
-            if name:
-                return name, "text"
-        return None
-
-    @functools.lru_cache(maxsize=8192)  # noqa: B019 - one matcher per process, texts repeat across charts
-    def _named_in(self, text: str) -> str | None:
-        """The procedure a text names. Cached: a long chart repeats the same few displays hundreds of
-        times ("Appendectomy", "CBC panel"), and every pattern is tried on each."""
-        lowered = text.lower()
-        for name, words in self.patterns:
-            if all(w.search(lowered) for w in words):
-                return name
-        return None
-
-
-@dataclass(frozen=True)
-class DrugRow:
-    rxcui: str
-    name: str
-    ingredient_key: str
-    ingredient_name: str
-    drug_class: str
-    atc: str
-    systemic: bool
-
-
-@dataclass
-class MedicationMatch:
-    """How one medication was classified, kept for the card's explanation."""
-
-    name: str
-    classes: tuple[str, ...]
-    ingredients: tuple[str, ...]
-    matched_by: str  # rxnorm-product | rxnorm-ingredient | atc | text
-    code: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Terminology:
@@ -387,15 +226,3 @@ class Terminology:
             for i in range(len(words) - size + 1):
                 found.extend(index.get(" ".join(words[i : i + size]), []))
         return found
-
-
-def normalise_name(text: str, salt_words: frozenset[str]) -> str:
-    """Lower-case, strip punctuation, salts and strengths, so whole-word matching works."""
-    text = re.sub(r"[^a-z0-9 ]+", " ", text.lower())
-    words = [w for w in text.split() if w not in salt_words and not re.fullmatch(r"\d+(\.\d+)?|mg|mcg|ml|g|hr|\d+mg", w)]
-    return " ".join(words)
-
-
-def route_is_non_systemic(texts: list[str], words: list[str]) -> bool:
-    joined = " ".join(t.lower() for t in texts if t)
-    return any(re.search(rf"\b{re.escape(w)}\b", joined) for w in words)

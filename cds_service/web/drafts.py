@@ -12,7 +12,7 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-from cds_service.knowledge.terminology import RXNORM
+from cds_service.knowledge.codesets import RXNORM
 
 
 class DraftError(ValueError):
