@@ -13,7 +13,8 @@ from datetime import date, datetime, timezone
 from cds_service.fhir import url_policy
 from cds_service.cards.render import EXTENSION_KEY, render_cards
 from cds_service.engine.wrapper import RuleEngine
-from cds_service.facts.build import PatientData, build_facts, unresolved_medication_references
+from cds_service.facts.build import PatientData, build_facts
+from cds_service.facts.medications import unresolved_medication_references
 from cds_service.fhir.fhir_client import FhirClient, FhirUnavailable, budget_for
 from cds_service.hook_request import HookRequest
 from cds_service.fhir.prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
