@@ -1,8 +1,8 @@
 """The `legmove-cds` command: serve the service, load charts into a FHIR server, call the service as
 an EHR would and see its cards, print the rule catalog, check a configuration.
 
-Thin on purpose: the CDS client is cds_client.py, drafts are drafts.py, the configuration report is
-config_report.py, the example charts are examples.py. This module parses options and draws.
+Thin on purpose: the CDS client is cds_client.py, drafts are web/drafts.py, the configuration report is
+config_report.py, the example charts are fhir/examples.py. This module parses options and draws.
 """
 from __future__ import annotations
 
