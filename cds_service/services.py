@@ -49,7 +49,7 @@ def services_at(services: dict[tuple[str, str], "Service"], service_id: str) -> 
     return {hook: service for (sid, hook), service in services.items() if sid in ids}
 
 
-# Which data keys each fact kind comes from (see facts.py); "draft" facts come from the hook context.
+# Which data keys each fact kind comes from (see the facts package); "draft" facts come from the hook context.
 KIND_KEYS = {
     "condition": ("conditions",),
     "lab": ("labs",),
@@ -80,7 +80,7 @@ def keys_matched(spec: RuleSpec) -> set[str]:
     return keys
 
 
-# Fact kinds that carry an `analyte` (facts.py) and can come from the `labs` key
+# Fact kinds that carry an `analyte` (facts package) and can come from the `labs` key
 LAB_KINDS = ("lab", "pending_test", "unreadable_result")
 
 

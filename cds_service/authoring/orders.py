@@ -1,7 +1,7 @@
 """Builders for the FHIR resources that card suggestions propose.
 
 Proposed orders are drafts (`status: draft`, `intent: proposal`) for the context patient,
-with no dose prefilled: the clinician completes the order. `cards.py` validates every one
+with no dose prefilled: the clinician completes the order. `cards/render.py` validates every one
 against the FHIR R4 models before it leaves the service.
 """
 from __future__ import annotations

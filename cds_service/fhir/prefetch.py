@@ -93,11 +93,11 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date,
     Observations in several small searches (codes that share a lookback, a few at a time, run
     in parallel), each limited to its lookback window (`date=ge`, computed here because prefetch
     templates may not hold relative dates; one day of margin for time zones) and without a
-    server-side sort; larger pages. Data outside the windows is data no rule may use (facts.py
+    server-side sort; larger pages. Data outside the windows is data no rule may use (the facts package
     drops it as stale), so both paths give the same cards. Codes go without their system: an
     OR list of system|code pairs is many times slower than one of plain codes on servers that
     index the two apart (sekmet-fhir: 2.7-4 s against 0.8 s for the largest Synthea chart), and
-    over-fetching is harmless because facts.py matches every coding by system and code. Only
+    over-fetching is harmless because the facts package matches every coding by system and code. Only
     the codes of `analytes` are searched, the hook's own (None: all), as in its template."""
     searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()
                 if key not in OPTIONAL}
