@@ -8,11 +8,9 @@ labs (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP), anxiety and depression screening
 repeat EMG, no lumbar MRI without radicular pain or UMN signs, no routine brain imaging.
 A red-flag finding turns the work-up into one critical referral card (R8 supersedes R11, R13).
 """
-from durable.lang import item, m
-
 from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, order_hook, order_reason_other_than, ordered,
-                                            params, pending, procedure_done, result, selected_draft_order, setting,
-                                            value_of)
+                                            params, pending, procedure_done, result, selected_draft, selected_draft_order,
+                                            setting, value_of)
 from cds_service.authoring.orders import lab_order, procedure_order
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
@@ -61,10 +59,10 @@ def weak_red_flag(match):
     return red_flag(match)
 
 
-review_triggers(id_prefix="F-FASC-REVIEW", produces="fasciculation_review_due", module=__name__,
+review_triggers(view_id="F-FASC-REVIEW-VIEW", order_id="F-FASC-REVIEW-ORDER", produces="fasciculation_review_due", module=__name__,
                 citation=f"{SEED}; {CATALOG} R8",
                 titles=("Fasciculation review due on opening the chart", "Fasciculation review due when an SSRI/SNRI is selected"),
-                selected_drug=m.classes.anyItem((item == "ssri") | (item == "snri")),
+                selected_drug=selected_draft(drug_class=("ssri", "snri"), alias="drug"),
                 order_logic="order-select of an SSRI or SNRI (002 treats anxiety in benign fasciculation syndrome with these)")
 
 

@@ -8,10 +8,8 @@ by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess
 the whole threshold logic, written once for both profiles so each card can also state the
 other profile's verdict.
 """
-from durable.lang import item, m
-
 from cds_service.authoring.criteria import (all_of, any_of, data_gap, finding, other_than, params, patient, pending,
-                                            readable_result, result)
+                                            readable_result, result, selected_draft)
 from cds_service.authoring.orders import lab_order, medication_proposal
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
@@ -27,10 +25,10 @@ ACUTE_PHASE = ("Ferritin is an acute-phase reactant (raised by inflammation, CKD
 
 # ---- when is an iron review due? ----------------------------------------------------------
 
-review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name__,
+review_triggers(view_id="F-IRON-DUE-VIEW", order_id="F-IRON-DUE-ORDER", produces="iron_check_due", module=__name__,
                 citation=f"{CATALOG} R1, R2 (hooks)",
                 titles=("Iron review due on opening the chart", "Iron review due when an RLS drug or iron is selected"),
-                selected_drug=m.groups.anyItem((item == "rls_drug") | (item == "iron")),
+                selected_drug=selected_draft(group=("rls_drug", "iron"), alias="drug"),
                 order_logic="order-select with a selected RLS drug or iron product",
                 trigger=lambda drug: "rls_drug" if "rls_drug" in drug["groups"] else "iron")
 

@@ -5,9 +5,7 @@ radiculopathy and cramps as mimics, and notes that the four RLS criteria alone m
 of patients without RLS; seed 000 contrasts cramps. Akathisia here is caused by dopamine
 antagonists only (antipsychotics and antiemetics; the seed's broader list is not used).
 """
-from durable.lang import c, item, m
-
-from cds_service.authoring.criteria import all_of, chart_medication, coded, finding, params
+from cds_service.authoring.criteria import all_of, chart_medication, coded, finding, params, selected_draft
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
 
 from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line,
@@ -23,20 +21,20 @@ MIMIC_FEATURES = {
 }
 
 
-review_triggers(id_prefix="F-RLS-REVIEW", produces="rls_review_due", module=__name__,
+review_triggers(view_id="F-RLS-REVIEW-VIEW", order_id="F-RLS-REVIEW-ORDER", produces="rls_review_due", module=__name__,
                 citation=f"{CATALOG} R17-R19 (hooks)",
                 titles=("RLS review on opening the chart", "RLS review when an RLS drug is selected"),
-                view_extra=(c.rls << ((m.kind == "finding") & (m.name == "rls")),), view_logic="patient-view with RLS present",
-                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                view_extra=(finding("rls", alias="rls"),), view_logic="patient-view with RLS present",
+                selected_drug=selected_draft(group="rls_drug", alias="drug"),
                 order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 
 # ---- R17 ------------------------------------------------------------------------------------
 
-review_triggers(id_prefix="F-AKATHISIA-REVIEW", produces="akathisia_review_due", module=__name__,
+review_triggers(view_id="F-AKATHISIA-REVIEW-VIEW", order_id="F-AKATHISIA-REVIEW-ORDER", produces="akathisia_review_due", module=__name__,
                 citation=f"{CATALOG} R17 (hooks)",
                 titles=("Akathisia review on opening the chart", "Akathisia review when an RLS drug is selected"),
-                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                selected_drug=selected_draft(group="rls_drug", alias="drug"),
                 order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 

@@ -2,16 +2,22 @@
 names it refuses, how all_of negates exclusions, and that rules/ is written in it alone."""
 from __future__ import annotations
 
+import ast
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from durable.lang import c, item, m, none, when_all
 
 from cds_service.authoring import criteria as k
 from cds_service.authoring.criteria import CriteriaError
-from cds_service.authoring.rulebook import CARD, RuleSpec
+from cds_service.authoring.rulebook import CARD, REGISTRY, RuleSpec
 from cds_service.engine.wrapper import RuleEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+
 
 def compiled(*conditions) -> dict:
     return when_all(*conditions).define()
@@ -259,3 +265,45 @@ def test_an_exclusion_compares_with_an_inclusion(probe, recorded_days_ago, fires
     facts = [{"kind": "procedure_done", "procedure": "emg", "days_ago": 200},
              {"kind": "condition", "sets": ["RED_FLAG"], "recorded_days_ago": recorded_days_ago}]
     assert ("REPEAT" in probe.evaluate(facts).card_matches) is fires
+
+
+# ---- rules/ is written in the vocabulary ----------------------------------------------------------------
+
+DSL_PRIMITIVES = {
+    "m.": re.compile(r"(?<![\w.])m\."),
+    "c.": re.compile(r"(?<![\w.])c\.[A-Za-z_]"),
+    "none(": re.compile(r"(?<![\w.])none\("),
+    "when_all(": re.compile(r"(?<![\w.])when_all\("),
+    "== True / == False": re.compile(r"==\s*(True|False)\b"),
+    "item ==": re.compile(r"(?<![\w.])item\s*[!=]="),
+    "anyItem / allItems": re.compile(r"\.(anyItem|allItems)\("),
+}
+
+
+@pytest.mark.parametrize("path", sorted(RULES.glob("*.py")), ids=lambda p: p.name)
+def test_no_dsl_primitives_are_left_in_rules(path):
+    text = path.read_text(encoding="utf-8")
+    found = [f"{name} at line {text[:hit.start()].count(chr(10)) + 1}"
+             for name, pattern in DSL_PRIMITIVES.items() for hit in pattern.finditer(text)]
+    assert not found, f"{path.name}: write these in cds_service.authoring.criteria: {found}"
+    imports = {node.module for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom)}
+    assert not any(name and name.startswith("durable") for name in imports), f"{path.name} imports durable-rules"
+
+
+def test_the_primitive_check_sees_the_old_style():
+    old = 'when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")), none(m.kind == "x"), (m.selected == True))'
+    assert all(pattern.search(old) for name, pattern in DSL_PRIMITIVES.items()
+               if name not in ("item ==", "anyItem / allItems"))
+
+
+def test_every_registered_rule_id_is_a_literal_in_rules():
+    import rules
+
+    rules.load_all()
+    literals = {node.value for path in RULES.glob("*.py")
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    bundled = sorted(rule_id for rule_id, spec in REGISTRY.items() if spec.module.startswith("rules."))
+    assert len(bundled) > 70
+    assert [rule_id for rule_id in bundled if rule_id not in literals] == []
+    assert all(re.fullmatch(r"[A-Z][A-Z0-9_-]*", rule_id) for rule_id in bundled), "ids are single words"
