@@ -128,6 +128,36 @@ def test_each_function_compiles_to_the_expected_dsl(name):
     assert compiled(ours()) == compiled(dsl())
 
 
+def _named_fields(expression) -> set[str]:
+    """Fact fields a compiled condition names (`{"$lt": {"value": ...}}`, `{"$iany": {"sets": ...}}`)."""
+    names: set[str] = set()
+    for key, value in expression.items():
+        if key in ("$and", "$or"):
+            for term in value:
+                names |= _named_fields(term)
+        elif key.startswith("$"):
+            names |= {field for field in value if not field.startswith("$")}
+        else:
+            names.add(key)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_field_the_vocabulary_compiles_is_in_the_fact_schema(name):
+    from cds_service.facts.schema import FINDINGS, KINDS
+
+    expression = next(iter(compiled(EXPECTED[name][0]())["all"][0].values()))
+    terms = expression.get("$and", [expression])
+    kind = next(t["kind"] for t in terms if "kind" in t)
+    if kind == "finding":  # one name, or an $or of names
+        names = [t["name"] for t in terms if "name" in t] or [o["name"] for t in terms for o in t.get("$or", [])]
+        fields = set.intersection(*(set(FINDINGS[n].fields) for n in names))
+    else:
+        fields = set(KINDS[kind].fields)
+    assert _named_fields(expression) <= fields
+    assert set(k.COMPILED_FIELDS[kind]) <= set(KINDS[kind].fields)
+
+
 def test_all_of_puts_exclusions_after_inclusions_as_none():
     ours = k.all_of(inclusion=[k.finding("rls", alias="rls"), k.params()],
                     exclusion=[k.result("ferritin"), k.data_gap("labs")])

@@ -129,6 +129,20 @@ def _check_alias(alias: str | None, where: str) -> None:
         raise CriteriaError(f"{where}: alias {alias!r} clashes with the engine's action closure; choose another name")
 
 
+# The fields the vocabulary itself compiles, per kind: checked against the fact schema on import, so a
+# field renamed in the schema breaks here rather than leaving a criterion that never matches.
+COMPILED_FIELDS = {
+    "finding": ("name",), "context": ("hook",), "patient": (), "params": (), "data_gap": ("key",),
+    "condition": ("sets", "verification_status", "onset_days_ago", "recorded_days_ago"),
+    "lab": ("analyte", "usable", "days_ago", "value", "comparator"), "pending_test": ("analyte",),
+    "medication": ("origin", "selected", "started_days_ago", "groups", "classes", "ingredients"),
+    "order": ("origin", "selected", "procedure", "unclassified_reasons", "days_ago"),
+    "procedure_done": ("procedure", "days_ago"),
+}
+for _kind_name, _field_names in COMPILED_FIELDS.items():
+    _check_fields(_kind_name, _field_names, "cds_service.authoring.criteria")
+
+
 # the action closure's own attributes, and `m`, the DSL's default alias (the engine lint checks the same)
 _RESERVED_ALIASES = frozenset({"s", "m", "host", "post", "assert_fact", "retract_fact", "start_timer", "cancel_timer",
                                "renew_action_lease", "delete_state", "get_facts", "get_pending_events"})
