@@ -31,8 +31,9 @@ MODULE_UNITS = {"cds_service.facts.schema": "facts.schema"}  # modules ranked ap
 
 def _unit(module: str) -> str | None:
     """`cds_service.fhir.prefetch` -> `fhir`; `cds_service` itself -> None."""
-    if module in MODULE_UNITS:
-        return MODULE_UNITS[module]
+    for prefix, unit in MODULE_UNITS.items():
+        if module == prefix or module.startswith(prefix + "."):  # the module or a name imported from it
+            return unit
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "cds_service" else None
 
