@@ -3,15 +3,19 @@ against it, and the start-up lint rejects rules that name a kind, field or findi
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 from functools import lru_cache
 
 import pytest
-from durable.lang import c, m, when_all
+from durable.lang import c, item, m, none, when_all, when_any
+from durable.lang import all as all_of
 
 import rules
 from cds_service.app import create_app
 from cds_service.authoring.rulebook import CARD, DERIVE, REGISTRY, RuleSpec
 from cds_service.engine import wrapper
+from cds_service.engine.lint import RuleDefinitionError, fact_model_problems
 from cds_service.engine.wrapper import RuleEngine, RuleError
 from cds_service.facts import schema
 from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, Field, declare_finding
@@ -212,11 +216,6 @@ def _today():
     return date(2026, 11, 22)
 
 
-def _card(rule_id, condition):
-    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
-                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
-
-
 # ---- findings ----------------------------------------------------------------------------------
 
 def test_every_built_in_derivation_produces_a_declared_finding():
@@ -249,4 +248,192 @@ def test_declare_finding_rejects_redeclaring_and_misnamed_fields():
     with pytest.raises(FactSchemaError, match="may not redeclare"):
         declare_finding("site_probe_reserved", "A finding for this test only.", rule=Field("rule", (str,), "Clash."))
     assert "site_probe_misnamed" not in FINDINGS and "site_probe_reserved" not in FINDINGS
+
+
+# ---- the start-up lint ------------------------------------------------------------------------
+
+def _card(rule_id, condition):
+    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
+                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
+
+
+def _problems(*specs) -> list[str]:
+    return fact_model_problems(list(specs), {s.id: s.condition.define() for s in specs})
+
+
+TYPO_IN_NONE = when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
+                        none((m.kind == "lab") & (m.anlyte == "ferritin")))
+
+
+def test_the_typo_inside_none_passed_the_old_lint_and_fired_with_a_ferritin_on_file():
+    """What was seen: one wrong letter made the none() always true, so the card fired although a
+    ferritin was on file. Without the fact-model check (the lint as it was) that still happens."""
+    rls = {"kind": "finding", "name": "rls", "rule": "F-RLS", "basis": [], "resource_ref": "Condition/rls-1"}
+    engine = RuleEngine([_card("R1-TYPO", TYPO_IN_NONE)], name="fact_model_typo_probe", fact_model=False)
+    assert "R1-TYPO" in engine.evaluate([rls, FERRITIN]).card_matches  # the false positive
+    correct = when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
+                       none((m.kind == "lab") & (m.analyte == "ferritin")))
+    engine = RuleEngine([_card("R1-RIGHT", correct)], name="fact_model_right_probe", fact_model=False)
+    assert "R1-RIGHT" not in engine.evaluate([rls, FERRITIN]).card_matches
+
+
+def test_the_typo_inside_none_now_stops_the_engine_build():
+    with pytest.raises(RuleDefinitionError) as info:
+        RuleEngine([_card("R1", TYPO_IN_NONE)], name="fact_model_typo_stop")
+    assert "R1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(info.value)
+
+
+@pytest.mark.parametrize("condition, message", [
+    (when_all(c.lab << ((m.kind == "lab") & (m.anlyte == "ferritin"))),
+     "X: in c.lab, field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)"),
+    (when_all(c.lab << ((m.kind == "lab") & (m.analyte == "feritin"))),
+     "X: in c.lab, field 'analyte' of 'lab' facts never holds 'feritin' (did you mean 'ferritin'?)"),
+    (when_all(c.p << (m.kind == "params"), c.lab << ((m.kind == "lab") & (m.days_ago <= c.p.ferritin_lookback_dayz))),
+     "X: in c.lab, c.p.ferritin_lookback_dayz: field 'ferritin_lookback_dayz' is not a field of 'params' facts "
+     "(did you mean 'ferritin_lookback_days'?)"),
+    (when_all(c.due << ((m.kind == "finding") & (m.name == "iron_stores")),
+              c.lab << ((m.kind == "lab") & (m.value > c.due.feritin + 10))),
+     "X: in c.lab, c.due.feritin: field 'feritin' is not a field of 'iron_stores' findings (did you mean 'ferritin'?)"),
+    (when_all(c.prior << (m.kind == "procedure_done"),
+              none((m.kind == "condition") & (m.recorded_days_ago < c.prior.day_ago))),
+     "X: inside none(), c.prior.day_ago: field 'day_ago' is not a field of 'procedure_done' facts "
+     "(did you mean 'days_ago'?)"),
+    (when_all(c.lab << ((m.kind == "labs") & (m.analyte == "ferritin"))),
+     "X: in c.lab, kind 'labs' is not a kind of fact (did you mean 'lab'?)"),
+    (when_all(c.f << ((m.kind == "finding") & (m.name == "rlss"))),
+     "X: in c.f, finding 'rlss' is derived by no rule and declared nowhere (did you mean 'rls'?)"),
+    (when_all(c.f << ((m.kind == "finding") & (m.name == "iron_stores") & (m.verdikt == "indicated"))),
+     "X: in c.f, field 'verdikt' is not a field of 'iron_stores' findings (did you mean 'verdict'?)"),
+    (when_all(c.x << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMDD")))),
+     "X: in c.x, an item of 'sets' of 'condition' facts never holds 'PLMDD' (did you mean 'PLMD'?)"),
+    (when_all(c.x << ((m.kind == "condition") & m.setz.allItems(item != "RLS"))),
+     "X: in c.x, field 'setz' is not a field of 'condition' facts (did you mean 'sets'?)"),
+    (when_all(c.x << ((m.kind == "medication") & m.classes.anyItem(item.code == "ssri"))),
+     "X: in c.x, items of 'classes' in 'medication' facts are strings: 'item.code' never matches"),
+    (when_all(c.x << (((m.kind == "lab") | (m.kind == "pending_test")) & (m.usable == True))),
+     "X: in c.x, field 'usable' is not a field of 'pending_test' facts"),
+    (when_all(c.x << ((m.kind == "medication") & (m.selected == "true"))),
+     "X: in c.x, field 'selected' of 'medication' facts is compared with 'true', which a bool never equals"),
+    (when_all(c.x << ((m.kind == "condition") & -m.onset_day_ago)),
+     "X: in c.x, field 'onset_day_ago' is not a field of 'condition' facts (did you mean 'onset_days_ago'?)"),
+    (when_all(c.x << (m.analyte == "ferritin")),
+     "X: in c.x, the condition does not say which kind of fact it matches (m.kind == ...)"),
+    (when_any(all_of(c.a << ((m.kind == "lab") & (m.valu > 3))), all_of(c.b << (m.kind == "context"))),
+     "X: in c.a, field 'valu' is not a field of 'lab' facts (did you mean 'value'?)"),
+    (when_all(c.ctx << ((m.kind == "context") & ((m.hook == "patient_view") | (m.hook == "order-sign")))),
+     "X: in c.ctx, field 'hook' of 'context' facts never holds 'patient_view' (did you mean 'patient-view'?)"),
+    (when_all(c.a << (m.kind == "lab"), c.b << ((m.kind == "lab") & (m.value > c.h.value))),
+     "X: in c.b, c.h.value refers to an alias no condition of this rule binds"),
+])
+def test_the_lint_names_rule_kind_and_field(condition, message):
+    assert message in _problems(_card("X", condition))
+
+
+def test_every_bundled_rule_fits_the_model():
+    rules.load_all()
+    specs = list(REGISTRY.values())
+    assert _problems(*specs) == []
+
+
+def test_a_derivation_of_an_undeclared_finding_is_rejected():
+    spec = RuleSpec(id="F-NEW", title="new", citation="test", stratum=DERIVE, module=__name__,
+                    condition=when_all(c.ctx << (m.kind == "context")), derive=lambda match: {}, produces="rsl")
+    assert any(p.startswith("F-NEW: it derives finding 'rsl', which the fact model does not declare")
+               and "did you mean 'rls'?" in p for p in _problems(spec))
+
+
+# ---- site rule modules (EXTRA_RULE_MODULES) ---------------------------------------------------
+
+@pytest.fixture()
+def site_module(tmp_path, monkeypatch):
+    """Write a site rule module on sys.path; afterwards forget its rules, findings and module."""
+    rules.load_all()
+    registry, findings = dict(REGISTRY), dict(FINDINGS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written: list[str] = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        written.append(name)
+        return name
+
+    yield write
+    REGISTRY.clear()
+    REGISTRY.update(registry)
+    FINDINGS.clear()
+    FINDINGS.update(findings)
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+def _site_app(module: str):
+    return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, EXTRA_RULE_MODULES=[module])
+
+
+def test_a_site_module_with_a_typo_stops_start_up(site_module):
+    name = site_module("site_typo_rules", '''
+        from durable.lang import c, m, none, when_all
+        from cds_service.authoring.rulebook import card_rule
+
+        @card_rule(id="S1", title="Site ferritin check", citation="site", hooks=("patient-view",), logic="test",
+                   when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
+                                 none((m.kind == "lab") & (m.anlyte == "ferritin"))))
+        def site_card(matches, ctx):
+            return None
+        ''')
+    with pytest.raises(RuleDefinitionError) as info:
+        _site_app(name)
+    assert "S1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(info.value)
+
+
+def test_a_site_module_deriving_an_undeclared_finding_stops_start_up(site_module):
+    name = site_module("site_undeclared_rules", '''
+        from durable.lang import c, m, when_all
+        from cds_service.authoring.rulebook import card_rule, derivation
+
+        @derivation(id="F-SITE-X", title="Site finding", citation="site", produces="site_x",
+                    when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))))
+        def site_x(match):
+            return {"note": "x"}
+
+        @card_rule(id="S2", title="Site card", citation="site", hooks=("patient-view",), logic="test",
+                   when=when_all(c.x << ((m.kind == "finding") & (m.name == "site_x"))))
+        def site_card(matches, ctx):
+            return None
+        ''')
+    with pytest.raises(RuleDefinitionError, match="F-SITE-X: it derives finding 'site_x', which the fact model "
+                                                  "does not declare"):
+        _site_app(name)
+
+
+def test_a_site_module_that_declares_its_finding_starts_and_is_checked(site_module):
+    name = site_module("site_declared_rules", '''
+        from durable.lang import c, m, when_all
+        from cds_service.authoring.rulebook import CardDraft, card_rule, derivation
+        from cds_service.facts.schema import Field, declare_finding
+
+        declare_finding("site_ferritin_reviewed", "A site's own review of the latest ferritin.",
+                        days=Field("days", (int,), "Days since the ferritin was drawn."))
+
+        @derivation(id="F-SITE-FERRITIN", title="Site ferritin review", citation="site",
+                    produces="site_ferritin_reviewed",
+                    when=when_all(c.lab << ((m.kind == "lab") & (m.analyte == "ferritin"))))
+        def reviewed(match):
+            return {"days": match["lab"]["days_ago"]}
+
+        @card_rule(id="S3", title="Site ferritin card", citation="site", hooks=("patient-view",), logic="test",
+                   when=when_all(c.f << ((m.kind == "finding") & (m.name == "site_ferritin_reviewed")
+                                          & (m.days >= 0))))
+        def site_card(matches, ctx):
+            return CardDraft(summary="Site ferritin reviewed", indicator="info", why="A ferritin is on file.",
+                             evidence=[matches[0]["f"]])
+        ''')
+    app = _site_app(name)
+    assert "site_ferritin_reviewed" in FINDINGS
+    knowledge = app.extensions["legmove"]
+    assert "S3" in knowledge.specs
+    engine = knowledge.engine
+    patient = KINDS["patient"].new(age_years=50, age_min=50, age_max=50, child=False, age_known=True, deceased=False)
+    evaluation = engine.evaluate([KINDS["context"].new(hook="patient-view"), patient, FERRITIN])
+    assert evaluation.card_matches["S3"][0]["f"]["days"] == 52
 

@@ -27,7 +27,7 @@ from durable.lang import m, when_all
 
 from cds_service.authoring.rulebook import DERIVE, Match, RuleSpec
 from cds_service.engine.hygiene import EngineError, fact_json
-from cds_service.engine.lint import RuleDefinitionError, lint, negated_kinds
+from cds_service.engine.lint import RuleDefinitionError, lint, lint_fact_model, negated_kinds
 from cds_service.facts.schema import finding_fact
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ class RuleEngine:
     """One compiled ruleset and the lock that serialises evaluations in this process."""
 
     def __init__(self, specs: list[RuleSpec], name: str = "legmove", fact_model: bool = True):
-        """`fact_model`: check every finding against the fact model (facts/schema.py) when it is
-        derived; off only for probes of the engine itself over toy facts."""
+        """`fact_model`: check every rule against the fact model (facts/schema.py) at start-up and
+        every finding when it is derived; off only for probes of the engine itself over toy facts."""
         self.specs = {s.id: s for s in specs}
         self.name = name
         self.fact_model = fact_model
@@ -114,6 +114,8 @@ class RuleEngine:
             definition[spec.id] = self._define(spec)
         definition["$sentinel"] = self._sentinel_definition()
         lint(specs, definition)
+        if fact_model:
+            lint_fact_model(specs, definition)
         self.negated_kinds = negated_kinds(definition)
         self._host = _ThreadlessHost()
         try:
