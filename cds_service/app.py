@@ -19,6 +19,7 @@ from cds_service.web.api import bp, outcome
 from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from cds_service.engine.lint import prune_unused_derivations
 from cds_service.engine.wrapper import engine_for
+from cds_service.facts.build import params_fact
 from cds_service.store.feedback import CardLedger
 from cds_service.web import health
 from cds_service import metrics
@@ -100,6 +101,7 @@ def build_knowledge(config) -> Knowledge:
 
     rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
+    params_fact(terminology)  # settings that do not fit the fact model stop start-up, not the first hook call
     modes = rule_modes(REGISTRY, config)  # active | silent | off per card rule (governance.py)
     specs = prune_unused_derivations([s for s in REGISTRY.values()
                                       if s.stratum != "card" or modes[s.id] != "off"])

@@ -31,8 +31,8 @@ MODULE_UNITS = {"cds_service.facts.schema": "facts.schema"}  # modules ranked ap
 
 def _unit(module: str) -> str | None:
     """`cds_service.fhir.prefetch` -> `fhir`; `cds_service` itself -> None."""
-    for ranked_apart, unit in MODULE_UNITS.items():  # the module, or a name imported from it
-        if module == ranked_apart or module.startswith(ranked_apart + "."):
+    for prefix, unit in MODULE_UNITS.items():
+        if module == prefix or module.startswith(prefix + "."):  # the module or a name imported from it
             return unit
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "cds_service" else None
