@@ -228,6 +228,8 @@ def test_a_misspelt_argument_raises_with_a_close_match(make, message):
     (lambda: k.coded("RLS", onset_within="14"), "expected a number"),
     (lambda: k.selected_draft(alias="drug"), "say which drugs"),
     (lambda: k.params(alias="settings"), "keep that alias"),
+    (lambda: k.setting("r8_weak_red_flags"), "is not a number; a yes/no setting goes in params(r8_weak_red_flags=True)"),
+    (lambda: k._equal("alias", "x"), "m.alias is a member of the durable-rules DSL"),
 ])
 def test_shapes_that_cannot_work_are_refused(make, message):
     with pytest.raises(CriteriaError, match=re.escape(message)):

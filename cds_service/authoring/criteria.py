@@ -66,15 +66,19 @@ def known(what: str) -> frozenset[str]:
     if what == "drug class":
         drugs = _load("drugs.json")
         return _public(drugs["class_titles"]) | _public(drugs["subclasses"])
-    if what == "ingredient":
+    if what == "ingredient":  # RxNorm ingredient codes of the product table and the extra ingredients
         with open(KNOWLEDGE_DIR / "rxnorm_leg_movement_drug_products.csv", encoding="utf-8", newline="") as handle:
-            return frozenset(row["ingredient_rxcui"] for row in csv.DictReader(handle))
+            table = frozenset(row["ingredient_rxcui"] for row in csv.DictReader(handle))
+        return table | _public(_load("drugs.json")["extra_ingredients"])
     if what == "hook":
         return frozenset(HOOKS)
     if what == "data key":
         return frozenset(KINDS["data_gap"].field("key").values or ())
     if what == "setting":
         return frozenset(KINDS["params"].fields) - {"kind"}
+    if what == "numeric setting":
+        return frozenset(name for name, spec in KINDS["params"].fields.items()
+                         if name != "kind" and (int in spec.types or float in spec.types))
     raise KeyError(what)
 
 
@@ -164,8 +168,10 @@ class _Reference:
 
 
 def setting(name: str) -> _Reference:
-    """A setting (a field of the `params` fact) compared at match time: the rule must include `params()`."""
+    """A numeric setting (a field of the `params` fact) compared at match time: the rule must include `params()`."""
     _check("setting", (name,), "setting()")
+    if name not in known("numeric setting"):
+        raise CriteriaError(f"setting(): {name!r} is not a number; a yes/no setting goes in params({name}=True)")
     return _Reference("params", name, f"setting({name!r})")
 
 
@@ -229,8 +235,18 @@ def _has_reference(piece) -> bool:
     return bool(_reference_fields(piece.define()))
 
 
+# names that `m.<name>` resolves to the DSL's own members, not to a fact field (a silent clash)
+_DSL_MEMBERS = frozenset({"alias", "define", "matches", "imatches", "anyItem", "allItems"})
+
+
 def _equal(field: str, value):
-    return getattr(m, field) == value
+    return _field(field) == value
+
+
+def _field(name: str):
+    if name in _DSL_MEMBERS or name.startswith("_"):
+        raise CriteriaError(f"field {name!r} cannot be matched: m.{name} is a member of the durable-rules DSL")
+    return getattr(m, name)
 
 
 def _where(where: dict, where_: str):
@@ -240,7 +256,7 @@ def _where(where: dict, where_: str):
         if isinstance(wanted, _OneOf):
             pieces.append(_any([_equal(field, v) for v in wanted.values]))
         elif isinstance(wanted, _OtherThan):
-            pieces.append(getattr(m, field) != wanted.value)
+            pieces.append(_field(field) != wanted.value)
         elif isinstance(wanted, (str, bool, int, float)):
             pieces.append(_equal(field, wanted))
         else:
