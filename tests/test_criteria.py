@@ -339,3 +339,13 @@ def test_every_registered_rule_id_is_a_literal_in_rules():
     assert len(bundled) > 70
     assert [rule_id for rule_id in bundled if rule_id not in literals] == []
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_-]*", rule_id) for rule_id in bundled), "ids are single words"
+
+
+def test_docs_name_every_function_of_the_vocabulary():
+    import inspect
+
+    page = (ROOT / "docs/criteria.md").read_text(encoding="utf-8")
+    public = [name for name, fn in inspect.getmembers(k, inspect.isfunction)
+              if not name.startswith("_") and fn.__module__ == k.__name__]
+    assert len(public) > 20
+    assert [name for name in public if f"`{name}(" not in page] == []
