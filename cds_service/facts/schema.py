@@ -580,3 +580,69 @@ KINDS: Mapping[str, FactKind] = MappingProxyType({k.name: k for k in (
     CONTEXT, DATA_GAP, PATIENT, PARAMS, CONDITION, LAB, UNREADABLE_RESULT, PENDING_TEST, ORDER, PROCEDURE_DONE,
     MEDICATION, FINDING)})
 
+
+# ---- the model as Markdown (`legmove-cds facts`, docs/fact-model.md) ---------------------------
+
+def _type_cell(spec: Field) -> str:
+    return "list of str" if spec.types == LIST else _type_names(spec.types)
+
+
+def _values_cell(spec: Field) -> str:
+    if spec.values is None:
+        return ""
+    return ", ".join(f"`{v}`" for v in sorted(spec.values))
+
+
+def _field_rows(kind: FactKind, skip: tuple[str, ...] = ()) -> list[str]:
+    rows = ["| Field | Type | Required | Values | Meaning |", "|---|---|---|---|---|"]
+    for spec in kind.fields.values():
+        if spec.name in skip:
+            continue
+        cells = [f"`{spec.name}`", _type_cell(spec), "yes" if spec.required else "no", _values_cell(spec),
+                 spec.meaning.replace("|", "\\|")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
+    """The fact model for rule authors: each kind's fields, then each finding's, with the rules that
+    derive it when `producers` (finding -> derivation ids) is given."""
+    lines = [
+        "# legmove-cds fact model",
+        "",
+        "Generated from `cds_service/facts/schema.py` by `legmove-cds facts`. Every fact a rule can match is one of "
+        "the kinds below; a rule selects facts by `m.kind == \"...\"` and reads only the fields listed for that kind. "
+        "The facts layer builds every fact from this model, each finding is checked against it when it is derived, "
+        "and at start-up a rule that names a kind, field, finding or closed-set value the model lacks stops the "
+        "service, with a message naming the rule, the kind and the field (and a close match).",
+        "",
+        "Conventions:",
+        "",
+        "- Numbers are `int` or `float`, never strings; yes/no fields are `bool` (write `m.usable == True`).",
+        "- Dates that rules compare are whole days before the evaluation date (`days_ago`); -1 means unknown.",
+        "- List fields hold strings; test them with `m.sets.anyItem(item == \"RLS\")` or `allItems(...)`. A closed "
+        "value set applies to each item.",
+        "- `id` and `sid` are the engine's own; `kind`, `name`, `rule` and `basis` of a finding are set by the engine.",
+        "- A site rule module (`EXTRA_RULE_MODULES`) declares each finding it derives with `declare_finding(name, "
+        "meaning, field=Field(...), ...)` before its derivations; its rules are checked like the bundled ones.",
+        "",
+        "## Kinds of fact",
+        "",
+        "| Kind | Meaning |",
+        "|---|---|",
+    ]
+    lines += [f"| [`{k.name}`](#{k.name}) | {k.meaning} |" for k in KINDS.values()]
+    for kind in KINDS.values():
+        lines += ["", f"### {kind.name}", "", kind.meaning, "", *_field_rows(kind)]
+    lines += ["", "## Findings", "",
+              "Every finding has the fields of the `finding` kind (`kind`, `name`, `rule`, `basis`) and its own fields "
+              "below. Match one with `(m.kind == \"finding\") & (m.name == \"...\")`.", ""]
+    for name in sorted(FINDINGS):
+        kind = FINDINGS[name]
+        derived_by = (producers or {}).get(name)
+        by = f" Derived by {', '.join(f'`{r}`' for r in derived_by)}." if derived_by else ""
+        own = [spec for spec in kind.fields.values() if spec.name not in FINDING.fields]
+        lines += [f"### finding `{name}`", "", kind.meaning + by, ""]
+        lines += _field_rows(kind, skip=tuple(FINDING.fields)) if own else ["No fields of its own."]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
