@@ -628,7 +628,7 @@ def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
         "",
         "Conventions:",
         "",
-        "- Numbers are `int` or `float`, never strings; yes/no fields are `bool` (write `m.usable == True`).",
+        "- Numbers are `int` or `float`, never strings; yes/no fields are `bool`, never 0 or 1.",
         "- Dates that rules compare are whole days before the evaluation date (`days_ago`); -1 means unknown.",
         "- List fields hold strings; test them with `m.sets.anyItem(item == \"RLS\")` or `allItems(...)`. A closed "
         "value set applies to each item.",
