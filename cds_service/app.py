@@ -47,6 +47,9 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.extensions["legmove_ledger"] = ledger_from_config(app.config)
     app.extensions["legmove_governance"] = governance_from_config(
         app.config, app.extensions["legmove_ledger"], app.extensions["legmove"].terminology.settings)
+    # settings that do not fit the params fact (an override's typo) stop start-up, not the first hook
+    # call; after governance, whose own checks of the suppression settings say more
+    params_fact(app.extensions["legmove"].terminology)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
@@ -101,7 +104,6 @@ def build_knowledge(config) -> Knowledge:
 
     rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
-    params_fact(terminology)  # settings that do not fit the fact model stop start-up, not the first hook call
     modes = rule_modes(REGISTRY, config)  # active | silent | off per card rule (governance.py)
     specs = prune_unused_derivations([s for s in REGISTRY.values()
                                       if s.stratum != "card" or modes[s.id] != "off"])

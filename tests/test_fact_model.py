@@ -436,4 +436,30 @@ def test_a_site_module_that_declares_its_finding_starts_and_is_checked(site_modu
     patient = KINDS["patient"].new(age_years=50, age_min=50, age_max=50, child=False, age_known=True, deceased=False)
     evaluation = engine.evaluate([KINDS["context"].new(hook="patient-view"), patient, FERRITIN])
     assert evaluation.card_matches["S3"][0]["f"]["days"] == 52
+    from cds_service.cli.main import fact_model_markdown
 
+    page = fact_model_markdown((name,))
+    assert "### finding `site_ferritin_reviewed`" in page and "Derived by `F-SITE-FERRITIN`" in page
+
+
+# ---- the docs ---------------------------------------------------------------------------------
+
+def test_the_fact_model_page_is_current():
+    from cds_service.cli.main import fact_model_markdown
+
+    page = (ROOT / "docs/fact-model.md").read_text(encoding="utf-8")
+    assert page == fact_model_markdown(), "regenerate with: legmove-cds facts > docs/fact-model.md"
+    for kind in KINDS.values():
+        assert f"### {kind.name}\n" in page
+        for name in kind.fields:
+            assert f"| `{name}` |" in page, (kind.name, name)
+
+
+def test_the_facts_command_prints_the_page():
+    from click.testing import CliRunner
+
+    from cds_service.cli.main import main
+
+    result = CliRunner().invoke(main, ["facts"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (ROOT / "docs/fact-model.md").read_text(encoding="utf-8")

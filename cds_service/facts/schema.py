@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
@@ -72,18 +73,18 @@ class Field:
     required: bool = True
 
     def problem(self, value) -> str | None:
-        """Why `value` does not fit this field, or None when it does."""
+        """Why `value` does not fit this field, or None when it does (on every fact: kept cheap)."""
         if not _is_a(value, self.types):
             return f"holds {type(value).__name__} {_short(value)}, not {_type_names(self.types)}"
-        items = value if isinstance(value, list) else [value]
-        if isinstance(value, list):
-            wrong = [item for item in items if not isinstance(item, str)]
+        if type(value) is list:
+            wrong = [item for item in value if type(item) is not str]
             if wrong:
                 return f"holds a list with {type(wrong[0]).__name__} {_short(wrong[0])}; list items are strings"
-        if self.values is not None:
-            outside = [item for item in items if isinstance(item, str) and item not in self.values]
-            if outside:
-                return f"holds {outside[0]!r}, not one of {_value_list(self.values)}{_suggest(outside[0], self.values)}"
+            outside = [item for item in value if item not in self.values] if self.values is not None else ()
+        else:
+            outside = [value] if self.values is not None and type(value) is str and value not in self.values else ()
+        if outside:
+            return f"holds {outside[0]!r}, not one of {_value_list(self.values)}{_suggest(outside[0], self.values)}"
         return None
 
 
@@ -108,22 +109,30 @@ class FactKind:
     def check(self, fact: Mapping) -> None:
         """Raise FactSchemaError unless `fact` (content, without the engine's id and sid) fits this kind."""
         problems = []
+        fields = self.fields
         for name, value in fact.items():
-            if name in ENGINE_FIELDS:
-                continue
-            spec = self.fields.get(name)
+            spec = fields.get(name)
             if spec is None:
-                problems.append(f"{name!r} is not a field of {self._what()}{_suggest(name, self.fields)}")
+                if name not in ENGINE_FIELDS:
+                    problems.append(f"{name!r} is not a field of {self._what()}{_suggest(name, fields)}")
                 continue
             problem = spec.problem(value)
             if problem:
                 problems.append(f"field {name!r} {problem}")
-        missing = [name for name, spec in self.fields.items() if spec.required and name not in fact]
+        missing = [] if self._required <= fact.keys() else [n for n in self._required_order if n not in fact]
         if missing:
             problems.append(f"missing required field{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(repr(n) for n in missing)}")
         if problems:
             raise FactSchemaError(f"{self._what(article=True)} does not fit the fact model: " + "; ".join(problems))
+
+    @cached_property
+    def _required_order(self) -> tuple[str, ...]:
+        return tuple(name for name, spec in self.fields.items() if spec.required)
+
+    @cached_property
+    def _required(self) -> frozenset[str]:
+        return frozenset(self._required_order)
 
     def field(self, name: str) -> Field:
         """The field called `name`; FactSchemaError naming this kind and a close match otherwise."""
@@ -143,11 +152,12 @@ class FactKind:
 
 
 def _is_a(value, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is bool:
         return bool in types  # bool is an int to Python, never a number to the model
-    if value is None:
-        return type(None) in types
-    return isinstance(value, types)
+    if kind in types:
+        return True
+    return value is not None and isinstance(value, types)
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -580,3 +590,69 @@ KINDS: Mapping[str, FactKind] = MappingProxyType({k.name: k for k in (
     CONTEXT, DATA_GAP, PATIENT, PARAMS, CONDITION, LAB, UNREADABLE_RESULT, PENDING_TEST, ORDER, PROCEDURE_DONE,
     MEDICATION, FINDING)})
 
+
+# ---- the model as Markdown (`legmove-cds facts`, docs/fact-model.md) ---------------------------
+
+def _type_cell(spec: Field) -> str:
+    return "list of str" if spec.types == LIST else _type_names(spec.types)
+
+
+def _values_cell(spec: Field) -> str:
+    if spec.values is None:
+        return ""
+    return ", ".join(f"`{v}`" for v in sorted(spec.values))
+
+
+def _field_rows(kind: FactKind, skip: tuple[str, ...] = ()) -> list[str]:
+    rows = ["| Field | Type | Required | Values | Meaning |", "|---|---|---|---|---|"]
+    for spec in kind.fields.values():
+        if spec.name in skip:
+            continue
+        cells = [f"`{spec.name}`", _type_cell(spec), "yes" if spec.required else "no", _values_cell(spec),
+                 spec.meaning.replace("|", "\\|")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
+    """The fact model for rule authors: each kind's fields, then each finding's, with the rules that
+    derive it when `producers` (finding -> derivation ids) is given."""
+    lines = [
+        "# legmove-cds fact model",
+        "",
+        "Generated from `cds_service/facts/schema.py` by `legmove-cds facts`. Every fact a rule can match is one of "
+        "the kinds below; a rule selects facts by `m.kind == \"...\"` and reads only the fields listed for that kind. "
+        "The facts layer builds every fact from this model, each finding is checked against it when it is derived, "
+        "and at start-up a rule that names a kind, field, finding or closed-set value the model lacks stops the "
+        "service, with a message naming the rule, the kind and the field (and a close match).",
+        "",
+        "Conventions:",
+        "",
+        "- Numbers are `int` or `float`, never strings; yes/no fields are `bool`, never 0 or 1.",
+        "- Dates that rules compare are whole days before the evaluation date (`days_ago`); -1 means unknown.",
+        "- List fields hold strings; test them with `m.sets.anyItem(item == \"RLS\")` or `allItems(...)`. A closed "
+        "value set applies to each item.",
+        "- `id` and `sid` are the engine's own; `kind`, `name`, `rule` and `basis` of a finding are set by the engine.",
+        "- A site rule module (`EXTRA_RULE_MODULES`) declares each finding it derives with `declare_finding(name, "
+        "meaning, field=Field(...), ...)` before its derivations; its rules are checked like the bundled ones.",
+        "",
+        "## Kinds of fact",
+        "",
+        "| Kind | Meaning |",
+        "|---|---|",
+    ]
+    lines += [f"| [`{k.name}`](#{k.name}) | {k.meaning} |" for k in KINDS.values()]
+    for kind in KINDS.values():
+        lines += ["", f"### {kind.name}", "", kind.meaning, "", *_field_rows(kind)]
+    lines += ["", "## Findings", "",
+              "Every finding has the fields of the `finding` kind (`kind`, `name`, `rule`, `basis`) and its own fields "
+              "below. Match one with `(m.kind == \"finding\") & (m.name == \"...\")`.", ""]
+    for name in sorted(FINDINGS):
+        kind = FINDINGS[name]
+        derived_by = (producers or {}).get(name)
+        by = f" Derived by {', '.join(f'`{r}`' for r in derived_by)}." if derived_by else ""
+        own = [spec for spec in kind.fields.values() if spec.name not in FINDING.fields]
+        lines += [f"### finding `{name}`", "", kind.meaning + by, ""]
+        lines += _field_rows(kind, skip=tuple(FINDING.fields)) if own else ["No fields of its own."]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
