@@ -19,6 +19,7 @@ from cds_service.web.api import bp, outcome
 from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from cds_service.engine.lint import prune_unused_derivations
 from cds_service.engine.wrapper import engine_for
+from cds_service.facts.build import params_fact
 from cds_service.store.feedback import CardLedger
 from cds_service.web import health
 from cds_service import metrics
@@ -46,6 +47,9 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.extensions["legmove_ledger"] = ledger_from_config(app.config)
     app.extensions["legmove_governance"] = governance_from_config(
         app.config, app.extensions["legmove_ledger"], app.extensions["legmove"].terminology.settings)
+    # settings that do not fit the params fact (an override's typo) stop start-up, not the first hook
+    # call; after governance, whose own checks of the suppression settings say more
+    params_fact(app.extensions["legmove"].terminology)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
         log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "

@@ -4,8 +4,7 @@ Nothing here decides whether a rule fires; that is in each rule's `when`.
 """
 from __future__ import annotations
 
-from durable.lang import c, m, when_all
-
+from cds_service.authoring.criteria import all_of, hook_is
 from cds_service.authoring.orders import remove_draft
 from cds_service.authoring.rulebook import SuggestionDraft, derivation, drug_name, escape
 
@@ -22,16 +21,15 @@ def seeds(*names: str) -> str:
     return "seed " + ", ".join(names)
 
 
-# The context fact on either order hook (order-select: selected drafts; order-sign: every draft).
-ORDER_HOOK = c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign")))
-
-
-def review_triggers(*, id_prefix: str, produces: str, module: str, citation: str, titles: tuple[str, str],
+def review_triggers(*, view_id: str, order_id: str, produces: str, module: str, citation: str, titles: tuple[str, str],
                     selected_drug, order_logic: str, view_extra: tuple = (), view_logic: str = "the hook is patient-view",
                     trigger=lambda drug: "order-select") -> None:
-    """Register the pair of findings that say "this topic is due": on patient-view (plus any
-    `view_extra` conditions) and on order-select of a selected draft medication matching
-    `selected_drug`. `trigger(drug)` names what started the order-select review."""
+    """Register the pair of findings that say "this topic is due": `view_id` on patient-view (plus
+    any `view_extra` criteria) and `order_id` on order-select of the draft medication that
+    `selected_drug` (a `selected_draft(..., alias="drug")`) describes. `trigger(drug)` names what
+    started the order-select review."""
+    if getattr(selected_drug, "alias", None) != "drug":
+        raise ValueError(f"{order_id}: selected_drug must be a selected_draft(...) criterion with alias='drug'")
 
     def on_view(match):
         return {"trigger": "patient-view"}
@@ -41,12 +39,10 @@ def review_triggers(*, id_prefix: str, produces: str, module: str, citation: str
 
     for fn, suffix in ((on_view, "view"), (on_order, "order")):
         fn.__module__, fn.__name__ = module, f"{produces}_on_{suffix}"
-    derivation(id=f"{id_prefix}-VIEW", title=titles[0], citation=citation, produces=produces, logic=view_logic,
-               when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")), *view_extra))(on_view)
-    derivation(id=f"{id_prefix}-ORDER", title=titles[1], citation=citation, produces=produces, logic=order_logic,
-               when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "order-select")),
-                             c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                        & selected_drug)))(on_order)
+    derivation(id=view_id, title=titles[0], citation=citation, produces=produces, logic=view_logic,
+               when=all_of(inclusion=[hook_is("patient-view"), *view_extra]))(on_view)
+    derivation(id=order_id, title=titles[1], citation=citation, produces=produces, logic=order_logic,
+               when=all_of(inclusion=[hook_is("order-select"), selected_drug]))(on_order)
 
 
 HOW_MATCHED = {"rxnorm-product": "its product code", "rxnorm-ingredient": "its ingredient code",

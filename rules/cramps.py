@@ -5,11 +5,11 @@ for them (PSG is for suspected PLMD with a sleep complaint). R22 is an Addition:
 Safety Communication of 2010-07-08 and the Qualaquin boxed warning (quinine is approved only for
 malaria, not for leg cramps: serious and life-threatening haematologic reactions).
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, coded, finding, order_hook, order_reason_other_than, selected_draft,
+                                            selected_draft_order)
 from cds_service.authoring.rulebook import CardDraft, card_rule
 
-from .common import ORDER_HOOK, SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
+from .common import SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
 
 FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cramps; Qualaquin boxed warning"
 
@@ -18,11 +18,10 @@ FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cr
            hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a selected/any draft dopamine agonist or levodopa, leg cramps present, and no RLS, PLMD, "
                  "parkinsonism or (cabergoline/bromocriptine only) hyperprolactinaemia, also as the order's reason",
-           when=when_all(
-               ORDER_HOOK,
-               c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
-               c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
-               none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD") | (item == "PARKINSONISM"))),
+           when=all_of(
+               inclusion=[order_hook(), finding("dopaminergic_draft", alias="draft", selected=True),
+                          finding("leg_cramp", alias="cramp")],
+               exclusion=[coded("RLS", "PLMD", "PARKINSONISM")],
            ))
 def dopaminergic_for_cramps(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
@@ -44,17 +43,12 @@ def dopaminergic_for_cramps(matches, ctx):
            hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a selected/any draft polysomnography order, leg cramps present, no RLS, PLMD, sleep-disordered "
                  "breathing or other sleep disorder, and no order reason other than a cramp code",
-           when=when_all(
-               ORDER_HOOK,
-               c.psg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True) & (m.procedure == "psg")
-                         & (m.unclassified_reasons == 0)),
-               c.cramp << ((m.kind == "finding") & (m.name == "leg_cramp")),
-               none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD")
-                                                             | (item == "SLEEP_DISORDERED_BREATHING")
-                                                             | (item == "OTHER_SLEEP_DISORDER"))),
-               # any coded order reason that is not a cramp code points to another indication
-               none((m.kind == "condition") & (m.verification_status == "reason for this order")
-                    & m.sets.allItems(item != "LEG_CRAMP")),
+           when=all_of(
+               inclusion=[order_hook(), selected_draft_order("psg", alias="psg", only_known_reasons=True),
+                          finding("leg_cramp", alias="cramp")],
+               exclusion=[coded("RLS", "PLMD", "SLEEP_DISORDERED_BREATHING", "OTHER_SLEEP_DISORDER"),
+                          # any coded order reason that is not a cramp code points to another indication
+                          order_reason_other_than("LEG_CRAMP")],
            ))
 def psg_for_cramps(matches, ctx):
     orders = unique(matches, "psg")
@@ -76,11 +70,9 @@ def psg_for_cramps(matches, ctx):
            hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a selected (order-select) or any (order-sign) draft of quinine, with no malaria coded as a "
                  "condition or as the order's reason",
-           when=when_all(
-               ORDER_HOOK,
-               c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                          & m.classes.anyItem(item == "quinine")),
-               none((m.kind == "condition") & m.sets.anyItem(item == "MALARIA")),
+           when=all_of(
+               inclusion=[order_hook(), selected_draft(drug_class="quinine", alias="drug")],
+               exclusion=[coded("MALARIA")],
            ))
 def quinine_for_cramps(matches, ctx):
     drugs = unique(matches, "drug")

@@ -6,8 +6,7 @@ not refuted or entered in error (the facts layer has already dropped everything 
 provisional and differential diagnoses count, so a finding means "suspected or confirmed".
 A coded reason on the order being placed counts too (the facts layer makes it a condition).
 """
-from durable.lang import c, item, m, when_all
-
+from cds_service.authoring.criteria import all_of, coded
 from cds_service.authoring.rulebook import derivation
 
 CATALOG = "legmove-cds rule catalog: which conditions count, and the code sets"
@@ -22,7 +21,7 @@ def _present(finding_id: str, title: str, code_set: str, produces: str, codes: s
     derive.__name__ = f"{produces}_present"
     derivation(id=finding_id, title=title, citation=CATALOG, produces=produces, needs=("conditions",),
                logic=f"present({code_set}): {codes}",
-               when=when_all(c.condition << ((m.kind == "condition") & m.sets.anyItem(item == code_set))))(derive)
+               when=all_of(inclusion=[coded(code_set, alias="condition")]))(derive)
 
 
 _present("F-RLS", "Restless legs syndrome suspected or confirmed", "RLS", "rls",

@@ -8,16 +8,16 @@ labs (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP), anxiety and depression screening
 repeat EMG, no lumbar MRI without radicular pain or UMN signs, no routine brain imaging.
 A red-flag finding turns the work-up into one critical referral card (R8 supersedes R11, R13).
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, order_hook, order_reason_other_than, ordered,
+                                            params, pending, procedure_done, result, selected_draft, selected_draft_order,
+                                            setting, value_of)
 from cds_service.authoring.orders import lab_order, procedure_order
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import (CATALOG, ORDER_HOOK, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
+from .common import (CATALOG, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
                      review_triggers, seeds, unique)
 
 SEED = seeds(SEED_002)
-FASC = c.fasc << ((m.kind == "finding") & (m.name == "fasciculation"))
 FIRST_TIER = {  # test -> (analytes that satisfy it, order code, order display)
     "glucose/HbA1c": (("glucose", "hba1c"), "1558-6", "Fasting glucose [Mass/volume] in Serum or Plasma"),
     "CBC": (("cbc",), "58410-2", "CBC panel - Blood by Automated count"),
@@ -44,8 +44,7 @@ def red_flag_phrase(flags: list[dict], limit: int = 50) -> str:
 
 
 @derivation(id="F-RED-FLAG", title="An ALS red flag is present", citation=f"{SEED}; {CATALOG} R8",
-            when=when_all(c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG")
-                                     & m.sets.allItems(item != "WEAK_RED_FLAG"))),
+            when=all_of(inclusion=[coded("RED_FLAG", excluding="WEAK_RED_FLAG", alias="flag")]),
             produces="red_flag", logic="present(WEAKNESS M62.81/26544005, ATROPHY M62.5*, DYSPHAGIA R13.1*, DYSARTHRIA R47.1)")
 def red_flag(match):
     return {"resource_ref": match["flag"]["resource_ref"], "display": match["flag"]["display"],
@@ -54,17 +53,16 @@ def red_flag(match):
 
 
 @derivation(id="F-RED-FLAG-WEAK", title="A nonspecific red flag is present (R29.2, R53.1)", citation=f"{CATALOG} R8",
-            when=when_all(c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "WEAK_RED_FLAG")),
-                          c.params << ((m.kind == "params") & (m.r8_weak_red_flags == True))),
+            when=all_of(inclusion=[coded("WEAK_RED_FLAG", alias="flag"), params(r8_weak_red_flags=True)]),
             produces="red_flag", logic="present(R29.2 abnormal reflex or R53.1 weakness) while r8_weak_red_flags is on")
 def weak_red_flag(match):
     return red_flag(match)
 
 
-review_triggers(id_prefix="F-FASC-REVIEW", produces="fasciculation_review_due", module=__name__,
+review_triggers(view_id="F-FASC-REVIEW-VIEW", order_id="F-FASC-REVIEW-ORDER", produces="fasciculation_review_due", module=__name__,
                 citation=f"{SEED}; {CATALOG} R8",
                 titles=("Fasciculation review due on opening the chart", "Fasciculation review due when an SSRI/SNRI is selected"),
-                selected_drug=m.classes.anyItem((item == "ssri") | (item == "snri")),
+                selected_drug=selected_draft(drug_class=("ssri", "snri"), alias="drug"),
                 order_logic="order-select of an SSRI or SNRI (002 treats anxiety in benign fasciculation syndrome with these)")
 
 
@@ -75,11 +73,10 @@ review_triggers(id_prefix="F-FASC-REVIEW", produces="fasciculation_review_due", 
            analytes=tuple(a for analytes, _, _ in FIRST_TIER.values() for a in analytes),  # first-tier labs on file
            logic="fasciculations and a red flag (weakness, atrophy, abnormal reflex, dysphagia, dysarthria) and no "
                  "ALS/MND coded; info instead of critical when an EMG and a neurology referral follow the latest flag",
-           when=when_all(
-               FASC,
-               c.due << ((m.kind == "finding") & (m.name == "fasciculation_review_due")),
-               c.flag << ((m.kind == "finding") & (m.name == "red_flag")),
-               none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND")),
+           when=all_of(
+               inclusion=[finding("fasciculation", alias="fasc"), finding("fasciculation_review_due", alias="due"),
+                          finding("red_flag", alias="flag")],
+               exclusion=[coded("ALS_MND")],
            ))
 def fasciculation_red_flags(matches, ctx):
     flags = unique(matches, "flag")
@@ -124,20 +121,18 @@ def _done_since(ctx, procedure: str, flag_days_ago: int) -> list[dict]:
 # ---- R9 and R10 (off by default: coded data cannot say "ascending" or "new") ----------------
 
 @derivation(id="F-GBS-CODED", title="Recent Guillain-Barre syndrome coded", citation=f"{SEED}; {CATALOG} R9",
-            when=when_all(c.params << (m.kind == "params"),
-                          c.gbs << ((m.kind == "condition") & m.sets.anyItem(item == "GBS") & (m.onset_days_ago >= 0)
-                                    & (m.onset_days_ago <= c.params.gbs_onset_window_days))),
+            when=all_of(inclusion=[params(),
+                                   coded("GBS", onset_within=setting("gbs_onset_window_days"), alias="gbs")]),
             produces="gbs_suspected", logic="GBS (G61.0) with onset within gbs_onset_window_days")
 def gbs_coded(match):
     return {"resource_ref": match["gbs"]["resource_ref"], "basis_text": "Guillain-Barre syndrome coded"}
 
 
 @derivation(id="F-GBS-PATTERN", title="Recent weakness with an abnormal reflex", citation=f"{SEED}; {CATALOG} R9",
-            when=when_all(c.params << (m.kind == "params"),
-                          c.weak << ((m.kind == "condition") & m.sets.anyItem(item == "WEAKNESS")
-                                     & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.params.gbs_onset_window_days)),
-                          c.reflex << ((m.kind == "condition") & m.sets.anyItem(item == "ABNORMAL_REFLEX")
-                                       & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.params.gbs_onset_window_days))),
+            when=all_of(inclusion=[params(),
+                                   coded("WEAKNESS", onset_within=setting("gbs_onset_window_days"), alias="weak"),
+                                   coded("ABNORMAL_REFLEX", onset_within=setting("gbs_onset_window_days"),
+                                         alias="reflex")]),
             produces="gbs_suspected", logic="WEAKNESS and ABNORMAL_REFLEX both with onset within gbs_onset_window_days")
 def gbs_pattern(match):
     return {"resource_ref": match["weak"]["resource_ref"], "basis_text": "recent weakness with an abnormal reflex"}
@@ -146,7 +141,7 @@ def gbs_pattern(match):
 @card_rule(id="R9", title="Ascending weakness with areflexia (GBS)", citation=SEED, hooks=("patient-view",),
            needs=("conditions",), enabled_by_default=False,
            logic="recent GBS, or recent weakness together with an abnormal reflex (onset within 14 days)",
-           when=when_all(c.gbs << ((m.kind == "finding") & (m.name == "gbs_suspected"))))
+           when=all_of(inclusion=[finding("gbs_suspected", alias="gbs")]))
 def ascending_weakness(matches, ctx):
     found = unique(matches, "gbs")
     why = (f"Basis: {', '.join(sorted({f['basis_text'] for f in found}))}, with onset within "
@@ -162,14 +157,12 @@ def ascending_weakness(matches, ctx):
            needs=("conditions", "service_requests"), enabled_by_default=False,
            logic="fasciculation and a new focal deficit, both with onset within 48 h, the deficit not before the "
                  "fasciculation, no stroke coded and no head imaging ordered in the window",
-           when=when_all(
-               c.params << (m.kind == "params"),
-               c.fasc << ((m.kind == "condition") & m.sets.anyItem(item == "FASCICULATION") & (m.onset_days_ago >= 0)
-                          & (m.onset_days_ago <= c.params.acute_deficit_window_days)),
-               c.deficit << ((m.kind == "condition") & m.sets.anyItem(item == "NEW_FOCAL_DEFICIT")
-                             & (m.onset_days_ago >= 0) & (m.onset_days_ago <= c.fasc.onset_days_ago)),
-               none((m.kind == "condition") & m.sets.anyItem(item == "STROKE")),
-               none((m.kind == "order") & (m.procedure == "brain_imaging") & (m.days_ago >= 0) & (m.days_ago <= 2)),
+           when=all_of(
+               inclusion=[params(),
+                          coded("FASCICULATION", onset_within=setting("acute_deficit_window_days"), alias="fasc"),
+                          # the deficit began with or after the fasciculation
+                          coded("NEW_FOCAL_DEFICIT", onset_within=value_of("fasc", "onset_days_ago"), alias="deficit")],
+               exclusion=[coded("STROKE"), ordered("brain_imaging", within=2)],
            ))
 def sudden_fasciculation_with_deficit(matches, ctx):
     found = unique(matches, "fasc") + unique(matches, "deficit")
@@ -184,23 +177,27 @@ def sudden_fasciculation_with_deficit(matches, ctx):
 
 # ---- R11 first-tier labs -------------------------------------------------------------------
 
-def _missing_test(test: str, analytes: tuple[str, ...]) -> None:
-    """Register F-FIRST-TIER-<test>: fasciculation present and no result, pending result or order."""
-    is_analyte = (m.analyte == analytes[0]) if len(analytes) == 1 else ((m.analyte == analytes[0]) | (m.analyte == analytes[1]))
+def _missing_test(id: str, test: str) -> None:
+    """Register `id`: fasciculation present and no result, pending result or order of `test`."""
+    analytes = FIRST_TIER[test][0]
 
     def derive(match):
         return {"test": test}
 
     derive.__name__ = f"first_tier_missing_{analytes[0]}"
-    derivation(id=f"F-FIRST-TIER-{analytes[0].upper()}", title=f"First-tier test missing: {test}",
+    derivation(id=id, title=f"First-tier test missing: {test}",
                citation=f"{SEED}; {CATALOG} R11", produces="first_tier_missing", needs=("labs", "service_requests"),
                logic=f"fasciculation and no {test} result, pending result or order within the lookback",
-               when=when_all(FASC, none((m.kind == "lab") & is_analyte), none((m.kind == "pending_test") & is_analyte),
-                             none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests")))))(derive)
+               when=all_of(inclusion=[finding("fasciculation", alias="fasc")],
+                           exclusion=[result(*analytes), pending(*analytes), data_gap("labs", "service_requests")]))(derive)
 
 
-for _test, (_analytes, _code, _display) in FIRST_TIER.items():
-    _missing_test(_test, _analytes)
+_missing_test("F-FIRST-TIER-GLUCOSE", "glucose/HbA1c")
+_missing_test("F-FIRST-TIER-CBC", "CBC")
+_missing_test("F-FIRST-TIER-CMP", "CMP")
+_missing_test("F-FIRST-TIER-B12", "B12")
+_missing_test("F-FIRST-TIER-TSH", "TSH")
+_missing_test("F-FIRST-TIER-SPEP", "SPEP")
 
 
 @card_rule(id="R11", title="First-tier labs for fasciculations", citation=SEED, hooks=("patient-view",),
@@ -208,8 +205,8 @@ for _test, (_analytes, _code, _display) in FIRST_TIER.items():
            logic="fasciculation present, no ALS/MND coded (a patient with known ALS is under specialist care), and at "
                  "least one first-tier test (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP) neither resulted within 12 months "
                  "nor pending",
-           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "first_tier_missing")),
-                         none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))))
+           when=all_of(inclusion=[finding("fasciculation", alias="fasc"), finding("first_tier_missing", alias="missing")],
+                       exclusion=[coded("ALS_MND")]))
 def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
     months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
@@ -231,16 +228,12 @@ def first_tier_labs(matches, ctx):
            hooks=("order-select", "order-sign"), needs=("conditions", "procedures", "reports"),
            logic="a selected/any draft EMG/NCS, fasciculation present, a prior EMG within 24 months, no red flag "
                  "recorded since, no ALS/MND and no other EMG indication (radiculopathy, carpal tunnel, polyneuropathy)",
-           when=when_all(
-               ORDER_HOOK, FASC,
-               c.params << (m.kind == "params"),
-               c.prior << ((m.kind == "procedure_done") & (m.procedure == "emg")
-                           & (m.days_ago <= c.params.prior_emg_window_days)),
-               c.emg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True) & (m.procedure == "emg")
-                         & (m.unclassified_reasons == 0)),
-               none((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG") & (m.recorded_days_ago < c.prior.days_ago)),
-               none((m.kind == "condition") & m.sets.anyItem(item == "EMG_OTHER_INDICATION")),
-               none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND")),
+           when=all_of(
+               inclusion=[order_hook(), finding("fasciculation", alias="fasc"), params(),
+                          procedure_done("emg", within=setting("prior_emg_window_days"), alias="prior"),
+                          selected_draft_order("emg", only_known_reasons=True, alias="emg")],
+               exclusion=[coded("RED_FLAG", recorded_since=value_of("prior", "days_ago")),
+                          coded("EMG_OTHER_INDICATION"), coded("ALS_MND")],
            ))
 def repeat_emg(matches, ctx):
     orders, priors = unique(matches, "emg"), unique(matches, "prior")
@@ -258,33 +251,34 @@ def repeat_emg(matches, ctx):
 
 # ---- R13 anxiety and depression screening -------------------------------------------------
 
-def _missing_screen(test: str, analyte: str, diagnosis: str) -> None:
+def _missing_screen(id: str, id_if_diagnosed: str, test: str, analyte: str, diagnosis: str) -> None:
+    """Register `id` (no `test` on file) and `id_if_diagnosed` (nor `diagnosis` coded, when
+    r13_skip_if_diagnosed is on)."""
     def derive(match):
         return {"test": test}
 
-    base = (FASC, none((m.kind == "lab") & (m.analyte == analyte)),
-            none((m.kind == "data_gap") & (m.key == "labs")))
     derive.__name__ = f"screen_missing_{analyte}"
-    derivation(id=f"F-SCREEN-{analyte.upper()}", title=f"{test} not on file", citation=f"{SEED}; {CATALOG} R13",
+    derivation(id=id, title=f"{test} not on file", citation=f"{SEED}; {CATALOG} R13",
                produces="screen_missing", needs=("labs",), logic=f"fasciculation and no {test} within 12 months",
-               when=when_all(*base, c.params << ((m.kind == "params") & (m.r13_skip_if_diagnosed == False))))(derive)
-    derivation(id=f"F-SCREEN-{analyte.upper()}-DX", title=f"{test} not on file and no {diagnosis.lower()} coded",
+               when=all_of(inclusion=[finding("fasciculation", alias="fasc"), params(r13_skip_if_diagnosed=False)],
+                           exclusion=[result(analyte), data_gap("labs")]))(derive)
+    derivation(id=id_if_diagnosed, title=f"{test} not on file and no {diagnosis.lower()} coded",
                citation=f"{SEED}; {CATALOG} R13", produces="screen_missing", needs=("labs",),
-               logic=f"as F-SCREEN-{analyte.upper()}, when r13_skip_if_diagnosed is on and no {diagnosis} is coded",
-               when=when_all(*base, c.params << ((m.kind == "params") & (m.r13_skip_if_diagnosed == True)),
-                             none((m.kind == "condition") & m.sets.anyItem(item == diagnosis))))(derive)
+               logic=f"as {id}, when r13_skip_if_diagnosed is on and no {diagnosis} is coded",
+               when=all_of(inclusion=[finding("fasciculation", alias="fasc"), params(r13_skip_if_diagnosed=True)],
+                           exclusion=[result(analyte), data_gap("labs"), coded(diagnosis)]))(derive)
 
 
-_missing_screen("GAD-7", "gad7", "ANXIETY")
-_missing_screen("PHQ-9", "phq9", "DEPRESSION")
+_missing_screen("F-SCREEN-GAD7", "F-SCREEN-GAD7-DX", "GAD-7", "gad7", "ANXIETY")
+_missing_screen("F-SCREEN-PHQ9", "F-SCREEN-PHQ9-DX", "PHQ-9", "phq9", "DEPRESSION")
 
 
 @card_rule(id="R13", title="Anxiety and depression screening in fasciculations", citation=SEED,
            hooks=("patient-view",), needs=("labs", "conditions"),
            logic="fasciculation present, no ALS/MND coded, and no GAD-7 or no PHQ-9 within 12 months (a coded "
                  "anxiety/depression stands in when r13_skip_if_diagnosed is on); never suggests a drug",
-           when=when_all(FASC, c.missing << ((m.kind == "finding") & (m.name == "screen_missing")),
-                         none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))))
+           when=all_of(inclusion=[finding("fasciculation", alias="fasc"), finding("screen_missing", alias="missing")],
+                       exclusion=[coded("ALS_MND")]))
 def anxiety_depression_screening(matches, ctx):
     missing = [t for t in ("GAD-7", "PHQ-9") if t in {match["missing"]["test"] for match in matches}]
     why = ("Fasciculations are on the problem list and no " + " or ".join(missing) + " score from the last 12 months was "
@@ -297,18 +291,11 @@ def anxiety_depression_screening(matches, ctx):
 
 # ---- R21 imaging -------------------------------------------------------------------------------
 
-_IMAGING_FREE_OF_OTHER_REASONS = (
-    none((m.kind == "condition") & (m.verification_status == "reason for this order")
-         & m.sets.allItems(item != "FASCICULATION")),
-)
-
-
 @derivation(id="F-LUMBAR-MRI-UNNEEDED", title="Lumbar MRI without radicular pain or UMN signs",
             citation=f"{SEED}; {CATALOG} R21",
-            when=when_all(FASC, c.order << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True)
-                                             & (m.procedure == "lumbar_mri") & (m.unclassified_reasons == 0)),
-                          none((m.kind == "condition") & m.sets.anyItem((item == "RADICULOPATHY") | (item == "ABNORMAL_REFLEX"))),
-                          *_IMAGING_FREE_OF_OTHER_REASONS),
+            when=all_of(inclusion=[finding("fasciculation", alias="fasc"),
+                                   selected_draft_order("lumbar_mri", only_known_reasons=True, alias="order")],
+                        exclusion=[coded("RADICULOPATHY", "ABNORMAL_REFLEX"), order_reason_other_than("FASCICULATION")]),
             produces="imaging_not_indicated", logic="a lumbar MRI draft, fasciculation, no radiculopathy/sciatica or R29.2")
 def lumbar_mri_unneeded(match):
     order = match["order"]
@@ -317,11 +304,10 @@ def lumbar_mri_unneeded(match):
 
 @derivation(id="F-BRAIN-IMAGING-UNNEEDED", title="Brain imaging for isolated fasciculations",
             citation=f"{SEED}; {CATALOG} R21",
-            when=when_all(FASC, c.order << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True)
-                                             & (m.procedure == "brain_imaging") & (m.unclassified_reasons == 0)),
-                          none((m.kind == "condition") & m.sets.anyItem((item == "NEW_FOCAL_DEFICIT") | (item == "RED_FLAG")
-                                                                        | (item == "STROKE"))),
-                          *_IMAGING_FREE_OF_OTHER_REASONS),
+            when=all_of(inclusion=[finding("fasciculation", alias="fasc"),
+                                   selected_draft_order("brain_imaging", only_known_reasons=True, alias="order")],
+                        exclusion=[coded("NEW_FOCAL_DEFICIT", "RED_FLAG", "STROKE"),
+                                   order_reason_other_than("FASCICULATION")]),
             produces="imaging_not_indicated", logic="a brain MRI/head CT draft, fasciculation, no other neurological finding")
 def brain_imaging_unneeded(match):
     order = match["order"]
@@ -332,7 +318,7 @@ def brain_imaging_unneeded(match):
            hooks=("order-select", "order-sign"), needs=("conditions",),
            logic="a lumbar MRI with no radicular pain or abnormal reflex, or brain imaging with no other neurological "
                  "finding, ordered for a patient whose only finding is fasciculation",
-           when=when_all(ORDER_HOOK, c.img << ((m.kind == "finding") & (m.name == "imaging_not_indicated"))))
+           when=all_of(inclusion=[order_hook(), finding("imaging_not_indicated", alias="img")]))
 def imaging_for_isolated_fasciculations(matches, ctx):
     orders = [dict(o, name=o["label"]) for o in unique(matches, "img")]
     lumbar = any(o["site"] == "lumbar" for o in orders)

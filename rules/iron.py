@@ -8,8 +8,8 @@ by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess
 the whole threshold logic, written once for both profiles so each card can also state the
 other profile's verdict.
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, any_of, data_gap, finding, other_than, params, patient, pending,
+                                            readable_result, result, selected_draft)
 from cds_service.authoring.orders import lab_order, medication_proposal
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
@@ -25,10 +25,10 @@ ACUTE_PHASE = ("Ferritin is an acute-phase reactant (raised by inflammation, CKD
 
 # ---- when is an iron review due? ----------------------------------------------------------
 
-review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name__,
+review_triggers(view_id="F-IRON-DUE-VIEW", order_id="F-IRON-DUE-ORDER", produces="iron_check_due", module=__name__,
                 citation=f"{CATALOG} R1, R2 (hooks)",
                 titles=("Iron review due on opening the chart", "Iron review due when an RLS drug or iron is selected"),
-                selected_drug=m.groups.anyItem((item == "rls_drug") | (item == "iron")),
+                selected_drug=selected_draft(group=("rls_drug", "iron"), alias="drug"),
                 order_logic="order-select with a selected RLS drug or iron product",
                 trigger=lambda drug: "rls_drug" if "rls_drug" in drug["groups"] else "iron")
 
@@ -40,12 +40,9 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
            logic="present(RLS) and no readable final ferritin within the lookback (a result in an unknown unit, text "
                  "without a number or with no value does not count, and is named) and no pending ferritin order or result "
                  "(order-select: only when an RLS drug or iron is selected)",
-           when=when_all(
-               c.rls << ((m.kind == "finding") & (m.name == "rls")),
-               c.due << ((m.kind == "finding") & (m.name == "iron_check_due")),
-               none((m.kind == "lab") & (m.analyte == "ferritin")),
-               none((m.kind == "pending_test") & (m.analyte == "ferritin")),
-               none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests"))),
+           when=all_of(
+               inclusion=[finding("rls", alias="rls"), finding("iron_check_due", alias="due")],
+               exclusion=[result("ferritin"), pending("ferritin"), data_gap("labs", "service_requests")],
            ))
 def rls_without_ferritin(matches, ctx):
     months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
@@ -127,17 +124,14 @@ def iron_verdict(ctx) -> dict | None:
     return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
 
 
-_IRON_INPUTS = (
-    c.rls << ((m.kind == "finding") & (m.name == "rls")),
-    c.due << ((m.kind == "finding") & (m.name == "iron_check_due") & (m.trigger != "iron")),
-    c.params << (m.kind == "params"),
-    c.patient << (m.kind == "patient"),
-    c.ferritin << ((m.kind == "lab") & (m.analyte == "ferritin") & (m.usable == True)),
-)
+def _iron_inputs() -> list:
+    """RLS, an iron review due for a reason other than an iron order, and a readable ferritin."""
+    return [finding("rls", alias="rls"), finding("iron_check_due", alias="due", trigger=other_than("iron")),
+            params(), patient(), readable_result("ferritin", alias="ferritin")]
 
 
 @derivation(id="F-IRON-STORES", title="Iron stores assessed (ferritin and TSAT)", citation=f"{CATALOG} R2 and 7",
-            when=when_all(*_IRON_INPUTS, c.tsat << ((m.kind == "lab") & (m.analyte == "tsat") & (m.usable == True))),
+            when=all_of(inclusion=[*_iron_inputs(), readable_result("tsat", alias="tsat")]),
             produces="iron_stores", needs=("labs", "patient"),
             logic="RLS and a usable ferritin and TSAT within the lookback: verdict of both profiles")
 def iron_stores_with_tsat(match):
@@ -145,7 +139,7 @@ def iron_stores_with_tsat(match):
 
 
 @derivation(id="F-IRON-STORES-FERRITIN", title="Iron stores assessed (ferritin only)", citation=f"{CATALOG} R2 and 7",
-            when=when_all(*_IRON_INPUTS, none((m.kind == "lab") & (m.analyte == "tsat") & (m.usable == True))),
+            when=all_of(inclusion=_iron_inputs(), exclusion=[readable_result("tsat")]),
             produces="iron_stores", needs=("labs", "patient"),
             logic="RLS and a usable ferritin within the lookback, no usable TSAT: verdict of both profiles")
 def iron_stores_ferritin_only(match):
@@ -160,9 +154,8 @@ def iron_stores_ferritin_only(match):
            logic="present(RLS) and the latest ferritin (and TSAT) within the lookback meet the active profile "
                  "(seed: ferritin < 50 ng/mL; AASM 2024: <= 75 or TSAT < 20 %, IV only 75-100, child < 50); with the "
                  "seed profile an info card when only AASM 2024 is met; order-select only when an RLS drug is selected",
-           when=when_all(c.iron << ((m.kind == "finding") & (m.name == "iron_stores")
-                                    & ((m.verdict == "indicated") | (m.verdict == "iv_only")
-                                       | (m.verdict == "disagreement")))))
+           when=all_of(inclusion=[finding("iron_stores", alias="iron",
+                                          verdict=any_of("indicated", "iv_only", "disagreement"))]))
 def rls_low_iron(matches, ctx):
     iron = matches[0]["iron"]
     params = next(f for f in ctx.facts if f["kind"] == "params")

@@ -5,8 +5,7 @@ radiculopathy and cramps as mimics, and notes that the four RLS criteria alone m
 of patients without RLS; seed 000 contrasts cramps. Akathisia here is caused by dopamine
 antagonists only (antipsychotics and antiemetics; the seed's broader list is not used).
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import all_of, chart_medication, coded, finding, params, selected_draft
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
 
 from .common import (CATALOG, SEED_000, SEED_001, as_drug, class_of, condition_names, drug_fields, drug_line,
@@ -22,31 +21,29 @@ MIMIC_FEATURES = {
 }
 
 
-review_triggers(id_prefix="F-RLS-REVIEW", produces="rls_review_due", module=__name__,
+review_triggers(view_id="F-RLS-REVIEW-VIEW", order_id="F-RLS-REVIEW-ORDER", produces="rls_review_due", module=__name__,
                 citation=f"{CATALOG} R17-R19 (hooks)",
                 titles=("RLS review on opening the chart", "RLS review when an RLS drug is selected"),
-                view_extra=(c.rls << ((m.kind == "finding") & (m.name == "rls")),), view_logic="patient-view with RLS present",
-                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                view_extra=(finding("rls", alias="rls"),), view_logic="patient-view with RLS present",
+                selected_drug=selected_draft(group="rls_drug", alias="drug"),
                 order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 
 # ---- R17 ------------------------------------------------------------------------------------
 
-review_triggers(id_prefix="F-AKATHISIA-REVIEW", produces="akathisia_review_due", module=__name__,
+review_triggers(view_id="F-AKATHISIA-REVIEW-VIEW", order_id="F-AKATHISIA-REVIEW-ORDER", produces="akathisia_review_due", module=__name__,
                 citation=f"{CATALOG} R17 (hooks)",
                 titles=("Akathisia review on opening the chart", "Akathisia review when an RLS drug is selected"),
-                selected_drug=m.groups.anyItem(item == "rls_drug"),
+                selected_drug=selected_draft(group="rls_drug", alias="drug"),
                 order_logic="order-select of a dopamine agonist, levodopa or gabapentinoid")
 
 
 @derivation(id="F-AKATHISIA-PATTERN", title="A dopamine antagonist started shortly before the restlessness",
             citation=f"{seeds(SEED_001)}; {CATALOG} R17",
-            when=when_all(
-                c.params << (m.kind == "params"),
-                c.symptom << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "RESTLESSNESS"))),
-                c.drug << ((m.kind == "medication") & (m.origin == "chart") & (m.started_days_ago >= 0)
-                           & m.groups.anyItem(item == "dopamine_antagonist")),
-                none((m.kind == "condition") & m.sets.anyItem(item == "AKATHISIA")),
+            when=all_of(
+                inclusion=[params(), coded("RLS", "RESTLESSNESS", alias="symptom"),
+                           chart_medication(group="dopamine_antagonist", start_dated=True, alias="drug")],
+                exclusion=[coded("AKATHISIA")],
             ),
             produces="akathisia_suspected", needs=("conditions", "medication_requests", "medication_statements"),
             logic="a systemic dopamine antagonist started 0-90 days before the onset of RLS or restlessness (unknown "
@@ -63,8 +60,8 @@ def akathisia_pattern(match):
            needs=("conditions", "medication_requests", "medication_statements"),
            logic="RLS or restlessness whose onset follows the start of a dopamine antagonist by at most 90 days, with "
                  "no akathisia coded",
-           when=when_all(c.due << ((m.kind == "finding") & (m.name == "akathisia_review_due")),
-                         c.drug << ((m.kind == "finding") & (m.name == "akathisia_suspected"))))
+           when=all_of(inclusion=[finding("akathisia_review_due", alias="due"),
+                                  finding("akathisia_suspected", alias="drug")]))
 def akathisia_rather_than_rls(matches, ctx):
     drugs = [as_drug(d) for d in unique(matches, "drug")]
     wanted = ctx.groups["dopamine_antagonist"]
@@ -86,8 +83,7 @@ def akathisia_rather_than_rls(matches, ctx):
            hooks=("order-select", "patient-view"), needs=("conditions",),
            logic="patient-view with RLS present, or order-select of an RLS drug, and a mimic present (PAD, venous "
                  "disease, neuropathy, lumbar stenosis, radiculopathy, leg cramps)",
-           when=when_all(c.due << ((m.kind == "finding") & (m.name == "rls_review_due")),
-                         c.mimic << ((m.kind == "condition") & m.sets.anyItem(item == "MIMIC"))))
+           when=all_of(inclusion=[finding("rls_review_due", alias="due"), coded("MIMIC", alias="mimic")]))
 def rls_mimics(matches, ctx):
     mimics = unique(matches, "mimic")
     kinds = [k for k in MIMIC_FEATURES if any(k in f["sets"] for f in mimics)]

@@ -5,19 +5,16 @@ hyponatraemia) and drugs (levodopa, antipsychotics, antidepressants, opioids, al
 withdrawal): treat the cause. The lab screen is this project's translation (seed-derived);
 seed 000 adds EEG/EMG to localise the origin and MRI of the spine with NCS for spinal myoclonus.
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, chart_medication, coded, data_gap, finding, hook_is, order_hook,
+                                            params, readable_result, result, selected_draft, setting)
 from cds_service.authoring.orders import lab_order, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
 
-from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
+from .common import (CATALOG, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
                      unique_drugs)
 
 SEED = seeds(SEED_003)
-MYO = c.myo << ((m.kind == "finding") & (m.name == "myoclonus"))
-PARAMS = c.params << (m.kind == "params")
 CMP = ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma")
-NOT_A_LOWER_BOUND = (m.comparator != ">") & (m.comparator != ">=")  # '>60' is a lower bound, never low
 CAUSE_ORDER = ["kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"]
 LOCALISE = ("EEG/EMG can localise the origin of the jerks; rhythmic jerks of the lower trunk and legs "
             "suggest spinal myoclonus: MRI of the spine with nerve conduction studies.")
@@ -25,35 +22,39 @@ LOCALISE = ("EEG/EMG can localise the origin of the jerks; rhythmic jerks of the
 
 # ---- R14 metabolic causes ---------------------------------------------------------------------
 
-def _cause_coded(cause: str, code_set: str, codes: str) -> None:
+def _cause_coded(id: str, cause: str, code_set: str, codes: str) -> None:
     def derive(match):
         return {"cause": cause, "resource_ref": match["dx"]["resource_ref"]}
 
     derive.__name__ = f"metabolic_cause_{code_set.lower()}"
-    derivation(id=f"F-CAUSE-{code_set}", title=f"Metabolic cause coded: {cause}", citation=f"{SEED}; {CATALOG} R14",
+    derivation(id=id, title=f"Metabolic cause coded: {cause}", citation=f"{SEED}; {CATALOG} R14",
                produces="metabolic_cause", needs=("conditions",), logic=f"present({code_set}): {codes}",
-               when=when_all(MYO, c.dx << ((m.kind == "condition") & m.sets.anyItem(item == code_set))))(derive)
+               when=all_of(inclusion=[finding("myoclonus", alias="myo"), coded(code_set, alias="dx")]))(derive)
 
 
-def _cause_measured(cause: str, analyte: str, below: float, window: str, logic: str) -> None:
+def _cause_measured(id: str, cause: str, analyte: str, below: float, window: str, logic: str) -> None:
+    """Register `id`: myoclonus and a readable `analyte` below `below` (never a lower bound such as
+    '>60') within the setting `window`."""
     def derive(match):
         return {"cause": cause, "resource_ref": match["lab"]["resource_ref"]}
 
     derive.__name__ = f"metabolic_cause_{analyte}"
-    derivation(id=f"F-CAUSE-LOW-{analyte.upper()}", title=f"Metabolic cause measured: {cause}",
+    derivation(id=id, title=f"Metabolic cause measured: {cause}",
                citation=f"{SEED}; {CATALOG} R14", produces="metabolic_cause", needs=("labs",), logic=logic,
-               when=when_all(MYO, PARAMS, c.lab << ((m.kind == "lab") & (m.analyte == analyte) & (m.usable == True)
-                                                    & (m.days_ago <= getattr(c.params, window)) & (m.value < below)
-                                                    & NOT_A_LOWER_BOUND)))(derive)
+               when=all_of(inclusion=[finding("myoclonus", alias="myo"), params(),
+                                      readable_result(analyte, within=setting(window), below=below, alias="lab")]))(derive)
 
 
-_cause_coded("kidney failure", "RENAL_FAILURE", "N18.4, N18.5, N18.6, Z99.2; SNOMED 46177005, 431857002, 236435004")
-_cause_coded("liver failure", "LIVER_FAILURE", "K72.*, K70.4*; SNOMED 59927004")
-_cause_coded("hyponatraemia", "HYPONATRAEMIA", "E87.1; SNOMED 89627008")
-_cause_coded("hypoglycaemia", "HYPOGLYCAEMIA", "E16.1, E16.2; SNOMED 302866003")
-_cause_measured("kidney failure", "egfr", 30, "metabolic_lookback_days", "eGFR < 30 mL/min/1.73m2 within 3 months")
-_cause_measured("hyponatraemia", "sodium", 135, "metabolic_value_lookback_days", "sodium < 135 mmol/L within 30 days")
-_cause_measured("hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
+_cause_coded("F-CAUSE-RENAL_FAILURE", "kidney failure", "RENAL_FAILURE",
+             "N18.4, N18.5, N18.6, Z99.2; SNOMED 46177005, 431857002, 236435004")
+_cause_coded("F-CAUSE-LIVER_FAILURE", "liver failure", "LIVER_FAILURE", "K72.*, K70.4*; SNOMED 59927004")
+_cause_coded("F-CAUSE-HYPONATRAEMIA", "hyponatraemia", "HYPONATRAEMIA", "E87.1; SNOMED 89627008")
+_cause_coded("F-CAUSE-HYPOGLYCAEMIA", "hypoglycaemia", "HYPOGLYCAEMIA", "E16.1, E16.2; SNOMED 302866003")
+_cause_measured("F-CAUSE-LOW-EGFR", "kidney failure", "egfr", 30, "metabolic_lookback_days",
+                "eGFR < 30 mL/min/1.73m2 within 3 months")
+_cause_measured("F-CAUSE-LOW-SODIUM", "hyponatraemia", "sodium", 135, "metabolic_value_lookback_days",
+                "sodium < 135 mmol/L within 30 days")
+_cause_measured("F-CAUSE-LOW-GLUCOSE", "hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
                 "glucose < 70 mg/dL (3.9 mmol/L) within 30 days")
 
 
@@ -61,7 +62,7 @@ _cause_measured("hypoglycaemia", "glucose", 70, "metabolic_value_lookback_days",
            needs=("conditions", "labs"), supersedes=("R16",), analytes=("cmp",),  # a recent CMP
            logic="myoclonus and kidney failure, liver failure, hyponatraemia or hypoglycaemia, coded or measured "
                  "(eGFR < 30 in 3 months, sodium < 135 or glucose < 70 mg/dL in 30 days)",
-           when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "metabolic_cause"))))
+           when=all_of(inclusion=[finding("myoclonus", alias="myo"), finding("metabolic_cause", alias="cause")]))
 def myoclonus_metabolic_cause(matches, ctx):
     causes = [cause for cause in CAUSE_ORDER if cause in {match["cause"]["cause"] for match in matches}]
     why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Metabolic disturbances "
@@ -81,9 +82,8 @@ def myoclonus_metabolic_cause(matches, ctx):
 # ---- R15 drugs and alcohol withdrawal -----------------------------------------------------------
 
 @derivation(id="F-MYOCLONUS-DRUG-CHART", title="A myoclonus-causing drug is active", citation=f"{SEED}; {CATALOG} R15",
-            when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
-                          c.drug << ((m.kind == "medication") & (m.origin == "chart")
-                                     & m.groups.anyItem(item == "myoclonus_causing"))),
+            when=all_of(inclusion=[finding("myoclonus", alias="myo"), hook_is("patient-view"),
+                                   chart_medication(group="myoclonus_causing", alias="drug")]),
             produces="myoclonus_cause", needs=("medication_requests", "medication_statements"),
             logic="patient-view: an active systemic levodopa, antipsychotic, antidepressant or opioid")
 def myoclonus_drug_on_chart(match):
@@ -92,9 +92,8 @@ def myoclonus_drug_on_chart(match):
 
 @derivation(id="F-MYOCLONUS-DRUG-DRAFT", title="A myoclonus-causing drug is being ordered",
             citation=f"{SEED}; {CATALOG} R15",
-            when=when_all(MYO, ORDER_HOOK,
-                          c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.groups.anyItem(item == "myoclonus_causing"))),
+            when=all_of(inclusion=[finding("myoclonus", alias="myo"), order_hook(),
+                                   selected_draft(group="myoclonus_causing", alias="drug")]),
             produces="myoclonus_cause", logic="order hooks: a selected/any draft of those classes")
 def myoclonus_drug_ordered(match):
     return _drug_cause(match["drug"])
@@ -105,8 +104,8 @@ def _drug_cause(drug: dict) -> dict:
 
 
 @derivation(id="F-MYOCLONUS-ALCOHOL", title="Alcohol withdrawal coded", citation=f"{SEED}; {CATALOG} R15",
-            when=when_all(MYO, c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
-                          c.dx << ((m.kind == "condition") & m.sets.anyItem(item == "ALCOHOL_WITHDRAWAL"))),
+            when=all_of(inclusion=[finding("myoclonus", alias="myo"), hook_is("patient-view"),
+                                   coded("ALCOHOL_WITHDRAWAL", alias="dx")]),
             produces="myoclonus_cause",
             logic="patient-view: present(ALCOHOL_WITHDRAWAL) F10.13*, F10.23*, F10.93* (alcohol abuse, dependence or use "
                   "with withdrawal, including delirium and perceptual disturbance), SNOMED 8635005")
@@ -118,7 +117,7 @@ def myoclonus_alcohol(match):
            hooks=("patient-view", "order-select", "order-sign"), needs=("conditions",),
            logic="myoclonus with an active (patient-view) or drafted (order hooks) systemic levodopa, antipsychotic, "
                  "antidepressant or opioid, or with alcohol withdrawal coded (patient-view)",
-           when=when_all(MYO, c.cause << ((m.kind == "finding") & (m.name == "myoclonus_cause"))))
+           when=all_of(inclusion=[finding("myoclonus", alias="myo"), finding("myoclonus_cause", alias="cause")]))
 def myoclonus_drug(matches, ctx):
     drugs = [as_drug(d) for d in unique_drugs([match for match in matches if match["cause"]["cause"] == "drug"], "cause")]
     alcohol = [match["cause"] for match in matches if match["cause"]["cause"] == "alcohol"]
@@ -144,34 +143,34 @@ def myoclonus_drug(matches, ctx):
 # ---- R16 work-up labs --------------------------------------------------------------------------
 
 def _recent(analyte: str):
-    return (m.kind == "lab") & (m.analyte == analyte) & (m.days_ago <= c.params.metabolic_lookback_days)
+    return result(analyte, within=setting("metabolic_lookback_days"))
 
 
-def _screen_gap(suffix: str, logic: str, *missing) -> None:
-    """Register F-SCREEN-GAP-<suffix>: myoclonus, no CMP, and the named parts missing (3 months)."""
+def _screen_gap(id: str, suffix: str, logic: str, *missing) -> None:
+    """Register `id`: myoclonus, no CMP, and the named parts missing (3 months)."""
 
     def derive(match):
         return {"gap": suffix.lower()}
 
     derive.__name__ = f"metabolic_screen_gap_{suffix.lower()}"
-    derivation(id=f"F-SCREEN-GAP-{suffix}", title=f"Metabolic screen incomplete: {logic}",
+    derivation(id=id, title=f"Metabolic screen incomplete: {logic}",
                citation=f"{SEED_003}, {SEED_000}; {CATALOG} R16", produces="metabolic_screen_incomplete",
                needs=("labs",), logic=f"no CMP and {logic} within metabolic_lookback_days",
-               when=when_all(MYO, PARAMS, none(_recent("cmp")), none((m.kind == "data_gap") & (m.key == "labs")),
-                             *(none(_recent(a)) for a in missing)))(derive)
+               when=all_of(inclusion=[finding("myoclonus", alias="myo"), params()],
+                           exclusion=[_recent("cmp"), data_gap("labs"), *(_recent(a) for a in missing)]))(derive)
 
 
-_screen_gap("LIVER", "no AST and no ALT", "ast", "alt")
-_screen_gap("SODIUM", "no BMP and no sodium", "bmp", "sodium")
-_screen_gap("GLUCOSE", "no BMP and no glucose", "bmp", "glucose")
-_screen_gap("RENAL", "no BMP, no creatinine and no eGFR", "bmp", "creatinine", "egfr")
+_screen_gap("F-SCREEN-GAP-LIVER", "LIVER", "no AST and no ALT", "ast", "alt")
+_screen_gap("F-SCREEN-GAP-SODIUM", "SODIUM", "no BMP and no sodium", "bmp", "sodium")
+_screen_gap("F-SCREEN-GAP-GLUCOSE", "GLUCOSE", "no BMP and no glucose", "bmp", "glucose")
+_screen_gap("F-SCREEN-GAP-RENAL", "RENAL", "no BMP, no creatinine and no eGFR", "bmp", "creatinine", "egfr")
 
 
 @card_rule(id="R16", title="Myoclonus work-up labs", citation=f"{seeds(SEED_003, SEED_000)} (seed-derived lab set)",
            hooks=("patient-view",), needs=("labs",),
            logic="myoclonus and, within 3 months, neither a CMP nor (a BMP or sodium + glucose + creatinine/eGFR) "
                  "with AST or ALT",
-           when=when_all(MYO, c.gap << ((m.kind == "finding") & (m.name == "metabolic_screen_incomplete"))))
+           when=all_of(inclusion=[finding("myoclonus", alias="myo"), finding("metabolic_screen_incomplete", alias="gap")]))
 def myoclonus_workup(matches, ctx):
     why = ("Myoclonus is on the problem list and the metabolic screen of the last 3 months is incomplete. Look for kidney or liver "
            "failure, electrolyte imbalance and hypoglycaemia.\n\nA complete screen is a CMP, or electrolytes, glucose "

@@ -7,24 +7,22 @@ index has no LOINC code: a configurable local code or the test's name (found by 
 "PLMS arousal index". Variant A (documentation check) is off unless `r7_documentation_check` is
 on, because it is noisy wherever sleep-study results are not coded.
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, hook_is, params, patient, readable_result,
+                                            setting)
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, conditions_in, facts_of, seeds, unique
 
 SEEDS = seeds(SEED_000, SEED_001)
-PARAMS = c.params << (m.kind == "params")
-VIEW = c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))
-NOT_AN_UPPER_BOUND = (m.comparator != "<") & (m.comparator != "<=")
 
 
-def _index_above(child: bool):
-    limit = c.params.plms_index_threshold_child if child else c.params.plms_index_threshold_adult
-    return (m.kind == "lab") & (m.analyte == "plms_index") & (m.usable == True) & (m.value > limit) & NOT_AN_UPPER_BOUND
+def _index_above(child: bool, alias: str | None = None):
+    """A readable PLMS index above the child or adult threshold (an upper bound such as '<5' never is)."""
+    limit = setting("plms_index_threshold_child" if child else "plms_index_threshold_adult")
+    return readable_result("plms_index", alias=alias, above=limit)
 
 
-def _register_b(child: bool) -> None:
+def _register_b(id: str, child: bool) -> None:
     who = "child" if child else "adult"
 
     def derive(match):
@@ -32,43 +30,44 @@ def _register_b(child: bool) -> None:
                 "threshold": match["params"][f"plms_index_threshold_{who}"], "age_known": match["patient"]["age_known"]}
 
     derive.__name__ = f"plms_without_complaint_{who}"
-    derivation(id=f"F-PLMS-NO-COMPLAINT-{who.upper()}", title=f"PLMS index above the {who} threshold without a complaint",
+    derivation(id=id, title=f"PLMS index above the {who} threshold without a complaint",
                citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
-               when=when_all(VIEW, PARAMS, c.patient << ((m.kind == "patient") & (m.child == child)),
-                             c.idx << _index_above(child),
-                             none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "SLEEP_COMPLAINT")))))(derive)
+               when=all_of(inclusion=[hook_is("patient-view"), params(), patient(child=child),
+                                      _index_above(child, alias="idx")],
+                           exclusion=[coded("RLS", "SLEEP_COMPLAINT")]))(derive)
 
 
-def _register_a(missing: str, child: bool | None, *conditions) -> None:
+def _register_a(id: str, missing: str, child: bool | None, exclusion: list) -> None:
     who = "" if child is None else ("-CHILD" if child else "-ADULT")
 
     def derive(match):
         return {"variant": "A", "missing": missing, "resource_ref": match["plmd"]["resource_ref"]}
 
     derive.__name__ = f"plmd_criterion_missing_{missing}{who.lower().replace('-', '_')}"
-    patient = () if child is None else (c.patient << ((m.kind == "patient") & (m.child == child)),)
-    derivation(id=f"F-PLMD-MISSING-{missing.upper()}{who}", title=f"PLMD coded without {missing}",
+    age = [] if child is None else [patient(child=child)]
+    derivation(id=id, title=f"PLMD coded without {missing}",
                citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
                logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
-               when=when_all(VIEW, c.params << ((m.kind == "params") & (m.r7_documentation_check == True)),
-                             c.plmd << ((m.kind == "finding") & (m.name == "plmd")), *patient, *conditions))(derive)
+               when=all_of(inclusion=[hook_is("patient-view"), params(r7_documentation_check=True),
+                                      finding("plmd", alias="plmd"), *age],
+                           exclusion=exclusion))(derive)
 
 
-_register_b(child=False)
-_register_b(child=True)
-_NO_INDEX_GAP = none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "plms_index_by_text")))
-_register_a("a PLMS index above the threshold", False, none(_index_above(False)), _NO_INDEX_GAP)
-_register_a("a PLMS index above the threshold", True, none(_index_above(True)), _NO_INDEX_GAP)
-_register_a("a sleep complaint or daytime fatigue", None,
-            none((m.kind == "condition") & m.sets.anyItem(item == "SLEEP_COMPLAINT")))
+_register_b("F-PLMS-NO-COMPLAINT-ADULT", child=False)
+_register_b("F-PLMS-NO-COMPLAINT-CHILD", child=True)
+_register_a("F-PLMD-NO-INDEX-ADULT", "a PLMS index above the threshold", False,
+            exclusion=[_index_above(False), data_gap("labs", "plms_index_by_text")])
+_register_a("F-PLMD-NO-INDEX-CHILD", "a PLMS index above the threshold", True,
+            exclusion=[_index_above(True), data_gap("labs", "plms_index_by_text")])
+_register_a("F-PLMD-NO-COMPLAINT", "a sleep complaint or daytime fatigue", None, exclusion=[coded("SLEEP_COMPLAINT")])
 
 
 @card_rule(id="R7", title="PLMD criteria / PLMS without complaint", citation=f"{SEEDS}; child threshold: {AASM_2024}",
            hooks=("patient-view",), needs=("labs", "plms_index_by_text", "conditions", "patient"),
            logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
                  "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
-           when=when_all(c.case << ((m.kind == "finding") & (m.name == "plm_case"))))
+           when=all_of(inclusion=[finding("plm_case", alias="case")]))
 def plm_criteria(matches, ctx):
     cases = [match["case"] for match in matches]
     b = next((case for case in cases if case["variant"] == "B"), None)

@@ -8,12 +8,12 @@ the `rls_worsening` drug group in `knowledge/drugs.json`; the facts layer tags e
 R20 is an Addition (AASM 2024: against standard use of dopamine agonists and levodopa, because of
 augmentation); it fires only for a new start and never for parkinsonism.
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, chart_medication, chart_or_recent_medication, coded, data_gap,
+                                            draft_medication, finding, hook_is, order_hook, selected_draft)
 from cds_service.authoring.orders import medication_proposal, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
 
-from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, conditions_in,
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, conditions_in,
                      drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)
 from .iron import iron_verdict
 
@@ -42,12 +42,11 @@ def _diagnoses(matches) -> list[dict]:
                  "is a systemic drug of an RLS-worsening class; a coded indication is named and weighed; a "
                  "non-sedating antihistamine (cetirizine) is offered only when the antihistamine is ordered for an "
                  "allergic condition (J30.*, L50.*, L20.*, T78.4*, H10.1*, SNOMED 61582004, 126485001)",
-           when=when_all(
-               c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd"))),
-               ORDER_HOOK,
-               c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                          & m.groups.anyItem(item == "rls_worsening")),
-           ))
+           when=all_of(inclusion=[
+               finding("rls", "plmd", alias="dx"),
+               order_hook(),
+               selected_draft(group="rls_worsening", alias="drug"),
+           ]))
 def worsening_drug_ordered(matches, ctx):
     drugs = unique_drugs(matches, "drug")
     first = drugs[0]
@@ -96,12 +95,11 @@ def worsening_drug_ordered(matches, ctx):
            hooks=("patient-view",), needs=("medication_requests", "medication_statements"),
            logic="present(RLS, PLMD or a leg-movement complaint) and an active systemic medication of an "
                  "RLS-worsening class, deduplicated by ingredient",
-           when=when_all(
-               c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd")
-                                                 | (m.name == "leg_movement_complaint"))),
-               c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
-               c.drug << ((m.kind == "medication") & (m.origin == "chart") & m.groups.anyItem(item == "rls_worsening")),
-           ))
+           when=all_of(inclusion=[
+               finding("rls", "plmd", "leg_movement_complaint", alias="dx"),
+               hook_is("patient-view"),
+               chart_medication(group="rls_worsening", alias="drug"),
+           ]))
 def worsening_drugs_review(matches, ctx):
     drugs = unique_drugs(matches, "drug")
     names = [d["name"] for d in drugs]
@@ -123,11 +121,8 @@ def _dopaminergic(match) -> dict:
     return drug_fields(match["drug"])
 
 
-_DOPAMINERGIC_DRAFT = ((m.kind == "medication") & (m.origin == "draft") & m.groups.anyItem(item == "dopaminergic"))
-
-
 @derivation(id="F-DOPAMINERGIC-DRAFT", title="A dopaminergic drug is being ordered", citation=f"{CATALOG} R5, R20",
-            when=when_all(c.drug << (_DOPAMINERGIC_DRAFT & m.classes.allItems(item != "prolactin_lowering"))),
+            when=all_of(inclusion=[draft_medication(group="dopaminergic", not_class="prolactin_lowering", alias="drug")]),
             produces="dopaminergic_draft", logic="a draft dopamine agonist or levodopa other than cabergoline/bromocriptine")
 def dopaminergic_draft(match):
     return _dopaminergic(match)
@@ -135,8 +130,8 @@ def dopaminergic_draft(match):
 
 @derivation(id="F-DOPAMINERGIC-DRAFT-PRL", title="A prolactin-lowering dopamine agonist is being ordered without "
                                                  "hyperprolactinaemia", citation=f"{CATALOG} R5, R20",
-            when=when_all(c.drug << (_DOPAMINERGIC_DRAFT & m.classes.anyItem(item == "prolactin_lowering")),
-                          none((m.kind == "condition") & m.sets.anyItem(item == "HYPERPROLACTINAEMIA"))),
+            when=all_of(inclusion=[draft_medication(group="dopaminergic", drug_class="prolactin_lowering", alias="drug")],
+                        exclusion=[coded("HYPERPROLACTINAEMIA")]),
             produces="dopaminergic_draft",
             logic="a draft cabergoline or bromocriptine with no hyperprolactinaemia (E22.1, D35.2), also as the reason")
 def prolactin_lowering_draft(match):
@@ -153,13 +148,12 @@ def prolactin_lowering_draft(match):
                  "every medication readable); warning when iron is low, and then it replaces R2's card (its detail "
                  "carries the iron verdict); no gabapentinoid is proposed in pregnancy (within pregnancy_max_days), "
                  "ESRD/dialysis, for a child or when the age is unknown",
-           when=when_all(
-               ORDER_HOOK,
-               c.draft << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)),
-               c.rls << ((m.kind == "finding") & (m.name == "rls")),
-               none((m.kind == "condition") & m.sets.anyItem(item == "PARKINSONISM")),
-               none((m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic")),
-               none((m.kind == "data_gap") & (m.key == "medication_requests")),  # "new start" needs the full list
+           when=all_of(
+               inclusion=[order_hook(), finding("dopaminergic_draft", alias="draft", selected=True),
+                          finding("rls", alias="rls")],
+               exclusion=[coded("PARKINSONISM"),
+                          chart_or_recent_medication(group="dopaminergic"),
+                          data_gap("medication_requests")],  # "new start" needs the full list
            ))
 def dopaminergic_for_rls(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]

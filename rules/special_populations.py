@@ -7,8 +7,8 @@ drug-specific advice). R23's cut-offs come from product labels and are unverifie
 creatinine clearance, not eGFR): off until confirmed. R24 (seed 001: behavioural cues of RLS in
 cognitively impaired patients) is rarely coded, so it is off by default.
 """
-from durable.lang import c, item, m, none, when_all
-
+from cds_service.authoring.criteria import (all_of, coded, finding, hook_is, params, readable_result, selected_draft,
+                                            setting)
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, as_drug, condition_names, drug_fields, seeds, unique
@@ -22,10 +22,8 @@ LABELS = "US product labels (renal dosing); thresholds unverified"
            analytes=("ferritin", "tsat"),  # iron_verdict
            logic="RLS present (patient-view) or an RLS drug selected, with pregnancy (onset, else recorded date, within "
                  "pregnancy_max_days), ESRD/dialysis or iron deficiency",
-           when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
-                         c.due << ((m.kind == "finding") & (m.name == "rls_review_due")),
-                         c.context << ((m.kind == "condition") & m.sets.anyItem(
-                             (item == "PREGNANCY") | (item == "ESRD_DIALYSIS") | (item == "IRON_DEFICIENCY")))))
+           when=all_of(inclusion=[finding("rls", alias="rls"), finding("rls_review_due", alias="due"),
+                                  coded("PREGNANCY", "ESRD_DIALYSIS", "IRON_DEFICIENCY", alias="context")]))
 def secondary_rls(matches, ctx):
     contexts = unique(matches, "context")
     verdict = iron_verdict(ctx)
@@ -45,8 +43,7 @@ def secondary_rls(matches, ctx):
 
 
 @derivation(id="F-RENAL-DOSED-CLASS", title="A renally cleared gabapentinoid is selected", citation=f"{LABELS}; {CATALOG} R23",
-            when=when_all(c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.classes.anyItem(item == "gabapentinoid"))),
+            when=all_of(inclusion=[selected_draft(drug_class="gabapentinoid", alias="drug")]),
             produces="renally_cleared_draft", logic="a selected draft gabapentin, gabapentin enacarbil or pregabalin")
 def renally_cleared_class(match):
     return drug_fields(match["drug"])
@@ -54,8 +51,7 @@ def renally_cleared_class(match):
 
 @derivation(id="F-RENAL-DOSED-INGREDIENT", title="Pramipexole or levetiracetam is selected",
             citation=f"{LABELS}; {CATALOG} R23",
-            when=when_all(c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)
-                                     & m.ingredients.anyItem((item == "746741") | (item == "114477")))),
+            when=all_of(inclusion=[selected_draft(ingredient=("746741", "114477"), alias="drug")]),
             produces="renally_cleared_draft", logic="a selected draft pramipexole (746741) or levetiracetam (114477)")
 def renally_cleared_ingredient(match):
     return renally_cleared_class(match)
@@ -65,11 +61,9 @@ def renally_cleared_ingredient(match):
            needs=("labs",), enabled_by_default=False,
            logic="a selected renally cleared drug (gabapentinoid, pramipexole, levetiracetam) and the latest eGFR within "
                  "12 months below renal_dose_egfr_threshold (default 60, unverified)",
-           when=when_all(c.params << (m.kind == "params"),
-                         c.egfr << ((m.kind == "lab") & (m.analyte == "egfr") & (m.usable == True)
-                                    & (m.value < c.params.renal_dose_egfr_threshold)
-                                    & (m.comparator != ">") & (m.comparator != ">=")),
-                         c.drug << ((m.kind == "finding") & (m.name == "renally_cleared_draft"))))
+           when=all_of(inclusion=[params(),
+                                  readable_result("egfr", below=setting("renal_dose_egfr_threshold"), alias="egfr"),
+                                  finding("renally_cleared_draft", alias="drug")]))
 def renal_dosing(matches, ctx):
     drug, egfr = as_drug(matches[0]["drug"]), matches[0]["egfr"]
     limit = ctx.settings["renal_dose_egfr_threshold"]
@@ -85,10 +79,9 @@ def renal_dosing(matches, ctx):
 @card_rule(id="R24", title="RLS in cognitive impairment", citation=seeds(SEED_001), hooks=("patient-view",),
            needs=("conditions",), enabled_by_default=False,
            logic="dementia or cognitive impairment with restlessness or a sleep complaint, and no RLS and no delirium",
-           when=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
-                         c.dementia << ((m.kind == "condition") & m.sets.anyItem(item == "DEMENTIA_CI")),
-                         c.cue << ((m.kind == "condition") & m.sets.anyItem((item == "RESTLESSNESS") | (item == "SLEEP_COMPLAINT"))),
-                         none((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "DELIRIUM")))))
+           when=all_of(inclusion=[hook_is("patient-view"), coded("DEMENTIA_CI", alias="dementia"),
+                                  coded("RESTLESSNESS", "SLEEP_COMPLAINT", alias="cue")],
+                       exclusion=[coded("RLS", "DELIRIUM")]))
 def rls_in_cognitive_impairment(matches, ctx):
     why = ("Cognitive impairment with restlessness or disturbed sleep, and no restless legs syndrome or delirium coded. "
            "Assess for restless legs (and check ferritin) before sedating.")

@@ -1,4 +1,5 @@
-"""How a rule is written: the rule registry, decorators, render context and the builders of suggested orders.
+"""How a rule is written: the criteria vocabulary, the rule registry, decorators, render context and the
+builders of suggested orders.
 
-May import ``knowledge``; nothing above.
+May import ``knowledge`` and the fact model ``facts.schema``; nothing above.
 """

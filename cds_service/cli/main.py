@@ -101,6 +101,29 @@ def rules_command(lock: bool, accept_unbumped: bool) -> None:
     click.echo(catalog_markdown(), nl=False)
 
 
+# ---- the fact model ------------------------------------------------------------------------
+
+def fact_model_markdown(extra_modules: tuple[str, ...] = ()) -> str:
+    """docs/fact-model.md: the fact model, with the derivations that produce each finding."""
+    import rules
+    from cds_service.facts.schema import model_markdown
+
+    rules.load_all(extra_modules)
+    producers: dict[str, list[str]] = {}
+    for spec in sorted(REGISTRY.values(), key=lambda s: _natural(s.id)):
+        if spec.produces:
+            producers.setdefault(spec.produces, []).append(spec.id)
+    return model_markdown(producers)
+
+
+@main.command("facts")
+@click.option("--extra", "extra_modules", multiple=True, metavar="MODULE",
+              help="also load this site rule module (as EXTRA_RULE_MODULES does), to list its findings")
+def facts_command(extra_modules: tuple[str, ...]) -> None:
+    """Print the fact model as Markdown: every kind of fact, its fields and every finding (docs/fact-model.md)."""
+    click.echo(fact_model_markdown(extra_modules), nl=False)
+
+
 # ---- governance ----------------------------------------------------------------------------
 
 @main.command("report")

@@ -1,10 +1,13 @@
 """Registration-time lint of rule definitions: conventions the durable-rules engine does not enforce itself."""
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from durable.lang import m
 
 from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
 from cds_service.engine.hygiene import RESERVED_FIELDS
+from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, close_match
 
 RESERVED_ALIASES = {"s", "m", "host", "post", "assert_fact", "retract_fact", "start_timer", "cancel_timer",
                     "renew_action_lease", "delete_state", "get_facts", "get_pending_events"}
@@ -147,3 +150,254 @@ def _literal_problems(expression) -> list[str]:
         for item in expression:
             problems += _literal_problems(item)
     return problems
+
+
+# ---- the fact model (facts/schema.py) -------------------------------------------------------
+
+_COMPARISONS = ("$lt", "$lte", "$gt", "$gte", "$neq", "$mt", "$imt")
+
+
+def lint_fact_model(specs: list[RuleSpec], definition: dict) -> None:
+    """Stop start-up when a rule names a kind, a field or a finding the fact model does not have."""
+    problems = fact_model_problems(specs, definition)
+    if problems:
+        raise RuleDefinitionError("rule lint failed (fact model, see docs/fact-model.md):\n  " + "\n  ".join(problems))
+
+
+def fact_model_problems(specs: list[RuleSpec], definition: dict) -> list[str]:
+    """Every place a compiled rule names a kind, field, finding or closed-set value the model does
+    not have: in positive conditions and inside none(), in `&`/`|` trees, anyItem/allItems, and in
+    comparisons with another alias (`m.days_ago < c.prior.days_ago` checks `prior`'s kind too)."""
+    problems = []
+    produced = {s.produces for s in specs if s.stratum == DERIVE and s.produces}
+    for spec in specs:
+        if spec.stratum == DERIVE and spec.produces not in FINDINGS:
+            problems.append(f"{spec.id}: it derives finding {spec.produces!r}, which the fact model does not declare "
+                            f"(declare_finding in the rule's module){_did_you_mean(spec.produces, FINDINGS)}")
+    known_findings = set(FINDINGS) | produced
+    for spec in specs:
+        rule = definition.get(spec.id, {})
+        problems += _RuleCheck(spec.id, known_findings).run(rule.get("all", rule.get("any")) or [])
+    return problems
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    match = close_match(name, candidates)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
+def _pins(expression, field_name: str) -> set[str] | None:
+    """The string values `expression` requires `field_name` to equal (an `|` of them is their union),
+    or None when it does not pin the field."""
+    if not isinstance(expression, dict) or len(expression) != 1:
+        return None
+    (key, value), = expression.items()
+    if key == field_name:
+        return {value} if isinstance(value, str) else None
+    if key == "$and" and isinstance(value, list):
+        found = [p for p in (_pins(term, field_name) for term in value) if p is not None]
+        return set.intersection(*found) if found else None
+    if key == "$or" and isinstance(value, list):
+        branches = [_pins(term, field_name) for term in value]
+        return None if not branches or any(b is None for b in branches) else set().union(*branches)
+    return None
+
+
+class _RuleCheck:
+    """Walks one rule's compiled conditions against the fact model, collecting problems."""
+
+    def __init__(self, rule_id: str, known_findings: set[str]):
+        self.rule_id = rule_id
+        self.known_findings = known_findings
+        self.aliases: dict[str, dict] = {}
+        self.problems: list[str] = []
+
+    def run(self, conditions: list) -> list[str]:
+        self._collect_aliases(conditions)
+        self._conditions(conditions)
+        return list(dict.fromkeys(self.problems))
+
+    def _collect_aliases(self, conditions: list) -> None:
+        for condition in conditions:
+            for name, expression in condition.items():
+                if name.endswith(("$all", "$any")) and isinstance(expression, list):
+                    self._collect_aliases(expression)
+                elif "$" not in name:
+                    self.aliases[name] = expression
+
+    def _conditions(self, conditions: list) -> None:
+        for condition in conditions:
+            for name, expression in condition.items():
+                if name.endswith(("$all", "$any")) and isinstance(expression, list):
+                    self._conditions(expression)
+                    continue
+                if name.endswith("$not"):
+                    where = "inside none(), "
+                else:
+                    where = "in an unnamed condition, " if _unnamed(name.split(".")[-1]) else f"in c.{name}, "
+                targets = self._targets(expression, None, where)
+                if targets is not None:
+                    self._walk(expression, targets, where)
+
+    # which kinds (and findings) a (sub)condition can match -----------------------------------
+
+    def _targets(self, expression, parent: list | None, where: str, report: bool = True) -> list | None:
+        """The FactKinds a (sub)expression can match: those it pins by `kind` (and `name` for
+        findings), else its parent's. None when nothing is pinned at the top (reported)."""
+        kinds = _pins(expression, "kind")
+        if kinds is None:
+            if parent is None and report:
+                self._problem(f"{where}the condition does not say which kind of fact it matches (m.kind == ...)")
+            return parent
+        targets = []
+        for kind in sorted(kinds):
+            if kind not in KINDS:
+                if report:
+                    self._problem(f"{where}kind {kind!r} is not a kind of fact{_did_you_mean(kind, KINDS)}")
+                continue
+            if kind != "finding":
+                targets.append(KINDS[kind])
+                continue
+            names = _pins(expression, "name")
+            if names is None:
+                parent_findings = [t for t in parent or [] if t.name.startswith("finding:")]
+                targets += parent_findings or [_any_finding()]
+                continue
+            for name in sorted(names):
+                if name not in self.known_findings:
+                    if report:
+                        self._problem(f"{where}finding {name!r} is derived by no rule and declared nowhere"
+                                      f"{_did_you_mean(name, self.known_findings)}")
+                elif name in FINDINGS:
+                    targets.append(FINDINGS[name])
+        return targets
+
+    # fields and values ----------------------------------------------------------------------
+
+    def _walk(self, expression, targets: list, where: str) -> None:
+        if not isinstance(expression, dict):
+            return
+        for key, value in expression.items():
+            if key in ("$and", "$or") and isinstance(value, list):
+                node = self._targets({key: value}, targets, where, report=False) or targets
+                for term in value:
+                    branch = self._targets(term, node, where, report=False) if key == "$or" else node
+                    self._walk(term, branch or node, where)
+            elif key in ("$ex", "$nex") and isinstance(value, dict):
+                for field_name in value:
+                    self._field(field_name, targets, where)
+            elif key in ("$iany", "$iall") and isinstance(value, dict):
+                for field_name, inner in value.items():
+                    specs = self._field(field_name, targets, where)
+                    for target, spec in specs:
+                        if list not in spec.types:
+                            self._problem(f"{where}field {field_name!r} of {target._what()} is not a list: "
+                                          f"anyItem/allItems never match it")
+                        else:
+                            self._items(inner, field_name, target, spec, where)
+            elif key in _COMPARISONS and isinstance(value, dict):
+                for field_name, operand in value.items():
+                    specs = self._field(field_name, targets, where)
+                    if isinstance(operand, dict):
+                        self._operand(operand, where)
+                    else:
+                        for target, spec in specs:
+                            self._literal(field_name, target, spec, operand, where, key)
+            elif not key.startswith("$"):
+                specs = self._field(key, targets, where)
+                if isinstance(value, dict):
+                    self._operand(value, where)
+                else:
+                    for target, spec in specs:
+                        self._literal(key, target, spec, value, where, "$eq")
+
+    def _field(self, field_name: str, targets: list, where: str) -> list:
+        found = []
+        for target in targets:
+            try:
+                found.append((target, target.field(field_name)))
+            except FactSchemaError as exc:
+                self._problem(f"{where}{exc}")
+        return found
+
+    def _items(self, inner, field_name: str, target, spec, where: str) -> None:
+        """Terms over the items of a list field (`item == "RLS"`): list items are strings."""
+        if not isinstance(inner, dict):
+            return
+        for key, value in inner.items():
+            if key in ("$and", "$or") and isinstance(value, list):
+                for term in value:
+                    self._items(term, field_name, target, spec, where)
+            elif key == "$i":
+                self._literal(field_name, target, spec, value, where, "$eq", item=True)
+            elif key in _COMPARISONS and isinstance(value, dict):
+                for item_key, operand in value.items():
+                    if item_key == "$i" and not isinstance(operand, dict):
+                        self._literal(field_name, target, spec, operand, where, key, item=True)
+                    elif item_key != "$i":
+                        self._problem(f"{where}items of {field_name!r} in {target._what()} are strings: "
+                                      f"{item_key.replace('$i', 'item')!r} never matches")
+            elif key.startswith("$i."):
+                self._problem(f"{where}items of {field_name!r} in {target._what()} are strings: "
+                              f"{key.replace('$i', 'item')!r} never matches")
+
+    def _literal(self, field_name: str, target, spec, literal, where: str, op: str, item: bool = False) -> None:
+        what = f"an item of {field_name!r}" if item else f"field {field_name!r}"
+        types = (str,) if item else spec.types
+        if isinstance(literal, bool):
+            fits = bool in types
+        elif isinstance(literal, (int, float)):
+            fits = bool(set(types) & {int, float})
+        elif literal is None:
+            fits = type(None) in types
+        else:
+            fits = isinstance(literal, tuple(t for t in types if t is not type(None)) or (type(None),))
+        if op in ("$mt", "$imt"):
+            fits = str in types and isinstance(literal, str)
+        if not fits:
+            self._problem(f"{where}{what} of {target._what()} is compared with {literal!r}, "
+                          f"which a {'/'.join(t.__name__ for t in types)} never equals")
+            return
+        if field_name == "kind" and not item:
+            return  # kinds are checked where they pin the condition
+        if field_name == "name" and target.name.startswith("finding") and not item:
+            if isinstance(literal, str) and literal not in self.known_findings:
+                self._problem(f"{where}finding {literal!r} is derived by no rule and declared nowhere"
+                              f"{_did_you_mean(literal, self.known_findings)}")
+            return
+        if spec.values is not None and isinstance(literal, str) and op in ("$eq", "$neq") and literal not in spec.values:
+            self._problem(f"{where}{what} of {target._what()} never holds {literal!r}"
+                          f"{_did_you_mean(literal, spec.values)}")
+
+    def _operand(self, operand: dict, where: str) -> None:
+        """The other side of a comparison: another alias's field (`c.due.days_ago`), or arithmetic on it."""
+        for key, value in operand.items():
+            if key in ("$add", "$sub", "$mul", "$div") and isinstance(value, dict):
+                for side in (value.get("$l"), value.get("$r")):
+                    if isinstance(side, dict):
+                        self._operand(side, where)
+            elif not key.startswith("$") and isinstance(value, str):
+                if key not in self.aliases:
+                    self._problem(f"{where}c.{key}.{value} refers to an alias no condition of this rule binds"
+                                  f"{_did_you_mean(key, self.aliases)}")
+                    continue
+                targets = self._targets(self.aliases[key], None, where, report=False) or []
+                for target in targets:
+                    try:
+                        target.field(value)
+                    except FactSchemaError as exc:
+                        self._problem(f"{where}c.{key}.{value}: {exc}")
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(f"{self.rule_id}: {text}")
+
+
+def _unnamed(name: str) -> bool:
+    """Conditions without an alias compile as `m` or `m_<n>`."""
+    return name == "m" or (name.startswith("m_") and name[2:].isdigit())
+
+
+def _any_finding() -> FactKind:
+    """A finding whose name the condition leaves open: any field some declared finding has."""
+    return FactKind("finding:any", "Any finding", MappingProxyType(
+        {name: spec for kind in [KINDS["finding"], *FINDINGS.values()] for name, spec in kind.fields.items()}))

@@ -27,7 +27,8 @@ from durable.lang import m, when_all
 
 from cds_service.authoring.rulebook import DERIVE, Match, RuleSpec
 from cds_service.engine.hygiene import EngineError, fact_json
-from cds_service.engine.lint import RuleDefinitionError, lint, negated_kinds
+from cds_service.engine.lint import RuleDefinitionError, lint, lint_fact_model, negated_kinds
+from cds_service.facts.schema import finding_fact
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,19 @@ def _bound_facts(closure, aliases: list[str]) -> Match:
 class RuleEngine:
     """One compiled ruleset and the lock that serialises evaluations in this process."""
 
-    def __init__(self, specs: list[RuleSpec], name: str = "legmove"):
+    def __init__(self, specs: list[RuleSpec], name: str = "legmove", fact_model: bool = True):
+        """`fact_model`: check every rule against the fact model (facts/schema.py) at start-up and
+        every finding when it is derived; off only for probes of the engine itself over toy facts."""
         self.specs = {s.id: s for s in specs}
         self.name = name
+        self.fact_model = fact_model
         definition = {}
         for spec in specs:
             definition[spec.id] = self._define(spec)
         definition["$sentinel"] = self._sentinel_definition()
         lint(specs, definition)
+        if fact_model:
+            lint_fact_model(specs, definition)
         self.negated_kinds = negated_kinds(definition)
         self._host = _ThreadlessHost()
         try:
@@ -126,14 +132,14 @@ class RuleEngine:
         rule.pri = spec.priority
         aliases = [getattr(expr, "alias", None) or "" for expr in rule.expression]
         aliases = [a for a in aliases if a]
-        rule.func = [self._make_action(spec, aliases)]
+        rule.func = [self._make_action(spec, aliases, self.fact_model)]
         try:
             return rule.define()
         except Exception as exc:
             raise RuleDefinitionError(f"rule {spec.id} ({spec.module}) does not compile: {exc}") from exc
 
     @staticmethod
-    def _make_action(spec: RuleSpec, aliases: list[str]):
+    def _make_action(spec: RuleSpec, aliases: list[str], fact_model: bool):
         def action(closure):  # exactly one parameter: durable-rules treats two as asynchronous
             evaluation = _current.get()
             evaluation.firings += 1
@@ -143,11 +149,9 @@ class RuleEngine:
                     fields = spec.derive(match)
                     if fields is None:  # the match failed a check the DSL cannot express (e.g. a date window)
                         return
-                    clash = set(fields) & {"kind", "name", "rule", "basis", "id", "sid"}
-                    if clash:
-                        raise ValueError(f"a finding may not set {sorted(clash)}: the engine owns those fields")
-                    finding = dict(fields, kind="finding", name=spec.produces, rule=spec.id,
-                                   basis=[f["id"] for f in match.values()])
+                    # checked against the fact model: a finding that does not fit fails the rule
+                    finding = finding_fact(spec.produces, fields, rule=spec.id, basis=[f["id"] for f in match.values()],
+                                           checked=fact_model)
                     _assert_derived(closure, evaluation, finding)
                 else:
                     evaluation.card_matches.setdefault(spec.id, []).append(match)

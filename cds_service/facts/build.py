@@ -13,6 +13,7 @@ from datetime import date
 
 from cds_service.facts.medications import _Medications
 from cds_service.facts.project import UNKNOWN_DAYS, _Projection
+from cds_service.facts.schema import CONTEXT, DATA_GAP, PARAMS, PATIENT, FactSchemaError
 from cds_service.facts.select import _Selection
 from cds_service.fhir.fhir_read import fhir_date_range, reference_of
 from cds_service.knowledge.terminology import Terminology
@@ -58,8 +59,8 @@ class _Builder(_Selection, _Projection, _Medications):
         self._matches: dict[tuple, object] = {}  # lives for this call only, like all patient data
 
     def build(self) -> FactSet:
-        facts: list[dict] = [{"kind": "context", "hook": self.data.hook}, params_fact(self.term)]
-        facts += [{"kind": "data_gap", "key": key} for key in sorted(self.data.incomplete_keys)]
+        facts: list[dict] = [CONTEXT.new(hook=self.data.hook), params_fact(self.term)]
+        facts += [DATA_GAP.new(key=key) for key in sorted(self.data.incomplete_keys)]
         seen: set[str] = set()
         by_type: dict[str, list[dict]] = {}
         for key, resources in self.data.resources.items():
@@ -102,7 +103,7 @@ class _Builder(_Selection, _Projection, _Medications):
         fact = {"kind": "patient", "age_years": UNKNOWN_DAYS, "age_min": UNKNOWN_DAYS, "age_max": UNKNOWN_DAYS,
                 "child": False, "age_known": False, "deceased": _deceased(patient)}
         if span is None or span[0] > self.today:
-            return fact
+            return PATIENT.new(**fact)
         youngest, oldest = _age(span[1], self.today), _age(span[0], self.today)
         youngest = max(youngest, 0)
         fact.update(age_min=youngest, age_max=oldest, age_years=oldest if oldest == youngest else UNKNOWN_DAYS)
@@ -110,7 +111,7 @@ class _Builder(_Selection, _Projection, _Medications):
             fact.update(child=True, age_known=True)
         elif youngest >= 18:
             fact.update(age_known=True)
-        return fact
+        return PATIENT.new(**fact)
 
 
 def _age(birth: date, today: date) -> int:
@@ -140,4 +141,8 @@ def params_fact(term: Terminology) -> dict:
                 profile_source=settings["profiles"][name]["source"])
     for profile, numbers in settings["profiles"].items():
         fact.update({f"{profile}_{k}": float(v) for k, v in numbers.items() if isinstance(v, (int, float))})
-    return fact
+    try:
+        return PARAMS.new(**fact)
+    except FactSchemaError as exc:  # a setting the fact model does not declare (an override's typo?)
+        raise FactSchemaError(f"the settings do not fit the params fact ({exc}); declare a new setting in "
+                              "cds_service/facts/schema.py") from exc

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cds_service.facts.project import UNKNOWN_DAYS
+from cds_service.facts.schema import MEDICATION
 from cds_service.fhir.fhir_read import as_list, clip, codings_of, reference_of, refers_to_patient, string, text_of
 
 CHART_MED_REQUEST_INTENTS = {"order", "plan", "original-order"}
@@ -40,9 +41,7 @@ class _Medications:
             return []
         selected = self.data.selections is None or ref in self.data.selections
         if res.get("resourceType") == "MedicationRequest":
-            fact = self._medication(res, origin="draft", selected=selected)
-            if fact:
-                fact.update(self._indications(res))
+            fact = self._medication(res, origin="draft", selected=selected, extra=self._indications)
         elif res.get("resourceType") == "ServiceRequest":
             fact = self._service_request(res, "draft", selected)
         else:
@@ -74,7 +73,9 @@ class _Medications:
     def _index_medications(self) -> dict[str, dict]:
         return supplied_medications(self.data.resources, self.data.draft_orders)
 
-    def _medication(self, res: dict, origin: str, selected: bool) -> dict | None:
+    def _medication(self, res: dict, origin: str, selected: bool, extra=None) -> dict | None:
+        """The medication fact, or None when it matches no known class. `extra(res)`: further
+        fields (a draft's indications), asked for only when there is a fact."""
         codings, texts = self._resolve_medication(res)
         routes = [t for d in as_list(res.get("dosageInstruction") or res.get("dosage")) if isinstance(d, dict)
                   for t in [text_of(d.get("route")), *(c.get("display") for c in codings_of(d.get("route")))] if t]
@@ -91,21 +92,21 @@ class _Medications:
         groups = sorted(g for g, classes in self.term.groups.items() if classes & set(match.classes))
         period = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
         started = res.get("authoredOn") or res.get("effectiveDateTime") or period.get("start") or res.get("dateAsserted")
-        return {
-            "kind": "medication",
-            "origin": origin,
-            "selected": selected,
-            "resource_ref": reference_of(res),
-            "resource_type": res.get("resourceType"),
-            "name": clip(match.name),
-            "classes": list(match.classes),
-            "groups": groups,
-            "ingredients": list(match.ingredients),
-            "matched_by": match.matched_by,
-            "code": match.code or "none",
-            "since": clip(str(started or ""), 10) or "undated",
-            "started_days_ago": self._days_ago(started),
-        }
+        return MEDICATION.new(
+            origin=origin,
+            selected=selected,
+            resource_ref=reference_of(res),
+            resource_type=res.get("resourceType"),
+            name=clip(match.name),
+            classes=list(match.classes),
+            groups=groups,
+            ingredients=list(match.ingredients),
+            matched_by=match.matched_by,
+            code=match.code or "none",
+            since=clip(str(started or ""), 10) or "undated",
+            started_days_ago=self._days_ago(started),
+            **(extra(res) if extra else {}),
+        )
 
     def _resolve_medication(self, res: dict) -> tuple[list[dict], list[str]]:
         """Step 0 of section 9: the concept itself, a contained or supplied Medication, or a display."""

@@ -1,6 +1,7 @@
 """Per-resource projection into facts: conditions, observations, service requests and procedures."""
 from __future__ import annotations
 
+from cds_service.facts.schema import CONDITION, LAB, ORDER, PENDING_TEST, PROCEDURE_DONE, UNREADABLE_RESULT
 from cds_service.fhir.fhir_read import (as_list, clip, codings_of, fhir_date_range, first_code, observation_date,
                                         parse_fhir_date, quantity_of, reference_of, string, text_of)
 
@@ -63,8 +64,7 @@ class _Projection:
         analyte, code_value, how = found
         status = string(res.get("status"))
         if status in PENDING_OBSERVATION:
-            return {"kind": "pending_test", "analyte": analyte.name, "resource_ref": reference_of(res),
-                    "status": status, "origin": "result"}
+            return PENDING_TEST.new(analyte=analyte.name, resource_ref=reference_of(res), status=status, origin="result")
         if status not in FINAL_OBSERVATION:
             return self._skip(res, f"status {status}")
         when = observation_date(res)
@@ -81,7 +81,7 @@ class _Projection:
         if res.get("dataAbsentReason"):
             return self._unreadable(res, fact, "no value (dataAbsentReason)")
         if analyte.panel:
-            return fact  # a resulted panel or questionnaire: done, no single value to compare
+            return LAB.new(**fact)  # a resulted panel or questionnaire: done, no single value to compare
         value = quantity_of(res)
         if value is None:
             return self._unreadable(res, fact, "no number could be read from the value")
@@ -99,7 +99,7 @@ class _Projection:
         low = _reference_low(res)
         if low is not None and low[1] == unit:
             fact["below_reference"] = value.number < low[0]
-        return fact
+        return LAB.new(**fact)
 
     def _unreadable(self, res: dict, fact: dict, reason: str) -> dict:
         """A result that exists and counts by status and date but cannot be used: never "on file"
@@ -108,11 +108,11 @@ class _Projection:
         raw = res.get("valueString") if isinstance(res.get("valueString"), str) else fact.get("raw_value")
         quantity = res.get("valueQuantity") if isinstance(res.get("valueQuantity"), dict) else {}
         unit = quantity.get("code") or quantity.get("unit") or fact.get("raw_unit")
-        return {"kind": "unreadable_result", "analyte": fact["analyte"], "resource_ref": fact["resource_ref"],
-                "loinc": fact["loinc"], "matched_by": fact["matched_by"], "date": fact["date"],
-                "days_ago": fact["days_ago"], "reason": clip(reason, 80),
-                "raw_text": clip(f"{raw:g}" if isinstance(raw, float) else str(raw if raw is not None else "(none)"), 40),
-                "raw_unit": clip(str(unit) if isinstance(unit, str) else "(none)", 20)}
+        return UNREADABLE_RESULT.new(
+            analyte=fact["analyte"], resource_ref=fact["resource_ref"], loinc=fact["loinc"], matched_by=fact["matched_by"],
+            date=fact["date"], days_ago=fact["days_ago"], reason=clip(reason, 80),
+            raw_text=clip(f"{raw:g}" if isinstance(raw, float) else str(raw if raw is not None else "(none)"), 40),
+            raw_unit=clip(str(unit) if isinstance(unit, str) else "(none)", 20))
 
     def _service_request(self, res: dict, origin: str, selected: bool) -> dict | None:
         """A lab order (pending test) or a procedure order (PSG, EMG, imaging, referral)."""
@@ -124,17 +124,16 @@ class _Projection:
         texts = [t for t in [text_of(code), *(c.get("display") for c in codings)] if isinstance(t, str)]
         lab = self.term.observation_analyte(codings, texts)
         if lab and status in PENDING_ORDER_STATUS:
-            return {"kind": "pending_test", "analyte": lab[0].name, "resource_ref": reference_of(res),
-                    "status": status, "origin": origin}
+            return PENDING_TEST.new(analyte=lab[0].name, resource_ref=reference_of(res), status=status, origin=origin)
         procedure = self.term.procedures.match(codings, texts)
         if procedure is None:
             return None
         reasons = [c for concept in as_list(res.get("reasonCode")) for c in codings_of(concept)]
         unclassified = sum(1 for c in reasons if not self.term.codesets.sets_for(c.get("system"), c.get("code")))
-        return {"kind": "order", "procedure": procedure[0], "matched_by": procedure[1], "origin": origin,
-                "selected": selected, "status": status, "resource_ref": reference_of(res),
-                "name": clip(texts[0] if texts else self.term.procedures.titles[procedure[0]], 60),
-                "days_ago": self._days_ago(res.get("authoredOn")), "unclassified_reasons": unclassified}
+        return ORDER.new(procedure=procedure[0], matched_by=procedure[1], origin=origin, selected=selected, status=status,
+                         resource_ref=reference_of(res),
+                         name=clip(texts[0] if texts else self.term.procedures.titles[procedure[0]], 60),
+                         days_ago=self._days_ago(res.get("authoredOn")), unclassified_reasons=unclassified)
 
     def _procedure_done(self, res: dict) -> dict | None:
         """A completed Procedure or a final DiagnosticReport (prior EMG, R12)."""
@@ -154,8 +153,8 @@ class _Projection:
         days_ago = self._days_ago(when)
         if days_ago < 0:
             return self._skip(res, "no parseable date (or a future one) on a procedure")
-        return {"kind": "procedure_done", "procedure": procedure[0], "matched_by": procedure[1],
-                "resource_ref": reference_of(res), "date": clip(str(when), 10), "days_ago": days_ago}
+        return PROCEDURE_DONE.new(procedure=procedure[0], matched_by=procedure[1], resource_ref=reference_of(res),
+                                  date=clip(str(when), 10), days_ago=days_ago)
 
     def _coded_conditions(self, res: dict, concepts: list, clinical: str, verification: str, dates: dict,
                           every: bool = False, age_days: int | None = None, windowed: bool = True) -> list[dict]:
@@ -175,10 +174,10 @@ class _Projection:
             if text_sets:
                 matches = [("text", "text", text, text_sets)]
             for system, code, display, sets in matches:
-                facts.append({"kind": "condition", "resource_ref": reference_of(res), "system": system, "code": code,
-                              "display": clip(display if isinstance(display, str) else (text or code)),
-                              "sets": sorted(sets), "clinical_status": clinical, "verification_status": verification,
-                              **dates})
+                facts.append(CONDITION.new(resource_ref=reference_of(res), system=system, code=code,
+                                           display=clip(display if isinstance(display, str) else (text or code)),
+                                           sets=sorted(sets), clinical_status=clinical,
+                                           verification_status=verification, **dates))
                 if not every:
                     return facts
         return facts

@@ -1,6 +1,7 @@
 """Which resources belong to this patient and request: conversion with skip reasons, de-duplication checks, caps."""
 from __future__ import annotations
 
+from cds_service.facts.schema import FactSchemaError
 from cds_service.fhir.fhir_read import reference_of, refers_to_patient
 
 MAX_FACTS_PER_KIND = 200
@@ -17,6 +18,8 @@ class _Selection:
         for res in resources:
             try:
                 result = convert(res)
+            except FactSchemaError:
+                raise  # a fact the model does not allow is a bug in the projection, not bad data
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
                 self._skip(res, f"unparseable ({type(exc).__name__})")
                 continue
