@@ -117,11 +117,3 @@ def removal_suggestions(drafts: list[dict]) -> tuple[list[SuggestionDraft], str]
                                    actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
     return suggestions, "at-most-one" if len(drafts) == 1 else "any"
 
-
-def facts_of(ctx, kind: str, **where) -> list[dict]:
-    """Base facts of one kind, for describing context in a card (never for deciding to fire)."""
-    return [f for f in ctx.facts if f.get("kind") == kind and all(f.get(k) == v for k, v in where.items())]
-
-
-def conditions_in(ctx, *code_sets: str) -> list[dict]:
-    return [f for f in facts_of(ctx, "condition") if set(f["sets"]) & set(code_sets)]

@@ -9,7 +9,7 @@ from durable.lang import c, item, m, none, when_all
 
 from cds_service.authoring.rulebook import CardDraft, card_rule
 
-from .common import ORDER_HOOK, SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
+from .common import ORDER_HOOK, SEED_000, as_drug, drug_line, removal_suggestions, seeds, unique
 
 FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cramps; Qualaquin boxed warning"
 
@@ -26,7 +26,7 @@ FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cr
            ))
 def dopaminergic_for_cramps(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
-    cramps = conditions_in(ctx, "LEG_CRAMP")
+    cramps = ctx.conditions_in("LEG_CRAMP")
     why = ("Leg cramps are on the problem list, with no restless legs syndrome, PLMD or parkinsonism, and a dopaminergic "
            "drug is being ordered. Dopaminergic therapy is not indicated for simple leg cramps; calf stretching is the "
            "first step.")
@@ -65,7 +65,7 @@ def psg_for_cramps(matches, ctx):
     suggestions, behavior = removal_suggestions(orders)
     return CardDraft(
         summary="Polysomnography is not indicated for simple nocturnal leg cramps",
-        indicator="warning", why=why, notes=notes, evidence=orders + conditions_in(ctx, "LEG_CRAMP"), suggestions=suggestions,
+        indicator="warning", why=why, notes=notes, evidence=orders + ctx.conditions_in("LEG_CRAMP"), suggestions=suggestions,
         selection_behavior=behavior,
         override_reasons=[("other-sleep-indication", "Ordered for another sleep indication"),
                           ("plmd-suspected", "PLMD suspected, not yet coded")],
@@ -84,7 +84,7 @@ def psg_for_cramps(matches, ctx):
            ))
 def quinine_for_cramps(matches, ctx):
     drugs = unique(matches, "drug")
-    cramps = conditions_in(ctx, "LEG_CRAMP")
+    cramps = ctx.conditions_in("LEG_CRAMP")
     why = ("Quinine is being ordered and no malaria is coded. The FDA (2010) warns against quinine for leg cramps: "
            "serious and life-threatening haematologic reactions (thrombocytopenia, HUS/TTP) have been reported.")
     notes = ["Quinine (Qualaquin) is approved only for malaria."]

@@ -13,8 +13,7 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.authoring.orders import lab_order, procedure_order
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import (CATALOG, ORDER_HOOK, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
-                     review_triggers, seeds, unique)
+from .common import CATALOG, ORDER_HOOK, SEED_002, condition_names, removal_suggestions, review_triggers, seeds, unique
 
 SEED = seeds(SEED_002)
 FASC = c.fasc << ((m.kind == "finding") & (m.name == "fasciculation"))
@@ -92,7 +91,7 @@ def fasciculation_red_flags(matches, ctx):
     if any(word in f["flags"] for f in flags for word in ("dysphagia", "dysarthria")):
         why.append("Dysphagia and dysarthria are signs of bulbar involvement, which the review article treats as progression.")
     missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
-               if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
+               if not any(f["analyte"] in analytes for f in ctx.facts_of("lab") + ctx.facts_of("pending_test"))]
     if missing:
         why.append("First-tier labs not yet on file: " + ", ".join(missing) + " (they can go with the referral).")
     if emg and referral:
@@ -100,10 +99,9 @@ def fasciculation_red_flags(matches, ctx):
         return CardDraft(summary=f"Fasciculations with {red_flag_phrase(flags)}: EMG/NCS and neurology referral already "
                                  "on file",
                          indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
-    settings = ctx.settings
     order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags"),
-        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, ctx.settings.emg_order_code, "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, ctx.settings.neurology_referral_code, "urgent", "Fasciculations with red flags"),
     ])
     return CardDraft(
         summary=f"Fasciculations with {red_flag_phrase(flags)}: urgent EMG/NCS and neurology referral",
@@ -117,7 +115,7 @@ def _done_since(ctx, procedure: str, flag_days_ago: int) -> list[dict]:
     """Orders or results for `procedure` dated on or after the latest red flag (unknown dates do not count)."""
     if flag_days_ago < 0:
         return []
-    found = facts_of(ctx, "order", procedure=procedure) + facts_of(ctx, "procedure_done", procedure=procedure)
+    found = ctx.facts_of("order", procedure=procedure) + ctx.facts_of("procedure_done", procedure=procedure)
     return [f for f in found if 0 <= f["days_ago"] <= flag_days_ago]
 
 
@@ -150,7 +148,7 @@ def gbs_pattern(match):
 def ascending_weakness(matches, ctx):
     found = unique(matches, "gbs")
     why = (f"Basis: {', '.join(sorted({f['basis_text'] for f in found}))}, with onset within "
-           f"{int(ctx.settings['gbs_onset_window_days'])} days. Ascending weakness with areflexia suggests "
+           f"{ctx.settings.gbs_onset_window_days} days. Ascending weakness with areflexia suggests "
            "Guillain-Barre syndrome: admit, with respiratory monitoring (vital capacity). Coded data cannot express "
            "'ascending' or 'areflexia' (R29.2 covers brisk and reduced reflexes): confirm at the bedside.")
     return CardDraft(summary="Ascending weakness with areflexia: consider Guillain-Barre syndrome; admit with "
@@ -177,7 +175,7 @@ def sudden_fasciculation_with_deficit(matches, ctx):
            "fasciculations, no stroke is coded and no head imaging is ordered. Sudden onset with a new "
            "deficit needs emergent CT/MRI to exclude a stroke.")
     order = SuggestionDraft(label="Order emergent head imaging", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations")])
+        procedure_order(ctx.patient_id, ctx.settings.head_imaging_order_code, "stat", "New deficit with fasciculations")])
     return CardDraft(summary="New fasciculations with a new neurological deficit: emergent CT/MRI to exclude stroke",
                      indicator="critical", why=why, evidence=found, suggestions=[order])
 
@@ -212,7 +210,7 @@ for _test, (_analytes, _code, _display) in FIRST_TIER.items():
                          none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))))
 def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
-    months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
+    months = round(ctx.settings.fasciculation_lab_lookback_days / 30.4)
     why = (f"Fasciculations are on the problem list and these first-tier tests have no result in the last {months} "
            f"months and are not pending: {', '.join(missing)}. Order the missing tests.\n\n"
            "The first tier is fasting glucose or HbA1c, CBC, CMP, B12, TSH and serum protein electrophoresis; a "
@@ -245,7 +243,7 @@ def first_tier_labs(matches, ctx):
 def repeat_emg(matches, ctx):
     orders, priors = unique(matches, "emg"), unique(matches, "prior")
     why = ("Fasciculations are on the problem list, an EMG was done within the last "
-           f"{round(int(ctx.settings['prior_emg_window_days']) / 30.4)} months, and no weakness, atrophy, abnormal "
+           f"{round(ctx.settings.prior_emg_window_days / 30.4)} months, and no weakness, atrophy, abnormal "
            "reflex, dysphagia or dysarthria has been recorded since. No routine repeat EMG in stable benign "
            "fasciculation syndrome; repeat it when new deficits appear.")
     suggestions, behavior = removal_suggestions(orders)
@@ -342,6 +340,6 @@ def imaging_for_isolated_fasciculations(matches, ctx):
     suggestions, behavior = removal_suggestions(orders)
     summary = ("Lumbar MRI for isolated fasciculations is indicated only with radicular pain or UMN signs" if lumbar else
                "Isolated fasciculations with no other neurological findings do not need routine brain imaging")
-    return CardDraft(summary=summary, indicator="info", why=why, evidence=orders + conditions_in(ctx, "FASCICULATION"),
+    return CardDraft(summary=summary, indicator="info", why=why, evidence=orders + ctx.conditions_in("FASCICULATION"),
                      suggestions=suggestions, selection_behavior=behavior,
                      override_reasons=[("other-indication", "Ordered for another indication")])

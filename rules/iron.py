@@ -13,7 +13,7 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.authoring.orders import lab_order, medication_proposal
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, review_triggers, seeds
+from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, review_triggers, seeds
 
 SEEDS_IRON = seeds(SEED_000, SEED_001, SEED_002)
 DRAW_ADVICE = ("Draw in the morning, fasting, and at least 24 h after the last iron-containing supplement "
@@ -48,8 +48,9 @@ review_triggers(id_prefix="F-IRON-DUE", produces="iron_check_due", module=__name
                none((m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests"))),
            ))
 def rls_without_ferritin(matches, ctx):
-    months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
-    unreadable = facts_of(ctx, "unreadable_result", analyte="ferritin")
+    lookback = ctx.settings.ferritin_lookback_days
+    months = round(lookback / 30.4)
+    unreadable = ctx.facts_of("unreadable_result", analyte="ferritin")
     why = (f"Restless legs syndrome is on the problem list and no {'readable ' if unreadable else ''}ferritin result "
            f"from the last {months} months, nor a pending ferritin, was found. Check ferritin and transferrin saturation.")
     notes = ["The review articles ask for ferritin in every patient with restless legs, even when haemoglobin is "
@@ -67,7 +68,7 @@ def rls_without_ferritin(matches, ctx):
         indicator="info",
         why=why, notes=notes,
         evidence=[f for match in matches for f in (match["rls"], match["due"])] + unreadable,
-        thresholds={"ferritin_lookback_days": int(ctx.settings["ferritin_lookback_days"]),
+        thresholds={"ferritin_lookback_days": lookback,
                     "ferritin_loinc": ["2276-4", "20567-4", "24373-3"]},
         suggestions=[order],
         override_reasons=[("already-ordered", "Already ordered or drawn elsewhere"),
@@ -121,10 +122,10 @@ def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) 
 def iron_verdict(ctx) -> dict | None:
     """R2's assessment for this patient from the call's facts (None without a usable ferritin), for
     cards that must say whether iron comes first (R19, R20) on hooks where R2 itself does not run."""
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
-    if "ferritin" not in labs:
+    ferritin, tsat = ctx.labs("ferritin", usable=True), ctx.labs("tsat", usable=True)
+    if not ferritin:
         return None
-    return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
+    return assess_iron(ferritin[-1], tsat[-1] if tsat else None, ctx.patient, ctx.params)
 
 
 _IRON_INPUTS = (
@@ -165,10 +166,10 @@ def iron_stores_ferritin_only(match):
                                        | (m.verdict == "disagreement")))))
 def rls_low_iron(matches, ctx):
     iron = matches[0]["iron"]
-    params = next(f for f in ctx.facts if f["kind"] == "params")
+    params = ctx.params
     t = thresholds_in_use(params)
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
-    on_iron = [f for f in facts_of(ctx, "medication", origin="chart") if "iron" in f.get("groups", [])]
+    labs = {f["analyte"]: f for f in ctx.facts_of("lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
+    on_iron = [f for f in ctx.facts_of("medication", origin="chart") if "iron" in f.get("groups", [])]
     value = _bound(iron["ferritin_comparator"]) + _number(iron["ferritin"])  # "<10": a bound keeps its comparator
     tsat = _bound(iron["tsat_comparator"]) + _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
     verdict, profile = iron["verdict"], iron["profile"]

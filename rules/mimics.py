@@ -77,7 +77,7 @@ def akathisia_rather_than_rls(matches, ctx):
     return CardDraft(summary=fill("Restlessness on {drug} (dopamine antagonist): consider drug-induced akathisia rather "
                                   "than RLS", drug=drug_name(first["name"])),
                      indicator="info", why=why, notes=notes, evidence=drugs,
-                     thresholds={"akathisia_window_days": int(ctx.settings["akathisia_window_days"])})
+                     thresholds={"akathisia_window_days": ctx.settings.akathisia_window_days})
 
 
 # ---- R18 ------------------------------------------------------------------------------------

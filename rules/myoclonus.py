@@ -10,7 +10,7 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.authoring.orders import lab_order, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
 
-from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
+from .common import (CATALOG, ORDER_HOOK, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, seeds, unique,
                      unique_drugs)
 
 SEED = seeds(SEED_003)
@@ -67,7 +67,7 @@ def myoclonus_metabolic_cause(matches, ctx):
     why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Metabolic disturbances "
            "(kidney or liver failure, electrolyte imbalance, hypoglycaemia, hyponatraemia) cause myoclonus; treat the "
            "cause."]
-    recent_cmp = [f for f in facts_of(ctx, "lab", analyte="cmp") if f["days_ago"] <= ctx.settings["metabolic_lookback_days"]]
+    recent_cmp = [f for f in ctx.labs("cmp") if f["days_ago"] <= ctx.settings.metabolic_lookback_days]
     suggestions = []
     if not recent_cmp:
         suggestions.append(SuggestionDraft(label="Order a comprehensive metabolic panel",

@@ -11,7 +11,7 @@ from durable.lang import c, item, m, none, when_all
 
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, fill
 
-from .common import AASM_2024, CATALOG, SEED_000, SEED_001, conditions_in, facts_of, seeds, unique
+from .common import AASM_2024, CATALOG, SEED_000, SEED_001, seeds, unique
 
 SEEDS = seeds(SEED_000, SEED_001)
 PARAMS = c.params << (m.kind == "params")
@@ -72,7 +72,7 @@ _register_a("a sleep complaint or daytime fatigue", None,
 def plm_criteria(matches, ctx):
     cases = [match["case"] for match in matches]
     b = next((case for case in cases if case["variant"] == "B"), None)
-    index = facts_of(ctx, "lab", analyte="plms_index")
+    index = ctx.labs("plms_index")
     if b:
         why = (f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
                "legs syndrome and no sleep complaint or daytime fatigue coded. Periodic limb movements without sleep "
@@ -86,10 +86,10 @@ def plm_criteria(matches, ctx):
                          indicator="info", why=why, notes=notes, evidence=[b] + index,
                          thresholds={"plms_index_threshold": b["threshold"]})
     missing = sorted({case["missing"] for case in cases})
-    threshold = ctx.settings["plms_index_threshold_adult"]
-    child = ctx.settings["plms_index_threshold_child"]
+    threshold = ctx.settings.plms_index_threshold_adult
+    child = ctx.settings.plms_index_threshold_child
     why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. PLMD needs a polysomnographic PLMS index "
            f"above {threshold:g}/h (children: above {child:g}/h, AASM 2024) plus sleep disturbance or daytime fatigue.")
     return CardDraft(summary=fill("PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime "
                                   "fatigue", plms=f"{threshold:g}"),
-                     indicator="info", why=why, evidence=unique(matches, "case") + index + conditions_in(ctx, "PLMD"))
+                     indicator="info", why=why, evidence=unique(matches, "case") + index + ctx.conditions_in("PLMD"))

@@ -13,8 +13,8 @@ from durable.lang import c, item, m, none, when_all
 from cds_service.authoring.orders import medication_proposal, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
 
-from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, conditions_in,
-                     drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, ORDER_HOOK, SEED_000, SEED_001, as_drug, class_of, drug_fields,
+                     drug_line, seeds, unique, unique_drugs)
 from .iron import iron_verdict
 
 SEEDS_DRUGS = f"{seeds(SEED_000, SEED_001)} (SNRI, mirtazapine: AASM 2024 addition)"
@@ -167,7 +167,7 @@ def dopaminergic_for_rls(matches, ctx):
     levodopa = "levodopa" in first["classes"] and "dopamine_agonist" not in first["classes"]
     assessment = iron_verdict(ctx)
     iron = assessment["verdict"] if assessment else None
-    window = int(ctx.settings["new_start_window_days"])
+    window = ctx.settings.new_start_window_days
     withheld, population = _no_gabapentinoid_because(ctx)
     lead = (f"Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (none "
             f"in the last {window} days). The AASM 2024 guideline suggests against its standard use because of "
@@ -218,12 +218,12 @@ def _no_gabapentinoid_because(ctx) -> tuple[str | None, list[dict]]:
     """Why no gabapentinoid may be proposed (the populations R19 gives no drug advice for), or
     None, with the conditions that say so (evidence for the card)."""
     reasons = []
-    pregnancy, esrd = conditions_in(ctx, "PREGNANCY"), conditions_in(ctx, "ESRD_DIALYSIS")
+    pregnancy, esrd = ctx.conditions_in("PREGNANCY"), ctx.conditions_in("ESRD_DIALYSIS")
     if pregnancy:  # the facts layer keeps only pregnancies within pregnancy_max_days
         reasons.append("is pregnant")
     if esrd:
         reasons.append("has end-stage renal disease or is on dialysis")
-    patient = facts_of(ctx, "patient")[0]
+    patient = ctx.patient
     if patient["child"]:
         reasons.append("is a child")
     elif not patient["age_known"]:

@@ -72,7 +72,7 @@ def renally_cleared_ingredient(match):
                          c.drug << ((m.kind == "finding") & (m.name == "renally_cleared_draft"))))
 def renal_dosing(matches, ctx):
     drug, egfr = as_drug(matches[0]["drug"]), matches[0]["egfr"]
-    limit = ctx.settings["renal_dose_egfr_threshold"]
+    limit = ctx.settings.renal_dose_egfr_threshold
     why = (f"The latest eGFR is {egfr['value']:g} mL/min/1.73m2, below {limit:g}, and a renally cleared drug is being "
            "ordered. Check the dose against the product label.")
     notes = ["Labels state creatinine clearance by Cockcroft-Gault, not eGFR; the cut-off used here is unverified."]

@@ -70,7 +70,8 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict], ctx: R
     findings = sorted({f["name"] for f in draft.evidence if f.get("kind") == "finding"})
     page = rule_page_url(ctx.base_url, spec.id)
     label, url = source_of(spec, page)
-    params = next((f for f in ctx.facts if f.get("kind") == "params"), {})
+    found = ctx.facts_of("params")
+    params = found[0] if found else {}
     card = {
         "uuid": str(uuid.uuid4()),
         "summary": guard_summary(draft.summary),
