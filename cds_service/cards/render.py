@@ -303,7 +303,8 @@ def describe(fact: dict) -> str | None:
 
 
 def prune(value):
-    """Drop None, '', [] and {} recursively (checklist section 1)."""
+    """Drop None, '', [] and {} recursively: an optional field without a value is left out (CDS Hooks 2.0,
+    section Use of JSON)."""
     if isinstance(value, dict):
         pruned = {k: prune(v) for k, v in value.items()}
         return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
