@@ -1,6 +1,8 @@
 """Helpers shared by the rule modules: citations, evidence lines, de-duplication, suggestions.
 
-Nothing here decides whether a rule fires; that is in each rule's `when`.
+No recommendation of its own, and nothing here decides whether a rule fires; that is in each rule's
+`when`. Cards read settings and facts through the render context (`ctx.settings`, `ctx.params`,
+`ctx.patient`, `ctx.facts_of`, `ctx.labs`, `ctx.conditions_in`).
 """
 from __future__ import annotations
 

@@ -1,9 +1,24 @@
-"""Nocturnal leg cramps and the treatments and tests they should not get: R5, R6, R22.
+"""Leg cramps and the treatments and tests they should not get (R5, R6, R22).
 
-Seed 000: dopaminergic therapy is wrong for simple cramps, and polysomnography is not indicated
-for them (PSG is for suspected PLMD with a sleep complaint). R22 is an Addition: the FDA Drug
-Safety Communication of 2010-07-08 and the Qualaquin boxed warning (quinine is approved only for
-malaria, not for leg cramps: serious and life-threatening haematologic reactions).
+Recommendations: simple leg cramps (a sudden painful contraction that stretching the muscle
+relieves, unlike the urge to move of restless legs) need neither dopaminergic drugs nor a sleep
+study; stretching is the first measure, and polysomnography is kept for suspected periodic limb
+movement disorder with a sleep complaint. Quinine must not be used for leg cramps: in 2010 the FDA
+warned of serious and life-threatening haematological reactions, and quinine is approved only for
+malaria.
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking (Dr.Oracle Medical Advisory
+Board, 2025); FDA Drug Safety Communication on quinine (Qualaquin) for leg cramps, 2010, and the
+Qualaquin boxed warning.
+
+- R5, dopaminergic drug for simple cramps. Include: leg cramps on the problem list and a dopamine
+  agonist or levodopa being ordered. Exclude: RLS, PLMD or parkinsonism, coded or given as the
+  order's reason; cabergoline or bromocriptine with hyperprolactinaemia.
+- R6, polysomnography for simple nocturnal cramps. Include: leg cramps and a polysomnography order.
+  Exclude: RLS or PLMD (suspected or confirmed), sleep-disordered breathing or another sleep
+  disorder, or an order reason other than cramps.
+- R22, quinine for leg cramps. Include: quinine being ordered (never quinidine, a different drug).
+  Exclude: malaria, coded or given as the order's reason. When cramps are coded the card says so.
 """
 from durable.lang import c, item, m, none, when_all
 

@@ -1,12 +1,49 @@
-"""Fasciculations: red flags (R8), emergencies (R9, R10, off by default), the first-tier work-up
-(R11, R13) and tests that add nothing in stable benign fasciculation syndrome (R12, R21).
+"""Fasciculations: red flags (R8), emergencies (R9, R10, off by default), the first work-up (R11,
+R13) and tests that add nothing in stable benign fasciculation syndrome (R12, R21).
 
-Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations call for an
-urgent EMG/NCS and a neurology referral; sudden onset with a new deficit needs emergent imaging;
-ascending weakness with areflexia suggests Guillain-Barre syndrome. Without red flags: first-tier
-labs (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP), anxiety and depression screening, no routine
-repeat EMG, no lumbar MRI without radicular pain or UMN signs, no routine brain imaging.
-A red-flag finding turns the work-up into one critical referral card (R8 supersedes R11, R13).
+Recommendations: new fasciculations without weakness are usually benign, but fasciculations with
+weakness, muscle atrophy, brisk reflexes or a Babinski sign, or with difficulty swallowing or
+speaking (bulbar signs), suggest motor neuron disease and need an urgent EMG with nerve conduction
+studies and a neurology referral. Sudden fasciculations with a new neurological deficit need
+emergent brain imaging to exclude a stroke; ascending weakness with lost reflexes suggests
+Guillain-Barre syndrome and admission with respiratory monitoring. Without red flags the work-up is
+first-tier labs (fasting glucose or HbA1c, blood count, metabolic panel, vitamin B12, TSH, serum
+protein electrophoresis) and screening for anxiety and depression (GAD-7, PHQ-9). A repeat EMG is
+not needed in stable benign fasciculation syndrome without new deficits; a lumbar MRI only with
+radicular pain or upper motor neuron signs; brain imaging not routinely.
+
+Source: New Involuntary Leg Fasciculation: Evaluation and Management (Dr.Oracle Medical Advisory
+Board, 2025).
+
+- R8, fasciculations with red flags. Include: fasciculations and at least one red flag coded
+  (weakness, muscle atrophy, abnormal reflexes, dysphagia, dysarthria; the nonspecific codes for an
+  abnormal reflex and for weakness count while `r8_weak_red_flags` is on), on opening the chart or on
+  selecting an SSRI or SNRI (the drugs the review gives for anxiety in benign fasciculations).
+  Exclude: ALS or another motor neuron disease already diagnosed. With an EMG and a neurology
+  referral both on file after the latest red flag, an info card replaces the critical one. Its card
+  replaces the work-up cards (R11, R13): one card for the problem.
+- R9, ascending weakness with areflexia (off: codes cannot say "ascending" or "areflexia").
+  Include: Guillain-Barre syndrome coded, or weakness together with an abnormal reflex, with onset
+  within `gbs_onset_window_days`. Exclude: older onsets; an abnormal reflex or weakness alone.
+- R10, sudden fasciculations with a new deficit (off by default). Include: fasciculations and a new
+  focal deficit (facial weakness, dysarthria, weakness, other nervous-system signs), both starting
+  within `acute_deficit_window_days`, the deficit not before the fasciculations. Exclude: a stroke
+  already coded; head imaging already ordered in that window; older onsets.
+- R11, first-tier labs. Include: fasciculations and at least one first-tier test neither resulted
+  within `fasciculation_lab_lookback_days` nor pending. Exclude: ALS or motor neuron disease (the
+  patient is under specialist care); lab results or orders the service could not read. An HbA1c
+  counts for glycaemia; a haemoglobin alone does not count as a blood count.
+- R12, no routine repeat EMG. Include: an EMG or nerve conduction study being ordered, fasciculations,
+  and a prior EMG within `prior_emg_window_days`. Exclude: a red flag recorded since that EMG; ALS or
+  motor neuron disease; another indication for the EMG (radiculopathy, carpal tunnel syndrome,
+  polyneuropathy), coded or given as the order's reason.
+- R13, anxiety and depression screening. Include: fasciculations and no GAD-7 or no PHQ-9 within
+  `screening_lookback_days`. Exclude: ALS or motor neuron disease; with `r13_skip_if_diagnosed`, a
+  coded anxiety disorder stands in for the GAD-7 and a coded depression for the PHQ-9. It never
+  suggests a drug (an SSRI would worsen restless legs, see R3).
+- R21, imaging for isolated fasciculations. Include: fasciculations and a lumbar MRI ordered without
+  radicular pain (radiculopathy, sciatica) or an abnormal reflex, or brain imaging ordered without
+  any other neurological finding. Exclude: those findings; an order reason naming another indication.
 """
 from durable.lang import c, item, m, none, when_all
 

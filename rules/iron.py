@@ -1,12 +1,35 @@
-"""Iron stores in restless legs syndrome: R1 (no recent ferritin) and R2 (low iron stores).
+"""Iron stores in restless legs syndrome (R1, R2).
 
-Seeds 000 and 001 ask for ferritin in every patient with suspected RLS, even with a normal
-haemoglobin (001), and treat ferritin below 50 ng/mL as an indication for iron (000). The AASM
-2024 guideline (an Addition) treats ferritin <= 75 ng/mL or TSAT < 20 % and suggests IV iron
-only for 75-100 ng/mL. Both are profiles in `knowledge/settings.json`; the active one is chosen
-by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess_iron` below is
-the whole threshold logic, written once for both profiles so each card can also state the
-other profile's verdict.
+Recommendation: measure iron stores in every patient with restless legs, even when the haemoglobin
+is normal, and offer iron when they are low. The review articles treat a ferritin below 50 ng/mL as
+low. The AASM 2024 guideline asks for ferritin and transferrin saturation, drawn in the morning and
+at least a day after any iron-containing supplement; it advises iron when ferritin is at or below
+75 ng/mL or transferrin saturation below 20 %, IV iron only when ferritin is between 75 and
+100 ng/mL, and for a child iron when ferritin is below 50 ng/mL (that last figure comes from a
+secondary summary and has not been checked against the full text).
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking, Differential Diagnoses for
+Intractable Leg Spasms and New Involuntary Leg Fasciculation: Evaluation and Management (Dr.Oracle
+Medical Advisory Board, 2025); AASM 2024 clinical practice guideline on RLS and PLMD, Winkelman et
+al., J Clin Sleep Med 2024 (doi:10.5664/jcsm.11390).
+
+The two sets of numbers are the iron profiles of the settings: `iron_profile` chooses the one that
+decides (docs/knowledge.md says why the review articles' profile is the default). `assess_iron` is
+the whole threshold logic, written once for both profiles, so every card can also state the other
+profile's verdict.
+
+- R1, RLS without a recent ferritin. Include: restless legs on the problem list (suspected or
+  confirmed), on opening the chart, or on selecting an RLS drug or an iron product. Exclude: a
+  readable final ferritin within `ferritin_lookback_days`; a ferritin ordered or awaiting its final
+  result; lab results or orders the service could not read. A ferritin in an unknown unit, or text
+  without a number, does not count as on file: the card names it.
+- R2, RLS with low iron stores. Include: restless legs and the latest usable ferritin (with the
+  transferrin saturation when one is on file) within the lookback that meets the active profile: a
+  warning to treat with iron, or, under the AASM profile, to prefer IV iron in the 75-100 band. Under
+  the review articles' profile, an info card when only the AASM 2024 thresholds are met
+  (`show_guideline_disagreement`). On order-select, only when an RLS drug is selected. Exclude:
+  values above the thresholds; a value reported as a bound that cannot be compared (">20" against
+  50); results older than the lookback or in a unit not understood (R1 applies instead).
 """
 from durable.lang import c, item, m, none, when_all
 
