@@ -236,3 +236,24 @@ def test_settings_read_as_attributes_are_part_of_the_fingerprint(monkeypatch, li
     changed = {**rule_versions._settings_by_name(), name: "another default"}
     monkeypatch.setattr(rule_versions, "_settings_by_name", lambda: changed)
     assert rule_versions.fingerprint(spec) != before
+
+
+# ---- the knowledge page ------------------------------------------------------------------------------
+
+KNOWLEDGE_PAGE = ROOT / "docs" / "knowledge.md"
+
+
+def test_the_settings_table_of_the_knowledge_page_is_current():
+    text = KNOWLEDGE_PAGE.read_text(encoding="utf-8")
+    assert knowledge_settings.with_table(text) == text, (
+        "docs/knowledge.md's settings table is out of date: python -m cds_service.knowledge.settings --write docs/knowledge.md")
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", text, re.M))
+    assert {"ferritin_lookback_days", "profiles.aasm2024.iv_only_up_to", "emg_order_code"} <= listed
+    assert {f.name for f in dataclasses.fields(Settings)} - {"profiles"} <= listed, "every setting is in the table"
+
+
+def test_the_readme_and_the_knowledge_readme_link_the_knowledge_page():
+    assert "(docs/knowledge.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(../../docs/knowledge.md)" in (ROOT / "cds_service" / "knowledge" / "README.md").read_text(encoding="utf-8")
+    assert (ROOT / "cds_service" / "knowledge" / "README.md").exists()  # the page links it back
+    assert "(../cds_service/knowledge/README.md)" in KNOWLEDGE_PAGE.read_text(encoding="utf-8")
