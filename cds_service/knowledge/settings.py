@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
 
@@ -177,8 +178,21 @@ class Settings:
 
     def as_dict(self) -> dict:
         """The settings as plain JSON values (lists for tuples, dicts for nested objects; unset optional
-        fields are null)."""
+        fields are null): a fresh copy, built from one made when first asked (every hook call's params
+        fact starts from it)."""
+        return _copy(self._plain)
+
+    @cached_property
+    def _plain(self) -> dict:
         return _plain(self)
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 def _plain(value):
