@@ -144,6 +144,17 @@ def test_start_up_refuses_a_bad_override_file_in_one_line_without_a_stack_trace(
     assert good.returncode == 0, good.stderr
 
 
+def test_serve_refuses_a_bad_override_file_before_gunicorn_starts(tmp_path):
+    """`legmove-cds serve` from any directory (with or without gunicorn.conf.py): one line, exit 1."""
+    env = {**os.environ, "LEGMOVE_CONFIG": "development",
+           "LEGMOVE_KNOWLEDGE_OVERRIDES": _write(tmp_path, '{"ferritin_lookback_dayz": 180}'), "COLUMNS": "200"}
+    result = subprocess.run([str(Path(sys.executable).parent / "legmove-cds"), "serve", "--port", "1"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "refuses to start: unknown knowledge setting 'ferritin_lookback_dayz'" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_check_config_reports_a_bad_override_file(tmp_path):
     from cds_service.config import CONFIGS
 
