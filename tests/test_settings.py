@@ -140,6 +140,8 @@ def test_start_up_refuses_a_bad_override_file_in_one_line_without_a_stack_trace(
     inline = _start(tmp_path, '{"iron_profile": "nice2023"}')  # the variable may also hold the JSON itself
     assert inline.returncode == 1 and "iron_profile 'nice2023' is not one of" in inline.stderr
     assert "Traceback" not in inline.stderr
+    broken = _start(tmp_path, '{"iron_profile": aasm2024}')  # not JSON: not taken for a file name either
+    assert broken.returncode == 1 and "KNOWLEDGE_OVERRIDES is not valid JSON" in broken.stderr
     good = _start(tmp_path, _write(tmp_path, '{"iron_profile": "aasm2024"}'))
     assert good.returncode == 0, good.stderr
 
@@ -165,6 +167,12 @@ def test_check_config_reports_a_bad_override_file(tmp_path):
     [item] = [i for i in report({**config, "KNOWLEDGE_OVERRIDES": {"iron_profile": "aasm2024"}})
               if "knowledge overrides" in i.says]
     assert not item.unsafe and item.says == "knowledge overrides: iron_profile"
+
+
+def test_an_unknown_drug_class_in_the_rls_worsening_additions_stops_start_up():
+    with pytest.raises(SettingsError, match=r"rls_worsening_additions names unknown drug classes \['snir'\]"):
+        Terminology({"rls_worsening_additions": ["snir", "mirtazapine"]})
+    assert "mirtazapine" in Terminology({"rls_worsening_additions": ["mirtazapine"]}).groups["rls_worsening"]
 
 
 def test_a_data_file_naming_a_window_that_is_not_a_setting_stops_start_up(monkeypatch):

@@ -221,6 +221,11 @@ def resolve_overrides(overrides) -> dict:
     """KNOWLEDGE_OVERRIDES as a dict: given as an object, or as the path of a JSON file holding one."""
     if overrides is None:
         return {}
+    if isinstance(overrides, str) and overrides.lstrip().startswith(("{", "[")):
+        try:  # meant as JSON (LEGMOVE_KNOWLEDGE_OVERRIDES that did not parse arrives as a string)
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"KNOWLEDGE_OVERRIDES is not valid JSON: {exc.msg} at column {exc.colno}") from None
     if isinstance(overrides, (str, Path)):
         path = Path(overrides)
         try:

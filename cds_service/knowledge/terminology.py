@@ -18,7 +18,7 @@ from cds_service.knowledge.codesets import ATC, LOINC, RXNORM, CodeSetMatcher
 from cds_service.knowledge.labs import Analyte
 from cds_service.knowledge.medications import DrugRow, MedicationMatch, normalise_name, route_is_non_systemic
 from cds_service.knowledge.procedures import ProcedureMatcher
-from cds_service.knowledge.settings import Settings, load as load_settings
+from cds_service.knowledge.settings import Settings, SettingsError, load as load_settings
 
 KNOWLEDGE_DIR = Path(__file__).parent
 
@@ -112,6 +112,10 @@ class Terminology:
 
     def _groups(self) -> dict[str, frozenset[str]]:
         groups = {name: set(classes) for name, classes in self.drugs["groups"].items()}
+        unknown = sorted(set(self.settings.rls_worsening_additions) - set(self.drugs["class_titles"]))
+        if unknown:  # a misspelt class would add nothing, silently
+            raise SettingsError(f"knowledge setting rls_worsening_additions names unknown drug classes {unknown} "
+                                f"(known: {', '.join(sorted(self.drugs['class_titles']))})")
         groups["rls_worsening"].update(self.settings.rls_worsening_additions)
         return {name: frozenset(classes) for name, classes in groups.items()}
 
