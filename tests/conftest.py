@@ -48,6 +48,16 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture()
+def derived_findings():
+    """The findings the engine derives during the test, in any thread (tests/fixture_pins.py);
+    the engine is back as shipped afterwards. `.clear()` before a call to see only that call's."""
+    from fixture_pins import DerivedFindings
+
+    with DerivedFindings().recording() as spy:
+        yield spy
+
+
 # ---- checklist 9.9: machine-checkable response rules ------------------------------------
 
 def _no_empties(value, path="$"):

@@ -3,7 +3,8 @@
 The client fills each prefetch template itself: from the chart in hand (the `--bundle` path and the
 preview's example patients, answered by bundle_search), or from a FHIR server that `legmove-cds load`
 filled (ids renamed per patient, references rewritten). Either way the service must reach the cards the
-fixture expects, which checks the local search, the renaming and the client's prefetch together.
+fixture pins (exactly its cards, and for a silent fixture the findings its near-miss names), which checks
+the local search, the renaming and the client's prefetch together.
 """
 import pytest
 import requests
@@ -41,14 +42,15 @@ def _searchable(path) -> dict:
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
-def test_every_example_from_the_chart_in_hand(client, path):
+def test_every_example_from_the_chart_in_hand(client, derived_findings, path):
     fixture = _searchable(path)
     example = _example(path)
     service_client = client_for(fixture, client)
     got = cds_client.prefetch_from_resources(_templates(service_client, example), example.request["context"],
                                              example.resources())
     assert got.warnings == []
-    assert_expected_cards(fixture, _call(service_client, example, got.values))
+    derived_findings.clear()
+    assert_expected_cards(fixture, _call(service_client, example, got.values), derived_findings)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,8 @@ def loaded_server(tmp_path_factory):
 
 @pytest.mark.fhir_server
 @pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
-def test_every_example_loaded_onto_a_fhir_server_then_prefetched_by_the_client(client, loaded_server, path):
+def test_every_example_loaded_onto_a_fhir_server_then_prefetched_by_the_client(client, loaded_server, derived_findings,
+                                                                              path):
     fixture = _searchable(path)
     example = _example(path)
     service_client = client_for(fixture, client)
@@ -72,4 +75,5 @@ def test_every_example_loaded_onto_a_fhir_server_then_prefetched_by_the_client(c
         got = cds_client.prefetch_from_server(_templates(service_client, example), example.request["context"], session,
                                               loaded_server.base_url, FHIR_TOKEN, timeout=30)
     assert got.warnings == []
-    assert_expected_cards(fixture, _call(service_client, example, got.values))
+    derived_findings.clear()
+    assert_expected_cards(fixture, _call(service_client, example, got.values), derived_findings)

@@ -146,7 +146,10 @@ def population(tmp_path_factory):
         partial = cache.with_name(cache.name + f".{os.getpid()}")
         shutil.copytree(workdir / "data", partial / "data")
         (partial / "stored.json").write_text(json.dumps(charts), encoding="utf-8")
-        partial.rename(cache)
+        try:
+            partial.rename(cache)
+        except OSError:  # a concurrent run (another checkout on this machine) filled the cache first: keep theirs
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dict]]:
