@@ -29,6 +29,7 @@ from cds_service.web.preview import register_preview
 from cds_service.web.rule_pages import pages as rule_pages
 from cds_service.authoring.rulebook import REGISTRY
 from cds_service.services import build_services
+from cds_service.knowledge.settings import SettingsError, resolve_overrides  # noqa: F401 (SettingsError: start-up)
 from cds_service.knowledge.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     app.config.update(overrides)
     configure_logs(app.config.get("LOG_LEVEL", "INFO"))
     check_safe_to_start(app.config)
+    # an object, or the path of a JSON file holding one; from here on always the object (knowledge version)
+    app.config["KNOWLEDGE_OVERRIDES"] = resolve_overrides(app.config.get("KNOWLEDGE_OVERRIDES"))
     app.extensions["legmove"] = build_knowledge(app.config)
     warm_up_cards()
     app.extensions["legmove_ledger"] = ledger_from_config(app.config)

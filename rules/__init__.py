@@ -1,6 +1,9 @@
 """Clinical rule modules, one per topic. Importing a module registers its rules.
 
-Add a new module here; `cds_service.services` reads the registry, never the modules directly.
+Each module's docstring states the recommendations it implements, their sources by title, and per
+card rule its inclusion and exclusion criteria; docs/knowledge.md says which sources the rules
+follow and why, docs/rules.md lists every rule as compiled. Add a new module here;
+`cds_service.services` reads the registry, never the modules directly.
 """
 from importlib import import_module
 

@@ -1,6 +1,8 @@
 """Helpers shared by the rule modules: citations, evidence lines, de-duplication, suggestions.
 
-Nothing here decides whether a rule fires; that is in each rule's `when`.
+No recommendation of its own, and nothing here decides whether a rule fires; that is in each rule's
+`when`. Cards read settings and facts through the render context (`ctx.settings`, `ctx.params`,
+`ctx.patient`, `ctx.facts_of`, `ctx.labs`, `ctx.conditions_in`).
 """
 from __future__ import annotations
 
@@ -113,11 +115,3 @@ def removal_suggestions(drafts: list[dict]) -> tuple[list[SuggestionDraft], str]
                                    actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
     return suggestions, "at-most-one" if len(drafts) == 1 else "any"
 
-
-def facts_of(ctx, kind: str, **where) -> list[dict]:
-    """Base facts of one kind, for describing context in a card (never for deciding to fire)."""
-    return [f for f in ctx.facts if f.get("kind") == kind and all(f.get(k) == v for k, v in where.items())]
-
-
-def conditions_in(ctx, *code_sets: str) -> list[dict]:
-    return [f for f in facts_of(ctx, "condition") if set(f["sets"]) & set(code_sets)]

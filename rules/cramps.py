@@ -1,15 +1,30 @@
-"""Nocturnal leg cramps and the treatments and tests they should not get: R5, R6, R22.
+"""Leg cramps and the treatments and tests they should not get (R5, R6, R22).
 
-Seed 000: dopaminergic therapy is wrong for simple cramps, and polysomnography is not indicated
-for them (PSG is for suspected PLMD with a sleep complaint). R22 is an Addition: the FDA Drug
-Safety Communication of 2010-07-08 and the Qualaquin boxed warning (quinine is approved only for
-malaria, not for leg cramps: serious and life-threatening haematologic reactions).
+Recommendations: simple leg cramps (a sudden painful contraction that stretching the muscle
+relieves, unlike the urge to move of restless legs) need neither dopaminergic drugs nor a sleep
+study; stretching is the first measure, and polysomnography is kept for suspected periodic limb
+movement disorder with a sleep complaint. Quinine must not be used for leg cramps: in 2010 the FDA
+warned of serious and life-threatening haematological reactions, and quinine is approved only for
+malaria.
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking (Dr.Oracle Medical Advisory
+Board, 2025); FDA Drug Safety Communication on quinine (Qualaquin) for leg cramps, 2010, and the
+Qualaquin boxed warning.
+
+- R5, dopaminergic drug for simple cramps. Include: leg cramps on the problem list and a dopamine
+  agonist or levodopa being ordered. Exclude: RLS, PLMD or parkinsonism, coded or given as the
+  order's reason; cabergoline or bromocriptine with hyperprolactinaemia.
+- R6, polysomnography for simple nocturnal cramps. Include: leg cramps and a polysomnography order.
+  Exclude: RLS or PLMD (suspected or confirmed), sleep-disordered breathing or another sleep
+  disorder, or an order reason other than cramps.
+- R22, quinine for leg cramps. Include: quinine being ordered (never quinidine, a different drug).
+  Exclude: malaria, coded or given as the order's reason. When cramps are coded the card says so.
 """
 from cds_service.authoring.criteria import (all_of, coded, finding, order_hook, order_reason_other_than, selected_draft,
                                             selected_draft_order)
 from cds_service.authoring.rulebook import CardDraft, card_rule
 
-from .common import SEED_000, as_drug, conditions_in, drug_line, removal_suggestions, seeds, unique
+from .common import SEED_000, as_drug, drug_line, removal_suggestions, seeds, unique
 
 FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cramps; Qualaquin boxed warning"
 
@@ -25,7 +40,7 @@ FDA_2010 = "FDA 2010 Drug Safety Communication on quinine (Qualaquin) for leg cr
            ))
 def dopaminergic_for_cramps(matches, ctx):
     drafts = [as_drug(d) for d in unique(matches, "draft")]
-    cramps = conditions_in(ctx, "LEG_CRAMP")
+    cramps = ctx.conditions_in("LEG_CRAMP")
     why = ("Leg cramps are on the problem list, with no restless legs syndrome, PLMD or parkinsonism, and a dopaminergic "
            "drug is being ordered. Dopaminergic therapy is not indicated for simple leg cramps; calf stretching is the "
            "first step.")
@@ -59,7 +74,7 @@ def psg_for_cramps(matches, ctx):
     suggestions, behavior = removal_suggestions(orders)
     return CardDraft(
         summary="Polysomnography is not indicated for simple nocturnal leg cramps",
-        indicator="warning", why=why, notes=notes, evidence=orders + conditions_in(ctx, "LEG_CRAMP"), suggestions=suggestions,
+        indicator="warning", why=why, notes=notes, evidence=orders + ctx.conditions_in("LEG_CRAMP"), suggestions=suggestions,
         selection_behavior=behavior,
         override_reasons=[("other-sleep-indication", "Ordered for another sleep indication"),
                           ("plmd-suspected", "PLMD suspected, not yet coded")],
@@ -76,7 +91,7 @@ def psg_for_cramps(matches, ctx):
            ))
 def quinine_for_cramps(matches, ctx):
     drugs = unique(matches, "drug")
-    cramps = conditions_in(ctx, "LEG_CRAMP")
+    cramps = ctx.conditions_in("LEG_CRAMP")
     why = ("Quinine is being ordered and no malaria is coded. The FDA (2010) warns against quinine for leg cramps: "
            "serious and life-threatening haematologic reactions (thrombocytopenia, HUS/TTP) have been reported.")
     notes = ["Quinine (Qualaquin) is approved only for malaria."]

@@ -1,10 +1,12 @@
 """Findings from the problem list: which leg-movement diagnoses are present (or suspected).
 
-These derivations feed every topic module, so a code set is interpreted in one place.
-"Present" means: an active, recurrent or relapsed Condition that is
-not refuted or entered in error (the facts layer has already dropped everything else);
-provisional and differential diagnoses count, so a finding means "suspected or confirmed".
-A coded reason on the order being placed counts too (the facts layer makes it a condition).
+No recommendation of its own: these derivations turn code sets into findings (restless legs,
+periodic limb movement disorder, leg cramps, fasciculations, myoclonus, a leg-movement complaint)
+that every topic module reads, so a code set is interpreted in one place. "Present" means an active,
+recurrent or relapsed Condition that is not refuted or entered in error (the facts layer has already
+dropped everything else); provisional and differential diagnoses count, so a finding means
+"suspected or confirmed". A coded reason on the order being placed counts too (the facts layer makes
+it a condition). The code sets are in the knowledge files and described in docs/knowledge.md.
 """
 from cds_service.authoring.criteria import all_of, coded
 from cds_service.authoring.rulebook import derivation

@@ -1,12 +1,49 @@
-"""Fasciculations: red flags (R8), emergencies (R9, R10, off by default), the first-tier work-up
-(R11, R13) and tests that add nothing in stable benign fasciculation syndrome (R12, R21).
+"""Fasciculations: red flags (R8), emergencies (R9, R10, off by default), the first work-up (R11,
+R13) and tests that add nothing in stable benign fasciculation syndrome (R12, R21).
 
-Seed 002: weakness, atrophy, hyperreflexia or a Babinski sign next to fasciculations call for an
-urgent EMG/NCS and a neurology referral; sudden onset with a new deficit needs emergent imaging;
-ascending weakness with areflexia suggests Guillain-Barre syndrome. Without red flags: first-tier
-labs (glucose/HbA1c, CBC, CMP, B12, TSH, SPEP), anxiety and depression screening, no routine
-repeat EMG, no lumbar MRI without radicular pain or UMN signs, no routine brain imaging.
-A red-flag finding turns the work-up into one critical referral card (R8 supersedes R11, R13).
+Recommendations: new fasciculations without weakness are usually benign, but fasciculations with
+weakness, muscle atrophy, brisk reflexes or a Babinski sign, or with difficulty swallowing or
+speaking (bulbar signs), suggest motor neuron disease and need an urgent EMG with nerve conduction
+studies and a neurology referral. Sudden fasciculations with a new neurological deficit need
+emergent brain imaging to exclude a stroke; ascending weakness with lost reflexes suggests
+Guillain-Barre syndrome and admission with respiratory monitoring. Without red flags the work-up is
+first-tier labs (fasting glucose or HbA1c, blood count, metabolic panel, vitamin B12, TSH, serum
+protein electrophoresis) and screening for anxiety and depression (GAD-7, PHQ-9). A repeat EMG is
+not needed in stable benign fasciculation syndrome without new deficits; a lumbar MRI only with
+radicular pain or upper motor neuron signs; brain imaging not routinely.
+
+Source: New Involuntary Leg Fasciculation: Evaluation and Management (Dr.Oracle Medical Advisory
+Board, 2025).
+
+- R8, fasciculations with red flags. Include: fasciculations and at least one red flag coded
+  (weakness, muscle atrophy, abnormal reflexes, dysphagia, dysarthria; the nonspecific codes for an
+  abnormal reflex and for weakness count while `r8_weak_red_flags` is on), on opening the chart or on
+  selecting an SSRI or SNRI (the drugs the review gives for anxiety in benign fasciculations).
+  Exclude: ALS or another motor neuron disease already diagnosed. With an EMG and a neurology
+  referral both on file after the latest red flag, an info card replaces the critical one. Its card
+  replaces the work-up cards (R11, R13): one card for the problem.
+- R9, ascending weakness with areflexia (off: codes cannot say "ascending" or "areflexia").
+  Include: Guillain-Barre syndrome coded, or weakness together with an abnormal reflex, with onset
+  within `gbs_onset_window_days`. Exclude: older onsets; an abnormal reflex or weakness alone.
+- R10, sudden fasciculations with a new deficit (off by default). Include: fasciculations and a new
+  focal deficit (facial weakness, dysarthria, weakness, other nervous-system signs), both starting
+  within `acute_deficit_window_days`, the deficit not before the fasciculations. Exclude: a stroke
+  already coded; head imaging already ordered in that window; older onsets.
+- R11, first-tier labs. Include: fasciculations and at least one first-tier test neither resulted
+  within `fasciculation_lab_lookback_days` nor pending. Exclude: ALS or motor neuron disease (the
+  patient is under specialist care); lab results or orders the service could not read. An HbA1c
+  counts for glycaemia; a haemoglobin alone does not count as a blood count.
+- R12, no routine repeat EMG. Include: an EMG or nerve conduction study being ordered, fasciculations,
+  and a prior EMG within `prior_emg_window_days`. Exclude: a red flag recorded since that EMG; ALS or
+  motor neuron disease; another indication for the EMG (radiculopathy, carpal tunnel syndrome,
+  polyneuropathy), coded or given as the order's reason.
+- R13, anxiety and depression screening. Include: fasciculations and no GAD-7 or no PHQ-9 within
+  `screening_lookback_days`. Exclude: ALS or motor neuron disease; with `r13_skip_if_diagnosed`, a
+  coded anxiety disorder stands in for the GAD-7 and a coded depression for the PHQ-9. It never
+  suggests a drug (an SSRI would worsen restless legs, see R3).
+- R21, imaging for isolated fasciculations. Include: fasciculations and a lumbar MRI ordered without
+  radicular pain (radiculopathy, sciatica) or an abnormal reflex, or brain imaging ordered without
+  any other neurological finding. Exclude: those findings; an order reason naming another indication.
 """
 from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, order_hook, order_reason_other_than, ordered,
                                             params, pending, procedure_done, result, selected_draft, selected_draft_order,
@@ -14,8 +51,7 @@ from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, or
 from cds_service.authoring.orders import lab_order, procedure_order
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import (CATALOG, SEED_002, conditions_in, condition_names, facts_of, removal_suggestions,
-                     review_triggers, seeds, unique)
+from .common import CATALOG, SEED_002, condition_names, removal_suggestions, review_triggers, seeds, unique
 
 SEED = seeds(SEED_002)
 FIRST_TIER = {  # test -> (analytes that satisfy it, order code, order display)
@@ -89,7 +125,7 @@ def fasciculation_red_flags(matches, ctx):
     if any(word in f["flags"] for f in flags for word in ("dysphagia", "dysarthria")):
         why.append("Dysphagia and dysarthria are signs of bulbar involvement, which the review article treats as progression.")
     missing = [test for test, (analytes, _, _) in FIRST_TIER.items()
-               if not any(f["analyte"] in analytes for f in facts_of(ctx, "lab") + facts_of(ctx, "pending_test"))]
+               if not any(f["analyte"] in analytes for f in ctx.facts_of("lab") + ctx.facts_of("pending_test"))]
     if missing:
         why.append("First-tier labs not yet on file: " + ", ".join(missing) + " (they can go with the referral).")
     if emg and referral:
@@ -97,10 +133,9 @@ def fasciculation_red_flags(matches, ctx):
         return CardDraft(summary=f"Fasciculations with {red_flag_phrase(flags)}: EMG/NCS and neurology referral already "
                                  "on file",
                          indicator="info", why="\n\n".join(why), evidence=unique(matches, "fasc") + flags + emg + referral)
-    settings = ctx.settings
     order = SuggestionDraft(label="Order urgent EMG/NCS and neurology referral", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, settings["emg_order_code"], "urgent", "Fasciculations with red flags"),
-        procedure_order(ctx.patient_id, settings["neurology_referral_code"], "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, ctx.settings.emg_order_code, "urgent", "Fasciculations with red flags"),
+        procedure_order(ctx.patient_id, ctx.settings.neurology_referral_code, "urgent", "Fasciculations with red flags"),
     ])
     return CardDraft(
         summary=f"Fasciculations with {red_flag_phrase(flags)}: urgent EMG/NCS and neurology referral",
@@ -114,7 +149,7 @@ def _done_since(ctx, procedure: str, flag_days_ago: int) -> list[dict]:
     """Orders or results for `procedure` dated on or after the latest red flag (unknown dates do not count)."""
     if flag_days_ago < 0:
         return []
-    found = facts_of(ctx, "order", procedure=procedure) + facts_of(ctx, "procedure_done", procedure=procedure)
+    found = ctx.facts_of("order", procedure=procedure) + ctx.facts_of("procedure_done", procedure=procedure)
     return [f for f in found if 0 <= f["days_ago"] <= flag_days_ago]
 
 
@@ -145,7 +180,7 @@ def gbs_pattern(match):
 def ascending_weakness(matches, ctx):
     found = unique(matches, "gbs")
     why = (f"Basis: {', '.join(sorted({f['basis_text'] for f in found}))}, with onset within "
-           f"{int(ctx.settings['gbs_onset_window_days'])} days. Ascending weakness with areflexia suggests "
+           f"{ctx.settings.gbs_onset_window_days} days. Ascending weakness with areflexia suggests "
            "Guillain-Barre syndrome: admit, with respiratory monitoring (vital capacity). Coded data cannot express "
            "'ascending' or 'areflexia' (R29.2 covers brisk and reduced reflexes): confirm at the bedside.")
     return CardDraft(summary="Ascending weakness with areflexia: consider Guillain-Barre syndrome; admit with "
@@ -170,7 +205,7 @@ def sudden_fasciculation_with_deficit(matches, ctx):
            "fasciculations, no stroke is coded and no head imaging is ordered. Sudden onset with a new "
            "deficit needs emergent CT/MRI to exclude a stroke.")
     order = SuggestionDraft(label="Order emergent head imaging", is_recommended=True, actions=[
-        procedure_order(ctx.patient_id, ctx.settings["head_imaging_order_code"], "stat", "New deficit with fasciculations")])
+        procedure_order(ctx.patient_id, ctx.settings.head_imaging_order_code, "stat", "New deficit with fasciculations")])
     return CardDraft(summary="New fasciculations with a new neurological deficit: emergent CT/MRI to exclude stroke",
                      indicator="critical", why=why, evidence=found, suggestions=[order])
 
@@ -209,7 +244,7 @@ _missing_test("F-FIRST-TIER-SPEP", "SPEP")
                        exclusion=[coded("ALS_MND")]))
 def first_tier_labs(matches, ctx):
     missing = [test for test in FIRST_TIER if test in {match["missing"]["test"] for match in matches}]
-    months = round(int(ctx.settings["fasciculation_lab_lookback_days"]) / 30.4)
+    months = round(ctx.settings.fasciculation_lab_lookback_days / 30.4)
     why = (f"Fasciculations are on the problem list and these first-tier tests have no result in the last {months} "
            f"months and are not pending: {', '.join(missing)}. Order the missing tests.\n\n"
            "The first tier is fasting glucose or HbA1c, CBC, CMP, B12, TSH and serum protein electrophoresis; a "
@@ -238,7 +273,7 @@ def first_tier_labs(matches, ctx):
 def repeat_emg(matches, ctx):
     orders, priors = unique(matches, "emg"), unique(matches, "prior")
     why = ("Fasciculations are on the problem list, an EMG was done within the last "
-           f"{round(int(ctx.settings['prior_emg_window_days']) / 30.4)} months, and no weakness, atrophy, abnormal "
+           f"{round(ctx.settings.prior_emg_window_days / 30.4)} months, and no weakness, atrophy, abnormal "
            "reflex, dysphagia or dysarthria has been recorded since. No routine repeat EMG in stable benign "
            "fasciculation syndrome; repeat it when new deficits appear.")
     suggestions, behavior = removal_suggestions(orders)
@@ -328,6 +363,6 @@ def imaging_for_isolated_fasciculations(matches, ctx):
     suggestions, behavior = removal_suggestions(orders)
     summary = ("Lumbar MRI for isolated fasciculations is indicated only with radicular pain or UMN signs" if lumbar else
                "Isolated fasciculations with no other neurological findings do not need routine brain imaging")
-    return CardDraft(summary=summary, indicator="info", why=why, evidence=orders + conditions_in(ctx, "FASCICULATION"),
+    return CardDraft(summary=summary, indicator="info", why=why, evidence=orders + ctx.conditions_in("FASCICULATION"),
                      suggestions=suggestions, selection_behavior=behavior,
                      override_reasons=[("other-indication", "Ordered for another indication")])

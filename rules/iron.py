@@ -1,19 +1,42 @@
-"""Iron stores in restless legs syndrome: R1 (no recent ferritin) and R2 (low iron stores).
+"""Iron stores in restless legs syndrome (R1, R2).
 
-Seeds 000 and 001 ask for ferritin in every patient with suspected RLS, even with a normal
-haemoglobin (001), and treat ferritin below 50 ng/mL as an indication for iron (000). The AASM
-2024 guideline (an Addition) treats ferritin <= 75 ng/mL or TSAT < 20 % and suggests IV iron
-only for 75-100 ng/mL. Both are profiles in `knowledge/settings.json`; the active one is chosen
-by `iron_profile`, and the numbers reach the rules as the `params` fact. `assess_iron` below is
-the whole threshold logic, written once for both profiles so each card can also state the
-other profile's verdict.
+Recommendation: measure iron stores in every patient with restless legs, even when the haemoglobin
+is normal, and offer iron when they are low. The review articles treat a ferritin below 50 ng/mL as
+low. The AASM 2024 guideline asks for ferritin and transferrin saturation, drawn in the morning and
+at least a day after any iron-containing supplement; it advises iron when ferritin is at or below
+75 ng/mL or transferrin saturation below 20 %, IV iron only when ferritin is between 75 and
+100 ng/mL, and for a child iron when ferritin is below 50 ng/mL (that last figure comes from a
+secondary summary and has not been checked against the full text).
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking, Differential Diagnoses for
+Intractable Leg Spasms and New Involuntary Leg Fasciculation: Evaluation and Management (Dr.Oracle
+Medical Advisory Board, 2025); AASM 2024 clinical practice guideline on RLS and PLMD, Winkelman et
+al., J Clin Sleep Med 2024 (doi:10.5664/jcsm.11390).
+
+The two sets of numbers are the iron profiles of the settings: `iron_profile` chooses the one that
+decides (docs/knowledge.md says why the review articles' profile is the default). `assess_iron` is
+the whole threshold logic, written once for both profiles, so every card can also state the other
+profile's verdict.
+
+- R1, RLS without a recent ferritin. Include: restless legs on the problem list (suspected or
+  confirmed), on opening the chart, or on selecting an RLS drug or an iron product. Exclude: a
+  readable final ferritin within `ferritin_lookback_days`; a ferritin ordered or awaiting its final
+  result; lab results or orders the service could not read. A ferritin in an unknown unit, or text
+  without a number, does not count as on file: the card names it.
+- R2, RLS with low iron stores. Include: restless legs and the latest usable ferritin (with the
+  transferrin saturation when one is on file) within the lookback that meets the active profile: a
+  warning to treat with iron, or, under the AASM profile, to prefer IV iron in the 75-100 band. Under
+  the review articles' profile, an info card when only the AASM 2024 thresholds are met
+  (`show_guideline_disagreement`). On order-select, only when an RLS drug is selected. Exclude:
+  values above the thresholds; a value reported as a bound that cannot be compared (">20" against
+  50); results older than the lookback or in a unit not understood (R1 applies instead).
 """
 from cds_service.authoring.criteria import (all_of, any_of, data_gap, finding, other_than, params, patient, pending,
                                             readable_result, result, selected_draft)
 from cds_service.authoring.orders import lab_order, medication_proposal
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, escape, fill
 
-from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, facts_of, review_triggers, seeds
+from .common import AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, SEED_002, review_triggers, seeds
 
 SEEDS_IRON = seeds(SEED_000, SEED_001, SEED_002)
 DRAW_ADVICE = ("Draw in the morning, fasting, and at least 24 h after the last iron-containing supplement "
@@ -45,8 +68,9 @@ review_triggers(view_id="F-IRON-DUE-VIEW", order_id="F-IRON-DUE-ORDER", produces
                exclusion=[result("ferritin"), pending("ferritin"), data_gap("labs", "service_requests")],
            ))
 def rls_without_ferritin(matches, ctx):
-    months = round(int(ctx.settings["ferritin_lookback_days"]) / 30.4)
-    unreadable = facts_of(ctx, "unreadable_result", analyte="ferritin")
+    lookback = ctx.settings.ferritin_lookback_days
+    months = round(lookback / 30.4)
+    unreadable = ctx.facts_of("unreadable_result", analyte="ferritin")
     why = (f"Restless legs syndrome is on the problem list and no {'readable ' if unreadable else ''}ferritin result "
            f"from the last {months} months, nor a pending ferritin, was found. Check ferritin and transferrin saturation.")
     notes = ["The review articles ask for ferritin in every patient with restless legs, even when haemoglobin is "
@@ -64,7 +88,7 @@ def rls_without_ferritin(matches, ctx):
         indicator="info",
         why=why, notes=notes,
         evidence=[f for match in matches for f in (match["rls"], match["due"])] + unreadable,
-        thresholds={"ferritin_lookback_days": int(ctx.settings["ferritin_lookback_days"]),
+        thresholds={"ferritin_lookback_days": lookback,
                     "ferritin_loinc": ["2276-4", "20567-4", "24373-3"]},
         suggestions=[order],
         override_reasons=[("already-ordered", "Already ordered or drawn elsewhere"),
@@ -118,10 +142,10 @@ def assess_iron(ferritin: dict, tsat: dict | None, patient: dict, params: dict) 
 def iron_verdict(ctx) -> dict | None:
     """R2's assessment for this patient from the call's facts (None without a usable ferritin), for
     cards that must say whether iron comes first (R19, R20) on hooks where R2 itself does not run."""
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab", usable=True)}
-    if "ferritin" not in labs:
+    ferritin, tsat = ctx.labs("ferritin", usable=True), ctx.labs("tsat", usable=True)
+    if not ferritin:
         return None
-    return assess_iron(labs["ferritin"], labs.get("tsat"), facts_of(ctx, "patient")[0], facts_of(ctx, "params")[0])
+    return assess_iron(ferritin[-1], tsat[-1] if tsat else None, ctx.patient, ctx.params)
 
 
 def _iron_inputs() -> list:
@@ -158,10 +182,10 @@ def iron_stores_ferritin_only(match):
                                           verdict=any_of("indicated", "iv_only", "disagreement"))]))
 def rls_low_iron(matches, ctx):
     iron = matches[0]["iron"]
-    params = next(f for f in ctx.facts if f["kind"] == "params")
+    params = ctx.params
     t = thresholds_in_use(params)
-    labs = {f["analyte"]: f for f in facts_of(ctx, "lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
-    on_iron = [f for f in facts_of(ctx, "medication", origin="chart") if "iron" in f.get("groups", [])]
+    labs = {f["analyte"]: f for f in ctx.facts_of("lab") if f["analyte"] in ("ferritin", "tsat", "hemoglobin")}
+    on_iron = [f for f in ctx.facts_of("medication", origin="chart") if "iron" in f.get("groups", [])]
     value = _bound(iron["ferritin_comparator"]) + _number(iron["ferritin"])  # "<10": a bound keeps its comparator
     tsat = _bound(iron["tsat_comparator"]) + _number(iron["tsat"]) if iron["tsat"] >= 0 else "n/a"
     verdict, profile = iron["verdict"], iron["profile"]

@@ -1,9 +1,25 @@
-"""What looks like restless legs but is not (or not only): akathisia (R17) and the mimics (R18).
+"""What looks like restless legs but is not, or not only: akathisia (R17) and the mimics (R18).
 
-Seed 001 names neuroleptic-induced akathisia, PAD, venous disease, neuropathy, spinal stenosis,
-radiculopathy and cramps as mimics, and notes that the four RLS criteria alone misclassify 16 %
-of patients without RLS; seed 000 contrasts cramps. Akathisia here is caused by dopamine
-antagonists only (antipsychotics and antiemetics; the seed's broader list is not used).
+Recommendations: before treating restless legs, rule out what imitates it. Akathisia, an inner
+restlessness of the whole body without an evening pattern, follows dopamine antagonists
+(antipsychotics and antiemetics). Peripheral arterial disease (pain on walking; check the four
+distal pulses), venous disease, neuropathy (which can also cause secondary RLS), lumbar spinal
+stenosis (relief on bending forward), radiculopathy and leg cramps all produce leg symptoms; the four
+RLS criteria alone misclassify about one patient in six without RLS. The review also lists other
+drug classes as causes of akathisia; clinically it is chiefly the dopamine antagonists, so only they
+are used here (the others are RLS-worsening drugs, R3 and R4).
+
+Sources: Differential Diagnoses for Intractable Leg Spasms and Differential Diagnosis of Involuntary
+Lower Left Leg Jerking (Dr.Oracle Medical Advisory Board, 2025).
+
+- R17, akathisia rather than RLS. Include: RLS or restlessness whose onset comes at most
+  `akathisia_window_days` after a systemic dopamine antagonist was started (an unknown onset counts
+  from today), on opening the chart or on selecting an RLS drug. Exclude: akathisia already coded;
+  restless legs recorded before the drug was started; topical or inactive products.
+- R18, mimics before RLS treatment. Include: a mimic on the problem list (peripheral arterial
+  disease, venous disease, neuropathy, lumbar stenosis, radiculopathy, leg cramps), on opening the
+  chart of a patient with RLS or on selecting an RLS drug. Exclude: no mimic, or only inactive or
+  resolved ones.
 """
 from cds_service.authoring.criteria import all_of, chart_medication, coded, finding, params, selected_draft
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, drug_name, escape, fill
@@ -74,7 +90,7 @@ def akathisia_rather_than_rls(matches, ctx):
     return CardDraft(summary=fill("Restlessness on {drug} (dopamine antagonist): consider drug-induced akathisia rather "
                                   "than RLS", drug=drug_name(first["name"])),
                      indicator="info", why=why, notes=notes, evidence=drugs,
-                     thresholds={"akathisia_window_days": int(ctx.settings["akathisia_window_days"])})
+                     thresholds={"akathisia_window_days": ctx.settings.akathisia_window_days})
 
 
 # ---- R18 ------------------------------------------------------------------------------------

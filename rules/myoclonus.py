@@ -1,16 +1,34 @@
 """Myoclonus: metabolic causes (R14), causative drugs (R15) and the work-up labs (R16).
 
-Seed 003 lists metabolic causes (kidney or liver failure, electrolyte imbalance, hypoglycaemia,
-hyponatraemia) and drugs (levodopa, antipsychotics, antidepressants, opioids, alcohol
-withdrawal): treat the cause. The lab screen is this project's translation (seed-derived);
-seed 000 adds EEG/EMG to localise the origin and MRI of the spine with NCS for spinal myoclonus.
+Recommendations: look for the cause of myoclonus and treat it. Metabolic causes are kidney or liver
+failure, electrolyte imbalance, hypoglycaemia and hyponatraemia; drug causes are levodopa,
+antipsychotics, antidepressants and opioids, and alcohol withdrawal. When no recent metabolic
+results are on file, check electrolytes, glucose, renal and liver function; EEG and EMG help to
+localise the origin, and rhythmic jerks of the lower trunk and legs suggest spinal myoclonus (MRI of
+the spine with nerve conduction studies). The exact lab screen is this service's translation of
+those recommendations.
+
+Sources: What are the causes of myoclonic jerks? and, for localisation, Differential Diagnosis of
+Involuntary Lower Left Leg Jerking (Dr.Oracle Medical Advisory Board, 2025).
+
+- R14, myoclonus with a metabolic cause. Include: myoclonus and kidney failure, liver failure,
+  hyponatraemia or hypoglycaemia, coded or measured (eGFR below 30 within
+  `metabolic_lookback_days`; sodium below 135 mmol/L or glucose below 70 mg/dL within
+  `metabolic_value_lookback_days`). Exclude: normal values; values outside their window or in a unit
+  not understood; a value reported only as a lower bound (eGFR ">60"). Its card replaces R16's.
+- R15, myoclonus and a causative drug. Include: myoclonus and a systemic levodopa, antipsychotic,
+  antidepressant or opioid, active on opening the chart or being ordered; or alcohol withdrawal coded.
+  Exclude: topical forms; inactive medications; on order-select, drafts that are not selected.
+- R16, work-up labs. Include: myoclonus and, within `metabolic_lookback_days`, neither a metabolic
+  panel nor a basic panel (or sodium, glucose and creatinine or eGFR) with AST or ALT. Exclude: the
+  screen complete; lab results the service could not read.
 """
 from cds_service.authoring.criteria import (all_of, chart_medication, coded, data_gap, finding, hook_is, order_hook,
                                             params, readable_result, result, selected_draft, setting)
 from cds_service.authoring.orders import lab_order, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, fill
 
-from .common import (CATALOG, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, facts_of, seeds, unique,
+from .common import (CATALOG, SEED_000, SEED_003, as_drug, class_of, drug_fields, drug_line, seeds, unique,
                      unique_drugs)
 
 SEED = seeds(SEED_003)
@@ -68,7 +86,7 @@ def myoclonus_metabolic_cause(matches, ctx):
     why = [f"Myoclonus is on the problem list together with {', '.join(causes)}. Metabolic disturbances "
            "(kidney or liver failure, electrolyte imbalance, hypoglycaemia, hyponatraemia) cause myoclonus; treat the "
            "cause."]
-    recent_cmp = [f for f in facts_of(ctx, "lab", analyte="cmp") if f["days_ago"] <= ctx.settings["metabolic_lookback_days"]]
+    recent_cmp = [f for f in ctx.labs("cmp") if f["days_ago"] <= ctx.settings.metabolic_lookback_days]
     suggestions = []
     if not recent_cmp:
         suggestions.append(SuggestionDraft(label="Order a comprehensive metabolic panel",

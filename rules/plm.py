@@ -1,17 +1,31 @@
-"""Periodic limb movements: R7, PLMD criteria and PLMS without a complaint.
+"""Periodic limb movements (R7): PLMD criteria, and PLMS without a complaint.
 
-Seeds 000 and 001: PLMD needs a polysomnographic PLMS index above 15/h in adults plus sleep
-disturbance or daytime fatigue; PLMS without such a complaint needs no treatment, and PLMS is
-common in RLS (treat the RLS). The child threshold (> 5/h) is an AASM 2024 Addition. The PLMS
-index has no LOINC code: a configurable local code or the test's name (found by a name search), never a
-"PLMS arousal index". Variant A (documentation check) is off unless `r7_documentation_check` is
-on, because it is noisy wherever sleep-study results are not coded.
+Recommendation: periodic limb movement disorder needs a polysomnographic PLMS index above 15 per
+hour in an adult (above 5 per hour in a child, AASM 2024) together with disturbed sleep or daytime
+fatigue that nothing else explains. Periodic limb movements without such a complaint need no
+treatment; most patients with restless legs have them, and there the RLS is what is treated.
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking and Differential Diagnoses for
+Intractable Leg Spasms (Dr.Oracle Medical Advisory Board, 2025); for the child threshold, AASM 2024
+clinical practice guideline on RLS and PLMD, Winkelman et al., J Clin Sleep Med 2024.
+
+The PLMS index has no LOINC code: it is found by a configurable local code (`plms_index_code`) or by
+the test's name (a name search), never as a "PLMS arousal index", which measures something else.
+
+- R7 variant B, PLMS without a complaint. Include: a PLMS index within `plms_index_lookback_days`
+  above the threshold for the patient's age (`plms_index_threshold_adult`, `plms_index_threshold_child`;
+  the adult one when the age is unknown). Exclude: RLS on the problem list; a sleep complaint or
+  daytime fatigue coded; an index at or below the threshold or in a unit not understood; lab results
+  the service could not read.
+- R7 variant A, PLMD documentation check (off unless `r7_documentation_check`: noisy wherever
+  sleep-study results are not coded). Include: PLMD coded without an index above the threshold, or
+  without a sleep complaint or daytime fatigue. Exclude: both criteria documented.
 """
 from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, hook_is, params, patient, readable_result,
                                             setting)
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, fill
 
-from .common import AASM_2024, CATALOG, SEED_000, SEED_001, conditions_in, facts_of, seeds, unique
+from .common import AASM_2024, CATALOG, SEED_000, SEED_001, seeds, unique
 
 SEEDS = seeds(SEED_000, SEED_001)
 
@@ -71,7 +85,7 @@ _register_a("F-PLMD-NO-COMPLAINT", "a sleep complaint or daytime fatigue", None,
 def plm_criteria(matches, ctx):
     cases = [match["case"] for match in matches]
     b = next((case for case in cases if case["variant"] == "B"), None)
-    index = facts_of(ctx, "lab", analyte="plms_index")
+    index = ctx.labs("plms_index")
     if b:
         why = (f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
                "legs syndrome and no sleep complaint or daytime fatigue coded. Periodic limb movements without sleep "
@@ -85,10 +99,10 @@ def plm_criteria(matches, ctx):
                          indicator="info", why=why, notes=notes, evidence=[b] + index,
                          thresholds={"plms_index_threshold": b["threshold"]})
     missing = sorted({case["missing"] for case in cases})
-    threshold = ctx.settings["plms_index_threshold_adult"]
-    child = ctx.settings["plms_index_threshold_child"]
+    threshold = ctx.settings.plms_index_threshold_adult
+    child = ctx.settings.plms_index_threshold_child
     why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. PLMD needs a polysomnographic PLMS index "
            f"above {threshold:g}/h (children: above {child:g}/h, AASM 2024) plus sleep disturbance or daytime fatigue.")
     return CardDraft(summary=fill("PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime "
                                   "fatigue", plms=f"{threshold:g}"),
-                     indicator="info", why=why, evidence=unique(matches, "case") + index + conditions_in(ctx, "PLMD"))
+                     indicator="info", why=why, evidence=unique(matches, "case") + index + ctx.conditions_in("PLMD"))

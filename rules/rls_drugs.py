@@ -1,20 +1,46 @@
-"""Drugs in restless legs syndrome: those that worsen it (R3 on ordering, R4 on chart review) and
-dopaminergic treatment (R20).
+"""Drugs in restless legs syndrome: those that worsen it (R3, R4) and dopaminergic treatment (R20).
 
-Seeds 000 and 001 name tricyclics, SSRIs, lithium and dopamine antagonists; 001 adds centrally
-acting antihistamines. SNRIs and mirtazapine are an Addition (AASM 2024 lists antidepressants
-among exacerbating factors), switchable with `rls_worsening_additions`. Which classes count is
-the `rls_worsening` drug group in `knowledge/drugs.json`; the facts layer tags each medication.
-R20 is an Addition (AASM 2024: against standard use of dopamine agonists and levodopa, because of
-augmentation); it fires only for a new start and never for parkinsonism.
+Recommendations: tricyclic antidepressants, SSRIs, lithium, dopamine antagonists (antipsychotics,
+and antiemetics such as metoclopramide) and centrally acting antihistamines can cause or worsen
+restless legs. In a patient with RLS or periodic limb movement disorder, avoid starting them or
+weigh the benefit against that risk, and review the ones already taken. The AASM 2024 guideline
+counts antidepressants in general among the aggravating factors, so SNRIs and mirtazapine are added
+to the review articles' list (setting `rls_worsening_additions`, `[]` to leave them out). The same
+guideline suggests against the standard use of dopamine agonists (pramipexole, ropinirole,
+rotigotine) and levodopa for RLS, because they cause augmentation over time, and prefers gabapentin
+enacarbil, gabapentin or pregabalin; low iron stores are treated first.
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking and Differential Diagnoses for
+Intractable Leg Spasms (Dr.Oracle Medical Advisory Board, 2025); AASM 2024 clinical practice
+guideline on RLS and PLMD, Winkelman et al., J Clin Sleep Med 2024.
+
+Which classes count is the `rls_worsening` drug group of the knowledge files; the facts layer tags
+each medication with its groups.
+
+- R3, RLS-worsening drug ordered. Include: RLS or PLMD on the problem list and a systemic drug of an
+  RLS-worsening class being ordered (the selected draft on order-select, any draft on order-sign).
+  Exclude: topical forms (a cream, eye drops); classes outside the list (bupropion, trazodone,
+  cetirizine); a drug such as an SSRI for anxiety when neither RLS nor PLMD is coded. A coded
+  indication is named on the card and weighed; a non-sedating antihistamine is offered as the
+  replacement only for an antihistamine ordered for an allergic condition.
+- R4, active RLS-worsening medications. Include: on opening the chart, RLS, PLMD or a leg-movement
+  complaint, and an active systemic drug of an RLS-worsening class, counted once per ingredient
+  across orders and medication statements. Exclude: medications stopped, completed or entered in
+  error; topical forms.
+- R20, dopamine agonist or levodopa for RLS. Include: a dopamine agonist or levodopa being ordered,
+  RLS present (or named as the order's reason), and a new start: no order of either class within
+  `new_start_window_days`, with the whole medication list readable. A warning instead of an info
+  card when iron stores are low, and then it replaces R2's card. Exclude: parkinsonism; cabergoline
+  or bromocriptine for hyperprolactinaemia; continuation of established therapy. No gabapentinoid is
+  proposed in pregnancy, end-stage renal disease or dialysis, for a child, or when the age is unknown.
 """
 from cds_service.authoring.criteria import (all_of, chart_medication, chart_or_recent_medication, coded, data_gap,
                                             draft_medication, finding, hook_is, order_hook, selected_draft)
 from cds_service.authoring.orders import medication_proposal, remove_draft
 from cds_service.authoring.rulebook import CardDraft, SuggestionDraft, card_rule, derivation, drug_name, drug_names, escape
 
-from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, conditions_in,
-                     drug_fields, drug_line, facts_of, seeds, unique, unique_drugs)
+from .common import (AASM_2024, AASM_2024_URL, CATALOG, SEED_000, SEED_001, as_drug, class_of, drug_fields,
+                     drug_line, seeds, unique, unique_drugs)
 from .iron import iron_verdict
 
 SEEDS_DRUGS = f"{seeds(SEED_000, SEED_001)} (SNRI, mirtazapine: AASM 2024 addition)"
@@ -161,7 +187,7 @@ def dopaminergic_for_rls(matches, ctx):
     levodopa = "levodopa" in first["classes"] and "dopamine_agonist" not in first["classes"]
     assessment = iron_verdict(ctx)
     iron = assessment["verdict"] if assessment else None
-    window = int(ctx.settings["new_start_window_days"])
+    window = ctx.settings.new_start_window_days
     withheld, population = _no_gabapentinoid_because(ctx)
     lead = (f"Restless legs syndrome is on the problem list and a new dopaminergic treatment is being ordered (none "
             f"in the last {window} days). The AASM 2024 guideline suggests against its standard use because of "
@@ -212,12 +238,12 @@ def _no_gabapentinoid_because(ctx) -> tuple[str | None, list[dict]]:
     """Why no gabapentinoid may be proposed (the populations R19 gives no drug advice for), or
     None, with the conditions that say so (evidence for the card)."""
     reasons = []
-    pregnancy, esrd = conditions_in(ctx, "PREGNANCY"), conditions_in(ctx, "ESRD_DIALYSIS")
+    pregnancy, esrd = ctx.conditions_in("PREGNANCY"), ctx.conditions_in("ESRD_DIALYSIS")
     if pregnancy:  # the facts layer keeps only pregnancies within pregnancy_max_days
         reasons.append("is pregnant")
     if esrd:
         reasons.append("has end-stage renal disease or is on dialysis")
-    patient = facts_of(ctx, "patient")[0]
+    patient = ctx.patient
     if patient["child"]:
         reasons.append("is a child")
     elif not patient["age_known"]:

@@ -1,11 +1,31 @@
-"""Special populations: secondary RLS (R19), renal dosing (R23, off) and RLS in cognitive
-impairment (R24, off).
+"""Special populations: secondary RLS (R19), renal dosing (R23, off) and RLS in cognitive impairment
+(R24, off).
 
-Seeds 000 and 001 tie RLS to iron deficiency; pregnancy and end-stage renal disease are
-Additions (AASM 2024 has separate recommendations for them, not verified here, so R19 gives no
-drug-specific advice). R23's cut-offs come from product labels and are unverified (labels state
-creatinine clearance, not eGFR): off until confirmed. R24 (seed 001: behavioural cues of RLS in
-cognitively impaired patients) is rarely coded, so it is off by default.
+Recommendations: restless legs are often secondary to iron deficiency; pregnancy and end-stage
+renal disease are further causes, for which the AASM 2024 guideline gives separate recommendations
+that this service has not verified, so its cards give no drug-specific advice for them. Renally
+cleared drugs for RLS and myoclonus (gabapentinoids, pramipexole, levetiracetam) need their dose
+checked when kidney function is reduced; the product labels state their cut-offs as creatinine
+clearance, not eGFR, so the cut-off used here is unverified and the rule is off until it is. Patients
+who cannot describe restless legs show them as leg rubbing, pacing, kicking or evening restlessness:
+assess for RLS before sedating.
+
+Sources: Differential Diagnosis of Involuntary Lower Left Leg Jerking and Differential Diagnoses for
+Intractable Leg Spasms (Dr.Oracle Medical Advisory Board, 2025); AASM 2024 clinical practice
+guideline on RLS and PLMD, Winkelman et al., J Clin Sleep Med 2024 (pregnancy, end-stage renal
+disease); US product labels (renal dosing).
+
+- R19, secondary RLS. Include: restless legs and pregnancy (onset, else recorded date, within
+  `pregnancy_max_days`), end-stage renal disease or dialysis, or iron deficiency, on opening the chart
+  or on selecting an RLS drug; the card adds the iron verdict. Exclude: none of these contexts; a
+  pregnancy ended, long past or undated.
+- R23, renal dosing (off by default). Include: a renally cleared drug being selected and the latest
+  eGFR within `renal_lookback_days` below `renal_dose_egfr_threshold`. Exclude: an eGFR at or above
+  the threshold or reported as a lower bound (">60"); no usable eGFR; drugs not listed (ropinirole is
+  cleared by the liver).
+- R24, RLS in cognitive impairment (off: the cues are rarely coded). Include: dementia or cognitive
+  impairment with restlessness or a sleep complaint. Exclude: RLS already diagnosed; delirium, which
+  points to an acute cause.
 """
 from cds_service.authoring.criteria import (all_of, coded, finding, hook_is, params, readable_result, selected_draft,
                                             setting)
@@ -66,7 +86,7 @@ def renally_cleared_ingredient(match):
                                   finding("renally_cleared_draft", alias="drug")]))
 def renal_dosing(matches, ctx):
     drug, egfr = as_drug(matches[0]["drug"]), matches[0]["egfr"]
-    limit = ctx.settings["renal_dose_egfr_threshold"]
+    limit = ctx.settings.renal_dose_egfr_threshold
     why = (f"The latest eGFR is {egfr['value']:g} mL/min/1.73m2, below {limit:g}, and a renally cleared drug is being "
            "ordered. Check the dose against the product label.")
     notes = ["Labels state creatinine clearance by Cockcroft-Gault, not eGFR; the cut-off used here is unverified."]

@@ -17,6 +17,7 @@ from cds_service.authoring.rulebook import CARD, DERIVE, REGISTRY, RuleSpec
 from cds_service.engine import wrapper
 from cds_service.engine.lint import RuleDefinitionError, fact_model_problems
 from cds_service.engine.wrapper import RuleEngine, RuleError
+from cds_service.knowledge.settings import SettingsError
 from cds_service.facts import schema
 from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, Field, declare_finding
 from cds_service.fhir.prefetch import OPTIONAL, queries
@@ -188,8 +189,9 @@ def test_the_params_fact_declares_every_setting_and_a_typo_in_an_override_stops_
     from cds_service.facts.build import params_fact
 
     assert set(params_fact(Terminology())) == set(KINDS["params"].fields)
-    with pytest.raises(FactSchemaError, match="'feritin_lookback_days' is not a field of 'params' facts "
-                                              "\\(did you mean 'ferritin_lookback_days'\\?\\)"):
+    # the typed settings refuse the misspelt key before the params fact is built from them
+    with pytest.raises(SettingsError, match="unknown knowledge setting 'feritin_lookback_days' "
+                                            "\\(did you mean 'ferritin_lookback_days'\\?\\)"):
         create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, KNOWLEDGE_OVERRIDES={"feritin_lookback_days": 200})
 
 

@@ -18,6 +18,7 @@ from cds_service.store import governance
 from cds_service.app import create_app
 from cds_service.store.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
 from cds_service.authoring.rulebook import REGISTRY
+from cds_service.knowledge.settings import SettingsError
 from conftest import EXTENSION, ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
@@ -142,14 +143,15 @@ def test_bad_rule_modes_stop_start_up(modes, message):
         create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, RULE_MODES=modes)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"suppress_overridden_days": "a month"}, "suppress_overridden_days"),
-    ({"suppress_accepted_days": -1}, "suppress_accepted_days"),
-    ({"suppress_days_by_rule": {"R3": {"overriden": 7}}}, "only 'overridden' and 'accepted'"),
-    ({"suppress_days_by_rule": {"R3": {"overridden": True}}}, "suppress_days_by_rule.R3.overridden"),
-    ({"suppress_days_by_rule": []}, "must be an object")])
-def test_bad_suppression_windows_stop_start_up(tmp_path, overrides, message):
-    with pytest.raises(GovernanceConfigError, match=message):
+@pytest.mark.parametrize("overrides, error, message", [
+    # wrong types are caught when the typed settings are built, ranges and outcomes by governance
+    ({"suppress_overridden_days": "a month"}, SettingsError, "suppress_overridden_days must be a number"),
+    ({"suppress_accepted_days": -1}, GovernanceConfigError, "suppress_accepted_days"),
+    ({"suppress_days_by_rule": {"R3": {"overriden": 7}}}, GovernanceConfigError, "only 'overridden' and 'accepted'"),
+    ({"suppress_days_by_rule": {"R3": {"overridden": True}}}, SettingsError, "suppress_days_by_rule.R3.overridden"),
+    ({"suppress_days_by_rule": []}, SettingsError, "must be an object")])
+def test_bad_suppression_windows_stop_start_up(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
         make_app(f"sqlite:///{tmp_path / 'bad.sqlite3'}", KNOWLEDGE_OVERRIDES=overrides)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cds_service.authoring.rulebook import ActionDraft
 from cds_service.knowledge.codesets import LOINC, RXNORM
+from cds_service.knowledge.settings import OrderCode
 
 
 def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None) -> ActionDraft:
@@ -23,12 +24,12 @@ def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None
     return ActionDraft(type="create", description=f"Create a draft order for {display}", resource=resource)
 
 
-def procedure_order(patient_id: str, code: dict, priority: str = "routine", note: str | None = None) -> ActionDraft:
-    """A ServiceRequest for a procedure or referral; `code` is a configured {system, code, display}
-    or {text} (sites replace the unverified defaults, clinical-rules.md 8.3)."""
-    concept = {"text": code.get("display") or code.get("text")}
-    if code.get("system") and code.get("code"):
-        concept["coding"] = [{"system": code["system"], "code": code["code"], "display": code.get("display")}]
+def procedure_order(patient_id: str, code: OrderCode, priority: str = "routine", note: str | None = None) -> ActionDraft:
+    """A ServiceRequest for a procedure or referral; `code` is a configured setting: a coding
+    (system, code, display) or only a text. Sites replace the unverified defaults (docs/knowledge.md)."""
+    concept = {"text": code.label}
+    if code.system and code.code:
+        concept["coding"] = [{"system": code.system, "code": code.code, "display": code.display}]
     resource = {
         "resourceType": "ServiceRequest",
         "status": "draft",

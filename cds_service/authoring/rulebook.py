@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
+
+from cds_service.knowledge.settings import Settings
 
 DERIVE = "derive"
 CARD = "card"
@@ -25,11 +28,16 @@ HOOKS = ("patient-view", "order-select", "order-sign")
 
 @dataclass
 class RenderContext:
-    """What a card renderer may know besides its matches."""
+    """What a card renderer may know besides its matches.
+
+    `settings` is the typed configuration of this process (`ctx.settings.ferritin_lookback_days`, a
+    whole number of days; `ctx.settings.iron` the active iron profile). The accessors below read the
+    call's base facts for what a card *describes* (already on iron, the latest haemoglobin), never
+    for deciding whether it fires: that is the rule's `when`."""
 
     hook: str
     patient_id: str
-    settings: dict
+    settings: Settings
     class_title: Callable[[str], str]
     groups: dict[str, frozenset[str]]
     facts: list[dict]  # base facts, for describing context (e.g. "already on iron"), never for firing
@@ -37,6 +45,44 @@ class RenderContext:
     missing_keys: tuple[str, ...] = ()  # data keys that could not be read at all (rules on them were silent)
     knowledge_version: str = ""  # which knowledge base made the card (governance.knowledge_version)
     base_url: str = ""  # public base URL of this service, for the rule pages cards link to
+
+    @cached_property
+    def _by_kind(self) -> dict[str, list[dict]]:
+        by_kind: dict[str, list[dict]] = {}
+        for fact in self.facts:
+            by_kind.setdefault(fact.get("kind", ""), []).append(fact)
+        return by_kind
+
+    def facts_of(self, kind: str, **match) -> list[dict]:
+        """The base facts of one kind whose fields equal `match` (`ctx.facts_of("medication", origin="chart")`)."""
+        return [f for f in self._by_kind.get(kind, ()) if all(f.get(k) == v for k, v in match.items())]
+
+    def labs(self, analyte: str, **match) -> list[dict]:
+        """The lab facts of one analyte (`ctx.labs("ferritin", usable=True)`): the latest final result in
+        its lookback (the facts layer keeps one per analyte)."""
+        return self.facts_of("lab", analyte=analyte, **match)
+
+    def conditions_in(self, *code_sets: str) -> list[dict]:
+        """The condition facts in any of these code sets (`ctx.conditions_in("PREGNANCY")`)."""
+        wanted = set(code_sets)
+        return [f for f in self.facts_of("condition") if wanted & set(f["sets"])]
+
+    @property
+    def params(self) -> dict:
+        """The call's params fact: the settings as the rules' criteria compare against them (numbers
+        as floats, both iron profiles flattened to `seed_*` and `aasm2024_*`, the active `profile`)."""
+        return self._one("params")
+
+    @property
+    def patient(self) -> dict:
+        """The patient fact (age group, whether the age is known, sex)."""
+        return self._one("patient")
+
+    def _one(self, kind: str) -> dict:
+        found = self._by_kind.get(kind)
+        if not found:
+            raise LookupError(f"this call has no {kind} fact")
+        return found[0]
 
 
 @dataclass

@@ -70,7 +70,8 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict], ctx: R
     findings = sorted({f["name"] for f in draft.evidence if f.get("kind") == "finding"})
     page = rule_page_url(ctx.base_url, spec.id)
     label, url = source_of(spec, page)
-    params = next((f for f in ctx.facts if f.get("kind") == "params"), {})
+    found = ctx.facts_of("params")
+    params = found[0] if found else {}
     card = {
         "uuid": str(uuid.uuid4()),
         "summary": guard_summary(draft.summary),
@@ -302,7 +303,8 @@ def describe(fact: dict) -> str | None:
 
 
 def prune(value):
-    """Drop None, '', [] and {} recursively (checklist section 1)."""
+    """Drop None, '', [] and {} recursively: an optional field without a value is left out (CDS Hooks 2.0,
+    section Use of JSON)."""
     if isinstance(value, dict):
         pruned = {k: prune(v) for k, v in value.items()}
         return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Config as FlaskConfig
 
 from cds_service.config import CONFIGS, from_environment
+from cds_service.knowledge.settings import SettingsError, load as load_settings, resolve_overrides
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,13 @@ def report(config) -> list[Item]:
     if config.get("EVALUATION_DATE"):
         add("clinical", f"the clinical 'today' is pinned to {config['EVALUATION_DATE']}", unsafe=True)
     if config["KNOWLEDGE_OVERRIDES"]:
-        add("clinical", f"knowledge overrides: {', '.join(sorted(config['KNOWLEDGE_OVERRIDES']))}")
+        given = config["KNOWLEDGE_OVERRIDES"]
+        origin = f" (from {given})" if isinstance(given, str) else ""
+        try:
+            load_settings(given)
+            add("clinical", f"knowledge overrides{origin}: {', '.join(sorted(resolve_overrides(given)))}")
+        except SettingsError as exc:
+            add("clinical", f"knowledge overrides{origin} stop start-up: {exc}", unsafe=True)
     if config["EXTRA_RULE_MODULES"]:
         add("clinical", f"site rule modules: {', '.join(config['EXTRA_RULE_MODULES'])}")
     return items

@@ -165,6 +165,13 @@ def serve(host: str, port: int, workers: int) -> None:
         _fail("gunicorn is not installed in this environment")
     env = dict(os.environ, LEGMOVE_CONFIG=os.environ.get("LEGMOVE_CONFIG", "development"),
                HOST=host, PORT=str(port), WORKERS=str(workers))
+    from cds_service.config import settings as configured
+    from cds_service.knowledge.settings import SettingsError, load as load_knowledge_settings
+
+    try:  # one line instead of a stack trace per worker (or from the master, with --preload)
+        load_knowledge_settings(configured(env["LEGMOVE_CONFIG"])["KNOWLEDGE_OVERRIDES"])
+    except SettingsError as exc:
+        _fail(f"legmove-cds refuses to start: {exc}")
     args = [gunicorn]
     if Path("gunicorn.conf.py").is_file():
         args += ["-c", "gunicorn.conf.py"]

@@ -131,7 +131,7 @@ def params_fact(term: Terminology) -> dict:
     """Configuration as a fact, so rules compare against data, not literals: every numeric or
     yes/no setting (windows in days, thresholds), the active iron profile, and the numbers of both
     profiles (R2 shows the other profile's verdict)."""
-    settings = term.settings
+    settings = term.settings.as_dict()
     name = settings["iron_profile"]
     if name not in settings["profiles"]:
         raise ValueError(f"iron_profile {name!r} is not one of {sorted(settings['profiles'])}")

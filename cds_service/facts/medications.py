@@ -25,7 +25,7 @@ class _Medications:
         elif status not in ACTIVE_STATEMENT:
             return None
         fact = self._medication(res, origin=origin, selected=False)
-        if fact and origin == "recent" and not 0 <= fact["started_days_ago"] <= int(self.term.settings["new_start_window_days"]):
+        if fact and origin == "recent" and not 0 <= fact["started_days_ago"] <= self.term.settings.new_start_window_days:
             return None
         return fact
 

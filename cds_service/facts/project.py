@@ -73,7 +73,7 @@ class _Projection:
         days_ago = (self.today - when).days
         if days_ago < -1:
             return self._skip(res, "effective date in the future")
-        lookback = int(self.term.settings[analyte.lookback_setting])
+        lookback = self.term.settings.days(analyte.lookback_setting)
         if days_ago > lookback:
             return self._skip(res, f"older than the {lookback}-day lookback")
         fact = {"kind": "lab", "analyte": analyte.name, "resource_ref": reference_of(res), "loinc": clip(code_value, 40),
@@ -186,7 +186,7 @@ class _Projection:
         if not windowed:
             return sets
         for name, setting in self.term.codesets.windows:
-            limit = int(self.term.settings[setting])
+            limit = self.term.settings.days(setting)
             if name in sets and (age_days is None or age_days > limit):
                 self._skip(res, f"{name} dated more than {limit} days ago, or undated: does not count")
                 sets = sets - {name}

@@ -110,7 +110,7 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date,
             by_window.setdefault(lookback, []).append(code)
         searches["labs"] = []
         for lookback, codes in sorted(by_window.items()):
-            since = (today - timedelta(days=int(term.settings[lookback]) + 1)).isoformat()
+            since = (today - timedelta(days=term.settings.days(lookback) + 1)).isoformat()
             unique = sorted(set(codes))
             for start in range(0, len(unique), CODES_PER_SEARCH):
                 chunk = ",".join(unique[start:start + CODES_PER_SEARCH])

@@ -18,6 +18,7 @@ from cds_service.knowledge.codesets import ATC, LOINC, RXNORM, CodeSetMatcher
 from cds_service.knowledge.labs import Analyte
 from cds_service.knowledge.medications import DrugRow, MedicationMatch, normalise_name, route_is_non_systemic
 from cds_service.knowledge.procedures import ProcedureMatcher
+from cds_service.knowledge.settings import Settings, SettingsError, load as load_settings
 
 KNOWLEDGE_DIR = Path(__file__).parent
 
@@ -30,21 +31,23 @@ def _load_json(name: str) -> dict:
 class Terminology:
     """All bundled knowledge, loaded once per process (in `create_app`)."""
 
-    def __init__(self, settings_overrides: dict | None = None):
+    def __init__(self, settings_overrides: dict | str | None = None):
         self.codesets = CodeSetMatcher.from_data(_load_json("codesets.json"))
         self.procedures = ProcedureMatcher(_load_json("procedures.json"))
         self.drugs = _load_json("drugs.json")
-        self.settings = {k: v for k, v in _load_json("settings.json").items() if not k.startswith("_")}
-        self.settings.update(settings_overrides or {})
+        # defaults + the deployment's overrides, checked once: a bad key or type stops start-up (SettingsError)
+        self.settings: Settings = load_settings(settings_overrides)
         labs = _load_json("labs.json")
         self._lab_texts = {name: tuple(e.get("text", [])) for name, e in labs.items() if not name.startswith("_")}
         self.analytes = self._load_analytes(labs)
+        for window in [a.lookback_setting for a in self.analytes.values()] + [w for _, w in self.codesets.windows]:
+            self.settings.days(window)  # a data file naming a window that is not a setting in days stops start-up
         self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
         self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
         for name, entry in labs.items():  # local codes (PLMS index) are deployment settings, not data
-            local = self.settings.get(entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
+            local = getattr(self.settings, entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
             if local:
-                self.observation_codes[(local["system"], local["code"])] = self.analytes[name]
+                self.observation_codes[(local.system, local.code)] = self.analytes[name]
         self._rows_by_rxcui, self._rows_by_ingredient = self._load_drug_table()
         for rxcui, extra in self.drugs["extra_ingredients"].items():
             if not rxcui.startswith("_"):
@@ -109,7 +112,11 @@ class Terminology:
 
     def _groups(self) -> dict[str, frozenset[str]]:
         groups = {name: set(classes) for name, classes in self.drugs["groups"].items()}
-        groups["rls_worsening"].update(self.settings.get("rls_worsening_additions", []))
+        unknown = sorted(set(self.settings.rls_worsening_additions) - set(self.drugs["class_titles"]))
+        if unknown:  # a misspelt class would add nothing, silently
+            raise SettingsError(f"knowledge setting rls_worsening_additions names unknown drug classes {unknown} "
+                                f"(known: {', '.join(sorted(self.drugs['class_titles']))})")
+        groups["rls_worsening"].update(self.settings.rls_worsening_additions)
         return {name: frozenset(classes) for name, classes in groups.items()}
 
     def class_title(self, drug_class: str) -> str:

@@ -1,4 +1,4 @@
-"""Card feedback (CDS Hooks 2.0 Feedback, checklist section 10): which cards clinicians accepted or
+"""Card feedback (CDS Hooks 2.0, section Feedback): which cards clinicians accepted or
 overrode, and why. This is how clinical informaticists learn which rules help and which annoy.
 
 Three tables, through SQLAlchemy Core so SQLite (the embedded default) and PostgreSQL both work:

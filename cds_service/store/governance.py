@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
@@ -41,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.cards.render import EXTENSION_KEY
 from cds_service.store.feedback import CardLedger, StoreUnavailable, card_feedback, issued_card, metadata, unmatched_feedback
 from cds_service.authoring.rulebook import CARD, RuleSpec
+from cds_service.knowledge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def _utc(moment: datetime) -> datetime:
 class Governance:
     """Records calls and cards and decides suppression, on the feedback store's engine."""
 
-    def __init__(self, ledger: CardLedger, key: bytes, settings: dict, knowledge: str,
+    def __init__(self, ledger: CardLedger, key: bytes, settings: Settings, knowledge: str,
                  clock: Callable[[], datetime] | None = None):
         self.ledger = ledger
         self.key = key
@@ -181,12 +183,13 @@ class Governance:
 
     def window(self, rule_id: str, outcome: str) -> timedelta:
         """How long feedback of this outcome keeps a rule's card away (per rule, else default)."""
-        per_rule = (self.settings.get("suppress_days_by_rule") or {}).get(rule_id, {})
-        default = self.settings["suppress_overridden_days" if outcome == "overridden" else "suppress_accepted_days"]
+        per_rule = self.settings.suppress_days_by_rule.get(rule_id, {})
+        default = (self.settings.suppress_overridden_days if outcome == "overridden"
+                   else self.settings.suppress_accepted_days)
         return timedelta(days=float(per_rule.get(outcome, default)))
 
     def _dedup_window(self) -> timedelta:
-        return timedelta(hours=float(self.settings["order_sign_dedup_hours"]))
+        return timedelta(hours=float(self.settings.order_sign_dedup_hours))
 
     # ---- one hook call -------------------------------------------------------------------
 
@@ -284,20 +287,21 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
     return removed
 
 
-def check_windows(settings: dict) -> None:
-    """Suppression windows are checked at start-up, so a typo never fails a hook call."""
+def check_windows(settings: Settings) -> None:
+    """Suppression windows are checked at start-up, so a typo never fails a hook call (their types
+    already were, when the settings were built: cds_service.knowledge.settings)."""
     def number(value, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 36500:
             raise GovernanceConfigError(f"{where} must be a number of days (hours for order_sign_dedup_hours) "
                                         f"from 0, got {value!r}")
 
     for key in ("suppress_overridden_days", "suppress_accepted_days", "order_sign_dedup_hours"):
-        number(settings.get(key), key)
-    by_rule = settings.get("suppress_days_by_rule")
-    if not isinstance(by_rule, dict):
+        number(getattr(settings, key), key)
+    by_rule = settings.suppress_days_by_rule
+    if not isinstance(by_rule, Mapping):
         raise GovernanceConfigError('suppress_days_by_rule must be an object like {"R3": {"overridden": 7}}')
     for rule, windows in by_rule.items():
-        if not isinstance(windows, dict) or set(windows) - {"overridden", "accepted"}:
+        if not isinstance(windows, Mapping) or set(windows) - {"overridden", "accepted"}:
             raise GovernanceConfigError(f"suppress_days_by_rule.{rule} may set only 'overridden' and 'accepted'")
         for outcome, value in windows.items():
             number(value, f"suppress_days_by_rule.{rule}.{outcome}")
@@ -312,7 +316,7 @@ def draft_references(draft_orders: list[dict]) -> set[str]:
     return {f"{r.get('resourceType')}/{r.get('id')}" for r in draft_orders if isinstance(r, dict) and r.get("id")}
 
 
-def governance_from_config(config, ledger: CardLedger | None, terminology_settings: dict) -> Governance | None:
+def governance_from_config(config, ledger: CardLedger | None, terminology_settings: Settings) -> Governance | None:
     """None when the store is off (FEEDBACK_STORE null): nothing recorded, nothing suppressed."""
     if ledger is None:
         return None  # no store: no hash is ever made, so no key is needed

@@ -12,7 +12,9 @@ what it says:
 - the source of its function and of every helper function and module constant it uses from the
   rule modules (recursively), and of the order builders in `cds_service.authoring.orders`,
 - its metadata (title, citation, logic, hooks, data keys, supersedes, on/off by default),
-- the default values of the knowledge settings it reads (named in its criteria or its code).
+- the default values of the knowledge settings it reads: named in its criteria (`c.params.x`), read in
+  its code as attributes of the typed settings (`ctx.settings.x`, `ctx.settings.profiles.aasm2024.x`,
+  `ctx.settings.iron.x` for the active profile) or as fields of the params fact (`params["aasm2024_x"]`).
 
 `check()` compares the registry with the lock file; the test suite fails when a fingerprint
 changed but the version did not, and says what to do. After bumping, regenerate with one
@@ -30,21 +32,36 @@ import types
 from pathlib import Path
 
 from cds_service.authoring.rulebook import REGISTRY, RuleSpec
+from cds_service.knowledge.settings import defaults as default_settings
 
 LOCK_FILE = Path(__file__).resolve().parents[2] / "rules" / "versions.json"
-SETTINGS_FILE = Path(__file__).resolve().parents[1] / "knowledge" / "settings.json"
 REGENERATE = "legmove-cds rules --lock (or: python -m cds_service.store.rule_versions --write)"
 _SOURCE_MODULES = ("rules", "cds_service.authoring.orders")
 
 
 def _settings_by_name() -> dict[str, object]:
-    """Every name a rule can read a setting by: top-level keys (ctx.settings[...] and fields of
-    the params fact) and the per-profile numbers the params fact flattens to `<profile>_<key>`."""
-    settings = json.loads(SETTINGS_FILE.read_text(encoding="utf-8"))
-    names = {key: value for key, value in settings.items() if not key.startswith("_")}
-    for profile, numbers in settings.get("profiles", {}).items():
+    """Every name a rule can read a setting by, with its default: top-level keys (`ctx.settings.x`,
+    fields of the params fact) and the per-profile numbers the params fact flattens to `<profile>_<key>`."""
+    settings = default_settings()
+    names = {key: value for key, value in settings.items() if key != "profiles"}  # read one number at a time
+    for profile, numbers in settings["profiles"].items():
         names.update({f"{profile}_{key}": value for key, value in numbers.items()})
     return names
+
+
+_PROFILE_ATTRIBUTE = re.compile(r"\bprofiles\.(\w+)\.(\w+)")  # ctx.settings.profiles.aasm2024.iv_only_up_to
+_ACTIVE_PROFILE_ATTRIBUTE = re.compile(r"\bsettings\.iron\.(\w+)")  # ctx.settings.iron.title: the active profile
+
+
+def settings_read(text: str) -> dict[str, object]:
+    """The settings (flattened names, with their defaults) that criteria or source text read."""
+    names = _settings_by_name()
+    found = {name for name in names if re.search(rf"\b{re.escape(name)}\b", text)}
+    found |= {f"{profile}_{key}" for profile, key in _PROFILE_ATTRIBUTE.findall(text)}
+    active = _ACTIVE_PROFILE_ATTRIBUTE.findall(text)
+    if active:  # which profile is read depends on iron_profile, so both profiles' numbers count
+        found |= {"iron_profile"} | {f"{profile}_{key}" for key in active for profile in ("seed", "aasm2024")}
+    return {name: names[name] for name in sorted(found) if name in names}
 
 
 def _criteria(spec: RuleSpec) -> dict:
@@ -90,8 +107,7 @@ def fingerprint_parts(spec: RuleSpec) -> dict:
     criteria = json.dumps(_criteria(spec), sort_keys=True, default=str)
     sources = _sources(spec.render or spec.derive)
     text = criteria + "\n".join(sources.values())
-    settings = {name: value for name, value in sorted(_settings_by_name().items())
-                if re.search(rf"\b{re.escape(name)}\b", text)}
+    settings = settings_read(text)
     meta = {"title": spec.title, "citation": spec.citation, "logic": spec.logic, "stratum": spec.stratum,
             "hooks": list(spec.hooks), "needs": list(spec.needs), "supersedes": list(spec.supersedes),
             "enabled_by_default": spec.enabled_by_default, "produces": spec.produces, "source_url": spec.source_url}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flask import Blueprint, abort, current_app, render_template
 
+from cds_service.knowledge.settings import Settings
 from cds_service.knowledge.sources import BY_KEY, cited
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,22 @@ SETTING_SOURCES = {"seed.ferritin_iron_indicated_below": "seed-000", "plms_index
                    "rls_worsening_additions": "aasm-2024", "renal_dose_egfr_threshold": "us-labels"}
 
 
-def _setting(settings: dict, key: str):
+def _setting(settings: Settings, key: str):
+    """`ferritin_lookback_days`, or a profile's number as `aasm2024.iv_only_up_to`."""
     if "." in key:
         profile, name = key.split(".", 1)
-        return settings["profiles"].get(profile, {}).get(name)
-    return settings.get(key)
+        return getattr(getattr(settings.profiles, profile), name)
+    return getattr(settings, key)
 
 
-def _thresholds(rule_id: str, settings: dict) -> list[dict]:
+def _thresholds(rule_id: str, settings: Settings) -> list[dict]:
     rows = []
     for key in RULE_SETTINGS.get(rule_id, ()):
         value = _setting(settings, key)
         if value is None:
             continue
         source = BY_KEY.get(SETTING_SOURCES.get(key, ""))
-        rows.append({"key": key, "value": ", ".join(map(str, value)) if isinstance(value, list) else value,
+        rows.append({"key": key, "value": ", ".join(map(str, value)) if isinstance(value, tuple) else value,
                      "source": source.title if source else "Service default (configurable)",
                      "url": source.url if source else None})
     return rows
