@@ -43,7 +43,9 @@ def _host(raw: str) -> str:
 # Loopback unless HOST says otherwise: in open mode nothing checks who calls.
 bind = f"{_host(os.environ.get('HOST', '127.0.0.1'))}:{_port(os.environ.get('PORT', '8080'))}"
 workers = _workers(os.environ.get("WORKERS", "2"))  # about one per core: the engine is CPU-bound
-worker_class = "gevent"
+# gevent, taking turns between keep-alive connections after each response (a pipelining client
+# would otherwise keep its worker to itself): cds_service/web/gevent_worker.py
+worker_class = "cds_service.web.gevent_worker.FairGeventWorker"
 worker_connections = 1000  # open connections per worker (slow ones included)
 timeout = 30  # a worker silent this long is restarted
 graceful_timeout = 10
