@@ -85,6 +85,17 @@ if os.environ.get("GUNICORN_METRICS_WIPED_BY") != str(os.getpid()):
         os.remove(_stale)
 
 
+def post_worker_init(worker):
+    """In each worker, once the app, its rules and its knowledge are built: move every object that
+    exists now into the permanent generation (`gc.freeze`). They live as long as the worker, and a
+    full collection would otherwise walk them all again (hundreds of thousands of objects: the
+    FHIR models, SQLAlchemy, the rule registry) whenever a large chart's parse triggers one."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def child_exit(server, worker):
     """A worker ended (recycled by max_requests, killed, or timed out): drop its live gauges, or
     `legmove_http_requests_in_flight` would count a dead worker's requests forever. Its counters

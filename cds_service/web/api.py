@@ -1,6 +1,7 @@
 """HTTP surface: discovery and hook calls (CDS Hooks 2.0), as a Flask blueprint."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -174,7 +175,7 @@ def read_json():
     times faster than the standard library (the parse is most of the cost of a big chart)."""
     raw = _body_bytes()
     try:
-        return orjson.loads(raw)
+        return _parse(raw)
     except orjson.JSONDecodeError as exc:
         reason = str(exc)
         if "UTF-8" in reason:
@@ -184,6 +185,25 @@ def read_json():
         if "infinity" in reason:  # 1e999, or an integer of hundreds of digits: no FHIR value is that
             raise BadBody("a number in the body is out of range") from None
         raise BadBody("the body is not valid JSON") from None
+
+
+# Bodies from this size on are parsed with the cyclic garbage collector paused (see _parse)
+GC_PAUSE_BYTES = 64 * 1024
+
+
+def _parse(raw: bytes):
+    """orjson.loads, for a large body with the cyclic GC paused. Parsing allocates one object per
+    JSON value (a 20,000-resource chart: millions), each allocation counts towards the next
+    collection, and every collection walks the half-built document again; JSON holds no cycles,
+    so those walks find nothing. Paused, a 7 MB body parses in about a quarter of the time. The
+    parse is one C call, so no other greenlet runs while the collector is off."""
+    if len(raw) < GC_PAUSE_BYTES or not gc.isenabled():
+        return orjson.loads(raw)
+    gc.disable()
+    try:
+        return orjson.loads(raw)
+    finally:
+        gc.enable()
 
 
 def _body_bytes() -> bytes:

@@ -1,0 +1,132 @@
+"""Large charts: the same answer buried in 20,000 resources no rule uses, and the parsing and memory
+measures that keep a large body cheap (cyclic GC paused while it parses, long-lived objects frozen
+in each worker)."""
+import ast
+import copy
+import gc
+import json
+
+import pytest
+
+from cds_service.app import create_app
+from cds_service.web import api
+from conftest import ROOT, load_fixture
+
+R2_FIRES = load_fixture(ROOT / "fhir_fixtures/R2/fires-low-ferritin-ugl.json")
+EXTENSION = "org.legmove-cds.explanation"
+
+
+@pytest.fixture(scope="module")
+def big_client():
+    """The body limit is a setting; a 20,000-resource chart is about 7 MB."""
+    return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, MAX_CONTENT_LENGTH=64 * 1024 * 1024).test_client()
+
+
+def _noise(patient_id: str, count: int) -> dict[str, list[dict]]:
+    """Resources of every prefetched type whose codes no rule knows (height, hypertension,
+    metformin, an appendectomy, a CBC report, a CMP order), by prefetch key."""
+    subject = {"reference": f"Patient/{patient_id}"}
+    makers = {
+        "labs": lambda i: {"resourceType": "Observation", "id": f"n-obs-{i}", "status": "final", "subject": subject,
+                           "effectiveDateTime": "2026-01-02",
+                           "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
+                           "valueQuantity": {"value": 170 + i % 5, "unit": "cm"}},
+        "conditions": lambda i: {"resourceType": "Condition", "id": f"n-cond-{i}", "subject": subject,
+                                 "clinicalStatus": {"coding": [{"code": "active"}]}, "recordedDate": "2020-01-01",
+                                 "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}],
+                                          "text": "Essential hypertension"}},
+        "medication_requests": lambda i: {"resourceType": "MedicationRequest", "id": f"n-med-{i}", "status": "active",
+                                          "intent": "order", "subject": subject, "authoredOn": "2025-01-01",
+                                          "medicationCodeableConcept": {"coding": [{
+                                              "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "861007",
+                                              "display": "metformin 500 MG Oral Tablet"}]}},
+        "procedures": lambda i: {"resourceType": "Procedure", "id": f"n-proc-{i}", "status": "completed",
+                                 "subject": subject, "performedDateTime": "2010-05-05",
+                                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "80146002",
+                                                      "display": "Appendectomy"}]}},
+        "reports": lambda i: {"resourceType": "DiagnosticReport", "id": f"n-rep-{i}", "status": "final",
+                              "subject": subject, "effectiveDateTime": "2024-03-03",
+                              "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel"}]}},
+        "service_requests": lambda i: {"resourceType": "ServiceRequest", "id": f"n-sr-{i}", "status": "completed",
+                                       "intent": "order", "subject": subject, "authoredOn": "2024-03-03",
+                                       "code": {"coding": [{"system": "http://loinc.org", "code": "24323-8",
+                                                            "display": "CMP panel"}]}},
+    }
+    keys = list(makers)
+    out: dict[str, list[dict]] = {key: [] for key in keys}
+    for i in range(count):
+        key = keys[i % len(keys)]
+        out[key].append(makers[key](i))
+    return out
+
+
+def _buried(request: dict, count: int) -> dict:
+    request = copy.deepcopy(request)
+    for key, resources in _noise(request["context"]["patientId"], count).items():
+        bundle = request["prefetch"].get(key) or {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        bundle.setdefault("entry", [])
+        bundle["entry"] = [{"resource": r} for r in resources] + bundle["entry"]
+        request["prefetch"][key] = bundle
+    return request
+
+
+def _answer(body: dict) -> list:
+    """The cards without their uuids (fresh per call)."""
+    cards = copy.deepcopy(body["cards"])
+    for card in cards:
+        card.pop("uuid", None)
+        for suggestion in card.get("suggestions", []):
+            suggestion.pop("uuid", None)
+    return cards
+
+
+def test_twenty_thousand_irrelevant_resources_give_the_same_cards(big_client):
+    plain = big_client.post("/cds-services/legmove-patient-view", json=R2_FIRES["request"])
+    assert plain.status_code == 200 and plain.get_json()["cards"]
+    buried = _buried(R2_FIRES["request"], 20_000)
+    assert sum(len(b.get("entry", [])) for b in buried["prefetch"].values() if isinstance(b, dict)) > 20_000
+    body = json.dumps(buried)
+    assert len(body) > 5 * 1024 * 1024  # over the default body limit: the setting is what lets it in
+    answer = big_client.post("/cds-services/legmove-patient-view", data=body, content_type="application/json")
+    assert answer.status_code == 200
+    assert _answer(answer.get_json()) == _answer(plain.get_json())
+
+
+def test_a_large_body_parses_with_the_cyclic_gc_paused_and_it_resumes(monkeypatch):
+    seen = []
+    real = api.orjson.loads
+    monkeypatch.setattr(api.orjson, "loads", lambda raw: seen.append(gc.isenabled()) or real(raw))
+    small = b'{"a": 1}'
+    large = json.dumps({"a": ["x" * 100] * (api.GC_PAUSE_BYTES // 100 + 10)}).encode()
+    assert api._parse(small) == {"a": 1} and api._parse(large)["a"][0] == "x" * 100
+    assert seen == [True, False] and gc.isenabled()
+    with pytest.raises(api.orjson.JSONDecodeError):
+        api._parse(large[:-1])  # broken JSON: the collector is back on all the same
+    assert gc.isenabled()
+    gc.disable()  # a caller that had paused it keeps it paused
+    try:
+        api._parse(large)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_broken_large_body_is_still_a_400(big_client):
+    body = json.dumps(_buried(R2_FIRES["request"], 2_000))[:-2]
+    answer = big_client.post("/cds-services/legmove-patient-view", data=body, content_type="application/json")
+    assert answer.status_code == 400 and gc.isenabled()
+
+
+def test_each_worker_freezes_what_it_built_at_start():
+    """gunicorn.conf.py's post_worker_init: everything alive after the app is built goes to the
+    permanent generation, so no later collection walks it again."""
+    tree = ast.parse((ROOT / "gunicorn.conf.py").read_text(encoding="utf-8"))
+    hook = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "post_worker_init")
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[hook], type_ignores=[]), "gunicorn.conf.py", "exec"), namespace)
+    gc.unfreeze()
+    try:
+        namespace["post_worker_init"](None)
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
