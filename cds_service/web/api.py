@@ -125,19 +125,22 @@ def _call_service(service_id: str, record: dict) -> Response:
         record.update(outcome=str(exc), missing=sorted(exc.reasons), missing_reasons=exc.reasons)
         return outcome(412, "not-found", str(exc))
     cards = result.cards
+    stored = time.perf_counter()
     governance = current_app.extensions.get("legmove_governance")
     if governance is not None:  # suppression by earlier feedback, and the call and card log
         decided = governance.apply(service.id, hook_request.hook, hook_request.patient_id, hook_request.fhir_server,
                                    draft_references(hook_request.draft_orders), result.cards, result.silent)
         cards = decided.cards
         record.update(silent=decided.silent, suppressed=decided.suppressed)
-    record.update(rules=result.rule_ids, cards=len(cards), timings_ms=result.timings_ms,
-                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
-                  missing_reasons=result.missing_keys, outcome="cards")
-    metrics.advice_given(hook_request.hook, cards, result.timings_ms)
     ledger = current_app.extensions["legmove_ledger"]
     if cards and ledger is not None:
         ledger.record_issued(service.id, hook_request.hook, cards)  # the per-hook id, also via the alias
+    # "store": suppression lookups and recording the call and its cards (governance, ledger)
+    timings = {**result.timings_ms, "store": round((time.perf_counter() - stored) * 1000, 2)}
+    record.update(rules=result.rule_ids, cards=len(cards), timings_ms=timings,
+                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
+                  missing_reasons=result.missing_keys, outcome="cards")
+    metrics.advice_given(hook_request.hook, cards, timings)
     return json_response({"cards": cards})
 
 
