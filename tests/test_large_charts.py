@@ -130,3 +130,45 @@ def test_each_worker_freezes_what_it_built_at_start():
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+def test_a_large_call_is_answered_with_the_gc_paused_throughout(big_client, monkeypatch):
+    import cds_service.advice as advice
+
+    seen = []
+    real = advice.build_facts
+    monkeypatch.setattr(advice, "build_facts", lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k))
+    small = big_client.post("/cds-services/legmove-patient-view", json=R2_FIRES["request"])
+    large = big_client.post("/cds-services/legmove-patient-view", data=json.dumps(_buried(R2_FIRES["request"], 2_000)),
+                            content_type="application/json")
+    assert small.status_code == large.status_code == 200
+    assert seen == [True, False] and gc.isenabled()
+
+
+def test_overlapping_large_calls_resume_the_gc_only_when_the_last_ends():
+    pause = api._GcPause()
+    first, second = pause.held(True), pause.held(True)
+    first.__enter__()
+    second.__enter__()
+    assert not gc.isenabled()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second call is still in progress
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    with pause.held(False):
+        assert gc.isenabled()
+
+
+def test_code_and_text_lookups_are_remembered_within_a_bound():
+    from cds_service.knowledge import codesets
+    from cds_service.knowledge.terminology import Terminology
+
+    matcher = Terminology().codesets
+    first = matcher.sets_for(codesets.ICD10CM, "G25.81")
+    assert first and matcher.sets_for(codesets.ICD10CM, "G25.81") is first  # the remembered answer
+    assert matcher.sets_for_text("benign fasciculation syndrome") == matcher._sets_for_text("benign fasciculation syndrome")
+    for i in range(codesets.MEMO_SIZE + 10):
+        matcher.sets_for(codesets.SNOMED, str(i))
+    assert len(matcher._memo) <= codesets.MEMO_SIZE
+    with pytest.raises(AttributeError):  # a code that is not a string fails as it did uncached (a skipped resource)
+        matcher.sets_for(codesets.ICD10CM, 25)
