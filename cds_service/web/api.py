@@ -132,12 +132,14 @@ def _call_service(service_id: str, record: dict) -> Response:
     governance = current_app.extensions.get("legmove_governance")
     if governance is not None:  # suppression by earlier feedback, and the call and card log
         decided = governance.apply(service.id, hook_request.hook, hook_request.patient_id, hook_request.fhir_server,
-                                   draft_references(hook_request.draft_orders), result.cards, result.silent)
+                                   draft_references(hook_request.draft_orders), result.cards, result.silent,
+                                   record_issued=True)  # the cards shown, in the call log's transaction
         cards = decided.cards
         record.update(silent=decided.silent, suppressed=decided.suppressed)
-    ledger = current_app.extensions["legmove_ledger"]
-    if cards and ledger is not None:
-        ledger.record_issued(service.id, hook_request.hook, cards)  # the per-hook id, also via the alias
+    else:
+        ledger = current_app.extensions["legmove_ledger"]
+        if cards and ledger is not None:
+            ledger.record_issued(service.id, hook_request.hook, cards)  # the per-hook id, also via the alias
     # "store": suppression lookups and recording the call and its cards (governance, ledger)
     timings = {**result.timings_ms, "store": round((time.perf_counter() - stored) * 1000, 2)}
     record.update(rules=result.rule_ids, cards=len(cards), timings_ms=timings,
