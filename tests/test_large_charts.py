@@ -172,3 +172,92 @@ def test_code_and_text_lookups_are_remembered_within_a_bound():
     assert len(matcher._memo) <= codesets.MEMO_SIZE
     with pytest.raises(AttributeError):  # a code that is not a string fails as it did uncached (a skipped resource)
         matcher.sets_for(codesets.ICD10CM, 25)
+
+
+# ---- the lean parse of very large bodies: exactly what orjson accepts, with the same values ----
+
+HOSTILE = [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}', b'{"a": -1.8e308}',
+           b'{"a": "\\ud800"}', b'{"a": "\\udc00x"}', b'{"a": "\xed\xa0\x80"}', b'\xef\xbb\xbf{"a": 1}', b'{"a": "\xff"}',
+           b'{"a": "\x01"}', b'{"a": 01}', b'{"a": 1,}', b'{"a": .5}', b'{"a": +1}', b'{"a": 0x10}', b"{'a': 1}",
+           b'{"a": 1} x', b'\x0c{"a": 1}', b"[" * 1100 + b"]" * 1100, b'{"a": ' + b"9" * 5000 + b"}",
+           b'{"a": 12345678901234567890123}', b'{"a": 18446744073709551615}', b'{"a": 18446744073709551616}',
+           b'{"a": -9223372036854775808}', b'{"a": -9223372036854775809}', b'{"a": "\\ud83d\\ude00"}',
+           b'{"a": -0, "b": -0.0, "c": 1E2, "d": "\\u0000", "a": 2}', b'"top"', b"[]", b"null", b""]
+
+
+def _outcome(parse, raw: bytes):
+    try:
+        return ("value", parse(raw))
+    except (ValueError, RecursionError):
+        return ("refused", None)
+
+
+@pytest.mark.parametrize("raw", HOSTILE, ids=range(len(HOSTILE)))
+def test_the_lean_parser_accepts_nothing_orjson_refuses_and_agrees_on_values(raw):
+    lean = _outcome(api._parse_lean, raw)
+    fast = _outcome(api.orjson.loads, raw)
+    if lean[0] == "value" and not api._SURROGATE_ESCAPE.search(raw):
+        assert fast == lean and repr(fast[1]) == repr(lean[1])  # same types too (int vs float)
+
+
+@pytest.mark.parametrize("raw", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_very_large_body_gets_the_same_answer_or_error_as_from_orjson(raw):
+    padding = b" " * api.LEAN_PARSE_BYTES  # whitespace is JSON: the same document, over the threshold
+    large = raw[:1] + padding + raw[1:] if raw[:1] in (b"{", b"[") else raw + padding
+    try:
+        expected = ("value", repr(api.orjson.loads(large)))
+    except api.orjson.JSONDecodeError as exc:
+        expected = ("error", str(exc))
+    try:
+        got = ("value", repr(api._parse(large)))
+    except api.orjson.JSONDecodeError as exc:
+        got = ("error", str(exc))
+    assert got == expected
+
+
+def test_the_lean_parser_round_trips_what_orjson_reads():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text())
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                          max_leaves=30)
+
+    @settings(max_examples=300, deadline=None)
+    @given(values, st.booleans())
+    def check(value, ascii_only):
+        raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+        if api._SURROGATE_ESCAPE.search(raw):
+            return  # orjson decides those (see _parse)
+        fast = _outcome(api.orjson.loads, raw)
+        lean = _outcome(api._parse_lean, raw)
+        assert lean[0] == "refused" or repr(lean) == repr(fast)
+
+    check()
+
+
+def test_a_very_large_body_allocates_far_less_than_orjson_needs():
+    import tracemalloc
+
+    resources = [{"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
+                  "valueQuantity": {"value": 170.5, "unit": "cm"}} for i in range(30_000)]
+    raw = json.dumps({"entry": [{"resource": r} for r in resources]}).encode()
+    del resources
+    assert len(raw) > api.LEAN_PARSE_BYTES
+
+    def peak_over_result(parse) -> float:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            value = parse(raw)
+            after, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert value["entry"][-1]["resource"]["id"] == "o29999" and after > before
+        return (peak - after) / 2**20
+
+    lean, fast = peak_over_result(api._parse), peak_over_result(api.orjson.loads)
+    assert lean < 0.25 * fast, f"transient MB above the result: service parse {lean:.0f}, orjson {fast:.0f}"
