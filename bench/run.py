@@ -91,7 +91,7 @@ def main() -> None:
         if args.only:
             print(report)
             return
-        args.out.write_text(report, encoding="utf-8")
+        args.out.write_text(report + kept_notes(args.out), encoding="utf-8")
         chart(series, args.out.with_name("benchmarks-latency.png"))
         print(f"\nwrote {args.out} and {args.out.with_name('benchmarks-latency.png')}")
     finally:
@@ -269,7 +269,8 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
              f"with the `make run` recipe:", "", f"    {command}", "",
              "Feedback store (SQLite) and card recording were on, as in `make run`. Latency in milliseconds; "
              "throughput in requests per second; CPU is the share of one core used by wrk and by all workers "
-             "together during the run (2.00 = both cores).", "",
+             "together during the run (2.00 = both cores). Load average when the report was written (1, 5, 15 min): "
+             + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + " (above 2, other work shared the cores).", "",
              "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in series:
@@ -312,6 +313,15 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
     lines += [f"| {name} | {value} | {'met' if ok else '**not met**'} |" for name, value, ok in budgets]
     lines.append("")
     return "\n".join(lines)
+
+
+NOTES = "<!-- notes: written by hand, kept by bench/run.py when it rewrites the tables above -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of the report (from the NOTES marker on), carried over to the new run."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return "\n" + text[text.index(NOTES):] if NOTES in text else ""
 
 
 def _answered(run: dict | None) -> bool:
