@@ -43,7 +43,9 @@ def _host(raw: str) -> str:
 # Loopback unless HOST says otherwise: in open mode nothing checks who calls.
 bind = f"{_host(os.environ.get('HOST', '127.0.0.1'))}:{_port(os.environ.get('PORT', '8080'))}"
 workers = _workers(os.environ.get("WORKERS", "2"))  # about one per core: the engine is CPU-bound
-worker_class = "gevent"
+# gevent, taking turns between keep-alive connections after each response (a pipelining client
+# would otherwise keep its worker to itself): cds_service/web/gevent_worker.py
+worker_class = "cds_service.web.gevent_worker.FairGeventWorker"
 worker_connections = 1000  # open connections per worker (slow ones included)
 timeout = 30  # a worker silent this long is restarted
 graceful_timeout = 10
@@ -81,6 +83,17 @@ if os.environ.get("GUNICORN_METRICS_WIPED_BY") != str(os.getpid()):
     os.makedirs(_metrics_dir, exist_ok=True)
     for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):  # only prometheus_client's own files
         os.remove(_stale)
+
+
+def post_worker_init(worker):
+    """In each worker, once the app, its rules and its knowledge are built: move every object that
+    exists now into the permanent generation (`gc.freeze`). They live as long as the worker, and a
+    full collection would otherwise walk them all again (hundreds of thousands of objects: the
+    FHIR models, SQLAlchemy, the rule registry) whenever a large chart's parse triggers one."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server, worker):

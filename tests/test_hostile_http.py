@@ -121,7 +121,7 @@ def test_mixed_patients_under_the_async_worker_never_see_each_other(made, app):
 
 def test_make_run_binds_loopback(made):
     assert f"Listening at: http://127.0.0.1:{made.port}" in made.log_path.read_text()
-    assert "Using worker: gevent" in made.log_path.read_text()
+    assert "Using worker: cds_service.web.gevent_worker.FairGeventWorker" in made.log_path.read_text()
 
 
 @pytest.mark.parametrize("port", ["abc", "0", "65536", "80; touch /tmp/x", ""])

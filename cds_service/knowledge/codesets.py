@@ -12,6 +12,8 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 UCUM = "http://unitsofmeasure.org"
 
+MEMO_SIZE = 16384  # cached code and text lookups per matcher (see CodeSetMatcher._memo)
+
 SYSTEM_LABELS = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", LOINC: "LOINC", RXNORM: "RxNorm", ATC: "ATC"}
 
 
@@ -69,7 +71,26 @@ class CodeSetMatcher:
     def _prefix_lengths(self) -> tuple[int, ...]:
         return tuple(sorted({len(prefix) for prefix, _ in self.icd_prefixes}))
 
+    @cached_property
+    def _memo(self) -> dict[tuple, frozenset[str]]:
+        """(system, code) or ("text", text) -> sets: a chart repeats the same few codes and texts
+        hundreds of times (refills, yearly problem-list entries), and a code's sets never change
+        within a process. Bounded: emptied when it reaches MEMO_SIZE entries."""
+        return {}
+
+    def _remember(self, key: tuple, found: frozenset[str]) -> frozenset[str]:
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
+
     def sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
+        if isinstance(system, str) and isinstance(code, str):
+            found = self._memo.get((system, code))
+            return found if found is not None else self._remember((system, code), self._sets_for(system, code))
+        return self._sets_for(system, code)  # odd types: the same answer, or the same error, uncached
+
+    def _sets_for(self, system: str | None, code: str | None) -> frozenset[str]:
         if not system or not code:
             return frozenset()
         if system == ICD10CM:
@@ -86,5 +107,11 @@ class CodeSetMatcher:
         recorded as "text" in the card detail."""
         if not text:
             return frozenset()
+        if isinstance(text, str):
+            found = self._memo.get(("text", text))
+            return found if found is not None else self._remember(("text", text), self._sets_for_text(text))
+        return self._sets_for_text(text)
+
+    def _sets_for_text(self, text: str) -> frozenset[str]:
         lowered = text.lower()
         return frozenset(name for pattern, name in self.phrases if pattern.search(lowered))

@@ -83,9 +83,18 @@ class Terminology:
             if analyte:
                 return analyte, coding["code"], "code"
         for text in texts:
-            for analyte in self.analytes.values():
-                if analyte.text and analyte.named_in(text):
-                    return analyte, text, "text"
+            analyte = self._analyte_named_in(text)
+            if analyte is not None:
+                return analyte, text, "text"
+        return None
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - one terminology per process, texts repeat across charts
+    def _analyte_named_in(self, text: str) -> Analyte | None:
+        """The first analyte whose names a text contains. Cached: every result of a long chart
+        without a code we know ("Body height", "Blood pressure") is tried on every pattern."""
+        for analyte in self.analytes.values():
+            if analyte.text and analyte.named_in(text):
+                return analyte
         return None
 
     @staticmethod

@@ -188,16 +188,23 @@ class CardLedger:
 
     def record_issued(self, service_id: str, hook: str, cards: list[dict]) -> None:
         """Remember which rule made each card. A failure is logged, never fails the hook call:
-        advice matters more than its bookkeeping."""
-        now = datetime.now(timezone.utc)
-        rows = [{"card_uuid": card["uuid"], "rule_id": card["extension"]["org.legmove-cds.explanation"]["rule"],
-                 "service_id": service_id, "hook": hook, "issued_at": now,
-                 "suggestion_uuids": json.dumps([s["uuid"] for s in card.get("suggestions", [])])} for card in cards]
+        advice matters more than its bookkeeping. (With governance on, the cards are recorded in
+        the call log's transaction instead: `insert_issued`.)"""
         try:
             with self.engine().begin() as conn:
-                conn.execute(insert(issued_card), rows)
+                self.insert_issued(conn, service_id, hook, cards, datetime.now(timezone.utc))
         except (SQLAlchemyError, StoreUnavailable) as exc:
             log.warning("could not record issued cards: %s", type(exc).__name__)
+
+    @staticmethod
+    def insert_issued(conn, service_id: str, hook: str, cards: list[dict], now: datetime) -> None:
+        """The issued_card rows of `cards`, in the caller's transaction (one multi-row INSERT)."""
+        if not cards:
+            return
+        conn.execute(insert(issued_card), [
+            {"card_uuid": card["uuid"], "rule_id": card["extension"]["org.legmove-cds.explanation"]["rule"],
+             "service_id": service_id, "hook": hook, "issued_at": now,
+             "suggestion_uuids": json.dumps([s["uuid"] for s in card.get("suggestions", [])])} for card in cards])
 
     def record_feedback(self, endpoint_id: str, service_ids: tuple[str, ...],
                         items: list[FeedbackItem]) -> dict[str, int]:

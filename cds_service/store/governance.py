@@ -194,29 +194,50 @@ class Governance:
     # ---- one hook call -------------------------------------------------------------------
 
     def apply(self, service_id: str, hook: str, patient_id: str, fhir_server: str | None, draft_refs: set[str],
-              cards: list[dict], silent_cards: list[dict]) -> Outcome:
-        """Suppress what feedback says to, record the call and every card, return what to show."""
+              cards: list[dict], silent_cards: list[dict], record_issued: bool = False) -> Outcome:
+        """Suppress what feedback says to, record the call and every card, return what to show.
+        With `record_issued`, the shown cards' issued_card rows (what feedback is matched against)
+        are written in the same transaction as the call log: one connection and one commit per
+        call instead of three and two. If that transaction fails, the issued rows are tried on
+        their own, so feedback on a shown card still finds its rule whenever the store can write."""
         now = self.clock()
         who = patient_hash(self.key, patient_id, fhir_server)
+        conn = None
         try:
-            reasons = self._suppression(who, hook, cards, draft_refs, now)
-        except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("suppression not checked, every card shown: %s", type(exc).__name__)
-            reasons = {}
-        shown = [card for card in cards if card["uuid"] not in reasons]
-        outcome = Outcome(shown, [{"rule": _explanation(c)["rule"], "reason": reasons[c["uuid"]]}
-                                  for c in cards if c["uuid"] in reasons],
-                          sorted(_explanation(c)["rule"] for c in silent_cards))
-        events = ([("issued", c, None) for c in shown] + [("suppressed", c, reasons[c["uuid"]]) for c in cards
-                                                           if c["uuid"] in reasons]
-                  + [("silent", c, None) for c in silent_cards])
-        try:
-            self._record(service_id, hook, who, now, outcome, events, draft_refs)
-        except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("could not record the hook call: %s", type(exc).__name__)
+            try:
+                conn = self.ledger.engine().connect()
+                reasons = self._suppression(conn, who, hook, cards, draft_refs, now)
+                conn.commit()  # the read ends here: the write below is a transaction of its own
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                log.warning("suppression not checked, every card shown: %s", type(exc).__name__)
+                reasons = {}
+                if conn is not None:
+                    conn.close()  # a connection that failed is not reused for the write
+                    conn = None
+            shown = [card for card in cards if card["uuid"] not in reasons]
+            outcome = Outcome(shown, [{"rule": _explanation(c)["rule"], "reason": reasons[c["uuid"]]}
+                                      for c in cards if c["uuid"] in reasons],
+                              sorted(_explanation(c)["rule"] for c in silent_cards))
+            events = ([("issued", c, None) for c in shown] + [("suppressed", c, reasons[c["uuid"]]) for c in cards
+                                                               if c["uuid"] in reasons]
+                      + [("silent", c, None) for c in silent_cards])
+            try:
+                if conn is None:
+                    conn = self.ledger.engine().connect()
+                with conn.begin():
+                    self._record(conn, service_id, hook, who, now, outcome, events, draft_refs)
+                    if record_issued:
+                        self.ledger.insert_issued(conn, service_id, hook, shown, datetime.now(timezone.utc))
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                log.warning("could not record the hook call: %s", type(exc).__name__)
+                if record_issued and shown:
+                    self.ledger.record_issued(service_id, hook, shown)  # logs its own failure
+        finally:
+            if conn is not None:
+                conn.close()
         return outcome
 
-    def _suppression(self, who: str, hook: str, cards: list[dict], draft_refs: set[str], now: datetime) -> dict:
+    def _suppression(self, conn, who: str, hook: str, cards: list[dict], draft_refs: set[str], now: datetime) -> dict:
         """card uuid -> reason, for the cards earlier feedback keeps away."""
         candidates = [c for c in cards if c["indicator"] != "critical"]  # critical: never suppressed
         if not candidates:
@@ -231,8 +252,7 @@ class Governance:
                         card_event.c.evidence_fingerprint.in_(sorted(prints)), card_event.c.rule_id.in_(sorted(rules)),
                         card_feedback.c.received_at >= now - longest)
                  .order_by(card_feedback.c.received_at.desc()))  # the newest feedback decides
-        with self.ledger.engine().connect() as conn:
-            history = conn.execute(query).all()
+        history = conn.execute(query).all()
         reasons = {}
         for card in candidates:
             explanation = _explanation(card)
@@ -252,23 +272,23 @@ class Governance:
                     break
         return reasons
 
-    def _record(self, service_id: str, hook: str, who: str, now: datetime, outcome: Outcome, events: list,
+    def _record(self, conn, service_id: str, hook: str, who: str, now: datetime, outcome: Outcome, events: list,
                 draft_refs: set[str]) -> None:
-        with self.ledger.engine().begin() as conn:
-            call_id = conn.execute(insert(hook_call).values(
-                called_at=now, service_id=service_id, hook=hook, patient_hash=who, cards_issued=len(outcome.cards),
-                silent=len(outcome.silent), suppressed=len(outcome.suppressed),
-                knowledge_version=self.knowledge_version, service_version=self.service_version)).inserted_primary_key[0]
-            rows = [{"call_id": call_id, "created_at": now, "kind": kind,
-                     "card_uuid": card["uuid"] if kind == "issued" else None,
-                     "rule_id": _explanation(card)["rule"], "rule_version": _explanation(card)["ruleVersion"],
-                     "knowledge_version": self.knowledge_version, "service_id": service_id, "hook": hook,
-                     "indicator": card["indicator"], "patient_hash": who,
-                     "evidence_fingerprint": _explanation(card)["evidenceFingerprint"],
-                     "draft_refs": json.dumps(sorted(card_drafts(card, draft_refs))), "reason": reason}
-                    for kind, card, reason in events]
-            if rows:
-                conn.execute(insert(card_event), rows)
+        """The call and its card events, in the caller's transaction."""
+        call_id = conn.execute(insert(hook_call).values(
+            called_at=now, service_id=service_id, hook=hook, patient_hash=who, cards_issued=len(outcome.cards),
+            silent=len(outcome.silent), suppressed=len(outcome.suppressed),
+            knowledge_version=self.knowledge_version, service_version=self.service_version)).inserted_primary_key[0]
+        rows = [{"call_id": call_id, "created_at": now, "kind": kind,
+                 "card_uuid": card["uuid"] if kind == "issued" else None,
+                 "rule_id": _explanation(card)["rule"], "rule_version": _explanation(card)["ruleVersion"],
+                 "knowledge_version": self.knowledge_version, "service_id": service_id, "hook": hook,
+                 "indicator": card["indicator"], "patient_hash": who,
+                 "evidence_fingerprint": _explanation(card)["evidenceFingerprint"],
+                 "draft_refs": json.dumps(sorted(card_drafts(card, draft_refs))), "reason": reason}
+                for kind, card, reason in events]
+        if rows:
+            conn.execute(insert(card_event), rows)
 
     def prune(self, days: float) -> dict[str, int]:
         return prune_rows(self.ledger.engine(), self.clock(), days)

@@ -1,0 +1,48 @@
+"""The benchmark's budget verdicts (bench/run.py): a run that answered nothing never meets a budget."""
+import sys
+from argparse import Namespace
+from datetime import datetime, timezone
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from bench.run import REST, STAGES, Series, render  # noqa: E402
+
+
+def _run(rps=100.0, p99_ms=10.0, requests=1000, non2xx=0, errors=0) -> dict:
+    return {"requests": requests, "rps": rps, "p50_us": 1000, "p95_us": 2000, "p99_us": int(p99_ms * 1000),
+            "non2xx": non2xx, "socket_errors": errors, "wrk_cpu": 0.1, "workers_cpu": 1.9}
+
+
+def _series(pv200: dict, pv20k: dict[int, dict]) -> list[Series]:
+    floor = Series("floor (no-op, 200-resource body)", "/bench/floor", [], 200)
+    floor.runs = {1: _run(rps=300), 8: _run(rps=600)}
+    s200 = Series("patient-view, 200 resources", "/cds-services/x", [], 200)
+    s200.runs = {8: pv200}
+    s20k = Series("patient-view, 20,000 resources", "/cds-services/x", [], 20000)
+    s20k.runs = pv20k
+    return [floor, s200, s20k]
+
+
+def _verdicts(series, peaks=None) -> dict[str, str]:
+    split = {"patient-view, 200 resources": {**{k: 1.0 for k in STAGES}, "json parse": 1.0, REST: 1.0, "total": 7.0}}
+    text = render(series, split, peaks or {1: 150.0}, "make run", datetime(2026, 12, 3, tzinfo=timezone.utc),
+                  Namespace(duration=5))
+    rows = [line.strip("|").split("|") for line in text.split("## Budgets")[1].splitlines() if line.startswith("| ")]
+    return {name.strip(): met.strip() for name, _, met in rows[1:]}
+
+
+def test_budgets_met_when_the_numbers_are():
+    verdicts = _verdicts(_series(_run(rps=400, p99_ms=40), {1: _run(p99_ms=800), 8: _run(p99_ms=5000)}))
+    assert set(verdicts.values()) == {"met"}, verdicts  # the 20,000 budget reads the 1-connection run
+
+
+def test_a_series_that_answered_nothing_meets_no_budget():
+    nothing = _run(rps=0, p99_ms=0, requests=0)
+    verdicts = _verdicts(_series(nothing, {1: nothing}))
+    assert [v for k, v in verdicts.items() if "memory" not in k] == ["**not met**"] * 3, verdicts
+
+
+def test_failed_calls_fail_the_budget():
+    verdicts = _verdicts(_series(_run(rps=400, p99_ms=1, non2xx=5), {1: _run(p99_ms=1, errors=1)}), {1: 0.0})
+    assert set(verdicts.values()) == {"**not met**"}, verdicts
