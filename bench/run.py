@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
@@ -76,7 +76,7 @@ def main() -> None:
     try:
         discovery = requests.get(f"{service.base_url}/cds-services", timeout=5).json()
         series = build_series(discovery, work, args.synthea, fhir, args.fhir_charts, connections)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         for s in series:
             for c in s.connections:
                 s.runs[c] = drive(service, s, c, args.duration)
@@ -268,7 +268,7 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
     for name, st in split.items():
         lines.append(f"| {name} | {st['json parse']} | {st['data']} | {st['facts']} | {st['engine']} | {st['cards']} | "
                      f"{st['rest (validation, recording, log)']} | {st['total']} |")
-    lines += ["", f"Peak resident memory per worker after all runs (VmHWM): "
+    lines += ["", "Peak resident memory per worker after all runs (VmHWM): "
               + ", ".join(f"{mb:.0f} MB" for mb in peaks.values()) + ".", "", "## Budgets", ""]
     c8 = 8
     share = pv200.runs[c8]["rps"] / floor.runs[c8]["rps"] if c8 in pv200.runs and c8 in floor.runs else 0

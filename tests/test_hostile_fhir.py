@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from cds_service.fhir import url_policy
 from cds_service.app import create_app
+from cds_service.fhir import url_policy
 from conftest import ROOT, fired_rules, load_fixture
 from serving import RawServer, Service, rss_mb, send_json
 

@@ -1,6 +1,7 @@
 """Hostile clients and unsafe defaults, against the service as `make run` starts it (gunicorn
 with gunicorn.conf.py): slow-header clients, oversized chunked bodies, response headers, the
 bind address, PORT checks, and a production configuration that does not say who may call."""
+import contextlib
 import json
 import os
 import socket
@@ -40,10 +41,8 @@ class SlowClients:
         while not self._stop.wait(2.0):
             line += 1
             for sock in self.sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendall(f"X-Slow-{line}: 1\r\n".encode())
-                except OSError:
-                    pass
 
     def still_open(self) -> int:
         """How many the server has not closed (a closed one reads EOF at once)."""
