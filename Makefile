@@ -18,7 +18,7 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench rules clean
+.PHONY: run test test-fast lint bench rules clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (durable-rules does not import on 3.13)"; exit 1; }
@@ -37,6 +37,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked `slow` (real browsers, nginx, many gunicorn
+# instances, the Synthea population, load and slow-client runs); stops at the first failure.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -x -m "not slow"
 
 $(VENV)/.lint-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'

@@ -23,6 +23,7 @@ from conftest import ROOT, load_fixture
 from serving import Service
 
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+pytestmark = pytest.mark.slow  # service processes killed with -9, PostgreSQL databases created
 SERVICE = "legmove-patient-view"
 ACKNOWLEDGED = 1000
 

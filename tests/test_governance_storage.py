@@ -120,6 +120,7 @@ def two_services(request, tmp_path):
     second.stop()
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_database_share_suppressions(two_services):
     a, b = two_services
     body = new_patient(R3)

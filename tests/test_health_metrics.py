@@ -197,6 +197,7 @@ def test_the_readme_alert_queries_parse_and_name_only_exported_metrics():
         assert named <= exported, f"{query} names metrics that do not exist: {named - exported}"
 
 
+@pytest.mark.slow
 def test_metrics_stay_whole_while_gunicorn_recycles_its_workers(tmp_path):
     """max_requests replaces workers all the time in production: counters of retired workers stay in
     the sum, their live gauges leave with them (child_exit), and a scrape sees every worker."""

@@ -26,6 +26,7 @@ PATIENTS = 300
 ROUNDS = 10  # 3000 calls
 WORKERS, THREADS, CLIENTS = 3, 4, 24
 BOOM_EVERY = 25  # every 25th patient triggers the faulty rule
+pytestmark = pytest.mark.slow  # 3,000 calls through gunicorn
 
 
 def worker_pids(master: int) -> set[int]:

@@ -33,6 +33,7 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/loca
 ISSUER = "https://ehr.example.org"
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+pytestmark = pytest.mark.slow  # nginx in front of several gunicorn instances
 
 if NGINX is None:
     if os.environ.get("CI"):

@@ -46,7 +46,7 @@ RLS = R3["request"]["prefetch"]["conditions"]["entry"][0]["resource"]
 SERTRALINE_DRAFT = R3["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 PRAMIPEXOLE_DRAFT = R1_SELECT["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 
-pytestmark = [pytest.mark.fhir_server, pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.fhir_server, pytest.mark.skipif(
     len(CHARTS) < 126, reason=f"the 126 Synthea charts are not at {SYNTHEA} (set LEGMOVE_SYNTHEA_DIR)")]
 
 
@@ -151,7 +151,12 @@ def population(tmp_path_factory):
         partial = cache.with_name(cache.name + f".{os.getpid()}")
         shutil.copytree(workdir / "data", partial / "data")
         (partial / "stored.json").write_text(json.dumps(charts), encoding="utf-8")
-        partial.rename(cache)
+        try:
+            partial.rename(cache)
+        except OSError:  # another run on this machine cached the same data first: keep theirs
+            if not (cache / "stored.json").exists():
+                raise
+            shutil.rmtree(partial)
 
 
 def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dict]]:
