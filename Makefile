@@ -39,9 +39,12 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked `slow` (real browsers, nginx, many gunicorn
-# instances, the Synthea population, load and slow-client runs); stops at the first failure.
+# instances, the Synthea population, load and slow-client runs), on FAST_WORKERS processes
+# (pytest-xdist; each builds its own engines and servers, on ports it asks the kernel for), stopping
+# at the first failure. `make test`, which CI runs, stays in one process.
+FAST_WORKERS ?= 2
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -x -m "not slow"
+	$(BIN)/python -m pytest -q -x -n $(FAST_WORKERS) -m "not slow"
 
 $(VENV)/.lint-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
