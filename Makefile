@@ -18,7 +18,7 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench rules clean
+.PHONY: run test test-fast lint bench rules clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (durable-rules does not import on 3.13)"; exit 1; }
@@ -37,6 +37,27 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked `slow` (real browsers, nginx, many gunicorn
+# instances, the Synthea population, load and slow-client runs), on FAST_WORKERS processes
+# (pytest-xdist; each builds its own engines and servers, on ports it asks the kernel for), stopping
+# at the first failure. `make test`, which CI runs, stays in one process.
+FAST_WORKERS ?= 2
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -x -n $(FAST_WORKERS) -m "not slow"
+
+$(VENV)/.lint-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+# What CI checks before the tests: ruff (lint and format) and mypy for the Python (configured in
+# pyproject.toml), hadolint and kubernetes-validate (offline) for deploy/.
+lint: $(VENV)/.lint-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet -k 1.30.0 deploy/kubernetes/*.yaml
 
 # Not part of `make test`: starts the service as `make run` does and loads it with wrk (apt-get install wrk).
 bench: $(VENV)/.installed

@@ -40,7 +40,7 @@ class Service:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = make_run_command(self.port)
-        self.log = open(workdir / "service.log", "w")
+        self.log = open(workdir / "service.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
         self.process = subprocess.Popen(["bash", "-c", self.command], cwd=ROOT, env={**os.environ, **env},
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
@@ -120,7 +120,7 @@ class FhirServer:
             "simulator: {enabled: false}\nlog_inbound: false\nvalidation: {inbound: 'off'}\n"
             f"server_auth: {{types: [bearer], tokens: [{self.TOKEN}]}}\n", encoding="utf-8")
         executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
-        self.log = open(workdir / "sekmet.log", "w")
+        self.log = open(workdir / "sekmet.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
         self.process = subprocess.Popen([executable, "serve", "-c", str(settings)], cwd=workdir, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import requests
@@ -80,7 +80,7 @@ def main() -> None:
         if args.only:
             words = [w.strip() for w in args.only.split(",") if w.strip()]
             series = [s for s in series if s is series[0] or any(w in s.name for w in words)]
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         for s in series:
             for c in s.connections:
                 s.runs[c] = drive(service, s, c, args.duration)

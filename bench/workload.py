@@ -146,7 +146,8 @@ def synthea_files(root: Path) -> list[Path]:
 def synthea_chart(path: Path) -> tuple[dict, list[dict]]:
     """A transaction bundle as stored (urn:uuid references) turned into resources with ids, as a
     FHIR server would return them: `urn:uuid:X` becomes `Type/X`."""
-    bundle = json.load(gzip.open(path))
+    with gzip.open(path) as stream:
+        bundle = json.load(stream)
     kinds = {}
     for entry in bundle["entry"]:
         uuid = entry["fullUrl"].removeprefix("urn:uuid:")
@@ -154,7 +155,7 @@ def synthea_chart(path: Path) -> tuple[dict, list[dict]]:
     text = json.dumps([e["resource"] for e in bundle["entry"]])
     text = re.sub(r'"urn:uuid:([0-9a-f-]{36})"', lambda m: f'"{kinds.get(m.group(1), "Unknown")}/{m.group(1)}"', text)
     resources = json.loads(text)
-    for entry, resource in zip(bundle["entry"], resources):
+    for entry, resource in zip(bundle["entry"], resources, strict=True):
         resource["id"] = entry["fullUrl"].removeprefix("urn:uuid:")
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     return patient, [r for r in resources if r["resourceType"] != "Patient"]
@@ -162,7 +163,8 @@ def synthea_chart(path: Path) -> tuple[dict, list[dict]]:
 
 def synthea_transaction(path: Path) -> tuple[str, dict]:
     """The stored bundle as it is (server assigns ids) and the identifier that finds the patient."""
-    bundle = json.load(gzip.open(path))
+    with gzip.open(path) as stream:
+        bundle = json.load(stream)
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     uuid = next(i["value"] for i in patient.get("identifier", [])
                 if i.get("system") == "https://github.com/synthetichealth/synthea")

@@ -8,20 +8,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
-from cds_service.fhir import url_policy
+from cds_service.authoring.rulebook import RenderContext, RuleSpec
 from cds_service.cards.render import EXTENSION_KEY, render_cards
 from cds_service.engine.wrapper import RuleEngine
 from cds_service.facts.build import PatientData, build_facts
 from cds_service.facts.medications import unresolved_medication_references
+from cds_service.fhir import url_policy
 from cds_service.fhir.fhir_client import FhirClient, FhirUnavailable, budget_for
-from cds_service.hook_request import HookRequest
 from cds_service.fhir.prefetch import FhirAccess, PreconditionFailed, Resolved, resolve, server_searches
-from cds_service.authoring.rulebook import RenderContext, RuleSpec
 from cds_service.fhir.scopes import parse_scopes
-from cds_service.services import Service
+from cds_service.hook_request import HookRequest
 from cds_service.knowledge.terminology import Terminology
+from cds_service.services import Service
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,12 @@ def fhir_access(req: HookRequest, config) -> FhirAccess:
 
 def evaluation_date(config) -> date:
     fixed = config.get("EVALUATION_DATE")
-    return date.fromisoformat(fixed) if fixed else datetime.now(timezone.utc).date()
+    return date.fromisoformat(fixed) if fixed else datetime.now(UTC).date()
 
 
 def _client(access: FhirAccess, config, deadline: float | None = None) -> FhirClient:
+    if access.base_url is None:  # resolve() reads a server only when the call named one
+        raise ValueError("no fhirServer to read")
     return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
                       read_timeout=config["FHIR_READ_TIMEOUT"],
                       deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,

@@ -6,31 +6,30 @@ import os
 import traceback
 
 from flask import Flask
-from sqlalchemy.exc import SQLAlchemyError
 from flask_cors import CORS
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from cds_service.store import migrations
-from cds_service.web import bench_floor
+from cds_service import metrics
 from cds_service.advice import Knowledge
+from cds_service.authoring.rulebook import REGISTRY
 from cds_service.cards.render import warm_up as warm_up_cards
-from cds_service.web.client_auth import verifier_from_config
-from cds_service.web.api import bp, outcome
 from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start, from_environment  # noqa: F401
 from cds_service.engine.lint import prune_unused_derivations
 from cds_service.engine.wrapper import engine_for
 from cds_service.facts.build import params_fact
+from cds_service.knowledge.terminology import Terminology
+from cds_service.services import build_services
+from cds_service.store import migrations
 from cds_service.store.feedback import CardLedger
-from cds_service.web import health
-from cds_service import metrics
 from cds_service.store.governance import governance_from_config, knowledge_version, rule_modes
+from cds_service.web import bench_floor, health
+from cds_service.web.api import bp, outcome
+from cds_service.web.client_auth import verifier_from_config
 from cds_service.web.logs import configure as configure_logs
 from cds_service.web.preview import register_preview
 from cds_service.web.rule_pages import pages as rule_pages
-from cds_service.authoring.rulebook import REGISTRY
-from cds_service.services import build_services
 from cds_service.knowledge.settings import SettingsError, resolve_overrides  # noqa: F401 (SettingsError: start-up)
-from cds_service.knowledge.terminology import Terminology
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def _register_error_handlers(app: Flask) -> None:
         if exc.response is not None:
             return exc.response
         codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
-        response = outcome(exc.code or 500, codes.get(exc.code, "processing"), exc.description or exc.name)
+        response = outcome(exc.code or 500, codes.get(exc.code or 500, "processing"), exc.description or exc.name)
         for name, value in exc.get_headers():
             if name.lower() == "allow":  # a 405 must say which methods the resource has (RFC 9110)
                 response.headers["Allow"] = value

@@ -45,7 +45,8 @@ class Config:
     CLIENT_AUTH = False
     OPEN_MODE = False
     PUBLIC_BASE_URL: str | None = None  # e.g. "https://cds.example.org": each endpoint's JWT `aud` is this + path
-    TRUSTED_ISSUERS: dict = {}  # iss -> {"jwks": {...}} | {"jwks_file": path} | {"jwks_url": url}, optional "jku": [urls]
+    # iss -> {"jwks": {...}} | {"jwks_file": path} | {"jwks_url": url}, optional "jku": [urls]
+    TRUSTED_ISSUERS: dict = {}
     JWT_LEEWAY = 60  # seconds, for exp/iat/nbf (Epic sets nbf minutes before iat)
     JWT_MAX_LIFETIME = 300  # seconds allowed between iat and exp (CDS Hooks 2.0 advises 5 minutes)
     DISCOVERY_REQUIRES_AUTH = False

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.engine.lint import findings_read
 from cds_service.fhir.prefetch import optional_queries, queries
-from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.knowledge.terminology import Terminology
 
 SERVICE_TEXT = {
@@ -43,7 +43,7 @@ def canonical_ids(service_id: str) -> tuple[str, ...]:
     return ALIASES.get(service_id, (service_id,))
 
 
-def services_at(services: dict[tuple[str, str], "Service"], service_id: str) -> dict[str, "Service"]:
+def services_at(services: dict[tuple[str, str], Service], service_id: str) -> dict[str, Service]:
     """hook -> Service answered at the URL of `service_id` (empty when the id is unknown)."""
     ids = canonical_ids(service_id)
     return {hook: service for (sid, hook), service in services.items() if sid in ids}
@@ -74,7 +74,7 @@ def keys_matched(spec: RuleSpec) -> set[str]:
             pinned = origins and not _literals(_negated(expression), "origin")  # not `origin != "draft"`
             for kind in kinds & set(KIND_KEYS):
                 if pinned and all(ORIGIN_KEYS.get(o) is not None for o in origins):
-                    keys.update(k for o in origins for k in ORIGIN_KEYS[o] if k in KIND_KEYS[kind])
+                    keys.update(k for o in origins for k in ORIGIN_KEYS[o] or () if k in KIND_KEYS[kind])
                 else:
                     keys.update(KIND_KEYS[kind])
     return keys
@@ -195,7 +195,7 @@ def _with_derivations(cards: list[RuleSpec], specs: list[RuleSpec]) -> list[Rule
     on the data of every finding it reads."""
     producers: dict[str, list[RuleSpec]] = {}
     for spec in specs:
-        if spec.stratum != CARD:
+        if spec.stratum != CARD and spec.produces is not None:  # a derivation always names its finding
             producers.setdefault(spec.produces, []).append(spec)
     needed, queue = list(cards), list(cards)
     while queue:

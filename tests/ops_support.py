@@ -52,7 +52,7 @@ class Instance:
         self.runtime_dir = workdir / f"run-{name}"
         self.runtime_dir.mkdir(mode=0o700)
         self.log_path = workdir / f"gunicorn-{name}.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the process writes it until stop() closes it
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
              "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}", *extra_args, "cds_service.app:create_app()"],

@@ -42,7 +42,7 @@ class ServedService:
         if options_from_env:  # the way a container passes them
             env.update(PORT=str(self.port), WORKERS="1")
             args = []
-        self.log = open(workdir / "serve.log", "w")
+        self.log = open(workdir / "serve.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
         self.process = subprocess.Popen([LEGMOVE_CDS, "serve", *args], cwd=cwd, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL)
         try:

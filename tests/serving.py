@@ -3,6 +3,7 @@
 well-behaved HTTP framework would never do (drip bytes under a Content-Length, stall headers)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,7 +42,7 @@ class Service:
         self.env.pop("HOST", None)  # the default bind address is part of what is tested
         self.env.update(env)
         self.log_path = tmp / f"service-{self.port}.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the process writes it until stop() closes it
         command = command or [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
                               "cds_service.app:create_app()"]
         self.process = subprocess.Popen(command, cwd=ROOT if command[0] == "make" else tmp, env=self.env,
@@ -132,10 +133,8 @@ class RawServer:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         self._stop = True

@@ -8,21 +8,21 @@ numbers the rule evaluated.
 import copy
 import json
 import re
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
 from card_text import lead, problems, sentences
-from conftest import EXTENSION, FIXTURES, ROOT, fixture_id, load_fixture
 from cds_service.app import create_app
 from cds_service.authoring.rulebook import drug_name, drug_names
 from cds_service.knowledge.sources import AASM_2024
 from cds_service.knowledge.terminology import KNOWLEDGE_DIR
+from conftest import EXTENSION, FIXTURES, ROOT, fixture_id, load_fixture
 
 BASE = "https://cds.example.org"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _client(config_json: str):
     config = json.loads(config_json)
     return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **config).test_client()
@@ -197,7 +197,8 @@ def test_two_drugs_in_one_order_sign_card_are_both_named():
 
 
 def test_rule_index_and_pages_are_open_with_client_auth_on():
-    from test_client_auth import BASE as AUTH_BASE, EHR_JWKS
+    from test_client_auth import BASE as AUTH_BASE
+    from test_client_auth import EHR_JWKS
 
     secured = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=AUTH_BASE,
                          FEEDBACK_STORE=None, TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})

@@ -5,8 +5,8 @@ these tests check what a fixture cannot express: what the cards say, what is log
 the service asks the FHIR server for.
 """
 import html
-import re
 import logging
+import re
 
 from conftest import EXTENSION, ROOT, load_fixture
 

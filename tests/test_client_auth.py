@@ -13,7 +13,6 @@ from werkzeug.serving import make_server
 
 from cds_service.app import create_app
 from cds_service.web.client_auth import RedisReplayStore, SqliteReplayStore
-
 from conftest import ROOT, load_fixture
 
 BASE = "https://cds.example.org"

@@ -6,11 +6,11 @@ import pytest
 from durable.lang import c, m, none, when_all
 
 from cds_service.advice import Knowledge
+from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
 from cds_service.engine.hygiene import EngineError, fact_json
 from cds_service.engine.lint import RuleDefinitionError
 from cds_service.engine.wrapper import RuleEngine as _RuleEngine
 from cds_service.engine.wrapper import RuleError
-from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
 
 from conftest import ROOT, load_fixture
 

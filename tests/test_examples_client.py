@@ -9,10 +9,10 @@ the local search, the renaming and the client's prefetch together.
 import pytest
 import requests
 
-from conftest import FIXTURES, FHIR_TOKEN, FhirServer, fixture_id, load_fixture
-from test_fixtures import assert_expected_cards, client_for
 from cds_service.cli import cds_client
 from cds_service.fhir.examples import all_examples, as_transaction
+from conftest import FHIR_TOKEN, FIXTURES, FhirServer, fixture_id, load_fixture
+from test_fixtures import assert_expected_cards, client_for
 
 EXAMPLES = all_examples()
 

@@ -7,22 +7,23 @@ import subprocess
 import sys
 import threading
 import uuid
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
 import sqlalchemy
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, func, select
 
-from cds_service.store import migrations
 from cds_service.app import create_app
+from cds_service.store import migrations
 from cds_service.store.feedback import card_feedback, issued_card, unmatched_feedback
 from conftest import ROOT, load_fixture
 from serving import Service
 
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+pytestmark = pytest.mark.slow  # service processes killed with -9, PostgreSQL databases created
 SERVICE = "legmove-patient-view"
 ACKNOWLEDGED = 1000
 
@@ -60,7 +61,7 @@ def test_a_200_means_committed_even_when_every_process_is_killed(tmp_path, store
     service = Service(tmp_path, workers=2, LEGMOVE_FEEDBACK_STORE=store_url)
     try:
         cards = issue_cards(service.base, 60)
-        start = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+        start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
         items = []
         for n in range(3000):
             card = cards[n % len(cards)] if n % 10 else str(uuid.uuid4())
@@ -92,8 +93,8 @@ def test_a_200_means_committed_even_when_every_process_is_killed(tmp_path, store
     finally:
         service.stop()
     assert len(acknowledged) >= ACKNOWLEDGED
-    stored = {(r["card_uuid"], r["outcome_timestamp"].astimezone(timezone.utc) if r["outcome_timestamp"].tzinfo
-               else r["outcome_timestamp"].replace(tzinfo=timezone.utc))
+    stored = {(r["card_uuid"], r["outcome_timestamp"].astimezone(UTC) if r["outcome_timestamp"].tzinfo
+               else r["outcome_timestamp"].replace(tzinfo=UTC))
               for r in rows(store_url, card_feedback) + rows(store_url, unmatched_feedback)}
     lost = [i for i in acknowledged
             if (i["card"], datetime.fromisoformat(i["outcomeTimestamp"].replace("Z", "+00:00"))) not in stored]
@@ -147,7 +148,7 @@ def test_the_baseline_stamps_a_database_made_by_create_all(tmp_path):
     with engine.begin() as conn:
         conn.execute(old.tables["issued_card"].insert(), {"card_uuid": "c-1", "rule_id": "R3", "service_id": SERVICE,
                                                           "hook": "patient-view", "suggestion_uuids": "[]",
-                                                          "issued_at": datetime.now(timezone.utc)})
+                                                          "issued_at": datetime.now(UTC)})
     engine.dispose()
     assert migrations.current(url) is None
     assert migrations.upgrade(url) == migrations.head()

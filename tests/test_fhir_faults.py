@@ -10,7 +10,6 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cds_service.app import create_app
-
 from conftest import ROOT, fired_rules, load_fixture
 
 FIXTURE = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")

@@ -8,17 +8,17 @@ import itertools
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 
 import pytest
 from sqlalchemy import select
 
-from cds_service.store import governance
 from cds_service.app import create_app
-from cds_service.store.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
 from cds_service.authoring.rulebook import REGISTRY
 from cds_service.knowledge.settings import SettingsError
+from cds_service.store import governance
+from cds_service.store.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
 from conftest import EXTENSION, ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
@@ -63,7 +63,7 @@ def rules_of(cards: list[dict]) -> list[str]:
 
 
 def feedback(client, card: dict, outcome: str, service: str) -> None:
-    item = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": datetime.now(timezone.utc).isoformat()}
+    item = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": datetime.now(UTC).isoformat()}
     if outcome == "accepted":
         item["acceptedSuggestions"] = [{"id": card["suggestions"][0]["uuid"]}]
     else:
@@ -84,7 +84,7 @@ def calls(app) -> list[dict]:
 
 
 def move_clock(app, days: float) -> None:
-    later = datetime.now(timezone.utc) + timedelta(days=days)
+    later = datetime.now(UTC) + timedelta(days=days)
     app.extensions["legmove_governance"].clock = lambda: later
 
 

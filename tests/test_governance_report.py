@@ -5,7 +5,7 @@ import csv
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
 
 
 def answer(client, card: dict, outcome: str, service: str, reason: str | None = None) -> None:
-    item = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": datetime.now(timezone.utc).isoformat()}
+    item = {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": datetime.now(UTC).isoformat()}
     if outcome == "accepted":
         item["acceptedSuggestions"] = [{"id": card["suggestions"][0]["uuid"]}]
     elif reason:
@@ -36,10 +36,10 @@ def seeded(tmp_path):
     client = app.test_client()
     view = "legmove-patient-view"
     gov = app.extensions["legmove_governance"]
-    long_ago = datetime.now(timezone.utc) - timedelta(days=400)
+    long_ago = datetime.now(UTC) - timedelta(days=400)
     gov.clock = lambda: long_ago
     assert rules_of(call(client, new_patient(R2), view)) == ["R2"]
-    gov.clock = lambda: datetime.now(timezone.utc)
+    gov.clock = lambda: datetime.now(UTC)
     a, b = new_patient(R2), new_patient(R2)
     (card_a,) = call(client, a, view)
     (card_b,) = call(client, b, view)
@@ -81,12 +81,12 @@ def test_report_numbers_match_the_seeded_history(seeded):
 def test_retention_prunes_old_call_and_card_rows(seeded):
     app, *_ = seeded
     engine = app.extensions["legmove_ledger"].engine()
-    removed = prune_rows(engine, datetime.now(timezone.utc), 365)
+    removed = prune_rows(engine, datetime.now(UTC), 365)
     assert (removed["hook_call"], removed["card_event"]) == (1, 1)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(hook_call)).scalar_one() == 6
         oldest = conn.execute(select(func.min(card_event.c.created_at))).scalar_one()
-    assert oldest.replace(tzinfo=timezone.utc) > datetime.now(timezone.utc) - timedelta(days=365)
+    assert oldest.replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(days=365)
 
 
 def test_the_report_command_prints_writes_csv_and_png_without_patient_data(seeded, tmp_path):

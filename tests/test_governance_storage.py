@@ -3,9 +3,8 @@ revision, with its data) and suppression shared by two real service processes on
 from __future__ import annotations
 
 import copy
-import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -47,7 +46,7 @@ def test_migrations_from_the_previous_revision_keep_its_data(empty_store):
     url = empty_store
     command.upgrade(migrations._config(url), "0002")
     assert migrations.current(url) == "0002" and "hook_call" not in table_names(url)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
         conn.execute(insert(issued_card), {"card_uuid": "c-old", "rule_id": "R3", "service_id": "legmove-orders",
@@ -101,7 +100,7 @@ def cards_at(service: Service, body: dict, sid: str) -> list[dict]:
 
 
 def override(service: Service, card: dict, sid: str) -> None:
-    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": datetime.now(timezone.utc).isoformat()}
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": datetime.now(UTC).isoformat()}
     assert post(service.base, f"/cds-services/{sid}/feedback", {"feedback": [item]}).status_code == 200
 
 
@@ -121,6 +120,7 @@ def two_services(request, tmp_path):
     second.stop()
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_database_share_suppressions(two_services):
     a, b = two_services
     body = new_patient(R3)

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from cds_service.fhir import url_policy
 from cds_service.app import create_app
+from cds_service.fhir import url_policy
 from conftest import ROOT, fired_rules, load_fixture
 from serving import RawServer, Service, rss_mb, send_json
 
@@ -96,6 +96,7 @@ def test_a_drip_feeding_fhir_server_cannot_hold_a_call_past_its_deadline(service
         dripper.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [20_000_000, 7_500_000], ids=["20MB-over-the-cap", "7.5MB-under-the-cap"])
 def test_huge_bundles_keep_worker_memory_bounded_and_the_deadline(service, size):
     """Every query answers a huge bundle (8 keys per call), 20 calls, 4 at a time: worker RSS stays

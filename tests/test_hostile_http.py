@@ -1,6 +1,7 @@
 """Hostile clients and unsafe defaults, against the service as `make run` starts it (gunicorn
 with gunicorn.conf.py): slow-header clients, oversized chunked bodies, response headers, the
 bind address, PORT checks, and a production configuration that does not say who may call."""
+import contextlib
 import json
 import os
 import socket
@@ -40,10 +41,8 @@ class SlowClients:
         while not self._stop.wait(2.0):
             line += 1
             for sock in self.sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendall(f"X-Slow-{line}: 1\r\n".encode())
-                except OSError:
-                    pass
 
     def still_open(self) -> int:
         """How many the server has not closed (a closed one reads EOF at once)."""
@@ -73,6 +72,7 @@ def made(tmp_path_factory):
     service.stop()
 
 
+@pytest.mark.slow
 def test_slow_header_clients_do_not_block_normal_calls(made):
     """With 2 sync workers, 2 slow-header clients made a normal call take 30.5 s and 4 took 61.7 s.
     With 50 connected, normal calls answer in under 2 s, and the slow ones are still being served."""
@@ -193,6 +193,7 @@ def test_an_oversized_chunked_body_is_413(made):
     assert response.status_code == 200 and fired_rules(response.json()) == {"R1"}
 
 
+@pytest.mark.slow
 def test_redis_replay_store_and_jwt_checks_under_the_async_worker(tmp_path):
     """Client auth through gevent workers with the local Redis as the jti store: 40 concurrent
     calls with fresh tokens all pass, each token replayed once is refused, whichever worker gets it."""

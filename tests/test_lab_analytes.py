@@ -9,24 +9,32 @@ that differs from the one made when every analyte is searched.
 import dataclasses
 import json
 from datetime import date
-from functools import lru_cache
+from functools import cache
 from urllib.parse import parse_qsl
 
 import pytest
 from durable.lang import c, m, none, when_all
 
-from conftest import (FIXTURES, as_server_request, fixture_id, load_fixture, namespace_map, namespaced,
-                      prefetched_resources, rewrite_references)
 from cds_service.app import create_app
+from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.fhir.fhir_read import codings_of
 from cds_service.fhir.prefetch import queries, server_searches
-from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.services import LAB_KINDS, analytes_read, build_services, services_at
+from conftest import (
+    FIXTURES,
+    as_server_request,
+    fixture_id,
+    load_fixture,
+    namespace_map,
+    namespaced,
+    prefetched_resources,
+    rewrite_references,
+)
 
 ORDER_FIXTURES = [p for p in FIXTURES if load_fixture(p)["service"] != "legmove-patient-view"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _app(config_json: str):
     return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
 
@@ -147,7 +155,7 @@ def _without_uuids(value):
     return value
 
 
-@lru_cache(maxsize=None)
+@cache
 def _app_searching_every_analyte(config_json: str):
     """The same service, but its fhirServer lab searches ask for every analyte (as before)."""
     app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))

@@ -26,6 +26,7 @@ PATIENTS = 300
 ROUNDS = 10  # 3000 calls
 WORKERS, THREADS, CLIENTS = 3, 4, 24
 BOOM_EVERY = 25  # every 25th patient triggers the faulty rule
+pytestmark = pytest.mark.slow  # 3,000 calls through gunicorn
 
 
 def worker_pids(master: int) -> set[int]:
@@ -42,7 +43,7 @@ def gunicorn(tmp_path_factory):
                LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
                LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]))
-    log = open(tmp / "gunicorn.log", "w")
+    log = open(tmp / "gunicorn.log", "w")  # noqa: SIM115 - gunicorn writes it until the fixture ends
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "--preload", "--workers", str(WORKERS), "--threads",
          str(THREADS), "--bind", f"127.0.0.1:{port}", "cds_service.app:create_app()"],

@@ -8,10 +8,9 @@ import pytest
 from durable.lang import c, m, when_all
 
 from cds_service.advice import Knowledge
+from cds_service.authoring.rulebook import DERIVE, RuleSpec
 from cds_service.engine.wrapper import RuleEngine
 from cds_service.web.logs import JsonFormatter
-from cds_service.authoring.rulebook import DERIVE, RuleSpec
-
 from conftest import FIXTURES, load_fixture, prefetched_resources
 
 

@@ -9,6 +9,7 @@ the other; feedback given through one instance finds the card issued by the othe
 killed mid-request leaves no phantom in-flight request; calls keep answering when one instance
 is killed. Tests run in file order and share the cluster: the last one kills instance A.
 """
+import contextlib
 import copy
 import json
 import os
@@ -24,14 +25,15 @@ from werkzeug.serving import make_server
 
 from cds_service.store.feedback import CardLedger
 from conftest import ROOT, _free_port, fired_rules, load_fixture
+from ops_support import WORKERS, Instance, children, metric, wait_for
 from test_client_auth import EHR_JWKS, token
 from test_fhir_faults import faulty_fhir
-from ops_support import WORKERS, Instance, children, metric, wait_for
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
 ISSUER = "https://ehr.example.org"
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
+pytestmark = pytest.mark.slow  # nginx in front of several gunicorn instances
 
 if NGINX is None:
     if os.environ.get("CI"):
@@ -202,10 +204,8 @@ def test_a_worker_killed_mid_request_leaves_no_phantom_in_flight_request(cluster
 
 
 def _ignore_errors(call):
-    try:
+    with contextlib.suppress(requests.RequestException):  # the worker serving it was killed: the connection drops
         call()
-    except requests.RequestException:
-        pass  # the worker serving it was killed: the connection drops
 
 
 def test_calls_keep_answering_when_one_instance_is_killed(cluster):

@@ -6,9 +6,17 @@ import sys
 import textwrap
 import zipfile
 
+import pytest
+
 from conftest import FIXTURES, ROOT
 
 
+def archive_text(wheel, name: str) -> str:
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(name).decode("utf-8")
+
+
+@pytest.mark.slow  # builds the wheel with pip
 def test_the_wheel_serves_the_preview_and_its_examples_without_the_source_tree(tmp_path):
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                             "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
@@ -21,6 +29,12 @@ def test_the_wheel_serves_the_preview_and_its_examples_without_the_source_tree(t
     assert {"cds_service/web/templates/preview.html", "cds_service/web/static/preview.js", "cds_service/web/static/preview.css",
             "cds_service/knowledge/rxnorm_leg_movement_drug_products.csv"} <= names
     assert len([n for n in names if n.startswith("legmove_examples/R") and n.endswith(".json")]) == len(FIXTURES)
+    # the licence pyproject.toml declares travels with the wheel, in full
+    (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert archive_text(wheel, licence) == (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License\n                           Version 2.0, January 2004" in archive_text(wheel, licence)
+    metadata = archive_text(wheel, next(n for n in names if n.endswith(".dist-info/METADATA")))
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
     probe = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(site)!r})

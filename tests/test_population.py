@@ -46,8 +46,13 @@ RLS = R3["request"]["prefetch"]["conditions"]["entry"][0]["resource"]
 SERTRALINE_DRAFT = R3["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 PRAMIPEXOLE_DRAFT = R1_SELECT["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 
-pytestmark = [pytest.mark.fhir_server, pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.fhir_server, pytest.mark.skipif(
     len(CHARTS) < 126, reason=f"the 126 Synthea charts are not at {SYNTHEA} (set LEGMOVE_SYNTHEA_DIR)")]
+
+
+def _read_chart(path: Path) -> dict:
+    with gzip.open(path) as stream:
+        return json.load(stream)
 
 
 def _enrich(bundle: dict, number: int) -> dict:
@@ -132,11 +137,11 @@ def population(tmp_path_factory):
         else:
             charts, sizes = [], []
             for path in CHARTS:
-                bundle = json.load(gzip.open(path))
+                bundle = _read_chart(path)
                 charts.append((path.name, _load(server, bundle), False))
                 sizes.append((sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"), path))
             for number, (_, path) in enumerate(sorted(sizes, reverse=True)[:ENRICHED]):
-                charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(json.load(gzip.open(path)), number)),
+                charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(_read_chart(path), number)),
                                True))
         print(f"\n{len(charts)} charts {'from the cache' if cached else 'loaded'} in {time.monotonic() - started:.0f} s")
         yield server, charts
@@ -148,8 +153,10 @@ def population(tmp_path_factory):
         (partial / "stored.json").write_text(json.dumps(charts), encoding="utf-8")
         try:
             partial.rename(cache)
-        except OSError:  # a concurrent run (another checkout on this machine) filled the cache first: keep theirs
-            shutil.rmtree(partial, ignore_errors=True)
+        except OSError:  # another run on this machine cached the same data first: keep theirs
+            if not (cache / "stored.json").exists():
+                raise
+            shutil.rmtree(partial)
 
 
 def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dict]]:
@@ -204,7 +211,7 @@ def test_fhir_server_path_matches_prefetch_for_every_chart(population, app, capl
                 "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
                 "subject": "legmove-cds", "patient": call["context"]["patientId"]})
             caplog.clear()
-            for attempt in range(1 + RETRIES):
+            for _attempt in range(1 + RETRIES):
                 started = time.monotonic()
                 actual = client.post(f"/cds-services/{service}", json=remote)
                 durations.append(time.monotonic() - started)

@@ -21,7 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 SERTRALINE = "R3/fires-sertraline-order-sign"
 NO_FERRITIN = "R1/fires-no-ferritin"
 
-pytestmark = pytest.mark.fhir_server
+pytestmark = [pytest.mark.slow, pytest.mark.fhir_server]  # a real Chromium per module
 
 # chart text is attacker-controlled as far as the page is concerned: HTML in a diagnosis name
 PAYLOAD = '<img src=x onerror="document.title=\'pwned\'"><script>document.title=\'pwned\'</script>'

@@ -10,8 +10,8 @@ import pytest
 from durable.lang import m, when_all
 
 import rules
-from cds_service.store import rule_versions
 from cds_service.authoring.rulebook import REGISTRY
+from cds_service.store import rule_versions
 from conftest import ROOT
 
 

@@ -10,9 +10,9 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 import requests
 
-from conftest import FhirServer
 from cds_service.fhir.examples import all_examples, as_transaction
 from cds_service.fhir.prefetch import expand
+from conftest import FhirServer
 
 CHARTS = ["R2/fires-low-ferritin-ugl", "R3/fires-sertraline-order-sign", "R12/fires-repeat-emg-stable"]
 

@@ -6,8 +6,17 @@ import pytest
 import requests
 
 from cds_service.fhir.scopes import parse_scopes
-from conftest import (EXTENSION, FHIR_TOKEN, ROOT, FhirServer, as_server_request, fired_rules, load_fixture, namespaced,
-                      prefetched_resources)
+from conftest import (
+    EXTENSION,
+    FHIR_TOKEN,
+    ROOT,
+    FhirServer,
+    as_server_request,
+    fired_rules,
+    load_fixture,
+    namespaced,
+    prefetched_resources,
+)
 from test_partial_data import by_type_server
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")

@@ -38,15 +38,16 @@ class ClientSigner:
 
     def __init__(self, key_file: Path, issuer: str, kid: str | None = None):
         try:
-            self.key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
+            key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
             raise ClientError(f"cannot read a PEM private key from {key_file}: {type(exc).__name__}") from None
-        if isinstance(self.key, ec.EllipticCurvePrivateKey) and isinstance(self.key.curve, ec.SECP384R1):
+        if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
             self.algorithm = "ES384"
-        elif isinstance(self.key, rsa.RSAPrivateKey):
+        elif isinstance(key, rsa.RSAPrivateKey):
             self.algorithm = "RS384"
         else:
             raise ClientError("the client key must be EC P-384 (ES384) or RSA (RS384)")
+        self.key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = key
         self.issuer, self.kid = issuer, kid
 
     def headers(self, url: str) -> dict:
@@ -57,7 +58,7 @@ class ClientSigner:
         return {"Authorization": f"Bearer {token}"}
 
 
-def _signed(signer: "ClientSigner | None", url: str) -> dict:
+def _signed(signer: ClientSigner | None, url: str) -> dict:
     return signer.headers(url) if signer else {}
 
 
@@ -135,7 +136,7 @@ def prefetch_from_resources(templates: dict, context: dict, resources: list[dict
 
 
 def hook_context(hook: str, patient_id: str, user_id: str, drafts: list[dict]) -> dict:
-    context = {"userId": user_id, "patientId": patient_id}
+    context: dict[str, object] = {"userId": user_id, "patientId": patient_id}
     if hook in ("order-select", "order-sign"):
         context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
                                   "entry": [{"resource": d} for d in drafts]}

@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NoReturn
 
 import click
 import requests
@@ -35,7 +36,7 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def _fail(message: str, code: int = 1):
+def _fail(message: str, code: int = 1) -> NoReturn:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
     sys.exit(code)
 
@@ -59,7 +60,8 @@ def catalog_markdown() -> str:
     fixtures = _fixtures_by_rule()
     lines = ["# legmove-cds rule catalog", "",
              "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
-             "", rules.CONVENTIONS, "## Rules and findings", "", "| Rule | Kind | Hooks | Logic | Citation | Module | Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
+             "", rules.CONVENTIONS, "## Rules and findings", "", "| Rule | Kind | Hooks | Logic | Citation | Module "
+             "| Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
              "|---|---|---|---|---|---|---|"]
     for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", _natural(s.id))):
         kind = "card" if spec.stratum == CARD else f"finding `{spec.produces}`"
@@ -388,7 +390,7 @@ def _diagnostics(response) -> str:
 
 def render_card(card: dict, explain: bool = False) -> Panel:
     """A card as an EHR shows it: indicator colour, summary, detail, suggestions, links."""
-    colour = COLOURS.get(card.get("indicator"), "white")
+    colour = COLOURS.get(card.get("indicator") or "", "white")
     parts: list = []
     if card.get("detail"):
         parts.append(Markdown(card["detail"]))

@@ -85,10 +85,11 @@ def _code(resource: dict, wanted: list[str]) -> bool:
 def _code_text(resource: dict, wanted: list[str]) -> bool:
     """`code:text`: the code's text or a coding's display starts with a wanted phrase, ignoring case
     (FHIR string matching, which servers apply to `:text`)."""
-    concept = resource.get("code") if isinstance(resource.get("code"), dict) else {}
+    code = resource.get("code")
+    concept = code if isinstance(code, dict) else {}
     texts = [concept.get("text")] + [c.get("display") for c in _codes(concept)]
-    texts = [t.lower() for t in texts if isinstance(t, str)]
-    return any(t.startswith(w.lower()) for t in texts for w in wanted)
+    lowered = [t.lower() for t in texts if isinstance(t, str)]
+    return any(t.startswith(w.lower()) for t in lowered for w in wanted)
 
 
 _TESTS = {"patient": _patient, "subject": _patient, "status": _status, "clinical-status": _clinical_status,

@@ -18,12 +18,14 @@ that would go past it waits, within its own deadline, for the calls holding it t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import requests
@@ -34,7 +36,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 
 from cds_service.fhir import url_policy
-
 from cds_service.metrics import timed_fhir_fetch
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,8 @@ class _Tripwire:
 
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already closed
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
 
 
 class _TrippableHTTPConnection(HTTPConnection):
@@ -143,7 +142,7 @@ class _TrippableHTTPPool(HTTPConnectionPool):
     tripwire: _Tripwire
 
     def _new_conn(self):
-        conn = super()._new_conn()
+        conn = cast(_TrippableHTTPConnection, super()._new_conn())  # ConnectionCls makes one of ours
         conn.tripwire = self.tripwire
         return conn
 
@@ -153,7 +152,7 @@ class _TrippableHTTPSPool(HTTPSConnectionPool):
     tripwire: _Tripwire
 
     def _new_conn(self):
-        conn = super()._new_conn()
+        conn = cast(_TrippableHTTPSConnection, super()._new_conn())  # ConnectionCls makes one of ours
         conn.tripwire = self.tripwire
         return conn
 
@@ -165,7 +164,8 @@ class _TrippablePoolManager(PoolManager):
         self.pool_classes_by_scheme = {"http": _TrippableHTTPPool, "https": _TrippableHTTPSPool}
 
     def _new_pool(self, scheme, host, port, request_context=None):
-        pool = super()._new_pool(scheme, host, port, request_context)
+        # pool_classes_by_scheme makes one of ours
+        pool = cast(_TrippableHTTPPool | _TrippableHTTPSPool, super()._new_pool(scheme, host, port, request_context))
         pool.tripwire = self.tripwire
         return pool
 
@@ -324,14 +324,14 @@ def bundle_defect(bundle: dict) -> str | None:
 
 def entries_of(bundle: dict) -> list[dict]:
     """Resources of a Bundle; search outcome entries and non-objects are not data."""
-    out = []
+    out: list[dict] = []
     for entry in bundle.get("entry") or []:
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
             continue
-        resource = entry.get("resource")
-        search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
-        kind = resource.get("resourceType") if isinstance(resource, dict) else None
-        if isinstance(kind, str) and kind != "OperationOutcome" and search.get("mode") != "outcome":
+        resource, search = entry["resource"], entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        kind = resource.get("resourceType")
+        if isinstance(kind, str) and kind != "OperationOutcome" and mode != "outcome":
             out.append(resource)
     return out
 
@@ -340,9 +340,10 @@ def failed_outcome(bundle: dict) -> bool:
     """An OperationOutcome entry of severity error/fatal means the search failed."""
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
-            if any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in resource.get("issue") or []):
-                return True
+        if (isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome"
+                and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal")
+                        for i in resource.get("issue") or [])):
+            return True
     return False
 
 

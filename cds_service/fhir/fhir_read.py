@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from cds_service.knowledge.codesets import UCUM
 
@@ -65,7 +65,7 @@ def parse_fhir_date(value) -> date | None:
             return date.fromisoformat(value)
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
         if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(timezone.utc)
+            parsed = parsed.astimezone(UTC)
         return parsed.date()
     except ValueError:
         return None

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import date, timedelta
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
+from cds_service.fhir.fhir_client import (
+    FhirClient,
+    FhirUnavailable,
+    bundle_defect,
+    entries_of,
+    failed_outcome,
+    next_link,
+)
 from cds_service.fhir.scopes import Grant, Scopes
 from cds_service.knowledge.terminology import Terminology
-from cds_service.fhir.fhir_client import FhirClient, FhirUnavailable, bundle_defect, entries_of, failed_outcome, next_link
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +113,7 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date,
             searches[key] = [f"{q}&_include={kind}:medication" for q in searches[key]]
     if "labs" in templates:
         by_window: dict[str, list[str]] = {}
-        for system, code, lookback in observation_codes(term, analytes=analytes):
+        for _system, code, lookback in observation_codes(term, analytes=analytes):
             by_window.setdefault(lookback, []).append(code)
         searches["labs"] = []
         for lookback, codes in sorted(by_window.items()):
@@ -239,7 +246,7 @@ def _resolve(templates: dict[str, str], prefetch: dict, context: dict, access: F
         elif grant is None:
             resolved.unknown[key] = f"not prefetched and the token's scopes do not grant {expected_type(templates[key])}"
         else:
-            queries_by_key[key] = [q for query in expanded for q in grant.queries(query)]
+            queries_by_key[key] = [q for query in expanded if query is not None for q in grant.queries(query)]
             if not grant.unrestricted:  # only what the granular scope lets us see: never proof of absence
                 resolved.incomplete.add(key)
     for key in list(partial):
@@ -263,7 +270,7 @@ def _fetch(resolved: Resolved, to_fetch: dict[str, list[str]], partial: dict[str
     """All searches of all keys run in parallel under the client's one deadline; a key whose
     search (any of its searches) fails or runs out of time is unknown, the others are kept."""
     client: FhirClient = client_factory(access)
-    jobs: list[tuple[str, object]] = []
+    jobs: list[tuple[str, Future]] = []
     try:
         searches = sum(len(q) for q in to_fetch.values()) + len(partial)
         with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SEARCHES, searches))) as pool:

@@ -38,7 +38,8 @@ def _parse(url: str, *, is_base: bool) -> _Parts | None:
         return None
     any_port = False
     if is_base:
-        url, any_port = re.subn(r"^(https?://[^/?#@]*):\*(?=[/?#]|$)", r"\1", url, count=1)
+        url, replaced = re.subn(r"^(https?://[^/?#@]*):\*(?=[/?#]|$)", r"\1", url, count=1)
+        any_port = bool(replaced)
     try:
         split = urlsplit(url)
         port = split.port

@@ -16,8 +16,9 @@ store, the feedback database (same URL, same Alembic migrations):
   (both knowledge settings, per rule in `suppress_days_by_rule`), and a card answered at
   order-select is not repeated at order-sign for the same draft (`order_sign_dedup_hours`).
   All three need the same rule, the same rule version and the same evidence fingerprint: a new
-  value, a new draft, a changed condition or a new version of the rule shows the card again. `critical` cards are never suppressed. The decision
-  reads the database, so every process sharing it decides alike.
+  value, a new draft, a changed condition or a new version of the rule shows the card again.
+  `critical` cards are never suppressed. The decision reads the database, so every process
+  sharing it decides alike.
 
 Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): the key is
 configuration, the same on every instance, never stored. If the store cannot be read, every card
@@ -29,20 +30,27 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import metadata as package_metadata
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Callable
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.cards.render import EXTENSION_KEY
-from cds_service.store.feedback import CardLedger, StoreUnavailable, card_feedback, issued_card, metadata, unmatched_feedback
 from cds_service.authoring.rulebook import CARD, RuleSpec
 from cds_service.knowledge.settings import Settings
+from cds_service.cards.render import EXTENSION_KEY
+from cds_service.store.feedback import (
+    CardLedger,
+    StoreUnavailable,
+    card_feedback,
+    issued_card,
+    metadata,
+    unmatched_feedback,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +153,7 @@ def patient_key(config) -> bytes:
 def patient_hash(key: bytes, patient_id: str, fhir_server: str | None) -> str:
     """Keyed, so the hash cannot be recomputed from a patient id without the key. The FHIR
     server is part of it: two EHRs may both have a Patient/123."""
-    message = f"{(fhir_server or '').rstrip('/')}|{patient_id}".encode("utf-8")
+    message = f"{(fhir_server or '').rstrip('/')}|{patient_id}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -164,7 +172,7 @@ def _explanation(card: dict) -> dict:
 
 def _utc(moment: datetime) -> datetime:
     """SQLite hands timestamps back without a zone; they were written in UTC."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Governance:
@@ -177,7 +185,7 @@ class Governance:
         self.settings = settings
         self.knowledge_version = knowledge
         self.service_version = service_version()
-        self.clock = clock or (lambda: datetime.now(timezone.utc))  # tests move it to see suppressions expire
+        self.clock = clock or (lambda: datetime.now(UTC))  # tests move it to see suppressions expire
 
     # ---- windows -------------------------------------------------------------------------
 

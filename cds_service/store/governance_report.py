@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import create_engine, distinct, func, select
 
@@ -59,8 +59,8 @@ class RuleRow:
 
 def _bounds(since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
     """[since 00:00 UTC, the day after until 00:00 UTC): both days included."""
-    start = datetime.combine(since, time(), timezone.utc) if since else None
-    end = datetime.combine(until + timedelta(days=1), time(), timezone.utc) if until else None
+    start = datetime.combine(since, time(), UTC) if since else None
+    end = datetime.combine(until + timedelta(days=1), time(), UTC) if until else None
     return start, end
 
 
@@ -112,16 +112,16 @@ def text_table(rows: list[RuleRow], since: date | None, until: date | None) -> s
     period = f"{since or 'start'} .. {until or 'now'}"
     if not rows:
         return f"Governance report {period}: no cards recorded.\n"
-    headers = ["rule", "ver", "views", "issued", "silent", "suppr.", "acc.", "overr.", "acc.rate", "/100 views",
+    headers: list[object] = ["rule", "ver", "views", "issued", "silent", "suppr.", "acc.", "overr.", "acc.rate", "/100 views",
                "override reasons"]
-    table = [[r.rule, r.version, r.patient_views, r.cards_issued, r.would_have_fired, r.suppressed, r.accepted,
+    table: list[list[object]] = [[r.rule, r.version, r.patient_views, r.cards_issued, r.would_have_fired, r.suppressed, r.accepted,
               r.overridden, "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
               "-" if r.cards_per_100_patient_views is None else f"{r.cards_per_100_patient_views:g}",
               r.values()[9] or "-"] for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *table)]
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *table, strict=True)]
     lines = [f"Governance report {period} (patient-views: {rows[0].patient_views})", ""]
     for line in [headers, *table]:
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +195,7 @@ def command(args) -> int:
     engine = create_engine(url)
     try:
         if args.command == "prune":
-            removed = prune_rows(engine, datetime.now(timezone.utc), config["RETENTION_DAYS"])
+            removed = prune_rows(engine, datetime.now(UTC), config["RETENTION_DAYS"])
             print(f"pruned rows older than {config['RETENTION_DAYS']} days: "
                   + ", ".join(f"{table} {count}" for table, count in removed.items()))
             return 0

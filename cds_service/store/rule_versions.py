@@ -70,7 +70,7 @@ def _criteria(spec: RuleSpec) -> dict:
 
 
 def _ours(module: str | None) -> bool:
-    return bool(module) and any(module == m or module.startswith(m + ".") for m in _SOURCE_MODULES)
+    return module is not None and any(module == m or module.startswith(m + ".") for m in _SOURCE_MODULES)
 
 
 def _code_names(code: types.CodeType) -> set[str]:

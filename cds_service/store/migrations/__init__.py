@@ -42,7 +42,10 @@ def _config(url: str) -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config("")).get_current_head()
+    revision = ScriptDirectory.from_config(_config("")).get_current_head()
+    if revision is None:  # the package ships its revisions: only a broken install has none
+        raise SchemaMismatch("this build has no schema revisions (cds_service/store/migrations/versions is empty)")
+    return revision
 
 
 def _engine(url: str):
@@ -72,6 +75,8 @@ def upgrade(url: str) -> str:
         raise SchemaMismatch(f"the feedback store is at revision {before}, which this build does not know")
     command.upgrade(_config(url), "head")
     after = current(url)
+    if after is None:
+        raise SchemaMismatch("the feedback store records no revision after the upgrade")
     if after != before:
         log.info("feedback store migrated from %s to %s", before or "empty", after)
     return after
