@@ -12,6 +12,7 @@ Loaded by the gunicorn master only (workers inherit what it set up).
 No `preload_app`: each worker builds the app after gevent has patched threading, so every lock
 the app creates (the engine's, the ledger's, the JWKS cache's) is cooperative.
 """
+
 import atexit
 import glob
 import os
@@ -64,6 +65,7 @@ def on_starting(server):
     if subprocess.run([sys.executable, "-m", "cds_service.cli.prestart"]).returncode != 0:
         raise SystemExit(1)
 
+
 # ---- Prometheus multiprocess metrics (cds_service/metrics.py) --------------------------------
 # Every worker writes its metric values to files in PROMETHEUS_MULTIPROC_DIR and /metrics sums
 # them, so a scrape answered by any worker covers the whole instance. The directory must be set
@@ -103,4 +105,6 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
 # ---- end of the Prometheus block ---------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The processes the benchmark measures: the service started exactly as `make run` starts it, a
 sekmet-fhir server for the `fhirServer` path, and per-process CPU and memory readings from /proc."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ def free_port() -> int:
 def make_run_command(port: int) -> str:
     """The recipe of `make run`, read from the Makefile with `make -n`, so the benchmark measures
     the real worker model and flags rather than a copy of them."""
-    out = subprocess.run(["make", "-s", "-n", "run", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["make", "-s", "-n", "run", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     logical = out.stdout.replace("\\\n", " ").splitlines()
     lines = [line for line in logical if "gunicorn" in line or "legmove-cds serve" in line]
     if not lines:
@@ -41,8 +44,14 @@ class Service:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = make_run_command(self.port)
         self.log = open(workdir / "service.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
-        self.process = subprocess.Popen(["bash", "-c", self.command], cwd=ROOT, env={**os.environ, **env},
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["bash", "-c", self.command],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -118,11 +127,18 @@ class FhirServer:
         settings.write_text(
             f"base_url: {self.base_url}\nhost: 127.0.0.1\nport: {self.port}\ndata_dir: {workdir / 'data'}\n"
             "simulator: {enabled: false}\nlog_inbound: false\nvalidation: {inbound: 'off'}\n"
-            f"server_auth: {{types: [bearer], tokens: [{self.TOKEN}]}}\n", encoding="utf-8")
+            f"server_auth: {{types: [bearer], tokens: [{self.TOKEN}]}}\n",
+            encoding="utf-8",
+        )
         executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
         self.log = open(workdir / "sekmet.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
-        self.process = subprocess.Popen([executable, "serve", "-c", str(settings)], cwd=workdir, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [executable, "serve", "-c", str(settings)],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -140,8 +156,12 @@ class FhirServer:
         response.raise_for_status()
 
     def patient_id(self, synthea_uuid: str) -> str:
-        response = requests.get(f"{self.base_url}/Patient", headers=self.headers(), timeout=30,
-                                params={"identifier": f"https://github.com/synthetichealth/synthea|{synthea_uuid}"})
+        response = requests.get(
+            f"{self.base_url}/Patient",
+            headers=self.headers(),
+            timeout=30,
+            params={"identifier": f"https://github.com/synthetichealth/synthea|{synthea_uuid}"},
+        )
         response.raise_for_status()
         return response.json()["entry"][0]["resource"]["id"]
 

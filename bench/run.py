@@ -15,6 +15,7 @@ the rest: validation, recording, logging), peak memory per worker, and how the t
 shared between wrk and the workers. Results go to docs/benchmarks.md with a latency chart.
 Budgets are reported, never asserted: a benchmark is not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,16 +62,23 @@ def main() -> None:
     parser.add_argument("--synthea", type=Path, default=ROOT.parent / "shared" / "data" / "synthea")
     parser.add_argument("--fhir-charts", type=int, default=24, help="Synthea charts loaded into the FHIR server")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--only", default="", help="comma-separated words: run only the series whose name contains "
-                        "one of them (the floor always runs); the report is then printed, not written")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated words: run only the series whose name contains "
+        "one of them (the floor always runs); the report is then printed, not written",
+    )
     args = parser.parse_args()
     connections = tuple(int(c) for c in args.connections.split(","))
     if not _have("wrk"):
         sys.exit("wrk is needed: apt-get install -y wrk")
     work = Path(tempfile.mkdtemp(prefix="legmove-bench-"))
-    env = {"LEGMOVE_FEEDBACK_STORE": json.dumps(f"sqlite:///{work / 'feedback.sqlite3'}"),
-           "LEGMOVE_REPLAY_STORE": json.dumps(f"sqlite:///{work / 'replay.sqlite3'}"),
-           "LEGMOVE_MAX_CONTENT_LENGTH": str(BODY_LIMIT), "LEGMOVE_BENCH_FLOOR": "true"}
+    env = {
+        "LEGMOVE_FEEDBACK_STORE": json.dumps(f"sqlite:///{work / 'feedback.sqlite3'}"),
+        "LEGMOVE_REPLAY_STORE": json.dumps(f"sqlite:///{work / 'replay.sqlite3'}"),
+        "LEGMOVE_MAX_CONTENT_LENGTH": str(BODY_LIMIT),
+        "LEGMOVE_BENCH_FLOOR": "true",
+    }
     os.environ.update(env)  # the in-process split below builds the same app
     service = Service(work, env)
     fhir = FhirServer(work / "sekmet")
@@ -103,8 +111,9 @@ def _have(tool: str) -> bool:
     return subprocess.run(["which", tool], capture_output=True).returncode == 0
 
 
-def build_series(discovery: dict, work: Path, synthea: Path, fhir: FhirServer, fhir_charts: int,
-                 connections: tuple[int, ...]) -> list[Series]:
+def build_series(
+    discovery: dict, work: Path, synthea: Path, fhir: FhirServer, fhir_charts: int, connections: tuple[int, ...]
+) -> list[Series]:
     today = date.today()
     pv_types = workload.template_types(discovery, "patient-view")
     os_types = workload.template_types(discovery, "order-select")
@@ -121,17 +130,24 @@ def build_series(discovery: dict, work: Path, synthea: Path, fhir: FhirServer, f
 
     out: list[Series] = []
     floor_patient, floor_resources = workload.generated_patient(0, 200, today)
-    floor_body = write("floor", workload.patient_view(floor_patient["id"],
-                                                     workload.prefetch_for(floor_resources, floor_patient, pv_types), 0))
+    floor_body = write(
+        "floor",
+        workload.patient_view(floor_patient["id"], workload.prefetch_for(floor_resources, floor_patient, pv_types), 0),
+    )
     out.append(Series("floor (no-op, 200-resource body)", "/bench/floor", [floor_body], 200, connections))
     for size in SIZES:
         bodies = []
         for i in range(2 if size >= 20000 else 8):
             patient, resources = workload.generated_patient(i, size, today)
-            bodies.append(write(f"pv{size}", workload.patient_view(
-                patient["id"], workload.prefetch_for(resources, patient, pv_types), i)))
-        out.append(Series(f"patient-view, {size:,} resources", pv_path, bodies, size,
-                          connections if size < 20000 else (1, 8)))
+            bodies.append(
+                write(
+                    f"pv{size}",
+                    workload.patient_view(patient["id"], workload.prefetch_for(resources, patient, pv_types), i),
+                )
+            )
+        out.append(
+            Series(f"patient-view, {size:,} resources", pv_path, bodies, size, connections if size < 20000 else (1, 8))
+        )
     drafts = []
     for i in range(8):
         patient, resources = workload.generated_patient(100 + i, 200, today)
@@ -142,11 +158,22 @@ def build_series(discovery: dict, work: Path, synthea: Path, fhir: FhirServer, f
         bodies = []
         for i, path in enumerate(files):
             patient, resources = workload.synthea_chart(path)
-            bodies.append(write("synthea", workload.patient_view(
-                patient["id"], workload.prefetch_for(resources, patient, pv_types), i)))
+            bodies.append(
+                write(
+                    "synthea",
+                    workload.patient_view(patient["id"], workload.prefetch_for(resources, patient, pv_types), i),
+                )
+            )
         sizes = [len(json.loads(b.read_text())["prefetch"].get("labs", {}).get("entry", [])) for b in bodies]
-        out.append(Series(f"patient-view, {len(files)} Synthea charts (whole chart in prefetch)", pv_path, bodies,
-                          None, connections))
+        out.append(
+            Series(
+                f"patient-view, {len(files)} Synthea charts (whole chart in prefetch)",
+                pv_path,
+                bodies,
+                None,
+                connections,
+            )
+        )
         print(f"Synthea: {len(files)} charts, {statistics.median(sizes):.0f} Observations median")
         fhir_bodies = []
         for i, path in enumerate(files[:fhir_charts]):
@@ -154,12 +181,24 @@ def build_series(discovery: dict, work: Path, synthea: Path, fhir: FhirServer, f
             fhir.post_transaction(bundle)
             call = workload.patient_view(fhir.patient_id(uuid), None, 1000 + i)
             call["fhirServer"] = fhir.base_url
-            call["fhirAuthorization"] = {"access_token": fhir.TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                         "scope": "patient/*.read", "subject": "legmove-bench",
-                                         "patient": call["context"]["patientId"]}
+            call["fhirAuthorization"] = {
+                "access_token": fhir.TOKEN,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "legmove-bench",
+                "patient": call["context"]["patientId"],
+            }
             fhir_bodies.append(write("fhir", call))
-        out.append(Series(f"patient-view via fhirServer, {len(fhir_bodies)} Synthea charts on sekmet-fhir",
-                          pv_path, fhir_bodies, None, connections))
+        out.append(
+            Series(
+                f"patient-view via fhirServer, {len(fhir_bodies)} Synthea charts on sekmet-fhir",
+                pv_path,
+                fhir_bodies,
+                None,
+                connections,
+            )
+        )
     else:
         print(f"no Synthea charts under {synthea}: those series are skipped")
     return out
@@ -171,18 +210,30 @@ def drive(service: Service, s: Series, connections: int, duration: int) -> dict:
     before = {pid: cpu_seconds(pid) for pid in workers}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     threads = min(2, connections)
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "-s", str(LUA),
-               f"{service.base_url}{s.path}", "--", *map(str, s.bodies)]
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(LUA),
+        f"{service.base_url}{s.path}",
+        "--",
+        *map(str, s.bodies),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
-    result = json.loads(line[len("WRKJSON "):])
+    result = json.loads(line[len("WRKJSON ") :])
     seconds = result["duration_us"] / 1e6
     result["rps"] = result["requests"] / seconds if seconds else 0.0
-    result["wrk_cpu"] = ((children_after.ru_utime + children_after.ru_stime)
-                         - (children_before.ru_utime + children_before.ru_stime)) / seconds
+    result["wrk_cpu"] = (
+        (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
+    ) / seconds
     # a worker recycled during the run (max_requests) is replaced by a new pid: count the new one
     # from zero and lose only the last moments of the old one
     result["workers_cpu"] = sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in service.workers()) / seconds
@@ -192,12 +243,15 @@ def drive(service: Service, s: Series, connections: int, duration: int) -> dict:
 
 def _print_run(s: Series, c: int) -> None:
     r = s.runs[c]
-    print(f"{s.name:<62} c={c:<3} p50 {r['p50_us'] / 1000:8.2f} ms  p95 {r['p95_us'] / 1000:8.2f}  "
-          f"p99 {r['p99_us'] / 1000:8.2f}  {r['rps']:8.1f} req/s  non-2xx {r['non2xx']}  "
-          f"cpu wrk {r['wrk_cpu']:.2f} workers {r['workers_cpu']:.2f}")
+    print(
+        f"{s.name:<62} c={c:<3} p50 {r['p50_us'] / 1000:8.2f} ms  p95 {r['p95_us'] / 1000:8.2f}  "
+        f"p99 {r['p99_us'] / 1000:8.2f}  {r['rps']:8.1f} req/s  non-2xx {r['non2xx']}  "
+        f"cpu wrk {r['wrk_cpu']:.2f} workers {r['workers_cpu']:.2f}"
+    )
 
 
 # ---- in-process split ----------------------------------------------------------------------
+
 
 class _Records(logging.Handler):
     def __init__(self):
@@ -259,39 +313,65 @@ def in_process_split(series: list[Series]) -> dict[str, dict[str, float]]:
 
 # ---- report --------------------------------------------------------------------------------
 
+
 def render(series: list[Series], split: dict, peaks: dict, command: str, started: datetime, args) -> str:
     floor = series[0]
     pv200 = next(s for s in series if s.name.startswith("patient-view, 200 "))
     pv20k = next(s for s in series if s.name.startswith("patient-view, 20,000"))
-    lines = ["# Benchmarks", "",
-             f"Run of {started:%Y-%m-%d %H:%M} UTC with `make bench` on {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}, {args.duration} s per run, wrk over loopback. The service was started "
-             f"with the `make run` recipe:", "", f"    {command}", "",
-             "Feedback store (SQLite) and card recording were on, as in `make run`. Latency in milliseconds; "
-             "throughput in requests per second; CPU is the share of one core used by wrk and by all workers "
-             "together during the run (2.00 = both cores). Load average when the report was written (1, 5, 15 min): "
-             + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + " (above 2, other work shared the cores).", "",
-             "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run of {started:%Y-%m-%d %H:%M} UTC with `make bench` on {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {args.duration} s per run, wrk over loopback. The service was started "
+        f"with the `make run` recipe:",
+        "",
+        f"    {command}",
+        "",
+        "Feedback store (SQLite) and card recording were on, as in `make run`. Latency in milliseconds; "
+        "throughput in requests per second; CPU is the share of one core used by wrk and by all workers "
+        "together during the run (2.00 = both cores). Load average when the report was written (1, 5, 15 min): "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + " (above 2, other work shared the cores).",
+        "",
+        "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in series:
         for c, r in s.runs.items():
             base = floor.runs.get(c, {}).get("rps")
             share = f"{100 * r['rps'] / base:.0f} %" if base and s is not floor else ""
-            lines.append(f"| {s.name} | {c} | {r['p50_us'] / 1000:.1f} | {r['p95_us'] / 1000:.1f} | "
-                         f"{r['p99_us'] / 1000:.1f} | {r['rps']:.0f} | {share} | {r['non2xx']} | "
-                         f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} |")
-    lines += ["", "![p50 and p99 latency against prefetch size, 8 connections](benchmarks-latency.png)", "",
-              "## Where one call spends its time (in process, median ms)", "",
-              "Stages: json parse (orjson, timed on its own), data (prefetch and FHIR reads), facts, engine, cards "
-              "(rendering and validating suggestions), store (suppression lookups and recording the call and its "
-              "cards), rest (Flask, request checks, logging).", "",
-              "| series | json parse | data | facts | engine | cards | store | rest | total |",
-              "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {s.name} | {c} | {r['p50_us'] / 1000:.1f} | {r['p95_us'] / 1000:.1f} | "
+                f"{r['p99_us'] / 1000:.1f} | {r['rps']:.0f} | {share} | {r['non2xx']} | "
+                f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} |"
+            )
+    lines += [
+        "",
+        "![p50 and p99 latency against prefetch size, 8 connections](benchmarks-latency.png)",
+        "",
+        "## Where one call spends its time (in process, median ms)",
+        "",
+        "Stages: json parse (orjson, timed on its own), data (prefetch and FHIR reads), facts, engine, cards "
+        "(rendering and validating suggestions), store (suppression lookups and recording the call and its "
+        "cards), rest (Flask, request checks, logging).",
+        "",
+        "| series | json parse | data | facts | engine | cards | store | rest | total |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, st in split.items():
-        lines.append(f"| {name} | {st['json parse']} | {st['data']} | {st['facts']} | {st['engine']} | {st['cards']} | "
-                     f"{st['store']} | {st[REST]} | {st['total']} |")
-    lines += ["", f"Peak resident memory per worker after all runs (VmHWM): "
-              + ", ".join(f"{mb:.0f} MB" for mb in peaks.values()) + ".", "", "## Budgets", ""]
+        lines.append(
+            f"| {name} | {st['json parse']} | {st['data']} | {st['facts']} | {st['engine']} | {st['cards']} | "
+            f"{st['store']} | {st[REST]} | {st['total']} |"
+        )
+    lines += [
+        "",
+        "Peak resident memory per worker after all runs (VmHWM): "
+        + ", ".join(f"{mb:.0f} MB" for mb in peaks.values())
+        + ".",
+        "",
+        "## Budgets",
+        "",
+    ]
     c8 = 8
     pv200_8, floor_8 = pv200.runs.get(c8), floor.runs.get(c8)
     share = pv200_8["rps"] / floor_8["rps"] if _answered(pv200_8) and _answered(floor_8) else 0
@@ -302,11 +382,17 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
     big_errors = (big_run["non2xx"] + big_run["socket_errors"]) if big_run else 0
     memory = max(peaks.values(), default=0)
     budgets = [
-        ("throughput at 200 resources, 8 connections, at least 60 % of the floor", f"{100 * share:.0f} %", share >= 0.6),
+        (
+            "throughput at 200 resources, 8 connections, at least 60 % of the floor",
+            f"{100 * share:.0f} %",
+            share >= 0.6,
+        ),
         ("p99 under 50 ms at 200 resources, 8 connections", f"{p99:.1f} ms", p99 < 50),
-        ("20,000 resources answered in under 1 s (p99 at 1 connection, every call answered 200)",
-         f"{big:.0f} ms, {big_errors} errors" + ("" if _answered(big_run) else ", no call answered"),
-         big < 1000 and big_errors == 0),
+        (
+            "20,000 resources answered in under 1 s (p99 at 1 connection, every call answered 200)",
+            f"{big:.0f} ms, {big_errors} errors" + ("" if _answered(big_run) else ", no call answered"),
+            big < 1000 and big_errors == 0,
+        ),
         ("worker memory under 200 MB", f"{memory:.0f} MB", 0 < memory < 200),
     ]
     lines += ["| budget | measured | met |", "|---|---|---|"]
@@ -321,7 +407,7 @@ NOTES = "<!-- notes: written by hand, kept by bench/run.py when it rewrites the 
 def kept_notes(path: Path) -> str:
     """The hand-written part of the report (from the NOTES marker on), carried over to the new run."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    return "\n" + text[text.index(NOTES):] if NOTES in text else ""
+    return "\n" + text[text.index(NOTES) :] if NOTES in text else ""
 
 
 def _answered(run: dict | None) -> bool:

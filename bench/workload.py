@@ -5,6 +5,7 @@ Prefetch is filled the way an EHR that ignores search filters would fill it: eve
 key's type goes into that key. That is the worst case the service must stay fast for: cost should
 follow the data that matters, not what the EHR happened to send.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,10 @@ def template_types(discovery: dict, hook: str) -> dict[str, str]:
     """key -> resource type, for the service that answers `hook`."""
     for service in discovery["services"]:
         if service["hook"] == hook:
-            return {key: re.split(r"[/?]", template, maxsplit=1)[0]
-                    for key, template in (service.get("prefetch") or {}).items()}
+            return {
+                key: re.split(r"[/?]", template, maxsplit=1)[0]
+                for key, template in (service.get("prefetch") or {}).items()
+            }
     raise LookupError(f"no service for {hook}")
 
 
@@ -47,8 +50,9 @@ def prefetch_for(resources: list[dict], patient: dict, types: dict[str, str]) ->
         if kind == "Patient":
             prefetch[key] = patient
             continue
-        entries = [{"fullUrl": f"{kind}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                   for r in by_type.get(kind, [])]
+        entries = [
+            {"fullUrl": f"{kind}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in by_type.get(kind, [])
+        ]
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
     return prefetch
 
@@ -63,14 +67,27 @@ def generated_patient(number: int, size: int, today: date) -> tuple[dict, list[d
     patient = {"resourceType": "Patient", "id": pid, "birthDate": "1961-05-04", "gender": "female"}
     day = lambda n: (today - timedelta(days=n)).isoformat()  # noqa: E731
     resources: list[dict] = [
-        {"resourceType": "Condition", "id": f"{pid}-rls", "subject": subject, "recordedDate": day(400),
-         "clinicalStatus": {"coding": [{"code": "active"}]}, "verificationStatus": {"coding": [{"code": "confirmed"}]},
-         "code": {"coding": [{"system": ICD10, "code": "G25.81", "display": "Restless legs syndrome"}]}},
+        {
+            "resourceType": "Condition",
+            "id": f"{pid}-rls",
+            "subject": subject,
+            "recordedDate": day(400),
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "verificationStatus": {"coding": [{"code": "confirmed"}]},
+            "code": {"coding": [{"system": ICD10, "code": "G25.81", "display": "Restless legs syndrome"}]},
+        },
         _lab(pid, subject, "2276-4", "Ferritin", 32, "ng/mL", day(30), "fer"),
-        {"resourceType": "MedicationRequest", "id": f"{pid}-sertraline", "status": "active", "intent": "order",
-         "subject": subject, "authoredOn": day(90),
-         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "312941",
-                                                   "display": "sertraline 50 MG Oral Tablet"}]}},
+        {
+            "resourceType": "MedicationRequest",
+            "id": f"{pid}-sertraline",
+            "status": "active",
+            "intent": "order",
+            "subject": subject,
+            "authoredOn": day(90),
+            "medicationCodeableConcept": {
+                "coding": [{"system": RXNORM, "code": "312941", "display": "sertraline 50 MG Oral Tablet"}]
+            },
+        },
     ]
     for i in range(max(0, size - len(resources) - 1)):
         kind = i % 7
@@ -78,45 +95,103 @@ def generated_patient(number: int, size: int, today: date) -> tuple[dict, list[d
         relevant = rng.random() < 0.02
         if kind in (0, 1):
             if relevant:
-                resources.append(_lab(pid, subject, "2951-2", "Sodium", rng.randint(135, 145), "mmol/L",
-                                      day(rng.randint(1, 3000)), f"na{i}"))
+                resources.append(
+                    _lab(
+                        pid,
+                        subject,
+                        "2951-2",
+                        "Sodium",
+                        rng.randint(135, 145),
+                        "mmol/L",
+                        day(rng.randint(1, 3000)),
+                        f"na{i}",
+                    )
+                )
             else:
                 code, name, value, unit = _NOISE_OBSERVATION
-                resources.append(_lab(pid, subject, code, name, value + rng.randint(-3, 3), unit,
-                                      day(rng.randint(1, 5000)), f"n{i}"))
+                resources.append(
+                    _lab(pid, subject, code, name, value + rng.randint(-3, 3), unit, day(rng.randint(1, 5000)), f"n{i}")
+                )
         elif kind == 2:
-            resources.append({"resourceType": "Condition", "id": rid, "subject": subject, "recordedDate": day(rng.randint(1, 9000)),
-                              "clinicalStatus": {"coding": [{"code": rng.choice(["active", "resolved"])}]},
-                              "code": {"coding": [{"system": ICD10, "code": rng.choice(_NOISE_CONDITIONS)}]}})
+            resources.append(
+                {
+                    "resourceType": "Condition",
+                    "id": rid,
+                    "subject": subject,
+                    "recordedDate": day(rng.randint(1, 9000)),
+                    "clinicalStatus": {"coding": [{"code": rng.choice(["active", "resolved"])}]},
+                    "code": {"coding": [{"system": ICD10, "code": rng.choice(_NOISE_CONDITIONS)}]},
+                }
+            )
         elif kind == 3:
-            resources.append({"resourceType": "MedicationRequest", "id": rid, "intent": "order", "subject": subject,
-                              "status": rng.choice(["active", "stopped", "completed"]), "authoredOn": day(rng.randint(1, 6000)),
-                              "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "861007",
-                                                                        "display": "metformin 500 MG Oral Tablet"}]}})
+            resources.append(
+                {
+                    "resourceType": "MedicationRequest",
+                    "id": rid,
+                    "intent": "order",
+                    "subject": subject,
+                    "status": rng.choice(["active", "stopped", "completed"]),
+                    "authoredOn": day(rng.randint(1, 6000)),
+                    "medicationCodeableConcept": {
+                        "coding": [{"system": RXNORM, "code": "861007", "display": "metformin 500 MG Oral Tablet"}]
+                    },
+                }
+            )
         elif kind == 4:
-            resources.append({"resourceType": "Procedure", "id": rid, "status": "completed", "subject": subject,
-                              "performedDateTime": day(rng.randint(1, 9000)),
-                              "code": {"coding": [{"system": SNOMED, "code": "80146002", "display": "Appendectomy"}]}})
+            resources.append(
+                {
+                    "resourceType": "Procedure",
+                    "id": rid,
+                    "status": "completed",
+                    "subject": subject,
+                    "performedDateTime": day(rng.randint(1, 9000)),
+                    "code": {"coding": [{"system": SNOMED, "code": "80146002", "display": "Appendectomy"}]},
+                }
+            )
         elif kind == 5:
-            resources.append({"resourceType": "DiagnosticReport", "id": rid, "status": "final", "subject": subject,
-                              "effectiveDateTime": day(rng.randint(1, 5000)),
-                              "code": {"coding": [{"system": LOINC, "code": "58410-2", "display": "CBC panel"}]}})
+            resources.append(
+                {
+                    "resourceType": "DiagnosticReport",
+                    "id": rid,
+                    "status": "final",
+                    "subject": subject,
+                    "effectiveDateTime": day(rng.randint(1, 5000)),
+                    "code": {"coding": [{"system": LOINC, "code": "58410-2", "display": "CBC panel"}]},
+                }
+            )
         else:
-            resources.append({"resourceType": "ServiceRequest", "id": rid, "status": "completed", "intent": "order",
-                              "subject": subject, "authoredOn": day(rng.randint(1, 5000)),
-                              "code": {"coding": [{"system": LOINC, "code": "24323-8", "display": "CMP panel"}]}})
+            resources.append(
+                {
+                    "resourceType": "ServiceRequest",
+                    "id": rid,
+                    "status": "completed",
+                    "intent": "order",
+                    "subject": subject,
+                    "authoredOn": day(rng.randint(1, 5000)),
+                    "code": {"coding": [{"system": LOINC, "code": "24323-8", "display": "CMP panel"}]},
+                }
+            )
     return patient, resources
 
 
 def _lab(pid, subject, code, name, value, unit, when, suffix) -> dict:
-    return {"resourceType": "Observation", "id": f"{pid}-{suffix}", "status": "final", "subject": subject,
-            "effectiveDateTime": when, "code": {"coding": [{"system": LOINC, "code": code, "display": name}]},
-            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    return {
+        "resourceType": "Observation",
+        "id": f"{pid}-{suffix}",
+        "status": "final",
+        "subject": subject,
+        "effectiveDateTime": when,
+        "code": {"coding": [{"system": LOINC, "code": code, "display": name}]},
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
 
 
 def patient_view(pid: str, prefetch: dict | None, number: int) -> dict:
-    call = {"hook": "patient-view", "hookInstance": f"00000000-0000-4000-8000-{number:012d}",
-            "context": {"userId": "Practitioner/bench", "patientId": pid}}
+    call = {
+        "hook": "patient-view",
+        "hookInstance": f"00000000-0000-4000-8000-{number:012d}",
+        "context": {"userId": "Practitioner/bench", "patientId": pid},
+    }
     if prefetch is not None:
         call["prefetch"] = prefetch
     return call
@@ -125,19 +200,32 @@ def patient_view(pid: str, prefetch: dict | None, number: int) -> dict:
 def order_select(patient: dict, resources: list[dict], types: dict[str, str], number: int) -> dict:
     """The chart plus a draft sertraline order, selected (an RLS-worsening drug: R3 fires)."""
     pid = patient["id"]
-    draft = {"resourceType": "MedicationRequest", "id": f"draft-{number}", "status": "draft", "intent": "order",
-             "subject": {"reference": f"Patient/{pid}"},
-             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "312941",
-                                                       "display": "sertraline 50 MG Oral Tablet"}]}}
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": f"draft-{number}",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "312941", "display": "sertraline 50 MG Oral Tablet"}]
+        },
+    }
     chart = [r for r in resources if not r["id"].endswith("-sertraline")]
-    return {"hook": "order-select", "hookInstance": f"00000000-0000-4000-9000-{number:012d}",
-            "context": {"userId": "Practitioner/bench", "patientId": pid,
-                        "selections": [f"MedicationRequest/{draft['id']}"],
-                        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}},
-            "prefetch": prefetch_for(chart, patient, types)}
+    return {
+        "hook": "order-select",
+        "hookInstance": f"00000000-0000-4000-9000-{number:012d}",
+        "context": {
+            "userId": "Practitioner/bench",
+            "patientId": pid,
+            "selections": [f"MedicationRequest/{draft['id']}"],
+            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]},
+        },
+        "prefetch": prefetch_for(chart, patient, types),
+    }
 
 
 # ---- Synthea -------------------------------------------------------------------------------
+
 
 def synthea_files(root: Path) -> list[Path]:
     return sorted(root.glob("*.json.gz"))
@@ -166,6 +254,9 @@ def synthea_transaction(path: Path) -> tuple[str, dict]:
     with gzip.open(path) as stream:
         bundle = json.load(stream)
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
-    uuid = next(i["value"] for i in patient.get("identifier", [])
-                if i.get("system") == "https://github.com/synthetichealth/synthea")
+    uuid = next(
+        i["value"]
+        for i in patient.get("identifier", [])
+        if i.get("system") == "https://github.com/synthetichealth/synthea"
+    )
     return uuid, copy.deepcopy(bundle)

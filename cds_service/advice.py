@@ -3,6 +3,7 @@
 Import direction is one-way: this module uses prefetch, facts, engine and cards; none of them
 uses it. `Knowledge` is everything built once per process in `create_app`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,9 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
     evaluable = service.evaluable(missing)
     if not evaluable:
         raise PreconditionFailed(_precondition_message(access, resolved), resolved.unknown)
-    data = PatientData(req.hook, req.patient_id, resolved.resources, resolved.incomplete | missing, req.draft_orders,
-                       req.selections)
+    data = PatientData(
+        req.hook, req.patient_id, resolved.resources, resolved.incomplete | missing, req.draft_orders, req.selections
+    )
     term = knowledge.terminology
     fact_set = build_facts(data, term, evaluation_date(config))
     clock.lap("facts")
@@ -88,10 +90,18 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
         return Advice([], [], clock.laps, resolved.fetched, sorted(resolved.incomplete))
     evaluation = knowledge.engine.evaluate(fact_set.facts)
     clock.lap("engine")
-    ctx = RenderContext(hook=req.hook, patient_id=req.patient_id, settings=term.settings,
-                        class_title=term.class_title, groups=term.groups, facts=fact_set.facts,
-                        incomplete_keys=tuple(sorted(resolved.incomplete)), missing_keys=tuple(sorted(missing)),
-                        knowledge_version=knowledge.knowledge_version, base_url=public_base_url(config))
+    ctx = RenderContext(
+        hook=req.hook,
+        patient_id=req.patient_id,
+        settings=term.settings,
+        class_title=term.class_title,
+        groups=term.groups,
+        facts=fact_set.facts,
+        incomplete_keys=tuple(sorted(resolved.incomplete)),
+        missing_keys=tuple(sorted(missing)),
+        knowledge_version=knowledge.knowledge_version,
+        base_url=public_base_url(config),
+    )
     # the service lists the card rules registered for this hook that its data lets it evaluate:
     # the one place hooks and missing data are filtered
     matches = {rule: found for rule, found in evaluation.card_matches.items() if rule in evaluable}
@@ -101,18 +111,24 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
     clock.lap("cards")
     if fact_set.skipped:
         log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
-    return Advice(cards, sorted(active), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown,
-                  silent)
+    return Advice(
+        cards, sorted(active), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown, silent
+    )
 
 
-def _silent_cards(knowledge: Knowledge, matches: dict, active: dict, facts_by_id: dict, ctx: RenderContext) -> list[dict]:
+def _silent_cards(
+    knowledge: Knowledge, matches: dict, active: dict, facts_by_id: dict, ctx: RenderContext
+) -> list[dict]:
     """Cards silent-mode rules would have added. Rendered with every rule as if all were active,
     so a silent rule counts only where its card would really have shown; but it never supersedes
     an active rule's card in the response: a silent rule changes nothing clinicians see."""
     if len(matches) == len(active):
         return []
-    return [card for card in render_cards(knowledge.specs, matches, facts_by_id, ctx)
-            if knowledge.modes.get(card["extension"][EXTENSION_KEY]["rule"]) == "silent"]
+    return [
+        card
+        for card in render_cards(knowledge.specs, matches, facts_by_id, ctx)
+        if knowledge.modes.get(card["extension"][EXTENSION_KEY]["rule"]) == "silent"
+    ]
 
 
 def _precondition_message(access: FhirAccess, resolved) -> str:
@@ -137,8 +153,9 @@ def public_base_url(config) -> str:
 MAX_MEDICATION_READS = 20
 
 
-def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], access: FhirAccess, config,
-                                started: float, client_for) -> None:
+def read_referenced_medications(
+    resolved: Resolved, draft_orders: list[dict], access: FhirAccess, config, started: float, client_for
+) -> None:
     """Medications known only by reference (`medicationReference: Medication/123`, as many EHRs
     send them) that came neither contained nor in any Bundle of the call: read each from
     fhirServer within what is left of the call's FHIR deadline. One that cannot be had is
@@ -174,7 +191,7 @@ def read_referenced_medications(resolved: Resolved, draft_orders: list[dict], ac
 def _medication_id(reference: str, base_url: str | None) -> str | None:
     """The id of a `Medication/{id}` reference, relative or under the fhirServer base; None otherwise."""
     if base_url and reference.startswith(base_url.rstrip("/") + "/"):
-        reference = reference[len(base_url.rstrip("/")) + 1:]
+        reference = reference[len(base_url.rstrip("/")) + 1 :]
     parts = reference.split("/")
     return parts[1] if len(parts) == 2 and parts[0] == "Medication" and parts[1] else None
 
@@ -196,8 +213,12 @@ def fhir_access(req: HookRequest, config) -> FhirAccess:
     if not config["FHIR_UNAUTHENTICATED_READS"]:
         return FhirAccess(req.fhir_server, None, False, "no fhirAuthorization and unauthenticated reads are off")
     if not url_policy.under_any(req.fhir_server, config["FHIR_UNAUTHENTICATED_ALLOWLIST"]):
-        return FhirAccess(req.fhir_server, None, False,
-                          "no fhirAuthorization and fhirServer is not on the unauthenticated-reads allowlist")
+        return FhirAccess(
+            req.fhir_server,
+            None,
+            False,
+            "no fhirAuthorization and fhirServer is not on the unauthenticated-reads allowlist",
+        )
     return FhirAccess(req.fhir_server, None, True)
 
 
@@ -209,11 +230,16 @@ def evaluation_date(config) -> date:
 def _client(access: FhirAccess, config, deadline: float | None = None) -> FhirClient:
     if access.base_url is None:  # resolve() reads a server only when the call named one
         raise ValueError("no fhirServer to read")
-    return FhirClient(access.base_url, access.token, connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-                      read_timeout=config["FHIR_READ_TIMEOUT"],
-                      deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,
-                      max_pages=config["FHIR_MAX_PAGES"], max_response_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
-                      budget=budget_for(config["FHIR_BUFFER_BUDGET"]))
+    return FhirClient(
+        access.base_url,
+        access.token,
+        connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
+        read_timeout=config["FHIR_READ_TIMEOUT"],
+        deadline=config["FHIR_DEADLINE"] if deadline is None else deadline,
+        max_pages=config["FHIR_MAX_PAGES"],
+        max_response_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+        budget=budget_for(config["FHIR_BUFFER_BUDGET"]),
+    )
 
 
 class _Stopwatch:

@@ -1,4 +1,5 @@
 """Application factory: configuration, knowledge, engine and routes, built once per process."""
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,7 @@ from cds_service.config import CONFIGS, UnsafeConfiguration, check_safe_to_start
 from cds_service.engine.lint import prune_unused_derivations
 from cds_service.engine.wrapper import engine_for
 from cds_service.facts.build import params_fact
+from cds_service.knowledge.settings import SettingsError, resolve_overrides  # noqa: F401 (SettingsError: start-up)
 from cds_service.knowledge.terminology import Terminology
 from cds_service.services import build_services
 from cds_service.store import migrations
@@ -29,7 +31,6 @@ from cds_service.web.client_auth import verifier_from_config
 from cds_service.web.logs import configure as configure_logs
 from cds_service.web.preview import register_preview
 from cds_service.web.rule_pages import pages as rule_pages
-from cds_service.knowledge.settings import SettingsError, resolve_overrides  # noqa: F401 (SettingsError: start-up)
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +49,26 @@ def create_app(config: str | type | None = None, **overrides) -> Flask:
     warm_up_cards()
     app.extensions["legmove_ledger"] = ledger_from_config(app.config)
     app.extensions["legmove_governance"] = governance_from_config(
-        app.config, app.extensions["legmove_ledger"], app.extensions["legmove"].terminology.settings)
+        app.config, app.extensions["legmove_ledger"], app.extensions["legmove"].terminology.settings
+    )
     # settings that do not fit the params fact (an override's typo) stop start-up, not the first hook
     # call; after governance, whose own checks of the suppression settings say more
     params_fact(app.extensions["legmove"].terminology)
     app.extensions["legmove_client_verifier"] = verifier_from_config(app.config)
     if app.extensions["legmove_client_verifier"] is None:
-        log.warning("OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
-                    "LEGMOVE_PUBLIC_BASE_URL and LEGMOVE_TRUSTED_ISSUERS); use only on a trusted network")
+        log.warning(
+            "OPEN MODE: CDS client JWTs are NOT verified (set LEGMOVE_CLIENT_AUTH=true with "
+            "LEGMOVE_PUBLIC_BASE_URL and LEGMOVE_TRUSTED_ISSUERS); use only on a trusted network"
+        )
     else:
         log.info("client JWTs required from issuers: %s", ", ".join(app.config["TRUSTED_ISSUERS"]))
-    CORS(app, resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
-         allow_headers=["Authorization", "Content-Type"], methods=["GET", "POST", "OPTIONS"], max_age=600)
+    CORS(
+        app,
+        resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]}},
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
     app.register_blueprint(bp)
     register_preview(app)
     # operations endpoints: their own blueprints, so the client-JWT check of `bp` does not apply
@@ -94,8 +103,11 @@ def ledger_from_config(config) -> CardLedger | None:
             migrations.upgrade(url)
         migrations.require_current(url)
     except SQLAlchemyError as exc:
-        log.error("feedback store unreachable at start-up (%s); feedback answers 503 until it can be reached "
-                  "and its schema is current", type(exc).__name__)
+        log.error(
+            "feedback store unreachable at start-up (%s); feedback answers 503 until it can be reached "
+            "and its schema is current",
+            type(exc).__name__,
+        )
         return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"], schema_check=lambda: migrations.require_current(url))
     return CardLedger(url, config["FEEDBACK_STORE_COMMENTS"])
 
@@ -107,12 +119,16 @@ def build_knowledge(config) -> Knowledge:
     rules.load_all(config["EXTRA_RULE_MODULES"])
     terminology = Terminology(config["KNOWLEDGE_OVERRIDES"])
     modes = rule_modes(REGISTRY, config)  # active | silent | off per card rule (governance.py)
-    specs = prune_unused_derivations([s for s in REGISTRY.values()
-                                      if s.stratum != "card" or modes[s.id] != "off"])
+    specs = prune_unused_derivations([s for s in REGISTRY.values() if s.stratum != "card" or modes[s.id] != "off"])
     engine = engine_for(specs)
-    return Knowledge(terminology, {s.id: s for s in specs}, engine, build_services(specs, terminology),
-                     {rule: mode for rule, mode in modes.items() if mode != "off"},
-                     knowledge_version(config["KNOWLEDGE_OVERRIDES"]))
+    return Knowledge(
+        terminology,
+        {s.id: s for s in specs},
+        engine,
+        build_services(specs, terminology),
+        {rule: mode for rule, mode in modes.items() if mode != "off"},
+        knowledge_version(config["KNOWLEDGE_OVERRIDES"]),
+    )
 
 
 def _register_error_handlers(app: Flask) -> None:

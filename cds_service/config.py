@@ -3,6 +3,7 @@
 `Config` holds production-safe defaults; `DevelopmentConfig` is what `make run` uses on a
 laptop; `TestConfig` pins the evaluation date so fixtures do not age.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,14 @@ class Config:
     RETENTION_DAYS = 400  # `legmove-cds prune` deletes call and card rows older than this
 
 
-LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*",
-            "https://127.0.0.1:*", "https://localhost:*", "https://[::1]:*"]
+LOOPBACK = [
+    "http://127.0.0.1:*",
+    "http://localhost:*",
+    "http://[::1]:*",
+    "https://127.0.0.1:*",
+    "https://localhost:*",
+    "https://[::1]:*",
+]
 
 
 class DevelopmentConfig(Config):
@@ -105,7 +112,7 @@ def environment_overrides() -> dict:
     for key, raw in os.environ.items():
         if not key.startswith("LEGMOVE_") or key == "LEGMOVE_CONFIG":
             continue
-        name = key[len("LEGMOVE_"):]
+        name = key[len("LEGMOVE_") :]
         try:
             out[name] = json.loads(raw)
         except json.JSONDecodeError:
@@ -130,14 +137,18 @@ def check_safe_to_start(config) -> None:
     said explicitly (OPEN_MODE), and so must "any FHIR server" (FHIR_SERVER_ALLOWLIST ["*"]):
     otherwise any caller could make the service send the EHR's token to a server of its choice."""
     if not config["CLIENT_AUTH"] and not config["OPEN_MODE"]:
-        raise UnsafeConfiguration("client JWTs are not verified and OPEN_MODE is not set: set LEGMOVE_CLIENT_AUTH=true "
-                                  "(with PUBLIC_BASE_URL and TRUSTED_ISSUERS), or LEGMOVE_OPEN_MODE=true on a "
-                                  "trusted network")
+        raise UnsafeConfiguration(
+            "client JWTs are not verified and OPEN_MODE is not set: set LEGMOVE_CLIENT_AUTH=true "
+            "(with PUBLIC_BASE_URL and TRUSTED_ISSUERS), or LEGMOVE_OPEN_MODE=true on a "
+            "trusted network"
+        )
     allowlist = config["FHIR_SERVER_ALLOWLIST"]
     if not isinstance(allowlist, list) or not all(isinstance(base, str) for base in allowlist):
-        raise UnsafeConfiguration('FHIR_SERVER_ALLOWLIST is not set: list the EHR FHIR base URLs this deployment '
-                                  'serves (LEGMOVE_FHIR_SERVER_ALLOWLIST=\'["https://ehr.example.org/fhir"]\'), '
-                                  'or ["*"] for any')
+        raise UnsafeConfiguration(
+            "FHIR_SERVER_ALLOWLIST is not set: list the EHR FHIR base URLs this deployment "
+            "serves (LEGMOVE_FHIR_SERVER_ALLOWLIST='[\"https://ehr.example.org/fhir\"]'), "
+            'or ["*"] for any'
+        )
     for name in ("FHIR_SERVER_ALLOWLIST", "FHIR_UNAUTHENTICATED_ALLOWLIST"):
         bad = [base for base in config[name] if not url_policy.valid_base(base)]
         if bad:

@@ -3,6 +3,7 @@
 Every problem becomes a `BadRequest` with a message that says what is wrong, never a stack
 trace. Unknown fields are ignored, as the spec requires.
 """
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,9 @@ def parse_hook_request(body, served_hooks: set[str]) -> HookRequest:
         selections = context.get("selections")
         if not isinstance(selections, list) or not all(isinstance(s, str) and SELECTION.match(s) for s in selections):
             raise BadRequest("context.selections must be an array of 'Type/id' strings")
-    return HookRequest(hook, hook_instance, context, prefetch, fhir_server, token, scope, patient_id, user_id,
-                       draft_orders, selections)
+    return HookRequest(
+        hook, hook_instance, context, prefetch, fhir_server, token, scope, patient_id, user_id, draft_orders, selections
+    )
 
 
 def _string(body: dict, name: str) -> str:
@@ -114,5 +116,10 @@ def _draft_orders(context: dict) -> list[dict]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise BadRequest("context.draftOrders.entry must be an array")
-    return [e["resource"] for e in entries
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict) and isinstance(e["resource"].get("resourceType"), str)]
+    return [
+        e["resource"]
+        for e in entries
+        if isinstance(e, dict)
+        and isinstance(e.get("resource"), dict)
+        and isinstance(e["resource"].get("resourceType"), str)
+    ]

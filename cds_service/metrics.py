@@ -11,6 +11,7 @@ Label values are bounded: a service id from the URL is a label only when it name
 services, hooks only when parsed and accepted, and endpoints are route templates, never paths.
 No patient data is ever a label.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,24 +39,40 @@ bp = Blueprint("metrics", __name__)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0)
 
-HOOK_CALLS = Histogram("legmove_hook_call_duration_seconds",
-                       "Hook calls by service, hook and HTTP status, end to end inside the service",
-                       ["service", "hook", "status"], buckets=_CALL_BUCKETS)
-STAGES = Histogram("legmove_evaluation_stage_duration_seconds",
-                   "Time per stage of a hook call: data (prefetch/FHIR), facts, engine (rule evaluation), cards",
-                   ["hook", "stage"], buckets=_STAGE_BUCKETS)
+HOOK_CALLS = Histogram(
+    "legmove_hook_call_duration_seconds",
+    "Hook calls by service, hook and HTTP status, end to end inside the service",
+    ["service", "hook", "status"],
+    buckets=_CALL_BUCKETS,
+)
+STAGES = Histogram(
+    "legmove_evaluation_stage_duration_seconds",
+    "Time per stage of a hook call: data (prefetch/FHIR), facts, engine (rule evaluation), cards",
+    ["hook", "stage"],
+    buckets=_STAGE_BUCKETS,
+)
 CARDS = Counter("legmove_cards_total", "Cards returned, by hook, rule and indicator", ["hook", "rule", "indicator"])
-FHIR_FETCHES = Histogram("legmove_fhir_fetch_duration_seconds",
-                         "Requests to a client's FHIR server (one per page), by outcome", ["outcome"],
-                         buckets=_CALL_BUCKETS)
-FHIR_ERRORS = Counter("legmove_fhir_fetch_errors_total",
-                      "Failed requests to a client's FHIR server, by outcome (timeout, connection_error, "
-                      "http_4xx, http_5xx, deadline, too_large, invalid_response, transport_error)", ["outcome"])
-RESPONSES = Counter("legmove_http_responses_total", "HTTP responses by route template and status",
-                    ["endpoint", "status"])
+FHIR_FETCHES = Histogram(
+    "legmove_fhir_fetch_duration_seconds",
+    "Requests to a client's FHIR server (one per page), by outcome",
+    ["outcome"],
+    buckets=_CALL_BUCKETS,
+)
+FHIR_ERRORS = Counter(
+    "legmove_fhir_fetch_errors_total",
+    "Failed requests to a client's FHIR server, by outcome (timeout, connection_error, "
+    "http_4xx, http_5xx, deadline, too_large, invalid_response, transport_error)",
+    ["outcome"],
+)
+RESPONSES = Counter(
+    "legmove_http_responses_total", "HTTP responses by route template and status", ["endpoint", "status"]
+)
 # livesum: a worker that died mid-request is dropped by gunicorn.conf.py's child_exit hook
-IN_FLIGHT = Gauge("legmove_http_requests_in_flight", "Requests being handled now (summed over live workers)",
-                  multiprocess_mode="livesum")
+IN_FLIGHT = Gauge(
+    "legmove_http_requests_in_flight",
+    "Requests being handled now (summed over live workers)",
+    multiprocess_mode="livesum",
+)
 
 
 def init_app(app: Flask) -> None:
@@ -84,6 +101,7 @@ def _request_finished(_exc) -> None:
 
 # ---- hooks called from the modules doing the work --------------------------------------------
 
+
 def hook_call_answered(record: dict, known_services) -> None:
     """api.py, once per hook call, from the record it logs (service, hook, status, total_ms)."""
     service = record["service"] if record["service"] in known_services else "unknown"
@@ -101,6 +119,7 @@ def advice_given(hook: str, cards: list[dict], timings_ms: dict[str, float]) -> 
 
 def timed_fhir_fetch(get):
     """Decorator for the FHIR client's single-request method: latency and outcome per request."""
+
     @functools.wraps(get)
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
@@ -113,6 +132,7 @@ def timed_fhir_fetch(get):
             raise
         finally:
             FHIR_FETCHES.labels(outcome).observe(time.perf_counter() - started)
+
     return wrapper
 
 
@@ -140,6 +160,7 @@ def fhir_outcome(exc: BaseException) -> str:
 
 
 # ---- the scrape endpoint ------------------------------------------------------------------------
+
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

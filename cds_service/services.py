@@ -9,6 +9,7 @@ one of them unreachable. Its prefetch templates are the union of what its rules 
 order-select and order-sign (with a `Deprecation` header) and accepts feedback on cards of either
 order service, but discovery no longer lists it (listing it would bring back the shared URL).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,16 +23,19 @@ SERVICE_TEXT = {
     ("legmove-patient-view", "patient-view"): (
         "Leg movements: chart review",
         "On opening a chart: iron stores and worsening drugs in restless legs syndrome, its mimics and secondary "
-        "causes; PLMS/PLMD criteria; red flags and work-up in fasciculations; causes and work-up of myoclonus."),
+        "causes; PLMS/PLMD criteria; red flags and work-up in fasciculations; causes and work-up of myoclonus.",
+    ),
     ("legmove-order-select", "order-select"): (
         "Leg movements: order check",
         "When an order is selected: drugs that worsen RLS or cause myoclonus, dopaminergic drugs, quinine or "
         "polysomnography for simple cramps, repeat EMG or imaging in benign fasciculations; iron, mimics and "
-        "akathisia when an RLS drug is chosen. The former shared id legmove-orders is a deprecated alias."),
+        "akathisia when an RLS drug is chosen. The former shared id legmove-orders is a deprecated alias.",
+    ),
     ("legmove-order-sign", "order-sign"): (
         "Leg movements: order check at signing",
         "Before signing: re-checks every draft order with the order-select checks that apply to all drafts. "
-        "The former shared id legmove-orders is a deprecated alias."),
+        "The former shared id legmove-orders is a deprecated alias.",
+    ),
 }
 
 # deprecated id -> the ids it stands for (each serving one hook)
@@ -125,7 +129,9 @@ def _negated(expression) -> list:
 def _literals(expression, name: str) -> set[str]:
     if isinstance(expression, dict):
         found = {v for k, v in expression.items() if k == name and isinstance(v, str)}
-        return found.union(*(_literals(v, name) for k, v in expression.items() if not (k == name and isinstance(v, str))))
+        return found.union(
+            *(_literals(v, name) for k, v in expression.items() if not (k == name and isinstance(v, str)))
+        )
     if isinstance(expression, list):
         return set().union(*(_literals(v, name) for v in expression))
     return set()
@@ -150,14 +156,19 @@ class Service:
         return tuple(rule for rule in self.rule_ids if not self.rule_keys[rule] & unknown)
 
     def discovery_entry(self) -> dict:
-        entry = {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
-                 "prefetch": dict(self.prefetch),
-                 "usageRequirements": "Needs read access to Patient, Condition, Observation, ServiceRequest, Procedure, "
-                                      "DiagnosticReport, MedicationRequest and MedicationStatement for the context "
-                                      "patient (prefetch or fhirServer); a key left out only silences the rules "
-                                      "that read it. The PLMS index has no LOINC code: it is read by the local code "
-                                      "in setting plms_index_code, which joins the labs template once set to a "
-                                      "system the deployment owns."}
+        entry = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+            "usageRequirements": "Needs read access to Patient, Condition, Observation, ServiceRequest, Procedure, "
+            "DiagnosticReport, MedicationRequest and MedicationStatement for the context "
+            "patient (prefetch or fhirServer); a key left out only silences the rules "
+            "that read it. The PLMS index has no LOINC code: it is read by the local code "
+            "in setting plms_index_code, which joins the labs template once set to a "
+            "system the deployment owns.",
+        }
         if not entry["prefetch"]:
             del entry["prefetch"]
         return entry
@@ -172,8 +183,10 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
     for card in (s for s in specs if s.stratum == CARD):
         chain = _with_derivations([card], specs)
         if any("labs" in s.needs for s in chain) and hook_analytes(chain) == frozenset():
-            raise ValueError(f"rule {card.id} reads labs but neither its conditions nor analytes= name an analyte: "
-                             "declare the analytes its card reads")
+            raise ValueError(
+                f"rule {card.id} reads labs but neither its conditions nor analytes= name an analyte: "
+                "declare the analytes its card reads"
+            )
     services = {}
     for (service_id, hook), (title, description) in SERVICE_TEXT.items():
         cards = [s for s in specs if s.stratum == CARD and hook in s.hooks]
@@ -181,11 +194,14 @@ def build_services(specs: list[RuleSpec], term: Terminology) -> dict[tuple[str, 
         keys = {key for s in used for key in s.needs}
         analytes = hook_analytes(used)
         templates = queries(term, analytes)
-        rule_keys = {card.id: frozenset(key for s in _with_derivations([card], specs)
-                                        for key in set(s.needs) | keys_matched(s)) for card in cards}
+        rule_keys = {
+            card.id: frozenset(key for s in _with_derivations([card], specs) for key in set(s.needs) | keys_matched(s))
+            for card in cards
+        }
         prefetch = {k: t for k, t in templates.items() if k in keys} | optional_queries(keys)
-        services[(service_id, hook)] = Service(service_id, hook, title, description, tuple(s.id for s in cards),
-                                               prefetch, analytes, rule_keys)
+        services[(service_id, hook)] = Service(
+            service_id, hook, title, description, tuple(s.id for s in cards), prefetch, analytes, rule_keys
+        )
     return services
 
 

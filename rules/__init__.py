@@ -5,10 +5,20 @@ card rule its inclusion and exclusion criteria; docs/knowledge.md says which sou
 follow and why, docs/rules.md lists every rule as compiled. Add a new module here;
 `cds_service.services` reads the registry, never the modules directly.
 """
+
 from importlib import import_module
 
-MODULES = ("rules.diagnoses", "rules.iron", "rules.rls_drugs", "rules.cramps", "rules.plm", "rules.fasciculation",
-           "rules.myoclonus", "rules.mimics", "rules.special_populations")
+MODULES = (
+    "rules.diagnoses",
+    "rules.iron",
+    "rules.rls_drugs",
+    "rules.cramps",
+    "rules.plm",
+    "rules.fasciculation",
+    "rules.myoclonus",
+    "rules.mimics",
+    "rules.special_populations",
+)
 
 
 def load_all(extra: tuple[str, ...] | list[str] = ()) -> None:

@@ -4,6 +4,7 @@ No recommendation of its own, and nothing here decides whether a rule fires; tha
 `when`. Cards read settings and facts through the render context (`ctx.settings`, `ctx.params`,
 `ctx.patient`, `ctx.facts_of`, `ctx.labs`, `ctx.conditions_in`).
 """
+
 from __future__ import annotations
 
 from cds_service.authoring.criteria import all_of, hook_is
@@ -23,9 +24,20 @@ def seeds(*names: str) -> str:
     return "seed " + ", ".join(names)
 
 
-def review_triggers(*, view_id: str, order_id: str, produces: str, module: str, citation: str, titles: tuple[str, str],
-                    selected_drug, order_logic: str, view_extra: tuple = (), view_logic: str = "the hook is patient-view",
-                    trigger=lambda drug: "order-select") -> None:
+def review_triggers(
+    *,
+    view_id: str,
+    order_id: str,
+    produces: str,
+    module: str,
+    citation: str,
+    titles: tuple[str, str],
+    selected_drug,
+    order_logic: str,
+    view_extra: tuple = (),
+    view_logic: str = "the hook is patient-view",
+    trigger=lambda drug: "order-select",
+) -> None:
     """Register the pair of findings that say "this topic is due": `view_id` on patient-view (plus
     any `view_extra` criteria) and `order_id` on order-select of the draft medication that
     `selected_drug` (a `selected_draft(..., alias="drug")`) describes. `trigger(drug)` names what
@@ -41,14 +53,30 @@ def review_triggers(*, view_id: str, order_id: str, produces: str, module: str, 
 
     for fn, suffix in ((on_view, "view"), (on_order, "order")):
         fn.__module__, fn.__name__ = module, f"{produces}_on_{suffix}"
-    derivation(id=view_id, title=titles[0], citation=citation, produces=produces, logic=view_logic,
-               when=all_of(inclusion=[hook_is("patient-view"), *view_extra]))(on_view)
-    derivation(id=order_id, title=titles[1], citation=citation, produces=produces, logic=order_logic,
-               when=all_of(inclusion=[hook_is("order-select"), selected_drug]))(on_order)
+    derivation(
+        id=view_id,
+        title=titles[0],
+        citation=citation,
+        produces=produces,
+        logic=view_logic,
+        when=all_of(inclusion=[hook_is("patient-view"), *view_extra]),
+    )(on_view)
+    derivation(
+        id=order_id,
+        title=titles[1],
+        citation=citation,
+        produces=produces,
+        logic=order_logic,
+        when=all_of(inclusion=[hook_is("order-select"), selected_drug]),
+    )(on_order)
 
 
-HOW_MATCHED = {"rxnorm-product": "its product code", "rxnorm-ingredient": "its ingredient code",
-               "atc": "its ATC class", "text": "its name (no usable code)"}
+HOW_MATCHED = {
+    "rxnorm-product": "its product code",
+    "rxnorm-ingredient": "its ingredient code",
+    "atc": "its ATC class",
+    "text": "its name (no usable code)",
+}
 
 
 def unique(matches, alias: str) -> list[dict]:
@@ -58,9 +86,17 @@ def unique(matches, alias: str) -> list[dict]:
 
 def drug_fields(drug: dict) -> dict:
     """A drug's identity for a finding; `label` carries its name (a finding's `name` is the finding's)."""
-    return {"resource_ref": drug["resource_ref"], "label": drug["name"], "classes": drug["classes"],
-            "ingredients": drug["ingredients"], "matched_by": drug["matched_by"], "code": drug["code"],
-            "origin": drug["origin"], "selected": drug["selected"], "since": drug["since"]}
+    return {
+        "resource_ref": drug["resource_ref"],
+        "label": drug["name"],
+        "classes": drug["classes"],
+        "ingredients": drug["ingredients"],
+        "matched_by": drug["matched_by"],
+        "code": drug["code"],
+        "origin": drug["origin"],
+        "selected": drug["selected"],
+        "since": drug["since"],
+    }
 
 
 def as_drug(finding: dict) -> dict:
@@ -89,8 +125,10 @@ def class_of(drug: dict, wanted, ctx) -> str:
 def drug_line(drug: dict, class_title: str) -> str:
     """How a drug was recognised, in clinical words ("sertraline 50 MG Oral Tablet: an SSRI, recognised by its
     product code"); the codes themselves and the resource reference are in the card's extension."""
-    return (f"**{escape(drug['name'])}**: {article(class_title)} {class_title}, recognised by "
-            f"{HOW_MATCHED.get(drug['matched_by'], 'its coding')}")
+    return (
+        f"**{escape(drug['name'])}**: {article(class_title)} {class_title}, recognised by "
+        f"{HOW_MATCHED.get(drug['matched_by'], 'its coding')}"
+    )
 
 
 def article(word: str) -> str:
@@ -102,8 +140,11 @@ def condition_names(conditions: list[dict], limit: int = 2, width: int = 40) -> 
     names = list(dict.fromkeys(c["display"] for c in conditions))
     for shown in range(min(limit, len(names)), 0, -1):
         rest = len(names) - shown
-        text = " and ".join(names[:shown]) if not rest else (
-            f"{', '.join(names[:shown])} and {rest} other condition{'s' if rest > 1 else ''}")
+        text = (
+            " and ".join(names[:shown])
+            if not rest
+            else (f"{', '.join(names[:shown])} and {rest} other condition{'s' if rest > 1 else ''}")
+        )
         if len(text) <= width or shown == 1:
             return text
     return names[0] if names else ""
@@ -111,7 +152,10 @@ def condition_names(conditions: list[dict], limit: int = 2, width: int = 40) -> 
 
 def removal_suggestions(drafts: list[dict]) -> tuple[list[SuggestionDraft], str]:
     """'Remove this order' for each offending draft (never recommended), and the selection behaviour."""
-    suggestions = [SuggestionDraft(label=f"Remove this order ({drug_name(d['name'])})",
-                                   actions=[remove_draft(d["resource_ref"], d["name"])]) for d in drafts]
+    suggestions = [
+        SuggestionDraft(
+            label=f"Remove this order ({drug_name(d['name'])})", actions=[remove_draft(d["resource_ref"], d["name"])]
+        )
+        for d in drafts
+    ]
     return suggestions, "at-most-one" if len(drafts) == 1 else "any"
-

@@ -21,8 +21,18 @@ the test's name (a name search), never as a "PLMS arousal index", which measures
   sleep-study results are not coded). Include: PLMD coded without an index above the threshold, or
   without a sleep complaint or daytime fatigue. Exclude: both criteria documented.
 """
-from cds_service.authoring.criteria import (all_of, coded, data_gap, finding, hook_is, params, patient, readable_result,
-                                            setting)
+
+from cds_service.authoring.criteria import (
+    all_of,
+    coded,
+    data_gap,
+    finding,
+    hook_is,
+    params,
+    patient,
+    readable_result,
+    setting,
+)
 from cds_service.authoring.rulebook import CardDraft, card_rule, derivation, fill
 
 from .common import AASM_2024, CATALOG, SEED_000, SEED_001, seeds, unique
@@ -40,16 +50,27 @@ def _register_b(id: str, child: bool) -> None:
     who = "child" if child else "adult"
 
     def derive(match):
-        return {"variant": "B", "index": match["idx"]["value"], "resource_ref": match["idx"]["resource_ref"],
-                "threshold": match["params"][f"plms_index_threshold_{who}"], "age_known": match["patient"]["age_known"]}
+        return {
+            "variant": "B",
+            "index": match["idx"]["value"],
+            "resource_ref": match["idx"]["resource_ref"],
+            "threshold": match["params"][f"plms_index_threshold_{who}"],
+            "age_known": match["patient"]["age_known"],
+        }
 
     derive.__name__ = f"plms_without_complaint_{who}"
-    derivation(id=id, title=f"PLMS index above the {who} threshold without a complaint",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
-               logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
-               when=all_of(inclusion=[hook_is("patient-view"), params(), patient(child=child),
-                                      _index_above(child, alias="idx")],
-                           exclusion=[coded("RLS", "SLEEP_COMPLAINT")]))(derive)
+    derivation(
+        id=id,
+        title=f"PLMS index above the {who} threshold without a complaint",
+        citation=f"{SEEDS}; {CATALOG} R7",
+        produces="plm_case",
+        needs=("labs", "plms_index_by_text", "conditions", "patient"),
+        logic=f"PLMS index > {who} threshold, no RLS and no sleep complaint or fatigue",
+        when=all_of(
+            inclusion=[hook_is("patient-view"), params(), patient(child=child), _index_above(child, alias="idx")],
+            exclusion=[coded("RLS", "SLEEP_COMPLAINT")],
+        ),
+    )(derive)
 
 
 def _register_a(id: str, missing: str, child: bool | None, exclusion: list) -> None:
@@ -60,49 +81,92 @@ def _register_a(id: str, missing: str, child: bool | None, exclusion: list) -> N
 
     derive.__name__ = f"plmd_criterion_missing_{missing}{who.lower().replace('-', '_')}"
     age = [] if child is None else [patient(child=child)]
-    derivation(id=id, title=f"PLMD coded without {missing}",
-               citation=f"{SEEDS}; {CATALOG} R7", produces="plm_case", needs=("labs", "plms_index_by_text", "conditions", "patient"),
-               logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
-               when=all_of(inclusion=[hook_is("patient-view"), params(r7_documentation_check=True),
-                                      finding("plmd", alias="plmd"), *age],
-                           exclusion=exclusion))(derive)
+    derivation(
+        id=id,
+        title=f"PLMD coded without {missing}",
+        citation=f"{SEEDS}; {CATALOG} R7",
+        produces="plm_case",
+        needs=("labs", "plms_index_by_text", "conditions", "patient"),
+        logic=f"PLMD present and no {missing} documented (r7_documentation_check on)",
+        when=all_of(
+            inclusion=[
+                hook_is("patient-view"),
+                params(r7_documentation_check=True),
+                finding("plmd", alias="plmd"),
+                *age,
+            ],
+            exclusion=exclusion,
+        ),
+    )(derive)
 
 
 _register_b("F-PLMS-NO-COMPLAINT-ADULT", child=False)
 _register_b("F-PLMS-NO-COMPLAINT-CHILD", child=True)
-_register_a("F-PLMD-NO-INDEX-ADULT", "a PLMS index above the threshold", False,
-            exclusion=[_index_above(False), data_gap("labs", "plms_index_by_text")])
-_register_a("F-PLMD-NO-INDEX-CHILD", "a PLMS index above the threshold", True,
-            exclusion=[_index_above(True), data_gap("labs", "plms_index_by_text")])
+_register_a(
+    "F-PLMD-NO-INDEX-ADULT",
+    "a PLMS index above the threshold",
+    False,
+    exclusion=[_index_above(False), data_gap("labs", "plms_index_by_text")],
+)
+_register_a(
+    "F-PLMD-NO-INDEX-CHILD",
+    "a PLMS index above the threshold",
+    True,
+    exclusion=[_index_above(True), data_gap("labs", "plms_index_by_text")],
+)
 _register_a("F-PLMD-NO-COMPLAINT", "a sleep complaint or daytime fatigue", None, exclusion=[coded("SLEEP_COMPLAINT")])
 
 
-@card_rule(id="R7", title="PLMD criteria / PLMS without complaint", citation=f"{SEEDS}; child threshold: {AASM_2024}",
-           hooks=("patient-view",), needs=("labs", "plms_index_by_text", "conditions", "patient"),
-           logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
-                 "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
-           when=all_of(inclusion=[finding("plm_case", alias="case")]))
+@card_rule(
+    id="R7",
+    title="PLMD criteria / PLMS without complaint",
+    citation=f"{SEEDS}; child threshold: {AASM_2024}",
+    hooks=("patient-view",),
+    needs=("labs", "plms_index_by_text", "conditions", "patient"),
+    logic="B: PLMS index above the threshold (adult > 15/h, child > 5/h) with no RLS and no sleep complaint; "
+    "A (r7_documentation_check): PLMD coded without the index or without a sleep complaint",
+    when=all_of(inclusion=[finding("plm_case", alias="case")]),
+)
 def plm_criteria(matches, ctx):
     cases = [match["case"] for match in matches]
     b = next((case for case in cases if case["variant"] == "B"), None)
     index = ctx.labs("plms_index")
     if b:
-        why = (f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
-               "legs syndrome and no sleep complaint or daytime fatigue coded. Periodic limb movements without sleep "
-               "disruption or daytime fatigue usually need no treatment.")
+        why = (
+            f"A PLMS index of {b['index']:g}/h is above the threshold of {b['threshold']:g}/h, with no restless "
+            "legs syndrome and no sleep complaint or daytime fatigue coded. Periodic limb movements without sleep "
+            "disruption or daytime fatigue usually need no treatment."
+        )
         notes = ["PLMD requires the complaint as well as the index."]
         if not b["age_known"]:
-            notes.append("The patient's age is uncertain (birth date missing or only partly known), so the adult "
-                         "threshold is used.")
-        return CardDraft(summary=fill("PLMS index {index} /h without sleep complaint or daytime fatigue: treatment "
-                                      "usually unnecessary", index=f"{b['index']:g}"),
-                         indicator="info", why=why, notes=notes, evidence=[b] + index,
-                         thresholds={"plms_index_threshold": b["threshold"]})
+            notes.append(
+                "The patient's age is uncertain (birth date missing or only partly known), so the adult "
+                "threshold is used."
+            )
+        return CardDraft(
+            summary=fill(
+                "PLMS index {index} /h without sleep complaint or daytime fatigue: treatment usually unnecessary",
+                index=f"{b['index']:g}",
+            ),
+            indicator="info",
+            why=why,
+            notes=notes,
+            evidence=[b] + index,
+            thresholds={"plms_index_threshold": b["threshold"]},
+        )
     missing = sorted({case["missing"] for case in cases})
     threshold = ctx.settings.plms_index_threshold_adult
     child = ctx.settings.plms_index_threshold_child
-    why = (f"PLMD is coded but the record lacks {' and '.join(missing)}. PLMD needs a polysomnographic PLMS index "
-           f"above {threshold:g}/h (children: above {child:g}/h, AASM 2024) plus sleep disturbance or daytime fatigue.")
-    return CardDraft(summary=fill("PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime "
-                                  "fatigue", plms=f"{threshold:g}"),
-                     indicator="info", why=why, evidence=unique(matches, "case") + index + ctx.conditions_in("PLMD"))
+    why = (
+        f"PLMD is coded but the record lacks {' and '.join(missing)}. PLMD needs a polysomnographic PLMS index "
+        f"above {threshold:g}/h (children: above {child:g}/h, AASM 2024) plus sleep disturbance or daytime fatigue."
+    )
+    return CardDraft(
+        summary=fill(
+            "PLMD diagnosis needs a PSG PLMS index >{plms} /h plus sleep disturbance or daytime fatigue",
+            plms=f"{threshold:g}",
+        ),
+        indicator="info",
+        why=why,
+        evidence=unique(matches, "case") + index + ctx.conditions_in("PLMD"),
+    )

@@ -16,12 +16,13 @@ meaning). `--write` puts the block into the file and keeps everything else as it
 Pinning records what the service does, not what it should do: read every card the block lists
 and state in the fixture's description why each card beyond the rule under test is right.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ from fixture_pins import DerivedFindings, card_keys, is_silent_fixture, rule_of 
 _IGNORED = {"id", "fullUrl", "subject", "patient", "meta", "hookInstance"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _client(config_json: str):
     from cds_service.app import create_app
 
@@ -59,8 +60,11 @@ def _chart(fixture: dict) -> set[str]:
     request = fixture["request"]
     items = set()
     for key, value in (request.get("prefetch") or {}).items():
-        entries = value.get("entry", []) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else [
-            {"resource": value}]
+        entries = (
+            value.get("entry", [])
+            if isinstance(value, dict) and value.get("resourceType") == "Bundle"
+            else [{"resource": value}]
+        )
         items |= {json.dumps([key, _strip(e.get("resource"))], sort_keys=True) for e in entries}
     context = request["context"]
     for entry in (context.get("draftOrders") or {}).get("entry", []):
@@ -103,8 +107,9 @@ def pin(path: Path, spy: DerivedFindings) -> tuple[dict, str | None]:
                 near_miss["varies"] = suggestion
                 note = f"{path}: near_miss.varies suggested as {suggestion!r}; check it"
         # the findings of the rule under test that did derive; when none did, every finding that did
-        near_miss["derived"] = sorted((derived & findings_read(REGISTRY[rule]) if rule in REGISTRY else set())
-                                      or derived)
+        near_miss["derived"] = sorted(
+            (derived & findings_read(REGISTRY[rule]) if rule in REGISTRY else set()) or derived
+        )
         if rule in rule_of(expect["cards"]):
             note = f"{path}: a silent fixture, but {rule} gives a card"
     block = {"expect": expect} | ({"near_miss": near_miss} if near_miss is not None else {})
@@ -120,8 +125,9 @@ def write(path: Path, block: dict) -> None:
         if key == "expect" and "near_miss" in block:
             out["near_miss"] = block["near_miss"]
     out |= {k: v for k, v in block.items() if k not in out}
-    path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + ("\n" if text.endswith("\n") else ""),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(out, indent=2, ensure_ascii=False) + ("\n" if text.endswith("\n") else ""), encoding="utf-8"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,20 @@
 """What clinician text on a card may not contain (the two-layer rule: machine detail belongs in the
 card's extension). Shared by the tests that render every fixture and by ad-hoc checks."""
+
 from __future__ import annotations
 
 import re
 
-_FHIR_TYPES = ("Condition|Observation|MedicationRequest|MedicationStatement|Medication|ServiceRequest|Procedure|"
-               "Patient|Encounter|DiagnosticReport|Practitioner|AllergyIntolerance|Bundle")
+_FHIR_TYPES = (
+    "Condition|Observation|MedicationRequest|MedicationStatement|Medication|ServiceRequest|Procedure|"
+    "Patient|Encounter|DiagnosticReport|Practitioner|AllergyIntolerance|Bundle"
+)
 CHECKS = (
     ("a file name", re.compile(r"\b\w+\.(txt|json|csv|md|py)\b|\b\d{3}_[0-9a-f]{6,}")),
-    ("a FHIR resource id", re.compile(rf"\b(?:{_FHIR_TYPES})/[A-Za-z0-9\-.\\]+|\b[A-Z][A-Za-z]+/[A-Za-z0-9\-.]*\d[A-Za-z0-9\-.]*\b")),
+    (
+        "a FHIR resource id",
+        re.compile(rf"\b(?:{_FHIR_TYPES})/[A-Za-z0-9\-.\\]+|\b[A-Z][A-Za-z]+/[A-Za-z0-9\-.]*\d[A-Za-z0-9\-.]*\b"),
+    ),
     ("a rule id as prose", re.compile(r"\bRules? R\d+|\(R\d+\)|\bsee R\d+|\bR\d{1,2}\b(?![.\d])")),
     ("a word cut before an ellipsis", re.compile(r"\w(…|\.\.\.)")),
     ("a profile or seed name", re.compile(r"\bseed\b|\bprofile\b", re.IGNORECASE)),
@@ -30,8 +36,9 @@ def problems(card: dict) -> list[str]:
     found = []
     texts = [("summary", card["summary"]), ("detail", card["detail"])]
     texts += [(f"suggestion '{s['label']}'", s["label"]) for s in card.get("suggestions", [])]
-    texts += [(f"action '{a['description']}'", a["description"]) for s in card.get("suggestions", [])
-              for a in s["actions"]]
+    texts += [
+        (f"action '{a['description']}'", a["description"]) for s in card.get("suggestions", []) for a in s["actions"]
+    ]
     for where, text in texts:
         for what, pattern in CHECKS:
             hit = pattern.search(text)

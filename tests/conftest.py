@@ -1,4 +1,5 @@
 """Shared test fixtures: the app, the fixture requests, a real FHIR server, response checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -60,6 +61,7 @@ def derived_findings():
 
 # ---- checklist 9.9: machine-checkable response rules ------------------------------------
 
+
 def _no_empties(value, path="$"):
     if isinstance(value, dict):
         for key, item in value.items():
@@ -86,8 +88,10 @@ def assert_valid_cds_response(body: dict) -> None:
         assert card["detail"], "every card explains itself"
         rule = card["extension"][EXTENSION]["rule"]
         assert card["source"]["topic"]["code"] == rule, "source.topic names the rule (the text need not)"
-        assert any(link["label"] == "Why this card" and link["url"].endswith(f"/rules/{rule}")
-                   for link in card.get("links", [])), "every card links to its rule page"
+        assert any(
+            link["label"] == "Why this card" and link["url"].endswith(f"/rules/{rule}")
+            for link in card.get("links", [])
+        ), "every card links to its rule page"
         uuids.append(card["uuid"])
         suggestions = card.get("suggestions")
         if suggestions:
@@ -102,7 +106,9 @@ def assert_valid_cds_response(body: dict) -> None:
                 for action in suggestion.get("actions", []):
                     assert action["type"] in ("create", "update", "delete") and action["description"]
                     if action["type"] == "delete":
-                        assert re.match(r"^[A-Za-z]+/[A-Za-z0-9\-.]+$", action["resourceId"]) and "resource" not in action
+                        assert (
+                            re.match(r"^[A-Za-z]+/[A-Za-z0-9\-.]+$", action["resourceId"]) and "resource" not in action
+                        )
                     else:
                         assert isinstance(action["resource"], dict) and action["resource"]["resourceType"]
         else:
@@ -119,6 +125,7 @@ def assert_valid_cds_response(body: dict) -> None:
 
 
 # ---- a real FHIR server on loopback ------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -138,11 +145,18 @@ class FhirServer:
         settings.write_text(
             f"base_url: {self.base_url}\nhost: 127.0.0.1\nport: {self.port}\ndata_dir: {workdir / 'data'}\n"
             "simulator: {enabled: false}\nlog_inbound: false\nvalidation: {inbound: 'off'}\n"
-            f"server_auth: {server_auth or f'{{types: [bearer], tokens: [{FHIR_TOKEN}]}}'}\n", encoding="utf-8")
+            f"server_auth: {server_auth or f'{{types: [bearer], tokens: [{FHIR_TOKEN}]}}'}\n",
+            encoding="utf-8",
+        )
         executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
-        self.log = open(workdir / "server.log", "w")
-        self.process = subprocess.Popen([executable, "serve", "-c", str(settings)], cwd=workdir,
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log = open(workdir / "server.log", "w")  # noqa: SIM115 - the process writes it until stop() closes it
+        self.process = subprocess.Popen(
+            [executable, "serve", "-c", str(settings)],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -162,8 +176,14 @@ class FhirServer:
         return {"Authorization": f"Bearer {FHIR_TOKEN}", "Content-Type": "application/fhir+json"}
 
     def transaction(self, resources: list[dict]) -> None:
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources]}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in resources
+            ],
+        }
         response = requests.post(self.base_url, json=bundle, headers=self.headers(), timeout=30)
         assert response.status_code == 200, response.text[:500]
 
@@ -198,23 +218,33 @@ def as_server_request(request: dict, server: FhirServer, keep_prefetch: tuple[st
     call = copy.deepcopy(request)
     call["prefetch"] = {k: v for k, v in call.get("prefetch", {}).items() if k in keep_prefetch}
     call["fhirServer"] = server.base_url
-    call["fhirAuthorization"] = {"access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                 "scope": "patient/*.read", "subject": "legmove-cds",
-                                 "patient": call["context"]["patientId"]}
+    call["fhirAuthorization"] = {
+        "access_token": FHIR_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+        "patient": call["context"]["patientId"],
+    }
     return call
 
 
 def namespace_map(resources: list[dict], prefix: str) -> dict[str, str]:
     """`Type/id` -> `Type/prefix.id` for every resource `namespaced` renames."""
-    return {f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/" + f"{prefix}.{r['id']}"[:64]
-            for r in resources if r["resourceType"] != "Patient"}
+    return {
+        f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/" + f"{prefix}.{r['id']}"[:64]
+        for r in resources
+        if r["resourceType"] != "Patient"
+    }
 
 
 def rewrite_references(value, mapping: dict[str, str]):
     """A copy of `value` whose `reference` fields point to the renamed resources."""
     if isinstance(value, dict):
-        return {k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else rewrite_references(v, mapping))
-                for k, v in value.items()}
+        return {
+            k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else rewrite_references(v, mapping))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [rewrite_references(v, mapping) for v in value]
     return value
@@ -241,7 +271,9 @@ def patient_variant(request: dict, number: int) -> tuple[dict, str]:
     text = text.replace(f'"Patient/{old}"', f'"Patient/{pid}"').replace(f'"{old}"', f'"{pid}"')
     call = json.loads(text)
     for value in list(call.get("prefetch", {}).values()) + [call["context"].get("draftOrders")]:
-        for entry in (value or {}).get("entry", []) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []:
+        for entry in (
+            (value or {}).get("entry", []) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []
+        ):
             resource = entry["resource"]
             if resource["resourceType"] != "Patient":
                 resource["id"] = f"{pid}-{resource['id']}"

@@ -20,6 +20,7 @@ A silent fixture (one whose file name starts with `silent-`) also says which nea
 each finding named in `derived` must really have been derived for the request, which
 `DerivedFindings` records from the engine without changing what it does.
 """
+
 from __future__ import annotations
 
 import threading
@@ -42,8 +43,9 @@ def finding_names() -> frozenset[str]:
 def variant(extension: dict, findings: frozenset[str] | None = None) -> str:
     findings = finding_names() if findings is None else findings
     parts = ["+".join(sorted(name for name in extension.get("findings", []) if name in findings))]
-    analytes = sorted({fact["analyte"] for fact in extension.get("evidence", [])
-                       if fact.get("kind") == "lab" and fact.get("analyte")})
+    analytes = sorted(
+        {fact["analyte"] for fact in extension.get("evidence", []) if fact.get("kind") == "lab" and fact.get("analyte")}
+    )
     if analytes:
         parts.append("labs=" + "+".join(analytes))
     thresholds = extension.get("thresholds") or {}
@@ -57,8 +59,12 @@ def variant(extension: dict, findings: frozenset[str] | None = None) -> str:
 
 def card_key(card: dict, findings: frozenset[str] | None = None) -> dict:
     extension = card["extension"][EXTENSION]
-    return {"rule": extension["rule"], "indicator": card["indicator"], "variant": variant(extension, findings),
-            "suggestions": len(card.get("suggestions") or [])}
+    return {
+        "rule": extension["rule"],
+        "indicator": card["indicator"],
+        "variant": variant(extension, findings),
+        "suggestions": len(card.get("suggestions") or []),
+    }
 
 
 def _order(key: dict) -> tuple:
@@ -110,8 +116,12 @@ class DerivedFindings:
         """The findings derived from chart data, not from the hook alone (a review that is due on
         patient-view rests only on the context fact and derives for every chart)."""
         with self._lock:
-            return {finding["name"] for evaluation in self.evaluations for finding in evaluation
-                    if set(finding["basis"]) - HOOK_ONLY}
+            return {
+                finding["name"]
+                for evaluation in self.evaluations
+                for finding in evaluation
+                if set(finding["basis"]) - HOOK_ONLY
+            }
 
     @contextmanager
     def recording(self):

@@ -1,4 +1,5 @@
 """Test support for real gunicorn instances and their metrics (not a test module)."""
+
 import os
 import signal
 import subprocess
@@ -54,19 +55,33 @@ class Instance:
         self.log_path = workdir / f"gunicorn-{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - the process writes it until stop() closes it
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-             "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}", *extra_args, "cds_service.app:create_app()"],
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "--workers",
+                str(WORKERS),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                *extra_args,
+                "cds_service.app:create_app()",
+            ],
             # XDG_RUNTIME_DIR: gunicorn >= 27 puts its control socket there, one per master, not one per user
-            cwd=workdir, env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), XDG_RUNTIME_DIR=str(self.runtime_dir)),
+            cwd=workdir,
+            env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), XDG_RUNTIME_DIR=str(self.runtime_dir)),
             stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self.ready, f"instance {name} (see {self.log_path})")
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"instance {self.name} exited; see {self.log_path}")
-        return (requests.get(f"{self.base}/health/ready", timeout=2).status_code == 200
-                and len(children(self.process.pid)) == WORKERS)
+        return (
+            requests.get(f"{self.base}/health/ready", timeout=2).status_code == 200
+            and len(children(self.process.pid)) == WORKERS
+        )
 
     def metrics(self) -> str:
         response = requests.get(f"{self.base}/metrics", timeout=5)
@@ -74,8 +89,10 @@ class Instance:
         return response.text
 
     def hook_calls(self) -> float:
-        return sum(metric(self.metrics(), "legmove_hook_call_duration_seconds_count", service=s, status="200")
-                   for s in ("legmove-orders", "legmove-order-sign", "legmove-patient-view"))
+        return sum(
+            metric(self.metrics(), "legmove_hook_call_duration_seconds_count", service=s, status="200")
+            for s in ("legmove-orders", "legmove-order-sign", "legmove-patient-view")
+        )
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.process.poll() is None:

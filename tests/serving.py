@@ -1,6 +1,7 @@
 """Real processes for the hostile-network tests: the service under gunicorn.conf.py (the command
 `make run` uses) and misbehaving servers on loopback built on raw sockets, so they can do what a
 well-behaved HTTP framework would never do (drip bytes under a Content-Length, stall headers)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,18 +36,34 @@ class Service:
     def __init__(self, tmp: Path, workers: int = 1, command: list[str] | None = None, **env):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", PORT=str(self.port),
-                        WORKERS=str(workers), LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
-                        LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
-                        PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]))
+        self.env = dict(
+            os.environ,
+            LEGMOVE_CONFIG="test",
+            LEGMOVE_LOG_LEVEL="WARNING",
+            PORT=str(self.port),
+            WORKERS=str(workers),
+            LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
+            LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
+            PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]),
+        )
         self.env.pop("HOST", None)  # the default bind address is part of what is tested
         self.env.update(env)
         self.log_path = tmp / f"service-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - the process writes it until stop() closes it
-        command = command or [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-                              "cds_service.app:create_app()"]
-        self.process = subprocess.Popen(command, cwd=ROOT if command[0] == "make" else tmp, env=self.env,
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = command or [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "cds_service.app:create_app()",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT if command[0] == "make" else tmp,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.workers = workers
         self._wait_ready()
 
@@ -56,8 +73,10 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited early: {self.log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.base}/cds-services", timeout=2).status_code == 200 \
-                        and len(self.worker_pids()) >= self.workers:
+                if (
+                    requests.get(f"{self.base}/cds-services", timeout=2).status_code == 200
+                    and len(self.worker_pids()) >= self.workers
+                ):
                     return
             except (requests.RequestException, FileNotFoundError):
                 pass
@@ -142,5 +161,8 @@ class RawServer:
 
 
 def send_json(conn: socket.socket, body: bytes, status: str = "200 OK", extra: str = "") -> None:
-    conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
-                 f"Connection: close\r\n{extra}\r\n".encode() + body)
+    conn.sendall(
+        f"HTTP/1.1 {status}\r\nContent-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n{extra}\r\n".encode()
+        + body
+    )

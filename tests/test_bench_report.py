@@ -1,7 +1,8 @@
 """The benchmark's budget verdicts (bench/run.py): a run that answered nothing never meets a budget."""
+
 import sys
 from argparse import Namespace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from conftest import ROOT
 
@@ -10,8 +11,17 @@ from bench.run import REST, STAGES, Series, render  # noqa: E402
 
 
 def _run(rps=100.0, p99_ms=10.0, requests=1000, non2xx=0, errors=0) -> dict:
-    return {"requests": requests, "rps": rps, "p50_us": 1000, "p95_us": 2000, "p99_us": int(p99_ms * 1000),
-            "non2xx": non2xx, "socket_errors": errors, "wrk_cpu": 0.1, "workers_cpu": 1.9}
+    return {
+        "requests": requests,
+        "rps": rps,
+        "p50_us": 1000,
+        "p95_us": 2000,
+        "p99_us": int(p99_ms * 1000),
+        "non2xx": non2xx,
+        "socket_errors": errors,
+        "wrk_cpu": 0.1,
+        "workers_cpu": 1.9,
+    }
 
 
 def _series(pv200: dict, pv20k: dict[int, dict]) -> list[Series]:
@@ -26,8 +36,14 @@ def _series(pv200: dict, pv20k: dict[int, dict]) -> list[Series]:
 
 def _verdicts(series, peaks=None) -> dict[str, str]:
     split = {"patient-view, 200 resources": {**{k: 1.0 for k in STAGES}, "json parse": 1.0, REST: 1.0, "total": 7.0}}
-    text = render(series, split, peaks or {1: 150.0}, "make run", datetime(2026, 12, 3, tzinfo=timezone.utc),
-                  Namespace(duration=5))
+    text = render(
+        series,
+        split,
+        peaks or {1: 150.0},
+        "make run",
+        datetime(2026, 12, 3, tzinfo=UTC),
+        Namespace(duration=5),
+    )
     rows = [line.strip("|").split("|") for line in text.split("## Budgets")[1].splitlines() if line.startswith("| ")]
     return {name.strip(): met.strip() for name, _, met in rows[1:]}
 

@@ -5,6 +5,7 @@ FHIR ids, rule ids, cut words or profile jargon; the extension still carries eve
 every card's source URL is a served rule page or the DOI its label names; the numbers printed are the
 numbers the rule evaluated.
 """
+
 import copy
 import json
 import re
@@ -71,8 +72,9 @@ def test_source_url_is_rule_page_or_named_doi(path):
 
 def test_base_url_defaults_to_the_request_host(client):
     fixture = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
-    card = client.post(f"/cds-services/{fixture['service']}", json=fixture["request"],
-                       base_url="http://cds.local:8080").get_json()["cards"][0]
+    card = client.post(
+        f"/cds-services/{fixture['service']}", json=fixture["request"], base_url="http://cds.local:8080"
+    ).get_json()["cards"][0]
     assert card["links"][0]["url"] == "http://cds.local:8080/rules/R3"
     assert card["source"]["url"] == "http://cds.local:8080/rules/R3"
 
@@ -85,8 +87,11 @@ def test_extension_carries_what_the_text_dropped(path):
     sent = json.dumps(fixture["request"])
     for card in cards_of(fixture):
         explanation = card["extension"][EXTENSION]
-        assert explanation["ruleTitle"] and explanation["citationKeys"] and explanation["rulePage"].endswith(
-            f"/rules/{explanation['rule']}")
+        assert (
+            explanation["ruleTitle"]
+            and explanation["citationKeys"]
+            and explanation["rulePage"].endswith(f"/rules/{explanation['rule']}")
+        )
         refs = set(explanation["resources"])
         for ref in refs:
             assert ref.split("/", 1)[1] in sent, f"{ref} is a resource of this call"
@@ -107,8 +112,15 @@ def test_extension_keeps_the_references_and_codes_of_the_old_detail():
     """The README's R3 example: its old detail named these; they now live in the extension only."""
     card = cards_of(load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json"))[0]
     machine = json.dumps(card["extension"][EXTENSION])
-    for named in ("MedicationRequest/draft-sertraline", "312941", "rxnorm-product", "Condition/rls-1", "G25.81",
-                  "000_e09f97222edeabb3.txt", "001_9c4bd8494c6f1f15.txt"):
+    for named in (
+        "MedicationRequest/draft-sertraline",
+        "312941",
+        "rxnorm-product",
+        "Condition/rls-1",
+        "G25.81",
+        "000_e09f97222edeabb3.txt",
+        "001_9c4bd8494c6f1f15.txt",
+    ):
         assert named in machine
         assert named not in card["detail"] or named == "G25.81"  # ICD-10 codes may stay in the evidence list
     assert "sertraline 50 MG Oral Tablet" in card["detail"] and "SSRI" in card["detail"]
@@ -146,8 +158,11 @@ def test_r2_prints_the_overridden_seed_threshold_and_aasm_profile():
     aasm = load_fixture(ROOT / "fhir_fixtures/R2/fires-aasm-ferritin-70.json")
     profiles = _profiles(aasm2024__ferritin_iron_indicated_at_or_below=72)
     knowledge = {**aasm["config"]["KNOWLEDGE_OVERRIDES"], "profiles": profiles}
-    [card] = [c for c in cards_of({**aasm, "config": {**aasm["config"], "KNOWLEDGE_OVERRIDES": knowledge}})
-              if c["extension"][EXTENSION]["rule"] == "R2"]
+    [card] = [
+        c
+        for c in cards_of({**aasm, "config": {**aasm["config"], "KNOWLEDGE_OVERRIDES": knowledge}})
+        if c["extension"][EXTENSION]["rule"] == "R2"
+    ]
     assert "≤ 72 ng/mL" in lead(card["detail"]) and "75" not in _clinician_text(card)
 
 
@@ -158,13 +173,19 @@ def test_r2_disagreement_reads_as_two_sources():
     assert sentences(first) <= 2 and "seed" not in _clinician_text(card).lower()
 
 
-@pytest.mark.parametrize("product, short", [
-    ("diphenhydramine hydrochloride 25 MG Oral Tablet", "diphenhydramine 25 mg"),
-    ("gabapentin enacarbil 600 MG Extended Release Oral Tablet", "gabapentin enacarbil 600 mg"),
-    ("sertraline 50 MG Oral Tablet", "sertraline 50 MG Oral Tablet"),
-    ("chlorpheniramine maleate 4 MG Oral Tablet", "chlorpheniramine 4 mg"),
-    ("codeine phosphate 1.8 MG/ML / dexchlorpheniramine maleate 0.4 MG/ML Oral Solution", "codeine and dexchlorpheniramine"),
-])
+@pytest.mark.parametrize(
+    "product, short",
+    [
+        ("diphenhydramine hydrochloride 25 MG Oral Tablet", "diphenhydramine 25 mg"),
+        ("gabapentin enacarbil 600 MG Extended Release Oral Tablet", "gabapentin enacarbil 600 mg"),
+        ("sertraline 50 MG Oral Tablet", "sertraline 50 MG Oral Tablet"),
+        ("chlorpheniramine maleate 4 MG Oral Tablet", "chlorpheniramine 4 mg"),
+        (
+            "codeine phosphate 1.8 MG/ML / dexchlorpheniramine maleate 0.4 MG/ML Oral Solution",
+            "codeine and dexchlorpheniramine",
+        ),
+    ],
+)
 def test_long_product_names_become_ingredient_and_strength(product, short):
     assert drug_name(product) == short
 
@@ -172,8 +193,11 @@ def test_long_product_names_become_ingredient_and_strength(product, short):
 def test_several_drugs_are_all_named_or_counted_after_whole_names():
     two = ["chlorpheniramine maleate 4 MG Oral Tablet", "sertraline 50 MG Oral Tablet"]
     assert drug_names(two) == "chlorpheniramine 4 mg and sertraline 50 MG Oral Tablet"
-    many = two + ["amitriptyline hydrochloride 25 MG Oral Tablet", "lithium carbonate 300 MG Oral Capsule",
-                  "haloperidol 5 MG Oral Tablet"]
+    many = two + [
+        "amitriptyline hydrochloride 25 MG Oral Tablet",
+        "lithium carbonate 300 MG Oral Capsule",
+        "haloperidol 5 MG Oral Tablet",
+    ]
     text = drug_names(many)
     assert len(text) <= 60 and re.fullmatch(r"[a-z ,]+ and \d other drugs", text), text
     assert "…" not in text and "chlorpheniramine" in text
@@ -185,9 +209,16 @@ def test_two_drugs_in_one_order_sign_card_are_both_named():
     entries = request["context"]["draftOrders"]["entry"]
     second = copy.deepcopy(entries[0])
     second["resource"]["id"] = "draft-chlorpheniramine"
-    second["resource"]["medicationCodeableConcept"] = {"coding": [{
-        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1363309",
-        "display": "chlorpheniramine maleate 4 MG Oral Tablet"}], "text": "chlorpheniramine maleate 4 MG Oral Tablet"}
+    second["resource"]["medicationCodeableConcept"] = {
+        "coding": [
+            {
+                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                "code": "1363309",
+                "display": "chlorpheniramine maleate 4 MG Oral Tablet",
+            }
+        ],
+        "text": "chlorpheniramine maleate 4 MG Oral Tablet",
+    }
     entries.append(second)
     cards = cards_of({**fixture, "request": request})
     [card] = [c for c in cards if c["extension"][EXTENSION]["rule"] == "R3"]
@@ -200,8 +231,14 @@ def test_rule_index_and_pages_are_open_with_client_auth_on():
     from test_client_auth import BASE as AUTH_BASE
     from test_client_auth import EHR_JWKS
 
-    secured = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=AUTH_BASE,
-                         FEEDBACK_STORE=None, TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
+    secured = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL=AUTH_BASE,
+        FEEDBACK_STORE=None,
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}},
+    )
     client = secured.test_client()
     index = client.get("/rules")
     assert index.status_code == 200 and index.content_type.startswith("text/html")

@@ -1,4 +1,5 @@
 """CDS Hooks 2.0 conformance: discovery, request checks, prefetch semantics, errors, CORS."""
+
 import copy
 import json
 
@@ -24,20 +25,26 @@ def assert_outcome(response, status):
 
 # ---- discovery ---------------------------------------------------------------------------
 
+
 def test_discovery_lists_each_service_hook_pair(client):
     response = client.get("/cds-services")
     assert response.status_code == 200 and response.mimetype == "application/json"
     services = response.get_json()["services"]
     pairs = {(s["id"], s["hook"]) for s in services}
-    assert pairs == {("legmove-patient-view", "patient-view"), ("legmove-order-select", "order-select"),
-                     ("legmove-order-sign", "order-sign")}
+    assert pairs == {
+        ("legmove-patient-view", "patient-view"),
+        ("legmove-order-select", "order-select"),
+        ("legmove-order-sign", "order-sign"),
+    }
     assert len({s["id"] for s in services}) == len(services), "one id (one URL) per hook"
     for service in services:
         assert service["description"] and service["title"]
         for template in service.get("prefetch", {}).values():
             # 2.0 tokens only: first-level primitive context fields, no FHIRPath
             tokens = [t for t in template.split("{{")[1:]]
-            assert all(t.split("}}")[0] in ("context.patientId", "context.userId", "context.encounterId") for t in tokens)
+            assert all(
+                t.split("}}")[0] in ("context.patientId", "context.userId", "context.encounterId") for t in tokens
+            )
             assert "_count=" in template or "?" not in template, "every search is bounded"
     assert_no_empty(services)
 
@@ -62,6 +69,7 @@ def test_prefetch_templates_follow_what_the_rules_read(app):
 
 # ---- request checks ------------------------------------------------------------------------
 
+
 def test_unknown_service_is_404(client):
     assert_outcome(post(client, "no-such-service", R1_FIRES["request"]), 404)
 
@@ -71,20 +79,24 @@ def test_hook_not_served_by_that_id_is_400(client):
     assert "does not serve" in assert_outcome(post(client, "legmove-patient-view", body), 400)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b'{"hook": NaN}', "not valid JSON"),
-    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"hook": NaN}', "not valid JSON"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    ],
+)
 def test_malformed_bodies_are_400(client, data, message):
     response = client.post("/cds-services/legmove-patient-view", data=data, content_type="application/json")
     assert message in assert_outcome(response, 400)
 
 
 def test_wrong_content_type_is_415(client):
-    response = client.post("/cds-services/legmove-patient-view", data=json.dumps(R1_FIRES["request"]),
-                           content_type="text/plain")
+    response = client.post(
+        "/cds-services/legmove-patient-view", data=json.dumps(R1_FIRES["request"]), content_type="text/plain"
+    )
     assert_outcome(response, 415)
 
 
@@ -97,20 +109,28 @@ def test_oversized_body_is_413(client, app):
     assert_outcome(client.post("/cds-services/legmove-patient-view", data=big, content_type="application/json"), 413)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda b: b.pop("hook"), "'hook' is required"),
-    (lambda b: b.pop("hookInstance"), "'hookInstance' is required"),
-    (lambda b: b.pop("context"), "'context' is required"),
-    (lambda b: b.update(context=[]), "'context' is required"),
-    (lambda b: b["context"].pop("patientId"), "context.patientId"),
-    (lambda b: b["context"].update(patientId=42), "context.patientId"),
-    (lambda b: b["context"].update(userId="dr-ada"), "context.userId"),
-    (lambda b: b.update(prefetch=[1]), "'prefetch' must be an object"),
-    (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer"}), "requires 'fhirServer'"),
-    (lambda b: b.update(fhirServer="https://ehr.example/fhir", fhirAuthorization={
-        "access_token": "t", "token_type": "Bearer", "patient": "someone-else"}), "differs from context.patientId"),
-    (lambda b: b["prefetch"].update(conditions="Condition?x"), "not a FHIR resource"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b.pop("hook"), "'hook' is required"),
+        (lambda b: b.pop("hookInstance"), "'hookInstance' is required"),
+        (lambda b: b.pop("context"), "'context' is required"),
+        (lambda b: b.update(context=[]), "'context' is required"),
+        (lambda b: b["context"].pop("patientId"), "context.patientId"),
+        (lambda b: b["context"].update(patientId=42), "context.patientId"),
+        (lambda b: b["context"].update(userId="dr-ada"), "context.userId"),
+        (lambda b: b.update(prefetch=[1]), "'prefetch' must be an object"),
+        (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer"}), "requires 'fhirServer'"),
+        (
+            lambda b: b.update(
+                fhirServer="https://ehr.example/fhir",
+                fhirAuthorization={"access_token": "t", "token_type": "Bearer", "patient": "someone-else"},
+            ),
+            "differs from context.patientId",
+        ),
+        (lambda b: b["prefetch"].update(conditions="Condition?x"), "not a FHIR resource"),
+    ],
+)
 def test_invalid_requests_say_what_is_wrong(client, mutate, message):
     body = copy.deepcopy(R1_FIRES["request"])
     mutate(body)
@@ -141,6 +161,7 @@ def test_patient_facing_user_gets_no_clinician_cards(client):
 
 # ---- prefetch semantics --------------------------------------------------------------------
 
+
 def test_missing_key_without_fhir_server_silences_the_rules_that_read_it(client):
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"].pop("labs")
@@ -151,7 +172,9 @@ def test_missing_key_without_fhir_server_silences_the_rules_that_read_it(client)
 def test_no_key_at_all_without_fhir_server_is_412(client):
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"] = {}
-    assert "cannot be queried: no fhirServer in the request" in assert_outcome(post(client, "legmove-patient-view", body), 412)
+    assert "cannot be queried: no fhirServer in the request" in assert_outcome(
+        post(client, "legmove-patient-view", body), 412
+    )
 
 
 def test_null_key_means_no_data_and_is_not_fetched(client):
@@ -164,8 +187,7 @@ def test_null_key_means_no_data_and_is_not_fetched(client):
 
 def test_operation_outcome_in_prefetch_without_server_is_an_unknown_key(client):
     body = copy.deepcopy(R1_FIRES["request"])
-    body["prefetch"]["labs"] = {"resourceType": "OperationOutcome",
-                                "issue": [{"severity": "error", "code": "timeout"}]}
+    body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     response = post(client, "legmove-patient-view", body)
     assert response.status_code == 200 and "R1" not in fired_rules(response.get_json())
 
@@ -175,8 +197,13 @@ def test_unreachable_fhir_server_is_412_within_the_deadline(client):
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"].pop("conditions")
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     diagnostics = assert_outcome(post(client, "legmove-patient-view", body), 412)
     assert "conditions" in diagnostics and "did not provide" in diagnostics
     assert "Error" not in diagnostics, "the outbound exception name stays in the log"
@@ -184,8 +211,15 @@ def test_unreachable_fhir_server_is_412_within_the_deadline(client):
 
 def test_http_fhir_server_refused_in_production(app):
     from cds_service.app import create_app
-    production = create_app("production", LOG_LEVEL="WARNING", EVALUATION_DATE="2026-11-22", OPEN_MODE=True,
-                            FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE=None).test_client()
+
+    production = create_app(
+        "production",
+        LOG_LEVEL="WARNING",
+        EVALUATION_DATE="2026-11-22",
+        OPEN_MODE=True,
+        FHIR_SERVER_ALLOWLIST=["*"],
+        FEEDBACK_STORE=None,
+    ).test_client()
     body = copy.deepcopy(R1_FIRES["request"])
     body["prefetch"] = {}
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
@@ -208,8 +242,10 @@ def test_fhir_server_fills_missing_keys_and_keeps_prefetched_ones(client, fhir_s
     for key in ("conditions", "labs"):
         for entry in request["prefetch"][key]["entry"]:
             entry["resource"]["subject"]["reference"] = f"Patient/{pid}"
-    fhir_server.transaction([{"resourceType": "Patient", "id": pid}]
-                            + namespaced([e["resource"] for e in request["prefetch"]["conditions"]["entry"]], pid))
+    fhir_server.transaction(
+        [{"resourceType": "Patient", "id": pid}]
+        + namespaced([e["resource"] for e in request["prefetch"]["conditions"]["entry"]], pid)
+    )
     body = as_server_request(request, fhir_server, keep_prefetch=("labs",))
     response = post(client, "legmove-patient-view", body)
     assert response.status_code == 200 and "R1" in fired_rules(response.get_json())
@@ -223,16 +259,28 @@ def test_paging_follows_next_links_on_the_same_server(client, fhir_server):
 
     pid = "contract-paging"
     fixture = load_fixture(ROOT / "fhir_fixtures/R2/fires-low-ferritin-ugl.json")
-    resources = [dict(r, subject={"reference": f"Patient/{pid}"}) if r["resourceType"] != "Patient" else dict(r, id=pid)
-                 for r in prefetched_resources(fixture["request"])]
-    fillers = [{"resourceType": "Observation", "id": f"{pid}-hb-{i}", "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
-                "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": f"2026-09-{10 + i:02d}",
-                "valueQuantity": {"value": 13.0, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
-               for i in range(4)]
+    resources = [
+        dict(r, subject={"reference": f"Patient/{pid}"}) if r["resourceType"] != "Patient" else dict(r, id=pid)
+        for r in prefetched_resources(fixture["request"])
+    ]
+    fillers = [
+        {
+            "resourceType": "Observation",
+            "id": f"{pid}-hb-{i}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": f"2026-09-{10 + i:02d}",
+            "valueQuantity": {"value": 13.0, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
+        }
+        for i in range(4)
+    ]
     fhir_server.transaction(namespaced(resources, pid) + fillers)
-    first = requests.get(f"{fhir_server.base_url}/Observation?patient={pid}&_sort=date&_count=2",
-                         headers=fhir_server.headers(), timeout=10).json()
+    first = requests.get(
+        f"{fhir_server.base_url}/Observation?patient={pid}&_sort=date&_count=2",
+        headers=fhir_server.headers(),
+        timeout=10,
+    ).json()
     assert any(link["relation"] == "next" for link in first["link"])
     assert all(e["resource"]["code"]["coding"][0]["code"] == "718-7" for e in first["entry"])
     body = as_server_request(fixture["request"], fhir_server)
@@ -247,10 +295,17 @@ def test_unfollowable_next_link_never_counts_as_absence(client):
     """A next link to another host is not followed (the token must not leak), and the
     incomplete key stops R1 from claiming there is no ferritin."""
     body = copy.deepcopy(R1_FIRES["request"])
-    body["prefetch"]["labs"]["link"] = [{"relation": "next", "url": "https://elsewhere.example/fhir/Observation?page=2"}]
+    body["prefetch"]["labs"]["link"] = [
+        {"relation": "next", "url": "https://elsewhere.example/fhir/Observation?page=2"}
+    ]
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60, "scope": "x",
-                                 "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "x",
+        "subject": "legmove-cds",
+    }
     response = post(client, "legmove-patient-view", body)
     assert response.status_code == 200
     assert "R1" not in fired_rules(response.get_json())
@@ -258,11 +313,15 @@ def test_unfollowable_next_link_never_counts_as_absence(client):
 
 # ---- cards ---------------------------------------------------------------------------------
 
+
 def test_r1_card_explains_itself_and_orders_iron_studies(client):
     card = post(client, "legmove-patient-view", R1_FIRES["request"]).get_json()["cards"][0]
     assert card["indicator"] == "info"
-    assert card["source"] == {"label": "AASM 2024 RLS guideline (Winkelman et al.)", "url": "https://doi.org/10.5664/jcsm.11390",
-                              "topic": {"system": "urn:legmove-cds:rule", "code": "R1", "display": "RLS without recent ferritin"}}
+    assert card["source"] == {
+        "label": "AASM 2024 RLS guideline (Winkelman et al.)",
+        "url": "https://doi.org/10.5664/jcsm.11390",
+        "topic": {"system": "urn:legmove-cds:rule", "code": "R1", "display": "RLS without recent ferritin"},
+    }
     assert "G25.81" in card["detail"] and "Condition/rls-1" not in card["detail"]
     assert "Condition/rls-1" in card["extension"]["org.legmove-cds.explanation"]["resources"]
     actions = card["suggestions"][0]["actions"]
@@ -278,12 +337,23 @@ def test_r2_card_shows_raw_and_converted_values(client):
     card = post(client, fixture["service"], fixture["request"]).get_json()["cards"][0]
     assert card["summary"] == "RLS with ferritin 32 ng/mL (below 50): iron supplementation indicated"
     assert "Ferritin 32 ug/L (32 ng/mL) on 2026-10-15" in card["detail"]  # as reported, then converted
-    [lab] = [f for f in card["extension"]["org.legmove-cds.explanation"]["evidence"] if f["kind"] == "lab"
-             and f["analyte"] == "ferritin"]
-    assert (lab["loinc"], lab["raw_value"], lab["raw_unit"], lab["value"], lab["unit"]) == ("2276-4", 32, "ug/L", 32, "ng/mL")
+    [lab] = [
+        f
+        for f in card["extension"]["org.legmove-cds.explanation"]["evidence"]
+        if f["kind"] == "lab" and f["analyte"] == "ferritin"
+    ]
+    assert (lab["loinc"], lab["raw_value"], lab["raw_unit"], lab["value"], lab["unit"]) == (
+        "2276-4",
+        32,
+        "ug/L",
+        32,
+        "ng/mL",
+    )
     assert "12.9 g/dL on" in card["detail"] and "= 12.9" not in card["detail"]
     resource = card["suggestions"][0]["actions"][0]["resource"]
-    assert resource["medicationCodeableConcept"]["coding"][0]["code"] == "310325" and "dosageInstruction" not in resource
+    assert (
+        resource["medicationCodeableConcept"]["coding"][0]["code"] == "310325" and "dosageInstruction" not in resource
+    )
 
 
 def test_r3_card_offers_to_delete_the_draft(client):
@@ -292,8 +362,11 @@ def test_r3_card_offers_to_delete_the_draft(client):
     assert card["indicator"] == "warning"
     assert card["summary"] == "sertraline 50 MG Oral Tablet (SSRI) can worsen restless legs; consider an alternative"
     action = card["suggestions"][0]["actions"][0]
-    assert action == {"type": "delete", "description": action["description"],
-                      "resourceId": "MedicationRequest/draft-sertraline"}
+    assert action == {
+        "type": "delete",
+        "description": action["description"],
+        "resourceId": "MedicationRequest/draft-sertraline",
+    }
     assert "SSRI, recognised by its product code" in card["detail"] and "312941" not in card["detail"]
     [drug] = [f for f in card["extension"]["org.legmove-cds.explanation"]["evidence"] if f["kind"] == "medication"]
     assert (drug["matched_by"], drug["code"]) == ("rxnorm-product", "312941")
@@ -318,11 +391,17 @@ def test_markup_in_fhir_text_is_escaped(client):
 
 # ---- CORS ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/cds-services", "/cds-services/legmove-patient-view"])
 def test_cors_preflight_needs_no_auth(client, path):
-    response = client.options(path, headers={"Origin": "https://sandbox.cds-hooks.org",
-                                             "Access-Control-Request-Method": "POST",
-                                             "Access-Control-Request-Headers": "authorization,content-type"})
+    response = client.options(
+        path,
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert response.status_code in (200, 204)
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://sandbox.cds-hooks.org")
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
@@ -330,8 +409,12 @@ def test_cors_preflight_needs_no_auth(client, path):
 
 
 def test_cors_headers_on_errors(client):
-    response = client.post("/cds-services/legmove-patient-view", data=b"{", content_type="application/json",
-                           headers={"Origin": "https://sandbox.cds-hooks.org"})
+    response = client.post(
+        "/cds-services/legmove-patient-view",
+        data=b"{",
+        content_type="application/json",
+        headers={"Origin": "https://sandbox.cds-hooks.org"},
+    )
     assert response.status_code == 400 and response.headers.get("Access-Control-Allow-Origin")
 
 

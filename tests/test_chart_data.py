@@ -4,6 +4,7 @@ The clinical cases are fixtures (fhir_fixtures/, run on both data paths by test_
 these tests check what a fixture cannot express: what the cards say, what is logged, and what
 the service asks the FHIR server for.
 """
+
 import html
 import logging
 import re
@@ -29,16 +30,21 @@ def test_normal_ferritin_in_rls_logs_no_warning(client, caplog):
     with caplog.at_level(logging.DEBUG):
         cards = _call(client, "R4", "fires-chart-review")
     assert "R4" in cards and "R2" not in cards
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records
-                                                                              if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]
     assert any("iron_stores" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
 
 
 def test_unknown_age_uses_adult_thresholds_and_says_so(app):
     from test_fixtures import client_for
+
     fixture = load_fixture(ROOT / "fhir_fixtures" / "R2" / "fires-aasm-age-unknown-ferritin-60.json")
-    body = client_for(fixture, app.test_client()).post(f"/cds-services/{fixture['service']}",
-                                                       json=fixture["request"]).get_json()
+    body = (
+        client_for(fixture, app.test_client())
+        .post(f"/cds-services/{fixture['service']}", json=fixture["request"])
+        .get_json()
+    )
     card = next(c for c in body["cards"] if c["extension"][EXTENSION]["rule"] == "R2")
     assert "age is uncertain" in card["detail"] and "adult thresholds" in card["detail"]
 
@@ -50,13 +56,17 @@ def test_partial_birthdate_is_an_age_range():
     from cds_service.knowledge.terminology import Terminology
 
     def patient_fact(birth):
-        data = PatientData("patient-view", "p1", {"patient": [{"resourceType": "Patient", "id": "p1", "birthDate": birth}]})
+        data = PatientData(
+            "patient-view", "p1", {"patient": [{"resourceType": "Patient", "id": "p1", "birthDate": birth}]}
+        )
         return next(f for f in build_facts(data, Terminology(), date(2026, 12, 1)).facts if f["kind"] == "patient")
 
     assert patient_fact("2016")["child"] is True and patient_fact("2016")["age_known"] is True
     assert (patient_fact("2016")["age_min"], patient_fact("2016")["age_max"]) == (9, 10)
     assert patient_fact("2008")["age_known"] is False and patient_fact("2008")["child"] is False
-    assert patient_fact("2008-11")["age_known"] is True and patient_fact("2008-11")["child"] is False  # 18 by 2026-12-01
+    assert (
+        patient_fact("2008-11")["age_known"] is True and patient_fact("2008-11")["child"] is False
+    )  # 18 by 2026-12-01
     assert patient_fact("1970")["age_known"] is True and patient_fact("1970")["age_years"] == -1
     assert patient_fact("1970-05-02")["age_years"] == 56
     assert patient_fact("someday")["age_known"] is False
@@ -66,7 +76,6 @@ def test_text_ferritin_card_keeps_the_comparator(client):
     card = _call(client, "R2", "fires-ferritin-text-below-10")["R2"]
     assert "ferritin <10 ng/mL" in card["summary"], card["summary"]
     assert "reported as text '<10' without a unit" in _plain(card["detail"])  # Markdown escapes '<'
-
 
 
 def test_unreadable_ferritin_is_named_by_r1(client):
@@ -79,6 +88,7 @@ def test_unreadable_ferritin_is_named_by_r1(client):
 
 
 # ---- medications known only by reference, read from fhirServer ------------------------------
+
 
 def _medication_server(seen: list):
     """Loopback FHIR server answering only reads of Medication/{id}: path /<mode>/fhir/Medication/<id>."""
@@ -114,8 +124,13 @@ def _without_medication(fixture: dict, base: str) -> dict:
     bundle = body["prefetch"]["medication_requests"]
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Medication"]
     body["fhirServer"] = base
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     return body
 
 
@@ -127,14 +142,26 @@ def test_referenced_medication_is_read_from_the_fhir_server_within_the_deadline(
     seen: list = []
     server, fixture = _medication_server(seen)
     base = f"http://127.0.0.1:{server.server_port}"
-    client = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, FHIR_DEADLINE=1.0,
-                        FHIR_READ_TIMEOUT=0.5, FHIR_CONNECT_TIMEOUT=0.5).test_client()
+    client = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        FEEDBACK_STORE=None,
+        FHIR_DEADLINE=1.0,
+        FHIR_READ_TIMEOUT=0.5,
+        FHIR_CONNECT_TIMEOUT=0.5,
+    ).test_client()
     try:
-        response = client.post("/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/fine/fhir"))
-        assert response.status_code == 200 and "R4" in {c["extension"][EXTENSION]["rule"] for c in response.get_json()["cards"]}
+        response = client.post(
+            "/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/fine/fhir")
+        )
+        assert response.status_code == 200 and "R4" in {
+            c["extension"][EXTENSION]["rule"] for c in response.get_json()["cards"]
+        }
         assert seen == ["/fine/fhir/Medication/med-lithium"], "only the missing Medication is read, by id"
         started = time.monotonic()
-        response = client.post("/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/hang/fhir"))
+        response = client.post(
+            "/cds-services/legmove-patient-view", json=_without_medication(fixture, f"{base}/hang/fhir")
+        )
         assert time.monotonic() - started < 2.0, "the read is bounded by the call's FHIR deadline"
         body = response.get_json()
         assert response.status_code == 200 and "R4" not in {c["extension"][EXTENSION]["rule"] for c in body["cards"]}
@@ -154,6 +181,7 @@ def test_only_relative_or_same_server_medication_references_are_read():
 
 # ---- clinical corrections: what the cards say -------------------------------------------------
 
+
 def _labels(card) -> list[str]:
     return [s["label"] for s in card.get("suggestions", [])]
 
@@ -171,12 +199,15 @@ def test_cetirizine_is_offered_only_for_an_allergic_indication(client):
 
 def test_a_coded_indication_is_named_and_weighed(client):
     card = _call(client, "R3", "fires-escitalopram-for-anxiety")["R3"]
-    assert "ordered for Generalized anxiety disorder (F41.1): weigh that benefit against the risk" in _plain(card["detail"])
+    assert "ordered for Generalized anxiety disorder (F41.1): weigh that benefit against the risk" in _plain(
+        card["detail"]
+    )
 
 
 def test_r8_summary_names_the_red_flags_present(client):
     assert _call(client, "R8", "fires-dysphagia-only")["R8"]["summary"] == (
-        "Fasciculations with dysphagia: urgent EMG/NCS and neurology referral")
+        "Fasciculations with dysphagia: urgent EMG/NCS and neurology referral"
+    )
     assert _call(client, "R8", "fires-weakness-critical")["R8"]["summary"].startswith("Fasciculations with weakness:")
 
 
@@ -189,10 +220,17 @@ def test_red_flag_phrase_stays_within_its_budget():
 
 
 def test_r20_offers_no_gabapentinoid_where_r19_gives_no_drug_advice(client):
-    for name in ("fires-pregnancy-no-gabapentinoid", "fires-esrd-no-gabapentinoid", "fires-child-no-gabapentinoid",
-                 "fires-age-unknown-no-gabapentinoid"):
+    for name in (
+        "fires-pregnancy-no-gabapentinoid",
+        "fires-esrd-no-gabapentinoid",
+        "fires-child-no-gabapentinoid",
+        "fires-age-unknown-no-gabapentinoid",
+    ):
         card = _call(client, "R20", name)["R20"]
-        assert _labels(card) and all(label.startswith("Remove this order") for label in _labels(card)), (name, _labels(card))
+        assert _labels(card) and all(label.startswith("Remove this order") for label in _labels(card)), (
+            name,
+            _labels(card),
+        )
         assert "specialist advice" in card["detail"] and "gabapentin 300" not in str(card.get("suggestions")), name
     adult = _call(client, "R20", "fires-pramipexole-new-start")["R20"]
     assert any("gabapentin" in label for label in _labels(adult))
@@ -243,8 +281,13 @@ def test_a_server_refusing_the_name_search_costs_only_that_key():
         body = copy.deepcopy(fixture["request"])
         body.pop("prefetch")
         body["fhirServer"] = f"http://127.0.0.1:{server.server_port}/fhir"
-        body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                     "scope": "patient/*.read", "subject": "legmove-cds"}
+        body["fhirAuthorization"] = {
+            "access_token": "t",
+            "token_type": "Bearer",
+            "expires_in": 60,
+            "scope": "patient/*.read",
+            "subject": "legmove-cds",
+        }
         client = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None).test_client()
         response = client.post("/cds-services/legmove-patient-view", json=body)
         assert response.status_code == 200, response.get_data(as_text=True)

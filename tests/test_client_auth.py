@@ -1,5 +1,6 @@
 """Trusting CDS clients: real ES384/RS384 signatures, JWKS inline, from a file and over HTTP,
 and a jti replay store shared across workers (SQLite file, and the local Redis)."""
+
 import json
 import threading
 import time
@@ -43,6 +44,7 @@ def served(name, document):
     def view():
         JWKS_HITS[name] += 1
         return jsonify(document)
+
     return view
 
 
@@ -62,13 +64,19 @@ def jwks_server():
 def secured(tmp_path_factory, jwks_server):
     tmp = tmp_path_factory.mktemp("auth")
     (tmp / "epic.json").write_text(json.dumps(EPIC_JWKS))
-    app = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE, JWKS_ALLOW_HTTP=True,
-                     REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
-                     TRUSTED_ISSUERS={
-                         "https://ehr.example.org": {"jwks": EHR_JWKS},
-                         "https://epic.example.org/fhir": {"jwks_file": str(tmp / "epic.json")},
-                         "https://url.example.org": {"jwks_url": f"{jwks_server}/trusted.json"},
-                     })
+    app = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL=BASE,
+        JWKS_ALLOW_HTTP=True,
+        REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
+        TRUSTED_ISSUERS={
+            "https://ehr.example.org": {"jwks": EHR_JWKS},
+            "https://epic.example.org/fhir": {"jwks_file": str(tmp / "epic.json")},
+            "https://url.example.org": {"jwks_url": f"{jwks_server}/trusted.json"},
+        },
+    )
     return app.test_client()
 
 
@@ -86,8 +94,10 @@ def call(client, bearer, path=PATH):
 
 def assert_401(response):
     assert response.status_code == 401
-    assert response.get_json() == {"resourceType": "OperationOutcome",
-                                   "issue": [{"severity": "error", "code": "security", "diagnostics": "unauthorized"}]}
+    assert response.get_json() == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "security", "diagnostics": "unauthorized"}],
+    }
 
 
 def test_valid_es384_token_from_inline_jwks(secured):
@@ -96,8 +106,14 @@ def test_valid_es384_token_from_inline_jwks(secured):
 
 def test_valid_rs384_token_from_a_jwks_file_with_epic_style_nbf_and_sub(secured):
     now = int(time.time())
-    bearer = token(EPIC_KEY, "RS384", "https://epic.example.org/fhir", headers={"kid": "epic-1"},
-                   nbf=now - 300, sub="client-id-123")
+    bearer = token(
+        EPIC_KEY,
+        "RS384",
+        "https://epic.example.org/fhir",
+        headers={"kid": "epic-1"},
+        nbf=now - 300,
+        sub="client-id-123",
+    )
     assert call(secured, bearer).status_code == 200
 
 
@@ -116,8 +132,11 @@ def test_missing_or_garbage_tokens(secured, bearer):
 
 def test_alg_none_is_refused(secured):
     now = int(time.time())
-    unsigned = jwt.encode({"iss": "https://ehr.example.org", "aud": BASE + PATH, "iat": now, "exp": now + 60,
-                           "jti": "x"}, None, algorithm="none")
+    unsigned = jwt.encode(
+        {"iss": "https://ehr.example.org", "aud": BASE + PATH, "iat": now, "exp": now + 60, "jti": "x"},
+        None,
+        algorithm="none",
+    )
     assert_401(call(secured, unsigned))
 
 
@@ -131,7 +150,9 @@ def test_hmac_with_the_public_key_as_secret_is_refused(secured):
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     now = int(time.time())
-    payload = json.dumps({"iss": "https://ehr.example.org", "aud": BASE + PATH, "iat": now, "exp": now + 60, "jti": "h"})
+    payload = json.dumps(
+        {"iss": "https://ehr.example.org", "aud": BASE + PATH, "iat": now, "exp": now + 60, "jti": "h"}
+    )
     signing_input = f"{b64(header.encode())}.{b64(payload.encode())}"
     secret = json.dumps(EHR_JWKS["keys"][0]).encode()
     forged = signing_input + "." + b64(hmac.new(secret, signing_input.encode(), hashlib.sha384).digest())
@@ -143,15 +164,21 @@ def test_es256_is_not_on_the_allowlist(secured):
     assert_401(call(secured, token(other, "ES256")))
 
 
-@pytest.mark.parametrize("claims", [
-    {"aud": BASE + "/cds-services/legmove-patient-view"},  # a token for another endpoint
-    {"aud": "https://cds.example.org"},
-    {"iss": "https://unknown.example.org"},
-    {"exp": int(time.time()) - 120},  # expired beyond the 60 s leeway
-    {"iat": int(time.time()) + 600},  # issued in the future
-    {"nbf": int(time.time()) + 600},
-    {"jti": None}, {"exp": None}, {"iat": None}, {"aud": None},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": BASE + "/cds-services/legmove-patient-view"},  # a token for another endpoint
+        {"aud": "https://cds.example.org"},
+        {"iss": "https://unknown.example.org"},
+        {"exp": int(time.time()) - 120},  # expired beyond the 60 s leeway
+        {"iat": int(time.time()) + 600},  # issued in the future
+        {"nbf": int(time.time()) + 600},
+        {"jti": None},
+        {"exp": None},
+        {"iat": None},
+        {"aud": None},
+    ],
+)
 def test_claims_are_checked(secured, claims):
     assert_401(call(secured, token(**claims)))
 
@@ -165,7 +192,9 @@ def test_signature_by_another_key_is_refused(secured):
 
 
 def test_a_jku_that_is_not_allowlisted_is_never_fetched(secured, jwks_server):
-    forged = token(EVIL_KEY, iss="https://url.example.org", headers={"kid": "evil-1", "jku": f"{jwks_server}/evil.json"})
+    forged = token(
+        EVIL_KEY, iss="https://url.example.org", headers={"kid": "evil-1", "jku": f"{jwks_server}/evil.json"}
+    )
     assert_401(call(secured, forged))
     assert JWKS_HITS["evil"] == 0
 
@@ -177,16 +206,28 @@ def test_replayed_jti_is_refused(secured):
 
 
 def test_preflight_and_discovery_stay_open(secured):
-    preflight = secured.options(PATH, headers={"Origin": "https://ehr.example.org", "Access-Control-Request-Method": "POST",
-                                               "Access-Control-Request-Headers": "authorization,content-type"})
+    preflight = secured.options(
+        PATH,
+        headers={
+            "Origin": "https://ehr.example.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert preflight.status_code in (200, 204)
     assert secured.get("/cds-services").status_code == 200
 
 
 def test_discovery_can_require_a_token(tmp_path):
-    app = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE, DISCOVERY_REQUIRES_AUTH=True,
-                     REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
-                     TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
+    app = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL=BASE,
+        DISCOVERY_REQUIRES_AUTH=True,
+        REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}},
+    )
     client = app.test_client()
     assert_401(client.get("/cds-services"))
     ok = client.get("/cds-services", headers={"Authorization": f"Bearer {token(aud=BASE + '/cds-services')}"})
@@ -234,10 +275,15 @@ def test_feedback_follows_the_same_policy_with_its_own_audience(secured):
 
 # ---- hostile networks: key-type confusion and JWT details -----------------------------------
 
-@pytest.mark.parametrize("signer, alg, iss, kid", [
-    (EPIC_KEY, "RS384", "https://ehr.example.org", "ehr-1"),  # RS384, but the kid names the EC key
-    (EHR_KEY, "ES384", "https://epic.example.org/fhir", "epic-1"),  # ES384, but the kid names the RSA key
-], ids=["rs384-with-ec-kid", "es384-with-rsa-kid"])
+
+@pytest.mark.parametrize(
+    "signer, alg, iss, kid",
+    [
+        (EPIC_KEY, "RS384", "https://ehr.example.org", "ehr-1"),  # RS384, but the kid names the EC key
+        (EHR_KEY, "ES384", "https://epic.example.org/fhir", "epic-1"),  # ES384, but the kid names the RSA key
+    ],
+    ids=["rs384-with-ec-kid", "es384-with-rsa-kid"],
+)
 def test_key_type_confusion_is_a_bare_401_without_an_error(secured, caplog, signer, alg, iss, kid):
     """Was a TypeError outside the 401 path: 500 and an ERROR with stack frames."""
     assert_401(call(secured, token(signer, alg, iss, headers={"kid": kid})))
@@ -251,16 +297,29 @@ def test_token_lifetime_is_capped(secured, tmp_path):
     assert_401(call(secured, token(iat=now, exp=now + 10 * 365 * 86400)))
     assert_401(call(secured, token(iat=now, exp=now + 301)))
     assert call(secured, token(iat=now, exp=now + 300)).status_code == 200
-    longer = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE, JWT_MAX_LIFETIME=3600,
-                        REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
-                        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}}).test_client()
+    longer = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL=BASE,
+        JWT_MAX_LIFETIME=3600,
+        REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}},
+    ).test_client()
     assert call(longer, token(iat=now, exp=now + 3600)).status_code == 200
 
 
-@pytest.mark.parametrize("claims", [
-    {"exp": str(int(time.time()) + 120)}, {"iat": str(int(time.time()))}, {"nbf": str(int(time.time()) - 10)},
-    {"exp": True}, {"exp": [int(time.time()) + 120]},
-], ids=["exp-string", "iat-string", "nbf-string", "exp-boolean", "exp-list"])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": str(int(time.time()) + 120)},
+        {"iat": str(int(time.time()))},
+        {"nbf": str(int(time.time()) - 10)},
+        {"exp": True},
+        {"exp": [int(time.time()) + 120]},
+    ],
+    ids=["exp-string", "iat-string", "nbf-string", "exp-boolean", "exp-list"],
+)
 def test_non_numeric_time_claims_are_refused(secured, claims):
     """A string `exp` was accepted (PyJWT converts it); RFC 7519 says NumericDate."""
     assert_401(call(secured, token(**claims)))
@@ -284,9 +343,14 @@ def test_unreachable_redis_replay_store_is_503_with_a_clear_log_line(caplog):
     jti cannot be checked, so the call is refused as retryable, and the log says why."""
     from conftest import _free_port
 
-    app = create_app("test", LOG_LEVEL="WARNING", CLIENT_AUTH=True, PUBLIC_BASE_URL=BASE,
-                     REPLAY_STORE=f"redis://127.0.0.1:{_free_port()}/0",
-                     TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
+    app = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL=BASE,
+        REPLAY_STORE=f"redis://127.0.0.1:{_free_port()}/0",
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}},
+    )
     response = call(app.test_client(), token())
     assert response.status_code == 503 and response.get_json()["issue"][0]["code"] == "transient"
     assert "replay store (REPLAY_STORE) is unreachable" in caplog.text

@@ -1,5 +1,6 @@
 """Many patients at once through a real threaded HTTP server: no card ever mentions another
 patient's data, and every answer equals the single-threaded answer for that patient."""
+
 import json
 import re
 import threading

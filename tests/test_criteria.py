@@ -1,5 +1,6 @@
 """The criteria vocabulary (cds_service/authoring/criteria.py): what each function compiles to, the
 names it refuses, how all_of negates exclusions, and that rules/ is written in it alone."""
+
 from __future__ import annotations
 
 import ast
@@ -26,99 +27,211 @@ def compiled(*conditions) -> dict:
 # ---- each function compiles to the DSL a rule author would have written ------------------------
 
 EXPECTED = {
-    "finding": (lambda: k.finding("rls", alias="rls"),
-                lambda: c.rls << ((m.kind == "finding") & (m.name == "rls"))),
-    "finding, alternatives": (lambda: k.finding("rls", "plmd", alias="dx"),
-                              lambda: c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd")))),
+    "finding": (lambda: k.finding("rls", alias="rls"), lambda: c.rls << ((m.kind == "finding") & (m.name == "rls"))),
+    "finding, alternatives": (
+        lambda: k.finding("rls", "plmd", alias="dx"),
+        lambda: c.dx << ((m.kind == "finding") & ((m.name == "rls") | (m.name == "plmd"))),
+    ),
     "finding, filters": (
         lambda: k.finding("iron_stores", alias="iron", verdict=k.any_of("indicated", "iv_only")),
-        lambda: c.iron << ((m.kind == "finding") & (m.name == "iron_stores")
-                           & ((m.verdict == "indicated") | (m.verdict == "iv_only")))),
+        lambda: (
+            c.iron
+            << (
+                (m.kind == "finding")
+                & (m.name == "iron_stores")
+                & ((m.verdict == "indicated") | (m.verdict == "iv_only"))
+            )
+        ),
+    ),
     "finding, boolean and other_than": (
         lambda: k.finding("dopaminergic_draft", alias="d", selected=True, origin=k.other_than("chart")),
-        lambda: c.d << ((m.kind == "finding") & (m.name == "dopaminergic_draft") & (m.selected == True)  # noqa: E712
-                        & (m.origin != "chart"))),
-    "coded": (lambda: k.coded("RLS", "PLMD", alias="dx"),
-              lambda: c.dx << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD")))),
+        lambda: (
+            c.d
+            << (
+                (m.kind == "finding")
+                & (m.name == "dopaminergic_draft")
+                & (m.selected == True)  # noqa: E712
+                & (m.origin != "chart")
+            )
+        ),
+    ),
+    "coded": (
+        lambda: k.coded("RLS", "PLMD", alias="dx"),
+        lambda: c.dx << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMD"))),
+    ),
     "coded, excluding": (
         lambda: k.coded("RED_FLAG", excluding="WEAK_RED_FLAG", alias="flag"),
-        lambda: c.flag << ((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG")
-                           & m.sets.allItems(item != "WEAK_RED_FLAG"))),
+        lambda: (
+            c.flag
+            << ((m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG") & m.sets.allItems(item != "WEAK_RED_FLAG"))
+        ),
+    ),
     "coded, onset within a setting": (
         lambda: k.coded("GBS", onset_within=k.setting("gbs_onset_window_days"), alias="gbs"),
-        lambda: c.gbs << ((m.kind == "condition") & m.sets.anyItem(item == "GBS") & (m.onset_days_ago >= 0)
-                          & (m.onset_days_ago <= c.params.gbs_onset_window_days))),
+        lambda: (
+            c.gbs
+            << (
+                (m.kind == "condition")
+                & m.sets.anyItem(item == "GBS")
+                & (m.onset_days_ago >= 0)
+                & (m.onset_days_ago <= c.params.gbs_onset_window_days)
+            )
+        ),
+    ),
     "coded, recorded since another fact": (
         lambda: k.coded("RED_FLAG", recorded_since=k.value_of("prior", "days_ago")),
-        lambda: (m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG")
-        & (m.recorded_days_ago < c.prior.days_ago)),
+        lambda: (m.kind == "condition") & m.sets.anyItem(item == "RED_FLAG") & (m.recorded_days_ago < c.prior.days_ago),
+    ),
     "order_reason_other_than": (
         lambda: k.order_reason_other_than("LEG_CRAMP"),
-        lambda: (m.kind == "condition") & (m.verification_status == "reason for this order")
-        & m.sets.allItems(item != "LEG_CRAMP")),
-    "result": (lambda: k.result("glucose", "hba1c"),
-               lambda: (m.kind == "lab") & ((m.analyte == "glucose") | (m.analyte == "hba1c"))),
-    "result, within": (lambda: k.result("cmp", within=k.setting("metabolic_lookback_days")),
-                       lambda: (m.kind == "lab") & (m.analyte == "cmp")
-                       & (m.days_ago <= c.params.metabolic_lookback_days)),
+        lambda: (
+            (m.kind == "condition")
+            & (m.verification_status == "reason for this order")
+            & m.sets.allItems(item != "LEG_CRAMP")
+        ),
+    ),
+    "result": (
+        lambda: k.result("glucose", "hba1c"),
+        lambda: (m.kind == "lab") & ((m.analyte == "glucose") | (m.analyte == "hba1c")),
+    ),
+    "result, within": (
+        lambda: k.result("cmp", within=k.setting("metabolic_lookback_days")),
+        lambda: (m.kind == "lab") & (m.analyte == "cmp") & (m.days_ago <= c.params.metabolic_lookback_days),
+    ),
     "readable_result, below": (
         lambda: k.readable_result("egfr", below=30, alias="egfr"),
-        lambda: c.egfr << ((m.kind == "lab") & (m.analyte == "egfr") & (m.usable == True)  # noqa: E712
-                           & (m.value < 30) & ((m.comparator != ">") & (m.comparator != ">=")))),
+        lambda: (
+            c.egfr
+            << (
+                (m.kind == "lab")
+                & (m.analyte == "egfr")
+                & (m.usable == True)  # noqa: E712
+                & (m.value < 30)
+                & ((m.comparator != ">") & (m.comparator != ">="))
+            )
+        ),
+    ),
     "readable_result, above": (
         lambda: k.readable_result("plms_index", above=k.setting("plms_index_threshold_adult"), alias="idx"),
-        lambda: c.idx << ((m.kind == "lab") & (m.analyte == "plms_index") & (m.usable == True)  # noqa: E712
-                          & (m.value > c.params.plms_index_threshold_adult)
-                          & ((m.comparator != "<") & (m.comparator != "<=")))),
+        lambda: (
+            c.idx
+            << (
+                (m.kind == "lab")
+                & (m.analyte == "plms_index")
+                & (m.usable == True)  # noqa: E712
+                & (m.value > c.params.plms_index_threshold_adult)
+                & ((m.comparator != "<") & (m.comparator != "<="))
+            )
+        ),
+    ),
     "no_result": (lambda: k.no_result("ferritin"), lambda: none((m.kind == "lab") & (m.analyte == "ferritin"))),
-    "pending": (lambda: k.pending("ferritin", alias="p"),
-                lambda: c.p << ((m.kind == "pending_test") & (m.analyte == "ferritin"))),
-    "nothing_pending": (lambda: k.nothing_pending("ferritin"),
-                        lambda: none((m.kind == "pending_test") & (m.analyte == "ferritin"))),
-    "data_gap": (lambda: k.data_gap("labs", "service_requests"),
-                 lambda: (m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests"))),
+    "pending": (
+        lambda: k.pending("ferritin", alias="p"),
+        lambda: c.p << ((m.kind == "pending_test") & (m.analyte == "ferritin")),
+    ),
+    "nothing_pending": (
+        lambda: k.nothing_pending("ferritin"),
+        lambda: none((m.kind == "pending_test") & (m.analyte == "ferritin")),
+    ),
+    "data_gap": (
+        lambda: k.data_gap("labs", "service_requests"),
+        lambda: (m.kind == "data_gap") & ((m.key == "labs") | (m.key == "service_requests")),
+    ),
     "data_complete": (lambda: k.data_complete("labs"), lambda: none((m.kind == "data_gap") & (m.key == "labs"))),
-    "not_coded": (lambda: k.not_coded("ALS_MND"),
-                  lambda: none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND"))),
+    "not_coded": (
+        lambda: k.not_coded("ALS_MND"),
+        lambda: none((m.kind == "condition") & m.sets.anyItem(item == "ALS_MND")),
+    ),
     "selected_draft": (
         lambda: k.selected_draft(group=("rls_drug", "iron"), alias="drug"),
-        lambda: c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)  # noqa: E712
-                           & m.groups.anyItem((item == "rls_drug") | (item == "iron")))),
+        lambda: (
+            c.drug
+            << (
+                (m.kind == "medication")
+                & (m.origin == "draft")
+                & (m.selected == True)  # noqa: E712
+                & m.groups.anyItem((item == "rls_drug") | (item == "iron"))
+            )
+        ),
+    ),
     "selected_draft, ingredient": (
         lambda: k.selected_draft(ingredient="746741", alias="drug"),
-        lambda: c.drug << ((m.kind == "medication") & (m.origin == "draft") & (m.selected == True)  # noqa: E712
-                           & m.ingredients.anyItem(item == "746741"))),
+        lambda: (
+            c.drug
+            << (
+                (m.kind == "medication")
+                & (m.origin == "draft")
+                & (m.selected == True)  # noqa: E712
+                & m.ingredients.anyItem(item == "746741")
+            )
+        ),
+    ),
     "draft_medication, not_class": (
         lambda: k.draft_medication(group="dopaminergic", not_class="prolactin_lowering", alias="drug"),
-        lambda: c.drug << ((m.kind == "medication") & (m.origin == "draft") & m.groups.anyItem(item == "dopaminergic")
-                           & m.classes.allItems(item != "prolactin_lowering"))),
+        lambda: (
+            c.drug
+            << (
+                (m.kind == "medication")
+                & (m.origin == "draft")
+                & m.groups.anyItem(item == "dopaminergic")
+                & m.classes.allItems(item != "prolactin_lowering")
+            )
+        ),
+    ),
     "chart_medication, start dated": (
         lambda: k.chart_medication(group="dopamine_antagonist", start_dated=True, alias="drug"),
-        lambda: c.drug << ((m.kind == "medication") & (m.origin == "chart") & (m.started_days_ago >= 0)
-                           & m.groups.anyItem(item == "dopamine_antagonist"))),
+        lambda: (
+            c.drug
+            << (
+                (m.kind == "medication")
+                & (m.origin == "chart")
+                & (m.started_days_ago >= 0)
+                & m.groups.anyItem(item == "dopamine_antagonist")
+            )
+        ),
+    ),
     "chart_or_recent_medication": (
         lambda: k.chart_or_recent_medication(group="dopaminergic"),
-        lambda: (m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic")),
+        lambda: (m.kind == "medication") & (m.origin != "draft") & m.groups.anyItem(item == "dopaminergic"),
+    ),
     "selected_draft_order": (
         lambda: k.selected_draft_order("psg", only_known_reasons=True, alias="psg"),
-        lambda: c.psg << ((m.kind == "order") & (m.origin == "draft") & (m.selected == True)  # noqa: E712
-                          & (m.procedure == "psg") & (m.unclassified_reasons == 0))),
-    "ordered, within": (lambda: k.ordered("brain_imaging", within=2),
-                        lambda: (m.kind == "order") & (m.procedure == "brain_imaging") & (m.days_ago >= 0)
-                        & (m.days_ago <= 2)),
+        lambda: (
+            c.psg
+            << (
+                (m.kind == "order")
+                & (m.origin == "draft")
+                & (m.selected == True)  # noqa: E712
+                & (m.procedure == "psg")
+                & (m.unclassified_reasons == 0)
+            )
+        ),
+    ),
+    "ordered, within": (
+        lambda: k.ordered("brain_imaging", within=2),
+        lambda: (m.kind == "order") & (m.procedure == "brain_imaging") & (m.days_ago >= 0) & (m.days_ago <= 2),
+    ),
     "procedure_done": (
         lambda: k.procedure_done("emg", within=k.setting("prior_emg_window_days"), alias="prior"),
-        lambda: c.prior << ((m.kind == "procedure_done") & (m.procedure == "emg")
-                            & (m.days_ago <= c.params.prior_emg_window_days))),
-    "hook_is": (lambda: k.hook_is("patient-view"),
-                lambda: c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-    "order_hook": (lambda: k.order_hook(),
-                   lambda: c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign")))),
-    "patient": (lambda: k.patient(child=True),
-                lambda: c.patient << ((m.kind == "patient") & (m.child == True))),  # noqa: E712
+        lambda: (
+            c.prior
+            << ((m.kind == "procedure_done") & (m.procedure == "emg") & (m.days_ago <= c.params.prior_emg_window_days))
+        ),
+    ),
+    "hook_is": (
+        lambda: k.hook_is("patient-view"),
+        lambda: c.ctx << ((m.kind == "context") & (m.hook == "patient-view")),
+    ),
+    "order_hook": (
+        lambda: k.order_hook(),
+        lambda: c.ctx << ((m.kind == "context") & ((m.hook == "order-select") | (m.hook == "order-sign"))),
+    ),
+    "patient": (lambda: k.patient(child=True), lambda: c.patient << ((m.kind == "patient") & (m.child == True))),  # noqa: E712
     "params": (lambda: k.params(), lambda: c.params << (m.kind == "params")),
-    "params, a switch": (lambda: k.params(r8_weak_red_flags=True),
-                         lambda: c.params << ((m.kind == "params") & (m.r8_weak_red_flags == True))),  # noqa: E712
+    "params, a switch": (
+        lambda: k.params(r8_weak_red_flags=True),
+        lambda: c.params << ((m.kind == "params") & (m.r8_weak_red_flags == True)),
+    ),  # noqa: E712
 }
 
 
@@ -159,10 +272,15 @@ def test_every_field_the_vocabulary_compiles_is_in_the_fact_schema(name):
 
 
 def test_all_of_puts_exclusions_after_inclusions_as_none():
-    ours = k.all_of(inclusion=[k.finding("rls", alias="rls"), k.params()],
-                    exclusion=[k.result("ferritin"), k.data_gap("labs")])
-    dsl = when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")), c.params << (m.kind == "params"),
-                   none((m.kind == "lab") & (m.analyte == "ferritin")), none((m.kind == "data_gap") & (m.key == "labs")))
+    ours = k.all_of(
+        inclusion=[k.finding("rls", alias="rls"), k.params()], exclusion=[k.result("ferritin"), k.data_gap("labs")]
+    )
+    dsl = when_all(
+        c.rls << ((m.kind == "finding") & (m.name == "rls")),
+        c.params << (m.kind == "params"),
+        none((m.kind == "lab") & (m.analyte == "ferritin")),
+        none((m.kind == "data_gap") & (m.key == "labs")),
+    )
     assert ours.define() == dsl.define()
 
 
@@ -197,15 +315,28 @@ TYPOS = [
     (lambda: k.finding("iron_stores", alias="i", verdict=k.any_of("iv-only")), "did you mean 'iv_only'?"),
     (lambda: k.finding("dopaminergic_draft", alias="d", selected="yes"), "selected= holds str 'yes', not bool"),
     (lambda: k.patient(chlid=True), "did you mean 'child'?"),
-    (lambda: k.all_of(inclusion=[k.params(), k.procedure_done("emg", alias="prior")],
-                      exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prior", "day_ago"))]),
-     "value_of('prior', 'day_ago'): field 'day_ago' is not a field of 'procedure_done' facts (did you mean 'days_ago'?)"),
-    (lambda: k.all_of(inclusion=[k.procedure_done("emg", alias="prior")],
-                      exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prio", "days_ago"))]),
-     "compares with 'prio', which no earlier inclusion binds; did you mean 'prior'?"),
-    (lambda: k.all_of(inclusion=[k.finding("myoclonus", alias="myo")],
-                      exclusion=[k.result("cmp", within=k.setting("metabolic_lookback_days"))]),
-     "compares with 'params', which no earlier inclusion binds (add params() to the inclusion criteria)"),
+    (
+        lambda: k.all_of(
+            inclusion=[k.params(), k.procedure_done("emg", alias="prior")],
+            exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prior", "day_ago"))],
+        ),
+        "value_of('prior', 'day_ago'): field 'day_ago' is not a field of 'procedure_done' facts "
+        "(did you mean 'days_ago'?)",
+    ),
+    (
+        lambda: k.all_of(
+            inclusion=[k.procedure_done("emg", alias="prior")],
+            exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prio", "days_ago"))],
+        ),
+        "compares with 'prio', which no earlier inclusion binds; did you mean 'prior'?",
+    ),
+    (
+        lambda: k.all_of(
+            inclusion=[k.finding("myoclonus", alias="myo")],
+            exclusion=[k.result("cmp", within=k.setting("metabolic_lookback_days"))],
+        ),
+        "compares with 'params', which no earlier inclusion binds (add params() to the inclusion criteria)",
+    ),
 ]
 
 
@@ -215,22 +346,32 @@ def test_a_misspelt_argument_raises_with_a_close_match(make, message):
         make()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: k.all_of(inclusion=[]), "at least one inclusion criterion"),
-    (lambda: k.all_of(inclusion=[k.result("ferritin")]), "needs an alias="),
-    (lambda: k.all_of(inclusion=[k.finding("rls", alias="x"), k.finding("plmd", alias="x")]), "bound twice"),
-    (lambda: k.all_of(inclusion=[k.finding("rls", alias="x"), k.not_coded("ALS_MND")]), "belongs under exclusion="),
-    (lambda: k.all_of(inclusion=[k.finding("rls", alias="x")], exclusion=[k.not_coded("ALS_MND")]),
-     "written positively"),
-    (lambda: k.all_of(inclusion=[k.finding("rls", alias="x")], exclusion=[k.coded("ALS_MND", alias="als")]),
-     "drop the alias"),
-    (lambda: k.finding("rls", alias="s"), "clashes with the engine's action closure"),
-    (lambda: k.coded("RLS", onset_within="14"), "expected a number"),
-    (lambda: k.selected_draft(alias="drug"), "say which drugs"),
-    (lambda: k.params(alias="settings"), "keep that alias"),
-    (lambda: k.setting("r8_weak_red_flags"), "is not a number; a yes/no setting goes in params(r8_weak_red_flags=True)"),
-    (lambda: k._equal("alias", "x"), "m.alias is a member of the durable-rules DSL"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: k.all_of(inclusion=[]), "at least one inclusion criterion"),
+        (lambda: k.all_of(inclusion=[k.result("ferritin")]), "needs an alias="),
+        (lambda: k.all_of(inclusion=[k.finding("rls", alias="x"), k.finding("plmd", alias="x")]), "bound twice"),
+        (lambda: k.all_of(inclusion=[k.finding("rls", alias="x"), k.not_coded("ALS_MND")]), "belongs under exclusion="),
+        (
+            lambda: k.all_of(inclusion=[k.finding("rls", alias="x")], exclusion=[k.not_coded("ALS_MND")]),
+            "written positively",
+        ),
+        (
+            lambda: k.all_of(inclusion=[k.finding("rls", alias="x")], exclusion=[k.coded("ALS_MND", alias="als")]),
+            "drop the alias",
+        ),
+        (lambda: k.finding("rls", alias="s"), "clashes with the engine's action closure"),
+        (lambda: k.coded("RLS", onset_within="14"), "expected a number"),
+        (lambda: k.selected_draft(alias="drug"), "say which drugs"),
+        (lambda: k.params(alias="settings"), "keep that alias"),
+        (
+            lambda: k.setting("r8_weak_red_flags"),
+            "is not a number; a yes/no setting goes in params(r8_weak_red_flags=True)",
+        ),
+        (lambda: k._equal("alias", "x"), "m.alias is a member of the durable-rules DSL"),
+    ],
+)
 def test_shapes_that_cannot_work_are_refused(make, message):
     with pytest.raises(CriteriaError, match=re.escape(message)):
         make()
@@ -241,7 +382,9 @@ def test_a_rule_module_with_a_typo_fails_at_import(tmp_path, monkeypatch):
     fired with a ferritin on file; written in the vocabulary, the module does not import."""
     (tmp_path / "site_rules_with_typo.py").write_text(
         "from cds_service.authoring.criteria import all_of, finding, result\n"
-        "WHEN = all_of(inclusion=[finding('rls', alias='rls')], exclusion=[result('ferittin')])\n", encoding="utf-8")
+        "WHEN = all_of(inclusion=[finding('rls', alias='rls')], exclusion=[result('ferittin')])\n",
+        encoding="utf-8",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(CriteriaError, match=re.escape("unknown analyte 'ferittin'; did you mean 'ferritin'?")):
         __import__("site_rules_with_typo")
@@ -250,52 +393,89 @@ def test_a_rule_module_with_a_typo_fails_at_import(tmp_path, monkeypatch):
 
 # ---- all_of through the real engine: exclusions hold only while their fact is absent -----------------
 
+
 def _card(rule_id: str, condition) -> RuleSpec:
-    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
-                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
+    return RuleSpec(
+        id=rule_id,
+        title=f"test {rule_id}",
+        citation="test",
+        stratum=CARD,
+        condition=condition,
+        module=__name__,
+        hooks=("patient-view",),
+        render=lambda matches, ctx: None,
+    )
 
 
 @pytest.fixture(scope="module")
 def probe():
     """One small engine for every semantic check (rulesets are a scarce per-process resource)."""
-    return RuleEngine([
-        _card("NO-FERRITIN", k.all_of(inclusion=[k.finding("rls", alias="rls")],
-                                      exclusion=[k.result("ferritin"), k.pending("ferritin"), k.data_gap("labs")])),
-        _card("RECENT-GLUCOSE", k.all_of(inclusion=[k.params(), k.result("glucose", "hba1c", alias="lab",
-                                                                          within=k.setting("metabolic_lookback_days"))])),
-        _card("REPEAT", k.all_of(inclusion=[k.procedure_done("emg", alias="prior")],
-                                 exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prior", "days_ago"))])),
-    ], name="criteria_probe")
+    return RuleEngine(
+        [
+            _card(
+                "NO-FERRITIN",
+                k.all_of(
+                    inclusion=[k.finding("rls", alias="rls")],
+                    exclusion=[k.result("ferritin"), k.pending("ferritin"), k.data_gap("labs")],
+                ),
+            ),
+            _card(
+                "RECENT-GLUCOSE",
+                k.all_of(
+                    inclusion=[
+                        k.params(),
+                        k.result("glucose", "hba1c", alias="lab", within=k.setting("metabolic_lookback_days")),
+                    ]
+                ),
+            ),
+            _card(
+                "REPEAT",
+                k.all_of(
+                    inclusion=[k.procedure_done("emg", alias="prior")],
+                    exclusion=[k.coded("RED_FLAG", recorded_since=k.value_of("prior", "days_ago"))],
+                ),
+            ),
+        ],
+        name="criteria_probe",
+    )
 
 
 RLS = {"kind": "finding", "name": "rls", "rule": "F-RLS", "basis": []}
 
 
-@pytest.mark.parametrize("extra, fires", [
-    ([], True),
-    ([{"kind": "lab", "analyte": "ferritin", "usable": False}], False),  # on file, even unreadable: not "no result"
-    ([{"kind": "lab", "analyte": "tsat", "usable": True}], True),
-    ([{"kind": "pending_test", "analyte": "ferritin"}], False),
-    ([{"kind": "data_gap", "key": "labs"}], False),
-    ([{"kind": "data_gap", "key": "conditions"}], True),
-])
+@pytest.mark.parametrize(
+    "extra, fires",
+    [
+        ([], True),
+        ([{"kind": "lab", "analyte": "ferritin", "usable": False}], False),  # on file, even unreadable: not "no result"
+        ([{"kind": "lab", "analyte": "tsat", "usable": True}], True),
+        ([{"kind": "pending_test", "analyte": "ferritin"}], False),
+        ([{"kind": "data_gap", "key": "labs"}], False),
+        ([{"kind": "data_gap", "key": "conditions"}], True),
+    ],
+)
 def test_exclusions_block_the_rule_only_when_their_fact_is_present(probe, extra, fires):
     matched = probe.evaluate([RLS, *extra]).card_matches
     assert ("NO-FERRITIN" in matched) is fires
 
 
-@pytest.mark.parametrize("days_ago, analyte, fires", [(10, "hba1c", True), (200, "hba1c", False),
-                                                      (10, "glucose", True), (10, "tsh", False)])
+@pytest.mark.parametrize(
+    "days_ago, analyte, fires", [(10, "hba1c", True), (200, "hba1c", False), (10, "glucose", True), (10, "tsh", False)]
+)
 def test_a_reference_with_alternatives_is_applied(probe, days_ago, analyte, fires):
-    facts = [{"kind": "params", "metabolic_lookback_days": 90.0},
-             {"kind": "lab", "analyte": analyte, "days_ago": days_ago}]
+    facts = [
+        {"kind": "params", "metabolic_lookback_days": 90.0},
+        {"kind": "lab", "analyte": analyte, "days_ago": days_ago},
+    ]
     assert ("RECENT-GLUCOSE" in probe.evaluate(facts).card_matches) is fires
 
 
 @pytest.mark.parametrize("recorded_days_ago, fires", [(300, True), (100, False)])
 def test_an_exclusion_compares_with_an_inclusion(probe, recorded_days_ago, fires):
-    facts = [{"kind": "procedure_done", "procedure": "emg", "days_ago": 200},
-             {"kind": "condition", "sets": ["RED_FLAG"], "recorded_days_ago": recorded_days_ago}]
+    facts = [
+        {"kind": "procedure_done", "procedure": "emg", "days_ago": 200},
+        {"kind": "condition", "sets": ["RED_FLAG"], "recorded_days_ago": recorded_days_ago},
+    ]
     assert ("REPEAT" in probe.evaluate(facts).card_matches) is fires
 
 
@@ -315,26 +495,35 @@ DSL_PRIMITIVES = {
 @pytest.mark.parametrize("path", sorted(RULES.glob("*.py")), ids=lambda p: p.name)
 def test_no_dsl_primitives_are_left_in_rules(path):
     text = path.read_text(encoding="utf-8")
-    found = [f"{name} at line {text[:hit.start()].count(chr(10)) + 1}"
-             for name, pattern in DSL_PRIMITIVES.items() for hit in pattern.finditer(text)]
+    found = [
+        f"{name} at line {text[: hit.start()].count(chr(10)) + 1}"
+        for name, pattern in DSL_PRIMITIVES.items()
+        for hit in pattern.finditer(text)
+    ]
     assert not found, f"{path.name}: write these in cds_service.authoring.criteria: {found}"
     imports = {node.module for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom)}
     assert not any(name and name.startswith("durable") for name in imports), f"{path.name} imports durable-rules"
 
 
 def test_the_primitive_check_sees_the_old_style():
-    old = 'when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")), none(m.kind == "x"), (m.selected == True))'
-    assert all(pattern.search(old) for name, pattern in DSL_PRIMITIVES.items()
-               if name not in ("item ==", "anyItem / allItems"))
+    old = (
+        'when=when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")), none(m.kind == "x"), (m.selected == True))'
+    )
+    assert all(
+        pattern.search(old) for name, pattern in DSL_PRIMITIVES.items() if name not in ("item ==", "anyItem / allItems")
+    )
 
 
 def test_every_registered_rule_id_is_a_literal_in_rules():
     import rules
 
     rules.load_all()
-    literals = {node.value for path in RULES.glob("*.py")
-                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    literals = {
+        node.value
+        for path in RULES.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
     bundled = sorted(rule_id for rule_id, spec in REGISTRY.items() if spec.module.startswith("rules."))
     assert len(bundled) > 70
     assert [rule_id for rule_id in bundled if rule_id not in literals] == []
@@ -345,7 +534,10 @@ def test_docs_name_every_function_of_the_vocabulary():
     import inspect
 
     page = (ROOT / "docs/criteria.md").read_text(encoding="utf-8")
-    public = [name for name, fn in inspect.getmembers(k, inspect.isfunction)
-              if not name.startswith("_") and fn.__module__ == k.__name__]
+    public = [
+        name
+        for name, fn in inspect.getmembers(k, inspect.isfunction)
+        if not name.startswith("_") and fn.__module__ == k.__name__
+    ]
     assert len(public) > 20
     assert [name for name in public if f"`{name}(" not in page] == []

@@ -1,6 +1,7 @@
 """The deployment files agree with the service: probe paths it answers, settings it knows, and the
 production defaults (allowlist, client auth or explicit open mode, shared PostgreSQL and Redis).
 Linting (hadolint, kubernetes-validate) runs in .ci/run; no container engine runs here."""
+
 import json
 import os
 import re
@@ -15,8 +16,12 @@ from cds_service.config import Config
 from conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
-MANIFESTS = {doc["kind"]: doc for path in sorted((DEPLOY / "kubernetes").glob("*.yaml"))
-             for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc}
+MANIFESTS = {
+    doc["kind"]: doc
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+    for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    if doc
+}
 COMPOSE = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
 # decided for this round and implemented by the start-up safety work in config.py
 PENDING_KEYS: set[str] = set()
@@ -34,13 +39,19 @@ def compose_env() -> dict[str, str]:
 
 
 def kubernetes_env() -> dict[str, str]:
-    return {**MANIFESTS["ConfigMap"]["data"], **MANIFESTS["Secret"]["stringData"],
-            **{e["name"]: e["value"] for e in container().get("env", [])}}
+    return {
+        **MANIFESTS["ConfigMap"]["data"],
+        **MANIFESTS["Secret"]["stringData"],
+        **{e["name"]: e["value"] for e in container().get("env", [])},
+    }
 
 
 def test_every_probe_and_healthcheck_path_is_served(client):
-    paths = {container()["livenessProbe"]["httpGet"]["path"], container()["readinessProbe"]["httpGet"]["path"],
-             container()["startupProbe"]["httpGet"]["path"]}
+    paths = {
+        container()["livenessProbe"]["httpGet"]["path"],
+        container()["readinessProbe"]["httpGet"]["path"],
+        container()["startupProbe"]["httpGet"]["path"],
+    }
     paths |= set(re.findall(r"'(/health[^']*)'", (DEPLOY / "Dockerfile").read_text(encoding="utf-8")))
     assert paths == {"/health", "/health/ready"}
     assert container()["livenessProbe"]["httpGet"]["path"] == "/health", "liveness must not depend on databases"
@@ -51,8 +62,14 @@ def test_every_probe_and_healthcheck_path_is_served(client):
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_every_setting_in_the_deployment_files_is_one_the_service_reads(where):
     env = compose_env() if where == "compose" else kubernetes_env()
-    unknown = [k for k in env if k.startswith("LEGMOVE_") and k != "LEGMOVE_CONFIG"
-               and not hasattr(Config, k[len("LEGMOVE_"):]) and k[len("LEGMOVE_"):] not in PENDING_KEYS]
+    unknown = [
+        k
+        for k in env
+        if k.startswith("LEGMOVE_")
+        and k != "LEGMOVE_CONFIG"
+        and not hasattr(Config, k[len("LEGMOVE_") :])
+        and k[len("LEGMOVE_") :] not in PENDING_KEYS
+    ]
     assert not unknown, f"{where} sets keys the service does not know: {unknown}"
     assert env["LEGMOVE_CONFIG"] == "production"
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
@@ -84,9 +101,15 @@ def test_the_kubernetes_objects_fit_together():
     assert security["runAsNonRoot"] and security["runAsUser"] != 0
     public = {p["path"] for rule in MANIFESTS["Ingress"]["spec"]["rules"] for p in rule["http"]["paths"]}
     assert public == {"/cds-services", "/openapi.json"}, "metrics and health stay off the public side"
-    assert all(p["backend"]["service"]["name"] == MANIFESTS["Service"]["metadata"]["name"]
-               for rule in MANIFESTS["Ingress"]["spec"]["rules"] for p in rule["http"]["paths"])
-    assert MANIFESTS["ConfigMap"]["data"]["LEGMOVE_PUBLIC_BASE_URL"] == f"https://{MANIFESTS['Ingress']['spec']['rules'][0]['host']}"
+    assert all(
+        p["backend"]["service"]["name"] == MANIFESTS["Service"]["metadata"]["name"]
+        for rule in MANIFESTS["Ingress"]["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    )
+    assert (
+        MANIFESTS["ConfigMap"]["data"]["LEGMOVE_PUBLIC_BASE_URL"]
+        == f"https://{MANIFESTS['Ingress']['spec']['rules'][0]['host']}"
+    )
     mounts = {m["mountPath"] for m in container()["volumeMounts"]}
     assert "/tmp" in mounts and container()["securityContext"]["readOnlyRootFilesystem"]
 
@@ -107,11 +130,18 @@ def test_the_compose_nginx_config_passes_nginx_t(tmp_path):
             raise AssertionError("nginx is required in CI (.ci/run installs it)")
         pytest.skip("nginx is not installed")
     text = (DEPLOY / "nginx/nginx.conf").read_text(encoding="utf-8")
-    for old, new in (("server legmove:8080", "server 127.0.0.1:1"), ("pid /tmp/nginx.pid", f"pid {tmp_path / 'nginx.pid'}"),
-                     ("/etc/nginx/legmove-proxy.conf", str(DEPLOY / "nginx/legmove-proxy.conf"))):
+    for old, new in (
+        ("server legmove:8080", "server 127.0.0.1:1"),
+        ("pid /tmp/nginx.pid", f"pid {tmp_path / 'nginx.pid'}"),
+        ("/etc/nginx/legmove-proxy.conf", str(DEPLOY / "nginx/legmove-proxy.conf")),
+    ):
         assert old in text
         text = text.replace(old, new)
     (tmp_path / "nginx.conf").write_text(text, encoding="utf-8")
-    result = subprocess.run([nginx, "-t", "-e", str(tmp_path / "error.log"), "-p", str(tmp_path), "-c",
-                             str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [nginx, "-t", "-e", str(tmp_path / "error.log"), "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,5 @@
 """The durable-rules wrapper against the defects measured in durable-rules-notes.md (R10)."""
+
 import re
 import threading
 
@@ -11,7 +12,6 @@ from cds_service.engine.hygiene import EngineError, fact_json
 from cds_service.engine.lint import RuleDefinitionError
 from cds_service.engine.wrapper import RuleEngine as _RuleEngine
 from cds_service.engine.wrapper import RuleError
-
 from conftest import ROOT, load_fixture
 
 
@@ -22,13 +22,29 @@ def RuleEngine(specs, name, fact_model=False):  # noqa: N802 - the engine under 
 
 
 def card(rule_id, condition):
-    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
-                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
+    return RuleSpec(
+        id=rule_id,
+        title=f"test {rule_id}",
+        citation="test",
+        stratum=CARD,
+        condition=condition,
+        module=__name__,
+        hooks=("patient-view",),
+        render=lambda matches, ctx: None,
+    )
 
 
 def derive(rule_id, condition, produces, fn=lambda match: {}):
-    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=DERIVE, condition=condition,
-                    module=__name__, derive=fn, produces=produces)
+    return RuleSpec(
+        id=rule_id,
+        title=f"test {rule_id}",
+        citation="test",
+        stratum=DERIVE,
+        condition=condition,
+        module=__name__,
+        derive=fn,
+        produces=produces,
+    )
 
 
 def test_no_background_threads_are_started():
@@ -42,9 +58,13 @@ def test_action_exception_names_the_rule_and_returns_no_cards():
     def broken(match):
         raise ZeroDivisionError("boom")
 
-    engine = RuleEngine([derive("BROKEN", when_all(c.x << (m.kind == "a")), "never", broken),
-                         card("CONSUMER", when_all(c.f << ((m.kind == "finding") & (m.name == "never"))))],
-                        name="broken_probe")
+    engine = RuleEngine(
+        [
+            derive("BROKEN", when_all(c.x << (m.kind == "a")), "never", broken),
+            card("CONSUMER", when_all(c.f << ((m.kind == "finding") & (m.name == "never")))),
+        ],
+        name="broken_probe",
+    )
     with pytest.raises(RuleError) as info:
         engine.evaluate([{"kind": "a"}])
     assert info.value.rule_id == "BROKEN"
@@ -68,8 +88,13 @@ def test_none_sees_a_negating_fact_asserted_in_any_order(alias):
 
 
 def test_chained_findings_reach_card_rules():
-    engine = RuleEngine([derive("D", when_all(c.x << (m.kind == "a")), "seen", lambda match: {"v": 1}),
-                         card("C", when_all(c.f << ((m.kind == "finding") & (m.name == "seen"))))], name="chain_probe")
+    engine = RuleEngine(
+        [
+            derive("D", when_all(c.x << (m.kind == "a")), "seen", lambda match: {"v": 1}),
+            card("C", when_all(c.f << ((m.kind == "finding") & (m.name == "seen")))),
+        ],
+        name="chain_probe",
+    )
     evaluation = engine.evaluate([{"kind": "a"}])
     finding = evaluation.card_matches["C"][0]["f"]
     assert finding["rule"] == "D" and evaluation.facts_by_id[finding["basis"][0]]["kind"] == "a"
@@ -82,14 +107,17 @@ def test_floats_the_engine_parser_rejects_are_rewritten():
     assert fact_json({"value": 1e16}) == '{"value":1.0e+16}'
 
 
-@pytest.mark.parametrize("fact", [
-    {"kind": "v", "value": float("inf")},
-    {"kind": "v", "value": float("nan")},
-    {"kind": "v", **{f"p{i}": i for i in range(300)}},
-    {"kind": "v", "nested": {"a": 1}},
-    {"kind": "v", "$hidden": 1},
-    {"kind": "v", "items": 1},
-])
+@pytest.mark.parametrize(
+    "fact",
+    [
+        {"kind": "v", "value": float("inf")},
+        {"kind": "v", "value": float("nan")},
+        {"kind": "v", **{f"p{i}": i for i in range(300)}},
+        {"kind": "v", "nested": {"a": 1}},
+        {"kind": "v", "$hidden": 1},
+        {"kind": "v", "items": 1},
+    ],
+)
 def test_unsafe_facts_are_rejected_before_the_engine(fact):
     engine = RuleEngine([card("ANY", when_all(c.x << (m.kind == "v")))], name="unsafe_probe")
     with pytest.raises(EngineError):
@@ -97,17 +125,32 @@ def test_unsafe_facts_are_rejected_before_the_engine(fact):
     assert "ANY" in engine.evaluate([{"kind": "v"}]).card_matches  # and the process carries on
 
 
-@pytest.mark.parametrize("specs, message", [
-    ([card("EMPTY", when_all(m.alias == "x"))], "empty condition list"),
-    ([card("ALIAS", when_all(c.s << (m.kind == "a")))], "reserved alias"),
-    ([derive("D2", when_all(c.x << (m.kind == "a")), "f2"),
-      card("NEGF", when_all(c.y << (m.kind == "b"), none((m.kind == "finding") & (m.name == "f2"))))],
-     "none() over a derived kind"),
-    ([derive("LONELY", when_all(c.x << (m.kind == "a")), "nobody_reads_this")], "consumed by no rule"),
-    ([card("ORREF", when_all(c.p << (m.kind == "p"),
-                             c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit))))],
-     "follows an | group"),
-])
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        ([card("EMPTY", when_all(m.alias == "x"))], "empty condition list"),
+        ([card("ALIAS", when_all(c.s << (m.kind == "a")))], "reserved alias"),
+        (
+            [
+                derive("D2", when_all(c.x << (m.kind == "a")), "f2"),
+                card("NEGF", when_all(c.y << (m.kind == "b"), none((m.kind == "finding") & (m.name == "f2")))),
+            ],
+            "none() over a derived kind",
+        ),
+        ([derive("LONELY", when_all(c.x << (m.kind == "a")), "nobody_reads_this")], "consumed by no rule"),
+        (
+            [
+                card(
+                    "ORREF",
+                    when_all(
+                        c.p << (m.kind == "p"), c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit))
+                    ),
+                )
+            ],
+            "follows an | group",
+        ),
+    ],
+)
 def test_registration_lint_stops_start_up(specs, message):
     with pytest.raises(RuleDefinitionError, match=re.escape(message)):
         RuleEngine(specs, name="lint_probe")
@@ -118,6 +161,7 @@ def test_or_then_alias_comparison_defect_is_real():
     bad = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & ((m.u == 1) | (m.u == 2)) & (m.v < c.p.limit)))
     good = when_all(c.p << (m.kind == "p"), c.x << ((m.kind == "a") & (m.v < c.p.limit) & ((m.u == 1) | (m.u == 2))))
     from cds_service.engine import wrapper as engine_module
+
     original = engine_module.lint
     engine_module.lint = lambda specs, definition: None
     try:
@@ -138,11 +182,19 @@ def test_a_rule_that_raises_gives_one_clean_500_and_the_app_keeps_working(app):
         raise KeyError("missing field")
 
     specs = dict(knowledge.specs)
-    specs["X-BOOM"] = RuleSpec(id="X-BOOM", title="boom", citation="test", stratum=DERIVE, module=__name__,
-                               condition=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-                               derive=derive_explode, produces="iron_check_due")
-    broken = Knowledge(knowledge.terminology, specs, RuleEngine(list(specs.values()), name="boom_app"),
-                       knowledge.services)
+    specs["X-BOOM"] = RuleSpec(
+        id="X-BOOM",
+        title="boom",
+        citation="test",
+        stratum=DERIVE,
+        module=__name__,
+        condition=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
+        derive=derive_explode,
+        produces="iron_check_due",
+    )
+    broken = Knowledge(
+        knowledge.terminology, specs, RuleEngine(list(specs.values()), name="boom_app"), knowledge.services
+    )
     fixture = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
     client = app.test_client()
     app.extensions["legmove"] = broken
@@ -165,8 +217,12 @@ def test_rule_catalog_page_is_current():
 
 def test_findings_with_tiny_floats_reach_card_rules():
     """Derived facts go through the same serialiser as base facts (1e-05 must not become '1e-05')."""
-    engine = RuleEngine([derive("TINY", when_all(c.x << (m.kind == "a")), "tiny", lambda match: {"ratio": 1e-05}),
-                         card("USE", when_all(c.f << ((m.kind == "finding") & (m.name == "tiny") & (m.ratio < 0.001))))],
-                        name="tiny_probe")
+    engine = RuleEngine(
+        [
+            derive("TINY", when_all(c.x << (m.kind == "a")), "tiny", lambda match: {"ratio": 1e-05}),
+            card("USE", when_all(c.f << ((m.kind == "finding") & (m.name == "tiny") & (m.ratio < 0.001)))),
+        ],
+        name="tiny_probe",
+    )
     evaluation = engine.evaluate([{"kind": "a"}])
     assert evaluation.card_matches["USE"][0]["f"]["ratio"] == pytest.approx(1e-05)

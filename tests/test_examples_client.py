@@ -6,6 +6,7 @@ filled (ids renamed per patient, references rewritten). Either way the service m
 fixture pins (exactly its cards, and for a silent fixture the findings its near-miss names), which checks
 the local search, the renaming and the client's prefetch together.
 """
+
 import pytest
 import requests
 
@@ -27,8 +28,13 @@ def _templates(client, example) -> dict:
 
 
 def _call(client, example, prefetch: dict, **extra):
-    body = {"hook": example.hook, "hookInstance": f"example-{example.patient_id}"[:64],
-            "context": example.request["context"], "prefetch": prefetch, **extra}
+    body = {
+        "hook": example.hook,
+        "hookInstance": f"example-{example.patient_id}"[:64],
+        "context": example.request["context"],
+        "prefetch": prefetch,
+        **extra,
+    }
     return client.post(f"/cds-services/{example.service}", json=body)
 
 
@@ -46,8 +52,9 @@ def test_every_example_from_the_chart_in_hand(client, derived_findings, path):
     fixture = _searchable(path)
     example = _example(path)
     service_client = client_for(fixture, client)
-    got = cds_client.prefetch_from_resources(_templates(service_client, example), example.request["context"],
-                                             example.resources())
+    got = cds_client.prefetch_from_resources(
+        _templates(service_client, example), example.request["context"], example.resources()
+    )
     assert got.warnings == []
     derived_findings.clear()
     assert_expected_cards(fixture, _call(service_client, example, got.values), derived_findings)
@@ -66,14 +73,21 @@ def loaded_server(tmp_path_factory):
 
 @pytest.mark.fhir_server
 @pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
-def test_every_example_loaded_onto_a_fhir_server_then_prefetched_by_the_client(client, loaded_server, derived_findings,
-                                                                              path):
+def test_every_example_loaded_onto_a_fhir_server_then_prefetched_by_the_client(
+    client, loaded_server, derived_findings, path
+):
     fixture = _searchable(path)
     example = _example(path)
     service_client = client_for(fixture, client)
     with requests.Session() as session:
-        got = cds_client.prefetch_from_server(_templates(service_client, example), example.request["context"], session,
-                                              loaded_server.base_url, FHIR_TOKEN, timeout=30)
+        got = cds_client.prefetch_from_server(
+            _templates(service_client, example),
+            example.request["context"],
+            session,
+            loaded_server.base_url,
+            FHIR_TOKEN,
+            timeout=30,
+        )
     assert got.warnings == []
     derived_findings.clear()
     assert_expected_cards(fixture, _call(service_client, example, got.values), derived_findings)

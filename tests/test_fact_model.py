@@ -1,15 +1,16 @@
 """The written fact model (cds_service/facts/schema.py): facts are built from it, findings are checked
 against it, and the start-up lint rejects rules that name a kind, field or finding it does not have."""
+
 from __future__ import annotations
 
 import json
 import sys
 import textwrap
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import pytest
-from durable.lang import c, item, m, none, when_all, when_any
 from durable.lang import all as all_of
+from durable.lang import c, item, m, none, when_all, when_any
 
 import rules
 from cds_service.app import create_app
@@ -17,22 +18,35 @@ from cds_service.authoring.rulebook import CARD, DERIVE, REGISTRY, RuleSpec
 from cds_service.engine import wrapper
 from cds_service.engine.lint import RuleDefinitionError, fact_model_problems
 from cds_service.engine.wrapper import RuleEngine, RuleError
-from cds_service.knowledge.settings import SettingsError
 from cds_service.facts import schema
 from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, Field, declare_finding
 from cds_service.fhir.prefetch import OPTIONAL, queries
+from cds_service.knowledge.settings import SettingsError
 from cds_service.knowledge.terminology import Terminology
-
 from conftest import FIXTURES, ROOT, load_fixture
 
-FERRITIN = {"kind": "lab", "analyte": "ferritin", "resource_ref": "Observation/f1", "loinc": "2276-4",
-            "matched_by": "code", "date": "2026-10-01", "days_ago": 52, "usable": True, "raw_value": 30.0,
-            "raw_unit": "ng/mL", "comparator": "=", "value_source": "quantity", "value": 30.0, "unit": "ng/mL"}
+FERRITIN = {
+    "kind": "lab",
+    "analyte": "ferritin",
+    "resource_ref": "Observation/f1",
+    "loinc": "2276-4",
+    "matched_by": "code",
+    "date": "2026-10-01",
+    "days_ago": 52,
+    "usable": True,
+    "raw_value": 30.0,
+    "raw_unit": "ng/mL",
+    "comparator": "=",
+    "value_source": "quantity",
+    "value": 30.0,
+    "unit": "ng/mL",
+}
 
 
 # ---- every fact of every fixture, as the engine saw it ---------------------------------------
 
-@lru_cache(maxsize=None)
+
+@cache
 def _client(config_json: str):
     return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json)).test_client()
 
@@ -178,11 +192,11 @@ def test_every_field_says_what_it_means():
 
 def test_closed_sets_follow_the_knowledge_files_and_the_prefetch_keys():
     term = Terminology()
-    assert schema.ANALYTES == set(term.analytes)
-    assert schema.PROCEDURES == set(term.procedures.titles)
-    assert schema.DRUG_GROUPS == set(term.groups)
+    assert set(term.analytes) == schema.ANALYTES
+    assert set(term.procedures.titles) == schema.PROCEDURES
+    assert set(term.groups) == schema.DRUG_GROUPS
     assert set(term.drugs["class_titles"]) <= schema.DRUG_CLASSES
-    assert schema.DATA_KEYS == set(queries(term)) | set(OPTIONAL)
+    assert set(queries(term)) | set(OPTIONAL) == schema.DATA_KEYS
 
 
 def test_the_params_fact_declares_every_setting_and_a_typo_in_an_override_stops_start_up():
@@ -190,8 +204,10 @@ def test_the_params_fact_declares_every_setting_and_a_typo_in_an_override_stops_
 
     assert set(params_fact(Terminology())) == set(KINDS["params"].fields)
     # the typed settings refuse the misspelt key before the params fact is built from them
-    with pytest.raises(SettingsError, match="unknown knowledge setting 'feritin_lookback_days' "
-                                            "\\(did you mean 'ferritin_lookback_days'\\?\\)"):
+    with pytest.raises(
+        SettingsError,
+        match="unknown knowledge setting 'feritin_lookback_days' \\(did you mean 'ferritin_lookback_days'\\?\\)",
+    ):
         create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, KNOWLEDGE_OVERRIDES={"feritin_lookback_days": 200})
 
 
@@ -202,8 +218,11 @@ def test_a_projection_that_breaks_the_model_is_an_error_not_a_skipped_resource(m
 
     fixture = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
     request = fixture["request"]
-    resources = {key: [e["resource"] for e in value.get("entry", [])] if value.get("resourceType") == "Bundle"
-                 else [value] for key, value in request["prefetch"].items() if isinstance(value, dict)}
+    resources = {
+        key: [e["resource"] for e in value.get("entry", [])] if value.get("resourceType") == "Bundle" else [value]
+        for key, value in request["prefetch"].items()
+        if isinstance(value, dict)
+    }
     data = PatientData("patient-view", request["context"]["patientId"], resources)
     assert any(f["kind"] == "condition" for f in build_facts(data, Terminology(), _today()).facts)
     broken = FactKind("condition", "broken", {k: v for k, v in KINDS["condition"].fields.items() if k != "display"})
@@ -220,6 +239,7 @@ def _today():
 
 # ---- findings ----------------------------------------------------------------------------------
 
+
 def test_every_built_in_derivation_produces_a_declared_finding():
     rules.load_all()
     produced = {s.produces for s in REGISTRY.values() if s.stratum == DERIVE}
@@ -230,10 +250,19 @@ def test_a_derivation_result_that_does_not_fit_its_finding_fails_the_rule():
     def sloppy(match):
         return {"trigger": "patient-view", "resource_rf": "Condition/x"}  # a typo in a field name
 
-    specs = [RuleSpec(id="F-SLOPPY", title="sloppy", citation="test", stratum=DERIVE, module=__name__,
-                      condition=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
-                      derive=sloppy, produces="iron_check_due"),
-             _card("USES-DUE", when_all(c.due << ((m.kind == "finding") & (m.name == "iron_check_due"))))]
+    specs = [
+        RuleSpec(
+            id="F-SLOPPY",
+            title="sloppy",
+            citation="test",
+            stratum=DERIVE,
+            module=__name__,
+            condition=when_all(c.ctx << ((m.kind == "context") & (m.hook == "patient-view"))),
+            derive=sloppy,
+            produces="iron_check_due",
+        ),
+        _card("USES-DUE", when_all(c.due << ((m.kind == "finding") & (m.name == "iron_check_due")))),
+    ]
     engine = RuleEngine(specs, name="fact_model_sloppy_probe")
     with pytest.raises(RuleError) as info:
         engine.evaluate([KINDS["context"].new(hook="patient-view")])
@@ -254,17 +283,27 @@ def test_declare_finding_rejects_redeclaring_and_misnamed_fields():
 
 # ---- the start-up lint ------------------------------------------------------------------------
 
+
 def _card(rule_id, condition):
-    return RuleSpec(id=rule_id, title=f"test {rule_id}", citation="test", stratum=CARD, condition=condition,
-                    module=__name__, hooks=("patient-view",), render=lambda matches, ctx: None)
+    return RuleSpec(
+        id=rule_id,
+        title=f"test {rule_id}",
+        citation="test",
+        stratum=CARD,
+        condition=condition,
+        module=__name__,
+        hooks=("patient-view",),
+        render=lambda matches, ctx: None,
+    )
 
 
 def _problems(*specs) -> list[str]:
     return fact_model_problems(list(specs), {s.id: s.condition.define() for s in specs})
 
 
-TYPO_IN_NONE = when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
-                        none((m.kind == "lab") & (m.anlyte == "ferritin")))
+TYPO_IN_NONE = when_all(
+    c.rls << ((m.kind == "finding") & (m.name == "rls")), none((m.kind == "lab") & (m.anlyte == "ferritin"))
+)
 
 
 def test_the_typo_inside_none_passed_the_old_lint_and_fired_with_a_ferritin_on_file():
@@ -273,8 +312,9 @@ def test_the_typo_inside_none_passed_the_old_lint_and_fired_with_a_ferritin_on_f
     rls = {"kind": "finding", "name": "rls", "rule": "F-RLS", "basis": [], "resource_ref": "Condition/rls-1"}
     engine = RuleEngine([_card("R1-TYPO", TYPO_IN_NONE)], name="fact_model_typo_probe", fact_model=False)
     assert "R1-TYPO" in engine.evaluate([rls, FERRITIN]).card_matches  # the false positive
-    correct = when_all(c.rls << ((m.kind == "finding") & (m.name == "rls")),
-                       none((m.kind == "lab") & (m.analyte == "ferritin")))
+    correct = when_all(
+        c.rls << ((m.kind == "finding") & (m.name == "rls")), none((m.kind == "lab") & (m.analyte == "ferritin"))
+    )
     engine = RuleEngine([_card("R1-RIGHT", correct)], name="fact_model_right_probe", fact_model=False)
     assert "R1-RIGHT" not in engine.evaluate([rls, FERRITIN]).card_matches
 
@@ -282,51 +322,99 @@ def test_the_typo_inside_none_passed_the_old_lint_and_fired_with_a_ferritin_on_f
 def test_the_typo_inside_none_now_stops_the_engine_build():
     with pytest.raises(RuleDefinitionError) as info:
         RuleEngine([_card("R1", TYPO_IN_NONE)], name="fact_model_typo_stop")
-    assert "R1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(info.value)
+    assert "R1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(
+        info.value
+    )
 
 
-@pytest.mark.parametrize("condition, message", [
-    (when_all(c.lab << ((m.kind == "lab") & (m.anlyte == "ferritin"))),
-     "X: in c.lab, field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)"),
-    (when_all(c.lab << ((m.kind == "lab") & (m.analyte == "feritin"))),
-     "X: in c.lab, field 'analyte' of 'lab' facts never holds 'feritin' (did you mean 'ferritin'?)"),
-    (when_all(c.p << (m.kind == "params"), c.lab << ((m.kind == "lab") & (m.days_ago <= c.p.ferritin_lookback_dayz))),
-     "X: in c.lab, c.p.ferritin_lookback_dayz: field 'ferritin_lookback_dayz' is not a field of 'params' facts "
-     "(did you mean 'ferritin_lookback_days'?)"),
-    (when_all(c.due << ((m.kind == "finding") & (m.name == "iron_stores")),
-              c.lab << ((m.kind == "lab") & (m.value > c.due.feritin + 10))),
-     "X: in c.lab, c.due.feritin: field 'feritin' is not a field of 'iron_stores' findings (did you mean 'ferritin'?)"),
-    (when_all(c.prior << (m.kind == "procedure_done"),
-              none((m.kind == "condition") & (m.recorded_days_ago < c.prior.day_ago))),
-     "X: inside none(), c.prior.day_ago: field 'day_ago' is not a field of 'procedure_done' facts "
-     "(did you mean 'days_ago'?)"),
-    (when_all(c.lab << ((m.kind == "labs") & (m.analyte == "ferritin"))),
-     "X: in c.lab, kind 'labs' is not a kind of fact (did you mean 'lab'?)"),
-    (when_all(c.f << ((m.kind == "finding") & (m.name == "rlss"))),
-     "X: in c.f, finding 'rlss' is derived by no rule and declared nowhere (did you mean 'rls'?)"),
-    (when_all(c.f << ((m.kind == "finding") & (m.name == "iron_stores") & (m.verdikt == "indicated"))),
-     "X: in c.f, field 'verdikt' is not a field of 'iron_stores' findings (did you mean 'verdict'?)"),
-    (when_all(c.x << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMDD")))),
-     "X: in c.x, an item of 'sets' of 'condition' facts never holds 'PLMDD' (did you mean 'PLMD'?)"),
-    (when_all(c.x << ((m.kind == "condition") & m.setz.allItems(item != "RLS"))),
-     "X: in c.x, field 'setz' is not a field of 'condition' facts (did you mean 'sets'?)"),
-    (when_all(c.x << ((m.kind == "medication") & m.classes.anyItem(item.code == "ssri"))),
-     "X: in c.x, items of 'classes' in 'medication' facts are strings: 'item.code' never matches"),
-    (when_all(c.x << (((m.kind == "lab") | (m.kind == "pending_test")) & (m.usable == True))),
-     "X: in c.x, field 'usable' is not a field of 'pending_test' facts"),
-    (when_all(c.x << ((m.kind == "medication") & (m.selected == "true"))),
-     "X: in c.x, field 'selected' of 'medication' facts is compared with 'true', which a bool never equals"),
-    (when_all(c.x << ((m.kind == "condition") & -m.onset_day_ago)),
-     "X: in c.x, field 'onset_day_ago' is not a field of 'condition' facts (did you mean 'onset_days_ago'?)"),
-    (when_all(c.x << (m.analyte == "ferritin")),
-     "X: in c.x, the condition does not say which kind of fact it matches (m.kind == ...)"),
-    (when_any(all_of(c.a << ((m.kind == "lab") & (m.valu > 3))), all_of(c.b << (m.kind == "context"))),
-     "X: in c.a, field 'valu' is not a field of 'lab' facts (did you mean 'value'?)"),
-    (when_all(c.ctx << ((m.kind == "context") & ((m.hook == "patient_view") | (m.hook == "order-sign")))),
-     "X: in c.ctx, field 'hook' of 'context' facts never holds 'patient_view' (did you mean 'patient-view'?)"),
-    (when_all(c.a << (m.kind == "lab"), c.b << ((m.kind == "lab") & (m.value > c.h.value))),
-     "X: in c.b, c.h.value refers to an alias no condition of this rule binds"),
-])
+@pytest.mark.parametrize(
+    "condition, message",
+    [
+        (
+            when_all(c.lab << ((m.kind == "lab") & (m.anlyte == "ferritin"))),
+            "X: in c.lab, field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)",
+        ),
+        (
+            when_all(c.lab << ((m.kind == "lab") & (m.analyte == "feritin"))),
+            "X: in c.lab, field 'analyte' of 'lab' facts never holds 'feritin' (did you mean 'ferritin'?)",
+        ),
+        (
+            when_all(
+                c.p << (m.kind == "params"), c.lab << ((m.kind == "lab") & (m.days_ago <= c.p.ferritin_lookback_dayz))
+            ),
+            "X: in c.lab, c.p.ferritin_lookback_dayz: field 'ferritin_lookback_dayz' is not a field of 'params' facts "
+            "(did you mean 'ferritin_lookback_days'?)",
+        ),
+        (
+            when_all(
+                c.due << ((m.kind == "finding") & (m.name == "iron_stores")),
+                c.lab << ((m.kind == "lab") & (m.value > c.due.feritin + 10)),
+            ),
+            "X: in c.lab, c.due.feritin: field 'feritin' is not a field of 'iron_stores' findings "
+            "(did you mean 'ferritin'?)",
+        ),
+        (
+            when_all(
+                c.prior << (m.kind == "procedure_done"),
+                none((m.kind == "condition") & (m.recorded_days_ago < c.prior.day_ago)),
+            ),
+            "X: inside none(), c.prior.day_ago: field 'day_ago' is not a field of 'procedure_done' facts "
+            "(did you mean 'days_ago'?)",
+        ),
+        (
+            when_all(c.lab << ((m.kind == "labs") & (m.analyte == "ferritin"))),
+            "X: in c.lab, kind 'labs' is not a kind of fact (did you mean 'lab'?)",
+        ),
+        (
+            when_all(c.f << ((m.kind == "finding") & (m.name == "rlss"))),
+            "X: in c.f, finding 'rlss' is derived by no rule and declared nowhere (did you mean 'rls'?)",
+        ),
+        (
+            when_all(c.f << ((m.kind == "finding") & (m.name == "iron_stores") & (m.verdikt == "indicated"))),
+            "X: in c.f, field 'verdikt' is not a field of 'iron_stores' findings (did you mean 'verdict'?)",
+        ),
+        (
+            when_all(c.x << ((m.kind == "condition") & m.sets.anyItem((item == "RLS") | (item == "PLMDD")))),
+            "X: in c.x, an item of 'sets' of 'condition' facts never holds 'PLMDD' (did you mean 'PLMD'?)",
+        ),
+        (
+            when_all(c.x << ((m.kind == "condition") & m.setz.allItems(item != "RLS"))),
+            "X: in c.x, field 'setz' is not a field of 'condition' facts (did you mean 'sets'?)",
+        ),
+        (
+            when_all(c.x << ((m.kind == "medication") & m.classes.anyItem(item.code == "ssri"))),
+            "X: in c.x, items of 'classes' in 'medication' facts are strings: 'item.code' never matches",
+        ),
+        (
+            when_all(c.x << (((m.kind == "lab") | (m.kind == "pending_test")) & (m.usable == True))),
+            "X: in c.x, field 'usable' is not a field of 'pending_test' facts",
+        ),
+        (
+            when_all(c.x << ((m.kind == "medication") & (m.selected == "true"))),
+            "X: in c.x, field 'selected' of 'medication' facts is compared with 'true', which a bool never equals",
+        ),
+        (
+            when_all(c.x << ((m.kind == "condition") & -m.onset_day_ago)),
+            "X: in c.x, field 'onset_day_ago' is not a field of 'condition' facts (did you mean 'onset_days_ago'?)",
+        ),
+        (
+            when_all(c.x << (m.analyte == "ferritin")),
+            "X: in c.x, the condition does not say which kind of fact it matches (m.kind == ...)",
+        ),
+        (
+            when_any(all_of(c.a << ((m.kind == "lab") & (m.valu > 3))), all_of(c.b << (m.kind == "context"))),
+            "X: in c.a, field 'valu' is not a field of 'lab' facts (did you mean 'value'?)",
+        ),
+        (
+            when_all(c.ctx << ((m.kind == "context") & ((m.hook == "patient_view") | (m.hook == "order-sign")))),
+            "X: in c.ctx, field 'hook' of 'context' facts never holds 'patient_view' (did you mean 'patient-view'?)",
+        ),
+        (
+            when_all(c.a << (m.kind == "lab"), c.b << ((m.kind == "lab") & (m.value > c.h.value))),
+            "X: in c.b, c.h.value refers to an alias no condition of this rule binds",
+        ),
+    ],
+)
 def test_the_lint_names_rule_kind_and_field(condition, message):
     assert message in _problems(_card("X", condition))
 
@@ -338,13 +426,25 @@ def test_every_bundled_rule_fits_the_model():
 
 
 def test_a_derivation_of_an_undeclared_finding_is_rejected():
-    spec = RuleSpec(id="F-NEW", title="new", citation="test", stratum=DERIVE, module=__name__,
-                    condition=when_all(c.ctx << (m.kind == "context")), derive=lambda match: {}, produces="rsl")
-    assert any(p.startswith("F-NEW: it derives finding 'rsl', which the fact model does not declare")
-               and "did you mean 'rls'?" in p for p in _problems(spec))
+    spec = RuleSpec(
+        id="F-NEW",
+        title="new",
+        citation="test",
+        stratum=DERIVE,
+        module=__name__,
+        condition=when_all(c.ctx << (m.kind == "context")),
+        derive=lambda match: {},
+        produces="rsl",
+    )
+    assert any(
+        p.startswith("F-NEW: it derives finding 'rsl', which the fact model does not declare")
+        and "did you mean 'rls'?" in p
+        for p in _problems(spec)
+    )
 
 
 # ---- site rule modules (EXTRA_RULE_MODULES) ---------------------------------------------------
+
 
 @pytest.fixture()
 def site_module(tmp_path, monkeypatch):
@@ -373,7 +473,9 @@ def _site_app(module: str):
 
 
 def test_a_site_module_with_a_typo_stops_start_up(site_module):
-    name = site_module("site_typo_rules", '''
+    name = site_module(
+        "site_typo_rules",
+        """
         from durable.lang import c, m, none, when_all
         from cds_service.authoring.rulebook import card_rule
 
@@ -382,14 +484,19 @@ def test_a_site_module_with_a_typo_stops_start_up(site_module):
                                  none((m.kind == "lab") & (m.anlyte == "ferritin"))))
         def site_card(matches, ctx):
             return None
-        ''')
+        """,
+    )
     with pytest.raises(RuleDefinitionError) as info:
         _site_app(name)
-    assert "S1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(info.value)
+    assert "S1: inside none(), field 'anlyte' is not a field of 'lab' facts (did you mean 'analyte'?)" in str(
+        info.value
+    )
 
 
 def test_a_site_module_deriving_an_undeclared_finding_stops_start_up(site_module):
-    name = site_module("site_undeclared_rules", '''
+    name = site_module(
+        "site_undeclared_rules",
+        """
         from durable.lang import c, m, when_all
         from cds_service.authoring.rulebook import card_rule, derivation
 
@@ -402,14 +509,18 @@ def test_a_site_module_deriving_an_undeclared_finding_stops_start_up(site_module
                    when=when_all(c.x << ((m.kind == "finding") & (m.name == "site_x"))))
         def site_card(matches, ctx):
             return None
-        ''')
-    with pytest.raises(RuleDefinitionError, match="F-SITE-X: it derives finding 'site_x', which the fact model "
-                                                  "does not declare"):
+        """,
+    )
+    with pytest.raises(
+        RuleDefinitionError, match="F-SITE-X: it derives finding 'site_x', which the fact model does not declare"
+    ):
         _site_app(name)
 
 
 def test_a_site_module_that_declares_its_finding_starts_and_is_checked(site_module):
-    name = site_module("site_declared_rules", '''
+    name = site_module(
+        "site_declared_rules",
+        """
         from durable.lang import c, m, when_all
         from cds_service.authoring.rulebook import CardDraft, card_rule, derivation
         from cds_service.facts.schema import Field, declare_finding
@@ -429,7 +540,8 @@ def test_a_site_module_that_declares_its_finding_starts_and_is_checked(site_modu
         def site_card(matches, ctx):
             return CardDraft(summary="Site ferritin reviewed", indicator="info", why="A ferritin is on file.",
                              evidence=[matches[0]["f"]])
-        ''')
+        """,
+    )
     app = _site_app(name)
     assert "site_ferritin_reviewed" in FINDINGS
     knowledge = app.extensions["legmove"]
@@ -445,6 +557,7 @@ def test_a_site_module_that_declares_its_finding_starts_and_is_checked(site_modu
 
 
 # ---- the docs ---------------------------------------------------------------------------------
+
 
 def test_the_fact_model_page_is_current():
     from cds_service.cli.main import fact_model_markdown

@@ -1,4 +1,5 @@
 """Card feedback (checklist 10) against real databases: a SQLite file and the local PostgreSQL."""
+
 import itertools
 import json
 import uuid
@@ -13,7 +14,11 @@ R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def feedback_app(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'feedback.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=url, FEEDBACK_STORE_COMMENTS=False)
     yield app
     app.extensions["legmove_ledger"].close()
@@ -38,13 +43,23 @@ def test_accepted_and_overridden_feedback_is_stored_with_the_rule(feedback_app):
     client = feedback_app.test_client()
     card = issue_card(client)
     suggestion = card["suggestions"][0]["uuid"]
-    accepted = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": suggestion}],
-                "outcomeTimestamp": "2026-11-22T10:05:31.52z"}
+    accepted = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": suggestion}],
+        "outcomeTimestamp": "2026-11-22T10:05:31.52z",
+    }
     response = send(client, accepted)
     assert response.status_code == 200 and response.get_data() == b""
-    overridden = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z",
-                  "overrideReason": {"reason": {"system": "urn:legmove-cds:override-reason", "code": "benefit-outweighs-risk"},
-                                     "userComment": "Patient Jane Doe prefers it"}}
+    overridden = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-22T10:06:00Z",
+        "overrideReason": {
+            "reason": {"system": "urn:legmove-cds:override-reason", "code": "benefit-outweighs-risk"},
+            "userComment": "Patient Jane Doe prefers it",
+        },
+    }
     assert send(client, overridden).status_code == 200
     rows = feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"])
     assert {(r["rule_id"], r["outcome"]) for r in rows} == {("R3", "accepted"), ("R3", "overridden")}
@@ -80,17 +95,37 @@ def test_a_card_uuid_from_another_service_is_unknown_there(feedback_app):
     assert feedback_app.extensions["legmove_ledger"].feedback_for(card["uuid"]) == []
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "feedback"),
-    ({"feedback": []}, "at least one item"),
-    ({"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "outcome"),
-    ({"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "acceptedSuggestions"),
-    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00"}]}, "time zone"),
-    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"}]}, "RFC 3339"),
-    ({"feedback": [{"card": 5, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "card"),
-    ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z",
-                    "overrideReason": {"reason": "no"}}]}, "Coding"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "feedback"),
+        ({"feedback": []}, "at least one item"),
+        ({"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "outcome"),
+        (
+            {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]},
+            "acceptedSuggestions",
+        ),
+        (
+            {"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00"}]},
+            "time zone",
+        ),
+        ({"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"}]}, "RFC 3339"),
+        ({"feedback": [{"card": 5, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}]}, "card"),
+        (
+            {
+                "feedback": [
+                    {
+                        "card": "x",
+                        "outcome": "overridden",
+                        "outcomeTimestamp": "2026-11-22T10:06:00Z",
+                        "overrideReason": {"reason": "no"},
+                    }
+                ]
+            },
+            "Coding",
+        ),
+    ],
+)
 def test_malformed_feedback_is_400(client, body, message):
     response = client.post("/cds-services/legmove-order-sign/feedback", json=body)
     assert response.status_code == 400 and message in response.get_json()["issue"][0]["diagnostics"]
@@ -101,8 +136,9 @@ def test_feedback_for_an_unknown_service_is_404(client):
 
 
 def test_database_down_keeps_advice_flowing_and_feedback_says_retry():
-    app = create_app("test", LOG_LEVEL="CRITICAL",
-                     FEEDBACK_STORE="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1")
+    app = create_app(
+        "test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1"
+    )
     client = app.test_client()
     card = issue_card(client)  # the hook call still answers with its card
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"}
@@ -111,12 +147,15 @@ def test_database_down_keeps_advice_flowing_and_feedback_says_retry():
     assert response.status_code == 503 and response.get_json()["resourceType"] == "OperationOutcome"
 
 
-@pytest.mark.parametrize("issued_at, sent_to", [
-    ("legmove-order-sign", "legmove-order-sign"),  # the id that issued the card
-    ("legmove-order-sign", "legmove-orders"),  # the deprecated alias, for a card of an order service
-    ("legmove-orders", "legmove-order-sign"),  # a card issued through the alias belongs to the per-hook id
-    ("legmove-orders", "legmove-orders"),
-])
+@pytest.mark.parametrize(
+    "issued_at, sent_to",
+    [
+        ("legmove-order-sign", "legmove-order-sign"),  # the id that issued the card
+        ("legmove-order-sign", "legmove-orders"),  # the deprecated alias, for a card of an order service
+        ("legmove-orders", "legmove-order-sign"),  # a card issued through the alias belongs to the per-hook id
+        ("legmove-orders", "legmove-orders"),
+    ],
+)
 def test_feedback_is_accepted_at_the_issuing_id_and_at_the_alias(feedback_app, issued_at, sent_to):
     client = feedback_app.test_client()
     card = issue_card(client, service=issued_at)

@@ -2,6 +2,7 @@
 PostgreSQL): a 200 means committed, so kill -9 of every service process loses no acknowledged
 item; two workers racing on a freshly created PostgreSQL database lose no issued card; the
 schema comes from the Alembic migrations and a schema this build does not know stops start-up."""
+
 import os
 import subprocess
 import sys
@@ -73,8 +74,9 @@ def test_a_200_means_committed_even_when_every_process_is_killed(tmp_path, store
             if enough.is_set():
                 return
             try:
-                response = requests.post(f"{service.base}/cds-services/{SERVICE}/feedback", json={"feedback": batch},
-                                         timeout=30)
+                response = requests.post(
+                    f"{service.base}/cds-services/{SERVICE}/feedback", json={"feedback": batch}, timeout=30
+                )
             except requests.RequestException:
                 return  # the kill cut it: not acknowledged
             if response.status_code == 200:
@@ -83,7 +85,7 @@ def test_a_200_means_committed_even_when_every_process_is_killed(tmp_path, store
                     if len(acknowledged) >= ACKNOWLEDGED:
                         enough.set()
 
-        batches = [items[i:i + 5] for i in range(0, len(items), 5)]
+        batches = [items[i : i + 5] for i in range(0, len(items), 5)]
         with ThreadPoolExecutor(8) as pool:
             jobs = [pool.submit(send, batch) for batch in batches]
             enough.wait(timeout=300)
@@ -93,11 +95,20 @@ def test_a_200_means_committed_even_when_every_process_is_killed(tmp_path, store
     finally:
         service.stop()
     assert len(acknowledged) >= ACKNOWLEDGED
-    stored = {(r["card_uuid"], r["outcome_timestamp"].astimezone(UTC) if r["outcome_timestamp"].tzinfo
-               else r["outcome_timestamp"].replace(tzinfo=UTC))
-              for r in rows(store_url, card_feedback) + rows(store_url, unmatched_feedback)}
-    lost = [i for i in acknowledged
-            if (i["card"], datetime.fromisoformat(i["outcomeTimestamp"].replace("Z", "+00:00"))) not in stored]
+    stored = {
+        (
+            r["card_uuid"],
+            r["outcome_timestamp"].astimezone(UTC)
+            if r["outcome_timestamp"].tzinfo
+            else r["outcome_timestamp"].replace(tzinfo=UTC),
+        )
+        for r in rows(store_url, card_feedback) + rows(store_url, unmatched_feedback)
+    }
+    lost = [
+        i
+        for i in acknowledged
+        if (i["card"], datetime.fromisoformat(i["outcomeTimestamp"].replace("Z", "+00:00"))) not in stored
+    ]
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged items lost"
 
 
@@ -110,8 +121,9 @@ def test_two_workers_racing_on_a_fresh_postgres_database_lose_nothing(tmp_path, 
         cards = issue_cards(service.base, 200)
         items = [{"card": c, "outcome": "overridden", "outcomeTimestamp": "2026-11-22T10:06:00Z"} for c in cards]
         for i in range(0, len(items), 50):
-            response = requests.post(f"{service.base}/cds-services/{SERVICE}/feedback",
-                                     json={"feedback": items[i:i + 50]}, timeout=30)
+            response = requests.post(
+                f"{service.base}/cds-services/{SERVICE}/feedback", json={"feedback": items[i : i + 50]}, timeout=30
+            )
             assert response.status_code == 200
     finally:
         service.stop()
@@ -124,8 +136,16 @@ def test_concurrent_upgrades_of_a_fresh_postgres_database_both_succeed(fresh_pos
     """Two deployments (or a deployment step and a master) upgrading at once: an advisory lock
     lets one migrate; the other finds the schema current."""
     env_url = {"LEGMOVE_FEEDBACK_STORE": fresh_postgres, "LEGMOVE_CONFIG": "production"}
-    procs = [subprocess.Popen([sys.executable, "-m", "cds_service.store.migrations", "upgrade"], env={**os.environ, **env_url},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cds_service.store.migrations", "upgrade"],
+            env={**os.environ, **env_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert migrations.current(fresh_postgres) == migrations.head()
@@ -136,19 +156,43 @@ def test_the_baseline_stamps_a_database_made_by_create_all(tmp_path):
     rows: the baseline creates nothing, later revisions add what is new."""
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     old = MetaData()
-    Table("issued_card", old, Column("card_uuid", String(36), primary_key=True), Column("rule_id", String(32)),
-          Column("service_id", String(64)), Column("hook", String(32)), Column("suggestion_uuids", Text),
-          Column("issued_at", DateTime(timezone=True)))
-    Table("card_feedback", old, Column("card_uuid", String(36)), Column("rule_id", String(32)),
-          Column("outcome", String(16)), Column("accepted_suggestions", Text), Column("reason_system", String(255)),
-          Column("reason_code", String(64)), Column("user_comment", Text),
-          Column("outcome_timestamp", DateTime(timezone=True)), Column("received_at", DateTime(timezone=True)))
+    Table(
+        "issued_card",
+        old,
+        Column("card_uuid", String(36), primary_key=True),
+        Column("rule_id", String(32)),
+        Column("service_id", String(64)),
+        Column("hook", String(32)),
+        Column("suggestion_uuids", Text),
+        Column("issued_at", DateTime(timezone=True)),
+    )
+    Table(
+        "card_feedback",
+        old,
+        Column("card_uuid", String(36)),
+        Column("rule_id", String(32)),
+        Column("outcome", String(16)),
+        Column("accepted_suggestions", Text),
+        Column("reason_system", String(255)),
+        Column("reason_code", String(64)),
+        Column("user_comment", Text),
+        Column("outcome_timestamp", DateTime(timezone=True)),
+        Column("received_at", DateTime(timezone=True)),
+    )
     engine = sqlalchemy.create_engine(url)
     old.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(old.tables["issued_card"].insert(), {"card_uuid": "c-1", "rule_id": "R3", "service_id": SERVICE,
-                                                          "hook": "patient-view", "suggestion_uuids": "[]",
-                                                          "issued_at": datetime.now(UTC)})
+        conn.execute(
+            old.tables["issued_card"].insert(),
+            {
+                "card_uuid": "c-1",
+                "rule_id": "R3",
+                "service_id": SERVICE,
+                "hook": "patient-view",
+                "suggestion_uuids": "[]",
+                "issued_at": datetime.now(UTC),
+            },
+        )
     engine.dispose()
     assert migrations.current(url) is None
     assert migrations.upgrade(url) == migrations.head()
@@ -164,8 +208,13 @@ def test_a_schema_this_build_does_not_know_stops_start_up(tmp_path):
     engine.dispose()
     with pytest.raises(migrations.SchemaMismatch, match="9999"):
         create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=url)
-    result = subprocess.run([sys.executable, "-m", "cds_service.cli.prestart"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "LEGMOVE_CONFIG": "test", "LEGMOVE_FEEDBACK_STORE": url})
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_service.cli.prestart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LEGMOVE_CONFIG": "test", "LEGMOVE_FEEDBACK_STORE": url},
+    )
     assert result.returncode == 1 and "does not know" in result.stderr
 
 
@@ -173,6 +222,7 @@ def test_production_does_not_migrate_on_the_request_path_and_refuses_an_old_sche
     """Production never changes the schema inside the app: behind means refuse, with the command to run."""
     url = f"sqlite:///{tmp_path / 'behind.sqlite3'}"
     from alembic import command
+
     command.upgrade(migrations._config(url), "0001")
     with pytest.raises(migrations.SchemaMismatch, match="legmove-cds db upgrade"):
         create_app("production", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=url, OPEN_MODE=True, FHIR_SERVER_ALLOWLIST=["*"])

@@ -1,6 +1,7 @@
 """Recording issued cards: one connection and one write transaction per hook call (the call log,
 its card events and the issued_card rows together), and every card a client was shown can take
 feedback: when the call log cannot be written, and after kill -9 of the whole service."""
+
 import pytest
 import requests
 import sqlalchemy

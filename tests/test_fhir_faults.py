@@ -1,5 +1,6 @@
 """A FHIR server that misbehaves on purpose, on loopback: every fault ends within the deadline
 in a 412 or in cards from the data that could be read, and says which."""
+
 import copy
 import json
 import threading
@@ -40,10 +41,12 @@ def faulty_fhir(environ, start_response):
         body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
         return Response(json.dumps(body), 200, content_type="application/fhir+json")(environ, start_response)
     if fault == "drip":
+
         def drip():
             for char in json.dumps(empty_bundle()):
                 time.sleep(0.1)
                 yield char.encode()
+
         return Response(drip(), 200, content_type="application/fhir+json")(environ, start_response)
     if fault == "badbundle":
         body = {"resourceType": "Bundle", "entry": "not a list", "link": {"relation": "next"}}
@@ -67,8 +70,14 @@ def faulty_server():
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app("test", LOG_LEVEL="WARNING", FHIR_DEADLINE=DEADLINE, FHIR_READ_TIMEOUT=0.5,
-                     FHIR_CONNECT_TIMEOUT=0.5, FHIR_MAX_PAGES=5)
+    app = create_app(
+        "test",
+        LOG_LEVEL="WARNING",
+        FHIR_DEADLINE=DEADLINE,
+        FHIR_READ_TIMEOUT=0.5,
+        FHIR_CONNECT_TIMEOUT=0.5,
+        FHIR_MAX_PAGES=5,
+    )
     return app.test_client()
 
 
@@ -76,17 +85,30 @@ def call(client, base, fault):
     body = copy.deepcopy(FIXTURE["request"])
     body.pop("prefetch")
     body["fhirServer"] = f"{base}/{fault}/fhir"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     started = time.monotonic()
     response = client.post("/cds-services/legmove-patient-view", json=body)
     return response, time.monotonic() - started
 
 
-@pytest.mark.parametrize("fault, says", [
-    ("hang", "ReadTimeout"), ("error500", "HTTP 500"), ("unauthorized", "HTTP 401"), ("notjson", "not JSON"),
-    ("array", "not a FHIR resource"), ("outcome", "OperationOutcome"), ("drip", "deadline"),
-])
+@pytest.mark.parametrize(
+    "fault, says",
+    [
+        ("hang", "ReadTimeout"),
+        ("error500", "HTTP 500"),
+        ("unauthorized", "HTTP 401"),
+        ("notjson", "not JSON"),
+        ("array", "not a FHIR resource"),
+        ("outcome", "OperationOutcome"),
+        ("drip", "deadline"),
+    ],
+)
 def test_faults_end_in_412_within_the_deadline(client, faulty_server, fault, says, caplog):
     caplog.set_level("INFO", logger="cds_service.web.api")
     response, elapsed = call(client, faulty_server, fault)

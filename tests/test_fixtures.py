@@ -13,32 +13,42 @@ that never reached the rule's inputs) fails.
 A fixture may carry a `config` (e.g. ENABLED_RULES for a rule that is off by default, or
 KNOWLEDGE_OVERRIDES for the AASM 2024 profile); it then runs against an app built with it.
 """
+
 import copy
 import json
 import threading
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import requests
 from werkzeug.serving import make_server
 
-from conftest import (FIXTURES, as_server_request, assert_valid_cds_response, fixture_id, load_fixture,
-                      namespace_map, namespaced, prefetched_resources, rewrite_references)
-from fixture_pins import card_keys, finding_names, is_silent_fixture, rule_of, sorted_cards
 from cds_service.app import create_app
 from cds_service.authoring.rulebook import REGISTRY
+from conftest import (
+    FIXTURES,
+    as_server_request,
+    assert_valid_cds_response,
+    fixture_id,
+    load_fixture,
+    namespace_map,
+    namespaced,
+    prefetched_resources,
+    rewrite_references,
+)
+from fixture_pins import card_keys, finding_names, is_silent_fixture, rule_of, sorted_cards
 
 CARD_FIELDS = {"rule": str, "indicator": str, "variant": str, "suggestions": int}
 NEAR_MISS_FIELDS = {"varies", "derived"}
 SILENT_FIXTURES = [p for p in FIXTURES if is_silent_fixture(p.stem)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _configured_app(config_json: str):
     return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _http_server(config_json: str) -> str:
     """A real HTTP server (threaded werkzeug) for one configuration; daemon thread, lives for the session."""
     app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **json.loads(config_json))
@@ -64,13 +74,15 @@ def assert_expected_cards(fixture, response, derived=None):
     body = response.get_json()
     assert_valid_cds_response(body)
     got, expected = card_keys(body), sorted_cards(fixture["expect"]["cards"])
-    assert got == expected, (f"{fixture['description']}\n  expected cards: {_describe(expected)}"
-                             f"\n  got cards:      {_describe(got)}")
+    assert got == expected, (
+        f"{fixture['description']}\n  expected cards: {_describe(expected)}\n  got cards:      {_describe(got)}"
+    )
     if derived is not None:
         missing = sorted(set(fixture.get("near_miss", {}).get("derived", [])) - derived.names())
         reached = "" if derived.evaluations else " (the request never reached the rule engine)"
-        assert not missing, (f"{fixture['description']}\n  findings the near-miss names but not derived{reached}: "
-                             f"{missing}")
+        assert not missing, (
+            f"{fixture['description']}\n  findings the near-miss names but not derived{reached}: {missing}"
+        )
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
@@ -120,6 +132,7 @@ def test_fixture_through_fhir_server(client, fhir_server, derived_findings, path
 
 # ---- the pins themselves ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", FIXTURES, ids=fixture_id)
 def test_fixture_pins_well_formed_cards(path):
     fixture = load_fixture(path)
@@ -127,8 +140,9 @@ def test_fixture_pins_well_formed_cards(path):
     assert isinstance(cards, list)
     for card in cards:
         assert set(card) == set(CARD_FIELDS), f"a pinned card has exactly {sorted(CARD_FIELDS)}: {card}"
-        assert all(isinstance(card[name], kind) and not isinstance(card[name], bool)
-                   for name, kind in CARD_FIELDS.items()), card
+        assert all(
+            isinstance(card[name], kind) and not isinstance(card[name], bool) for name, kind in CARD_FIELDS.items()
+        ), card
         assert card["rule"] in REGISTRY and REGISTRY[card["rule"]].stratum == "card", card
         assert card["indicator"] in ("info", "warning", "critical") and card["suggestions"] >= 0, card
     fired = rule_of(cards)
@@ -147,11 +161,13 @@ def test_silent_fixture_names_its_near_miss(path):
     fixture = load_fixture(path)
     near_miss = fixture.get("near_miss")
     assert isinstance(near_miss, dict) and set(near_miss) <= NEAR_MISS_FIELDS and near_miss, (
-        f"a silent fixture says which near-miss it is: {sorted(NEAR_MISS_FIELDS)}")
+        f"a silent fixture says which near-miss it is: {sorted(NEAR_MISS_FIELDS)}"
+    )
     varied = path.parent / f"{near_miss['varies']}.json"
     assert near_miss["varies"].startswith("fires-") and varied.is_file(), f"{varied.name}: no such firing fixture"
     assert path.parent.name in rule_of(load_fixture(varied)["expect"]["cards"]), (
-        f"{varied.name} does not fire {path.parent.name}")
+        f"{varied.name} does not fire {path.parent.name}"
+    )
     derived = near_miss.get("derived", [])
     assert isinstance(derived, list) and len(set(derived)) == len(derived)
     assert set(derived) <= finding_names(), f"unknown finding names: {sorted(set(derived) - finding_names())}"
@@ -163,12 +179,15 @@ def test_every_card_rule_has_a_firing_and_a_non_firing_fixture():
         if spec.stratum != "card":
             continue
         assert any(rule_id in rule_of(f["expect"]["cards"]) for f in fixtures.values()), (
-            f"{rule_id} has no firing fixture")
-        assert any(p.parent.name == rule_id and is_silent_fixture(p.stem) and f.get("near_miss")
-                   for p, f in fixtures.items()), f"{rule_id} has no non-firing fixture with its near-miss"
+            f"{rule_id} has no firing fixture"
+        )
+        assert any(
+            p.parent.name == rule_id and is_silent_fixture(p.stem) and f.get("near_miss") for p, f in fixtures.items()
+        ), f"{rule_id} has no non-firing fixture with its near-miss"
 
 
 # ---- the check can fail -------------------------------------------------------------------
+
 
 def test_the_pin_rejects_a_missing_an_unlisted_and_a_changed_card(client, derived_findings):
     fixture = load_fixture(next(p for p in FIXTURES if fixture_id(p) == "R19/fires-pregnancy"))
@@ -177,8 +196,14 @@ def test_the_pin_rejects_a_missing_an_unlisted_and_a_changed_card(client, derive
     cards = fixture["expect"]["cards"]
     assert len(cards) == 2
     changed = [dict(cards[0], variant="rls"), dict(cards[0], indicator="warning"), dict(cards[0], suggestions=0)]
-    for wrong in ([cards[0]], cards + [cards[0]], [changed[0], cards[1]], [changed[1], cards[1]],
-                  [changed[2], cards[1]], []):
+    for wrong in (
+        [cards[0]],
+        cards + [cards[0]],
+        [changed[0], cards[1]],
+        [changed[1], cards[1]],
+        [changed[2], cards[1]],
+        [],
+    ):
         pinned = copy.deepcopy(fixture)
         pinned["expect"]["cards"] = wrong
         with pytest.raises(AssertionError, match="expected cards"):

@@ -1,6 +1,7 @@
 """Governance through the HTTP entry point on real databases (a SQLite file and the local
 PostgreSQL): rule modes, versions on cards and discovery, the call log, suppression (expiry on an
 injected clock, lifting on new evidence, critical cards), order-select -> order-sign de-duplication."""
+
 from __future__ import annotations
 
 import copy
@@ -67,7 +68,9 @@ def feedback(client, card: dict, outcome: str, service: str) -> None:
     if outcome == "accepted":
         item["acceptedSuggestions"] = [{"id": card["suggestions"][0]["uuid"]}]
     else:
-        item["overrideReason"] = {"reason": {"system": "urn:legmove-cds:override-reason", "code": card["overrideReasons"][0]["code"]}}
+        item["overrideReason"] = {
+            "reason": {"system": "urn:legmove-cds:override-reason", "code": card["overrideReasons"][0]["code"]}
+        }
     response = client.post(f"/cds-services/{service}/feedback", json={"feedback": [item]})
     assert response.status_code == 200
 
@@ -90,8 +93,10 @@ def move_clock(app, days: float) -> None:
 
 # ---- modes -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode, shown, recorded", [("active", ["R3"], "issued"), ("silent", [], "silent"),
-                                                   ("off", [], None)])
+
+@pytest.mark.parametrize(
+    "mode, shown, recorded", [("active", ["R3"], "issued"), ("silent", [], "silent"), ("off", [], None)]
+)
 def test_the_three_modes_on_a_fixture(tmp_path, caplog, mode, shown, recorded):
     app = make_app(f"sqlite:///{tmp_path / 'modes.sqlite3'}", caplog, RULE_MODES={"R3": mode})
     caplog.set_level("INFO", logger="cds_service.web.api")
@@ -106,7 +111,9 @@ def test_the_three_modes_on_a_fixture(tmp_path, caplog, mode, shown, recorded):
         assert row["kind"] == recorded and row["rule_version"] == REGISTRY["R3"].version
         assert row["hook"] == "order-sign" and len(row["evidence_fingerprint"]) == 32
         expected_hash = patient_hash(governance.DEVELOPMENT_KEY.encode(), R3["request"]["context"]["patientId"], None)
-        assert row["patient_hash"] == expected_hash and R3["request"]["context"]["patientId"] not in json.dumps(row, default=str)
+        assert row["patient_hash"] == expected_hash and R3["request"]["context"]["patientId"] not in json.dumps(
+            row, default=str
+        )
     assert line.silent == (["R3"] if mode == "silent" else [])
     (logged,) = calls(app)
     assert (logged["cards_issued"], logged["silent"], logged["suppressed"]) == (len(shown), int(mode == "silent"), 0)
@@ -136,28 +143,48 @@ def test_modes_merge_with_enabled_rules_and_off_by_default():
     assert (narrowed["R1"], narrowed["R2"], narrowed["R3"]) == ("active", "off", "silent")
 
 
-@pytest.mark.parametrize("modes, message", [({"R3": "loud"}, "must be one of"), ({"R99": "silent"}, "not card rules"),
-                                            ({"F-RLS": "off"}, "not card rules"), (["R3"], "must be an object")])
+@pytest.mark.parametrize(
+    "modes, message",
+    [
+        ({"R3": "loud"}, "must be one of"),
+        ({"R99": "silent"}, "not card rules"),
+        ({"F-RLS": "off"}, "not card rules"),
+        (["R3"], "must be an object"),
+    ],
+)
 def test_bad_rule_modes_stop_start_up(modes, message):
     with pytest.raises(GovernanceConfigError, match=message):
         create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, RULE_MODES=modes)
 
 
-@pytest.mark.parametrize("overrides, error, message", [
-    # wrong types are caught when the typed settings are built, ranges and outcomes by governance
-    ({"suppress_overridden_days": "a month"}, SettingsError, "suppress_overridden_days must be a number"),
-    ({"suppress_accepted_days": -1}, GovernanceConfigError, "suppress_accepted_days"),
-    ({"suppress_days_by_rule": {"R3": {"overriden": 7}}}, GovernanceConfigError, "only 'overridden' and 'accepted'"),
-    ({"suppress_days_by_rule": {"R3": {"overridden": True}}}, SettingsError, "suppress_days_by_rule.R3.overridden"),
-    ({"suppress_days_by_rule": []}, SettingsError, "must be an object")])
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        # wrong types are caught when the typed settings are built, ranges and outcomes by governance
+        ({"suppress_overridden_days": "a month"}, SettingsError, "suppress_overridden_days must be a number"),
+        ({"suppress_accepted_days": -1}, GovernanceConfigError, "suppress_accepted_days"),
+        (
+            {"suppress_days_by_rule": {"R3": {"overriden": 7}}},
+            GovernanceConfigError,
+            "only 'overridden' and 'accepted'",
+        ),
+        ({"suppress_days_by_rule": {"R3": {"overridden": True}}}, SettingsError, "suppress_days_by_rule.R3.overridden"),
+        ({"suppress_days_by_rule": []}, SettingsError, "must be an object"),
+    ],
+)
 def test_bad_suppression_windows_stop_start_up(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         make_app(f"sqlite:///{tmp_path / 'bad.sqlite3'}", KNOWLEDGE_OVERRIDES=overrides)
 
 
 def test_production_refuses_to_start_without_a_patient_hash_key(tmp_path):
-    settings = dict(LOG_LEVEL="CRITICAL", OPEN_MODE=True, FHIR_SERVER_ALLOWLIST=["*"], FEEDBACK_STORE_AUTO_UPGRADE=True,
-                    FEEDBACK_STORE=f"sqlite:///{tmp_path / 'prod.sqlite3'}")
+    settings = dict(
+        LOG_LEVEL="CRITICAL",
+        OPEN_MODE=True,
+        FHIR_SERVER_ALLOWLIST=["*"],
+        FEEDBACK_STORE_AUTO_UPGRADE=True,
+        FEEDBACK_STORE=f"sqlite:///{tmp_path / 'prod.sqlite3'}",
+    )
     with pytest.raises(GovernanceConfigError, match="PATIENT_HASH_KEY is not set"):
         create_app("production", **settings)
     with pytest.raises(GovernanceConfigError, match="too short"):
@@ -178,6 +205,7 @@ def test_development_key_is_announced(tmp_path, caplog):
 
 # ---- versions on cards and discovery ---------------------------------------------------
 
+
 def test_cards_and_discovery_carry_versions(sqlite_app):
     client = sqlite_app.test_client()
     (card,) = call(client, R3["request"], "legmove-orders")
@@ -186,15 +214,19 @@ def test_cards_and_discovery_carry_versions(sqlite_app):
     assert explanation["ruleVersion"] == REGISTRY["R3"].version and explanation["knowledgeVersion"] == knowledge_version
     assert knowledge_version.startswith("kb-")
     for service in client.get("/cds-services").get_json()["services"]:
-        assert service["extension"]["org.legmove-cds.versions"] == {"service": metadata.version("legmove-cds"),
-                                                                   "knowledge": knowledge_version}
+        assert service["extension"]["org.legmove-cds.versions"] == {
+            "service": metadata.version("legmove-cds"),
+            "knowledge": knowledge_version,
+        }
     (row,) = events(sqlite_app, card_uuid=card["uuid"])
     assert (row["rule_version"], row["knowledge_version"]) == (explanation["ruleVersion"], knowledge_version)
 
 
 def test_knowledge_overrides_change_the_knowledge_version(tmp_path):
     plain = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None)
-    tuned = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, KNOWLEDGE_OVERRIDES={"iron_profile": "aasm2024"})
+    tuned = create_app(
+        "test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, KNOWLEDGE_OVERRIDES={"iron_profile": "aasm2024"}
+    )
     assert plain.extensions["legmove"].knowledge_version != tuned.extensions["legmove"].knowledge_version
 
 
@@ -212,6 +244,7 @@ def test_evidence_fingerprint_ignores_request_identity_and_hook(sqlite_app):
 
 # ---- suppression -----------------------------------------------------------------------
 
+
 def test_an_overridden_card_is_suppressed_until_it_expires(store_url, caplog):
     app = make_app(store_url, caplog)
     client = app.test_client()
@@ -222,7 +255,11 @@ def test_an_overridden_card_is_suppressed_until_it_expires(store_url, caplog):
     assert call(client, body, "legmove-orders") == []
     (line,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
     assert line.suppressed == [{"rule": "R3", "reason": "overridden"}] and line.cards == 0
-    (suppressed,) = [e for e in events(app, kind="suppressed") if e["patient_hash"] == events(app, card_uuid=card["uuid"])[0]["patient_hash"]]
+    (suppressed,) = [
+        e
+        for e in events(app, kind="suppressed")
+        if e["patient_hash"] == events(app, card_uuid=card["uuid"])[0]["patient_hash"]
+    ]
     assert suppressed["reason"] == "overridden" and suppressed["card_uuid"] is None
     assert call(client, new_patient(R3), "legmove-orders") != []  # another patient is not affected
     move_clock(app, 29)
@@ -246,8 +283,9 @@ def test_an_accepted_card_is_not_resuggested_for_its_own_window(store_url):
 
 
 def test_per_rule_window_from_knowledge_settings(tmp_path):
-    app = make_app(f"sqlite:///{tmp_path / 'w.sqlite3'}",
-                   KNOWLEDGE_OVERRIDES={"suppress_days_by_rule": {"R3": {"overridden": 2}}})
+    app = make_app(
+        f"sqlite:///{tmp_path / 'w.sqlite3'}", KNOWLEDGE_OVERRIDES={"suppress_days_by_rule": {"R3": {"overridden": 2}}}
+    )
     client = app.test_client()
     body = new_patient(R3)
     feedback(client, call(client, body, "legmove-orders")[0], "overridden", "legmove-orders")
@@ -274,8 +312,7 @@ def test_new_evidence_lifts_the_suppression(store_url):
     feedback(client, call(client, view, "legmove-patient-view")[0], "overridden", "legmove-patient-view")
     assert call(client, view, "legmove-patient-view") == []
     changed = copy.deepcopy(view)
-    ferritin = next(e["resource"] for e in changed["prefetch"]["labs"]["entry"]
-                    if e["resource"].get("valueQuantity"))
+    ferritin = next(e["resource"] for e in changed["prefetch"]["labs"]["entry"] if e["resource"].get("valueQuantity"))
     ferritin["valueQuantity"]["value"] = ferritin["valueQuantity"]["value"] - 3
     assert rules_of(call(client, changed, "legmove-patient-view")) == ["R2"]
     app.extensions["legmove_ledger"].close()
@@ -293,13 +330,15 @@ def test_critical_cards_are_never_suppressed(store_url):
 
 
 def test_store_down_shows_every_card(caplog):
-    app = create_app("test", LOG_LEVEL="CRITICAL",
-                     FEEDBACK_STORE="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1")
+    app = create_app(
+        "test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1"
+    )
     assert rules_of(call(app.test_client(), R3["request"], "legmove-orders")) == ["R3"]
     app.extensions["legmove_ledger"].close()
 
 
 # ---- order-select -> order-sign --------------------------------------------------------
+
 
 def order_select(body: dict) -> dict:
     selected = copy.deepcopy(body)

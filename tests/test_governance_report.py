@@ -1,4 +1,5 @@
 """The governance report against a history seeded through the real hook and feedback endpoints."""
+
 from __future__ import annotations
 
 import csv
@@ -62,8 +63,14 @@ def test_report_numbers_match_the_seeded_history(seeded):
     rows = {(r.rule, r.version): r for r in governance_report.build(engine, since=since)}
     assert set(rows) == {("R1", 1), ("R2", 1), ("R3", 1), ("R8", 1), ("R11", 1), ("R13", 1)}
     r2 = rows[("R2", 1)]
-    assert (r2.patient_views, r2.cards_issued, r2.would_have_fired, r2.suppressed, r2.accepted, r2.overridden) == \
-        (5, 2, 0, 1, 1, 1)
+    assert (r2.patient_views, r2.cards_issued, r2.would_have_fired, r2.suppressed, r2.accepted, r2.overridden) == (
+        5,
+        2,
+        0,
+        1,
+        1,
+        1,
+    )
     assert r2.acceptance_rate == 0.5 and r2.cards_per_100_patient_views == 40.0
     assert r2.override_reasons == {reason_a: 1}
     assert (rows[("R1", 1)].overridden, rows[("R1", 1)].acceptance_rate) == (1, 0.0)
@@ -94,8 +101,14 @@ def test_the_report_command_prints_writes_csv_and_png_without_patient_data(seede
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=url, LEGMOVE_LOG_LEVEL="WARNING")
     cli = str(Path(sys.executable).parent / "legmove-cds")
     since = (date.today() - timedelta(days=30)).isoformat()
-    result = subprocess.run([cli, "report", "--since", since, "--csv", str(tmp_path / "r.csv"), "--png",
-                             str(tmp_path / "r.png")], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [cli, "report", "--since", since, "--csv", str(tmp_path / "r.csv"), "--png", str(tmp_path / "r.png")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "patient-views: 5" in result.stdout
     r2_line = next(line for line in result.stdout.splitlines() if line.startswith("R2 "))
@@ -112,21 +125,35 @@ def test_the_report_command_prints_writes_csv_and_png_without_patient_data(seede
     assert bad.returncode != 0 and "must be a date" in bad.stderr
 
 
-@pytest.mark.parametrize("store, message", [("sqlite:///{tmp}/never-migrated.sqlite3", "db upgrade"),
-                                            ("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1",
-                                             "cannot be reached")])
+@pytest.mark.parametrize(
+    "store, message",
+    [
+        ("sqlite:///{tmp}/never-migrated.sqlite3", "db upgrade"),
+        ("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1", "cannot be reached"),
+    ],
+)
 def test_the_report_on_a_store_without_schema_or_unreachable_says_so(tmp_path, store, message):
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=store.format(tmp=tmp_path))
-    result = subprocess.run([str(Path(sys.executable).parent / "legmove-cds"), "report"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "legmove-cds"), "report"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_prune_command_uses_retention_days(seeded):
     _, url, *_ = seeded
     env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_FEEDBACK_STORE=url, LEGMOVE_RETENTION_DAYS="365")
-    result = subprocess.run([str(Path(sys.executable).parent / "legmove-cds"), "prune"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "legmove-cds"), "prune"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "hook_call 1" in result.stdout and "card_event 1" in result.stdout
 
@@ -151,7 +178,11 @@ def test_cards_and_feedback_keep_the_version_they_were_made_with(tmp_path, monke
     assert v2["extension"]["org.legmove-cds.explanation"]["ruleVersion"] == 2
     answer(client, v2, "accepted", "legmove-orders")
     rows = {(r.rule, r.version): r for r in governance_report.build(new.extensions["legmove_ledger"].engine())}
-    assert (rows[("R3", 1)].cards_issued, rows[("R3", 1)].suppressed, rows[("R3", 1)].overridden,
-            rows[("R3", 1)].accepted) == (1, 1, 1, 0)
+    assert (
+        rows[("R3", 1)].cards_issued,
+        rows[("R3", 1)].suppressed,
+        rows[("R3", 1)].overridden,
+        rows[("R3", 1)].accepted,
+    ) == (1, 1, 1, 0)
     assert (rows[("R3", 2)].cards_issued, rows[("R3", 2)].overridden, rows[("R3", 2)].accepted) == (1, 0, 1)
     new.extensions["legmove_ledger"].close()

@@ -1,5 +1,6 @@
 """Governance storage: the Alembic migrations (from an empty database and from the previous
 revision, with its data) and suppression shared by two real service processes on one database."""
+
 from __future__ import annotations
 
 import copy
@@ -49,10 +50,28 @@ def test_migrations_from_the_previous_revision_keep_its_data(empty_store):
     now = datetime.now(UTC)
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(insert(issued_card), {"card_uuid": "c-old", "rule_id": "R3", "service_id": "legmove-orders",
-                                           "hook": "order-sign", "suggestion_uuids": "[]", "issued_at": now})
-        conn.execute(insert(card_feedback), {"card_uuid": "c-old", "rule_id": "R3", "outcome": "overridden",
-                                             "accepted_suggestions": "[]", "outcome_timestamp": now, "received_at": now})
+        conn.execute(
+            insert(issued_card),
+            {
+                "card_uuid": "c-old",
+                "rule_id": "R3",
+                "service_id": "legmove-orders",
+                "hook": "order-sign",
+                "suggestion_uuids": "[]",
+                "issued_at": now,
+            },
+        )
+        conn.execute(
+            insert(card_feedback),
+            {
+                "card_uuid": "c-old",
+                "rule_id": "R3",
+                "outcome": "overridden",
+                "accepted_suggestions": "[]",
+                "outcome_timestamp": now,
+                "received_at": now,
+            },
+        )
     with pytest.raises(migrations.SchemaMismatch, match="0003"):
         migrations.require_current(url)  # a build with governance refuses the old schema until upgraded
     assert migrations.upgrade(url) == "0003"
@@ -88,6 +107,7 @@ def _drop_fresh_databases():
 
 
 # ---- two processes, one database -------------------------------------------------------
+
 
 def post(base: str, path: str, body: dict) -> requests.Response:
     return requests.post(f"{base}{path}", json=body, timeout=30)
@@ -135,4 +155,6 @@ def test_two_processes_on_one_database_share_suppressions(two_services):
     (referral,) = cards_at(b, critical, "legmove-patient-view")
     override(a, referral, "legmove-patient-view")
     assert [c["indicator"] for c in cards_at(a, critical, "legmove-patient-view")] == ["critical"]
-    assert [c["extension"][EXTENSION]["rule"] for c in cards_at(b, new_patient(R3), "legmove-orders")] == ["R3"]  # another patient
+    assert [c["extension"][EXTENSION]["rule"] for c in cards_at(b, new_patient(R3), "legmove-orders")] == [
+        "R3"
+    ]  # another patient

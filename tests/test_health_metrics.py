@@ -1,6 +1,7 @@
 """/health and /metrics through the real app: readiness against real stores that are up, down or
 hanging (the local PostgreSQL and Redis, closed and black-hole loopback ports), both endpoints
 open while client auth is on, and the metrics a hook call and a misbehaving FHIR server leave."""
+
 import copy
 import os
 import re
@@ -21,8 +22,11 @@ from test_fhir_faults import faulty_fhir
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
-AUTH = dict(CLIENT_AUTH=True, PUBLIC_BASE_URL="https://cds.example.org",
-            TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}})
+AUTH = dict(
+    CLIENT_AUTH=True,
+    PUBLIC_BASE_URL="https://cds.example.org",
+    TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": EHR_JWKS}},
+)
 
 
 def scrape(client) -> str:
@@ -48,8 +52,9 @@ def ready(app):
 
 
 def test_liveness_and_readiness_with_postgresql_and_redis(postgres_url):
-    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=postgres_url,
-                     REPLAY_STORE="redis://127.0.0.1:6379/0", **AUTH)
+    app = create_app(
+        "test", LOG_LEVEL="WARNING", FEEDBACK_STORE=postgres_url, REPLAY_STORE="redis://127.0.0.1:6379/0", **AUTH
+    )
     client = app.test_client()
     live = client.get("/health")
     assert live.status_code == 200 and live.get_json()["status"] == "pass"
@@ -78,8 +83,11 @@ def test_health_and_metrics_need_no_client_jwt_while_hook_calls_do(tmp_path):
 
 
 def test_a_database_that_is_down_makes_the_instance_unready_but_alive():
-    app = create_app("test", LOG_LEVEL="CRITICAL",
-                     FEEDBACK_STORE=f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/none?connect_timeout=1")
+    app = create_app(
+        "test",
+        LOG_LEVEL="CRITICAL",
+        FEEDBACK_STORE=f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/none?connect_timeout=1",
+    )
     status, body = ready(app)
     assert status == 503 and body["status"] == "fail"
     assert body["checks"]["feedback_store"] == {"status": "fail", "output": "OperationalError"}
@@ -89,15 +97,22 @@ def test_a_database_that_is_down_makes_the_instance_unready_but_alive():
 
 
 def test_a_redis_that_is_down_makes_the_instance_unready():
-    app = create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None,
-                     REPLAY_STORE=f"redis://127.0.0.1:{_free_port()}/0", **AUTH)
+    app = create_app(
+        "test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, REPLAY_STORE=f"redis://127.0.0.1:{_free_port()}/0", **AUTH
+    )
     status, body = ready(app)
     assert status == 503 and body["checks"]["replay_store"] == {"status": "fail", "output": "ConnectionError"}
 
 
 def test_a_hanging_replay_store_cannot_hang_the_probe(black_hole):
-    app = create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, HEALTH_CHECK_TIMEOUT=0.3,
-                     REPLAY_STORE=f"redis://127.0.0.1:{black_hole}/0", **AUTH)
+    app = create_app(
+        "test",
+        LOG_LEVEL="CRITICAL",
+        FEEDBACK_STORE=None,
+        HEALTH_CHECK_TIMEOUT=0.3,
+        REPLAY_STORE=f"redis://127.0.0.1:{black_hole}/0",
+        **AUTH,
+    )
     started = time.monotonic()
     status, body = ready(app)
     assert time.monotonic() - started < 0.9  # the Redis client alone would wait its 1 s socket timeout
@@ -150,27 +165,50 @@ def faulty_server():
     server.shutdown()
 
 
-@pytest.mark.parametrize("fault, outcome", [
-    ("fine", "ok"), ("hang", "timeout"), ("error500", "http_5xx"), ("unauthorized", "http_4xx"),
-    ("notjson", "invalid_response"), ("drip", "deadline"), ("closed", "connection_error"),
-])
+@pytest.mark.parametrize(
+    "fault, outcome",
+    [
+        ("fine", "ok"),
+        ("hang", "timeout"),
+        ("error500", "http_5xx"),
+        ("unauthorized", "http_4xx"),
+        ("notjson", "invalid_response"),
+        ("drip", "deadline"),
+        ("closed", "connection_error"),
+    ],
+)
 def test_fhir_fetches_are_timed_and_failures_counted_by_outcome(faulty_server, fault, outcome):
-    app = create_app("test", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, FHIR_DEADLINE=1.0, FHIR_READ_TIMEOUT=0.5,
-                     FHIR_CONNECT_TIMEOUT=0.5)
+    app = create_app(
+        "test",
+        LOG_LEVEL="CRITICAL",
+        FEEDBACK_STORE=None,
+        FHIR_DEADLINE=1.0,
+        FHIR_READ_TIMEOUT=0.5,
+        FHIR_CONNECT_TIMEOUT=0.5,
+    )
     client = app.test_client()
     body = copy.deepcopy(R1["request"])
     body.pop("prefetch")
-    body["fhirServer"] = f"http://127.0.0.1:{_free_port()}/fhir" if fault == "closed" else f"{faulty_server}/{fault}/fhir"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirServer"] = (
+        f"http://127.0.0.1:{_free_port()}/fhir" if fault == "closed" else f"{faulty_server}/{fault}/fhir"
+    )
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     before = scrape(client)
     status = client.post("/cds-services/legmove-patient-view", json=body).status_code
     after = scrape(client)
     assert status == (200 if fault == "fine" else 412)
-    fetched = (metric(after, "legmove_fhir_fetch_duration_seconds_count", outcome=outcome)
-               - metric(before, "legmove_fhir_fetch_duration_seconds_count", outcome=outcome))
-    errors = (metric(after, "legmove_fhir_fetch_errors_total", outcome=outcome)
-              - metric(before, "legmove_fhir_fetch_errors_total", outcome=outcome))
+    fetched = metric(after, "legmove_fhir_fetch_duration_seconds_count", outcome=outcome) - metric(
+        before, "legmove_fhir_fetch_duration_seconds_count", outcome=outcome
+    )
+    errors = metric(after, "legmove_fhir_fetch_errors_total", outcome=outcome) - metric(
+        before, "legmove_fhir_fetch_errors_total", outcome=outcome
+    )
     assert fetched >= 1
     assert errors == (0 if fault == "fine" else fetched)
     if fault == "hang":
@@ -201,8 +239,13 @@ def test_the_readme_alert_queries_parse_and_name_only_exported_metrics():
 def test_metrics_stay_whole_while_gunicorn_recycles_its_workers(tmp_path):
     """max_requests replaces workers all the time in production: counters of retired workers stay in
     the sum, their live gauges leave with them (child_exit), and a scrape sees every worker."""
-    env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", LEGMOVE_FEEDBACK_STORE="null",
-               PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        LEGMOVE_CONFIG="test",
+        LEGMOVE_LOG_LEVEL="WARNING",
+        LEGMOVE_FEEDBACK_STORE="null",
+        PYTHONPATH=str(ROOT),
+    )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     instance = Instance("recycling", tmp_path, env, extra_args=("--max-requests", "4", "--max-requests-jitter", "0"))
     try:
@@ -216,8 +259,16 @@ def test_metrics_stay_whole_while_gunicorn_recycles_its_workers(tmp_path):
         # until every first worker has served its 4 requests and been replaced
         wait_for(lambda: instance.ready() and not (children(instance.process.pid) & first_workers), "recycled workers")
         text = instance.metrics()
-        assert metric(text, "legmove_hook_call_duration_seconds_count", service="legmove-patient-view",
-                      hook="patient-view", status="200") == 24
+        assert (
+            metric(
+                text,
+                "legmove_hook_call_duration_seconds_count",
+                service="legmove-patient-view",
+                hook="patient-view",
+                status="200",
+            )
+            == 24
+        )
         assert metric(text, "legmove_http_requests_in_flight") == 1, "only the scrape itself"
         live = {int(f.stem.rsplit("_", 1)[1]) for f in instance.metrics_dir.glob("gauge_livesum_*.db")}
         assert live <= children(instance.process.pid) | {instance.process.pid}, "gauges of retired workers are gone"

@@ -1,6 +1,7 @@
 """A hostile or broken FHIR server, for real, on loopback: it drips bytes under a Content-Length,
 stalls its headers, sends 20 MB bundles, redirects, or hides behind userinfo in the fhirServer
 URL. The deadline holds, memory stays bounded, the token goes nowhere it should not."""
+
 import copy
 import json
 import threading
@@ -24,8 +25,13 @@ def hook_call(fhir_server: str, prefetch: dict | None = None) -> dict:
     body = copy.deepcopy(R1["request"])
     body["prefetch"] = prefetch or {}
     body["fhirServer"] = fhir_server
-    body["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     return body
 
 
@@ -51,11 +57,17 @@ def drip_headers(conn, head):
 
 def big_bundle(size: int) -> bytes:
     """A searchset of about `size` bytes of Observations no rule reads (heart rates)."""
-    entry = {"resource": {"resourceType": "Observation", "id": "hr", "status": "final",
-                          "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                          "subject": {"reference": "Patient/r1-fires-no-ferritin"}, "effectiveDateTime": "2026-01-01",
-                          "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org",
-                                            "code": "/min"}}}
+    entry = {
+        "resource": {
+            "resourceType": "Observation",
+            "id": "hr",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": "Patient/r1-fires-no-ferritin"},
+            "effectiveDateTime": "2026-01-01",
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+        }
+    }
     template = json.dumps(entry)
     count = size // (len(template) + 8)
     entries = ",".join(template.replace('"id": "hr"', f'"id": "hr-{i}"') for i in range(count))
@@ -64,8 +76,13 @@ def big_bundle(size: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    server = Service(tmp_path_factory.mktemp("hostile-fhir"), workers=1, LEGMOVE_FHIR_DEADLINE=str(DEADLINE),
-                     LEGMOVE_FHIR_READ_TIMEOUT="1.0", LEGMOVE_FHIR_CONNECT_TIMEOUT="1.0")
+    server = Service(
+        tmp_path_factory.mktemp("hostile-fhir"),
+        workers=1,
+        LEGMOVE_FHIR_DEADLINE=str(DEADLINE),
+        LEGMOVE_FHIR_READ_TIMEOUT="1.0",
+        LEGMOVE_FHIR_CONNECT_TIMEOUT="1.0",
+    )
     yield server
     server.stop()
 
@@ -126,7 +143,9 @@ def test_huge_bundles_keep_worker_memory_bounded_and_the_deadline(service, size)
         bulky.close()
     after = rss_mb(worker)
     slowest = max(elapsed for _, elapsed in results)
-    print(f"worker RSS before {before:.0f} MB, peak {peak[0]:.0f} MB, after {after:.0f} MB; slowest call {slowest:.2f} s")
+    print(
+        f"worker RSS before {before:.0f} MB, peak {peak[0]:.0f} MB, after {after:.0f} MB; slowest call {slowest:.2f} s"
+    )
     assert all(response.status_code in (200, 412) for response, _ in results), [r.status_code for r, _ in results]
     assert peak[0] < 250 and after < 250, (before, peak[0], after)
     assert slowest < DEADLINE + 4.0, slowest  # the parses under way when the deadline passed (CPU-bound)
@@ -135,6 +154,7 @@ def test_huge_bundles_keep_worker_memory_bounded_and_the_deadline(service, size)
 
 
 # ---- redirects -----------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def app_client():
@@ -148,11 +168,14 @@ def test_redirects_are_never_followed(app_client):
     targets = {"outside": "/admin/Condition", "origin": f"{other.base}/fhir/Condition", "self": "/fhir/Condition"}
     try:
         for name, location in targets.items():
-            redirector = RawServer(lambda conn, head, where=location: send_json(
-                conn, b"", "302 Found", f"Location: {where}\r\n"))
+            redirector = RawServer(
+                lambda conn, head, where=location: send_json(conn, b"", "302 Found", f"Location: {where}\r\n")
+            )
             try:
-                body = hook_call(f"{redirector.base}/fhir", prefetch={k: v for k, v in R1["request"]["prefetch"].items()
-                                                                       if k != "conditions"})
+                body = hook_call(
+                    f"{redirector.base}/fhir",
+                    prefetch={k: v for k, v in R1["request"]["prefetch"].items() if k != "conditions"},
+                )
                 response = app_client.post("/cds-services/legmove-patient-view", json=body)
                 assert response.status_code == 412, (name, response.get_data(as_text=True))
                 assert len(redirector.heads) == 1, (name, len(redirector.heads))  # 30 hops x 8 keys before
@@ -165,26 +188,30 @@ def test_redirects_are_never_followed(app_client):
 
 # ---- userinfo and the allowlists ------------------------------------------------------------
 
-@pytest.mark.parametrize("url, base, allowed", [
-    ("https://ehr.example.org/fhir", "https://ehr.example.org", True),
-    ("https://ehr.example.org:443/fhir/Patient/1", "https://ehr.example.org/fhir", True),
-    ("https://EHR.example.org/fhir?_count=2", "https://ehr.example.org/fhir/", True),
-    ("https://ehr.example.org:443@attacker.example/fhir", "https://ehr.example.org", False),
-    ("https://user:pw@ehr.example.org/fhir", "https://ehr.example.org", False),
-    ("http://localhost:1@other-host/fhir", "http://localhost:*", False),
-    ("http://localhost:4711/fhir", "http://localhost:*", True),
-    ("https://ehr.example.org.attacker.example/fhir", "https://ehr.example.org", False),
-    ("https://ehr.example.org:8443/fhir", "https://ehr.example.org", False),
-    ("http://ehr.example.org/fhir", "https://ehr.example.org", False),
-    ("https://ehr.example.org/fhirx", "https://ehr.example.org/fhir", False),
-    ("https://ehr.example.org/fhir/../admin", "https://ehr.example.org/fhir", False),
-    ("https://ehr.example.org/fhir/%2e%2e/admin", "https://ehr.example.org/fhir", False),
-    ("https://ehr.example.org\\@attacker.example/fhir", "https://ehr.example.org", False),
-    ("https://ehr.example.org:99999/fhir", "https://ehr.example.org", False),
-    ("https://ehr.example.org/fhir", "*", True),
-    ("https://a@ehr.example.org/fhir", "*", False),
-    ("ftp://ehr.example.org/fhir", "*", False),
-])
+
+@pytest.mark.parametrize(
+    "url, base, allowed",
+    [
+        ("https://ehr.example.org/fhir", "https://ehr.example.org", True),
+        ("https://ehr.example.org:443/fhir/Patient/1", "https://ehr.example.org/fhir", True),
+        ("https://EHR.example.org/fhir?_count=2", "https://ehr.example.org/fhir/", True),
+        ("https://ehr.example.org:443@attacker.example/fhir", "https://ehr.example.org", False),
+        ("https://user:pw@ehr.example.org/fhir", "https://ehr.example.org", False),
+        ("http://localhost:1@other-host/fhir", "http://localhost:*", False),
+        ("http://localhost:4711/fhir", "http://localhost:*", True),
+        ("https://ehr.example.org.attacker.example/fhir", "https://ehr.example.org", False),
+        ("https://ehr.example.org:8443/fhir", "https://ehr.example.org", False),
+        ("http://ehr.example.org/fhir", "https://ehr.example.org", False),
+        ("https://ehr.example.org/fhirx", "https://ehr.example.org/fhir", False),
+        ("https://ehr.example.org/fhir/../admin", "https://ehr.example.org/fhir", False),
+        ("https://ehr.example.org/fhir/%2e%2e/admin", "https://ehr.example.org/fhir", False),
+        ("https://ehr.example.org\\@attacker.example/fhir", "https://ehr.example.org", False),
+        ("https://ehr.example.org:99999/fhir", "https://ehr.example.org", False),
+        ("https://ehr.example.org/fhir", "*", True),
+        ("https://a@ehr.example.org/fhir", "*", False),
+        ("ftp://ehr.example.org/fhir", "*", False),
+    ],
+)
 def test_url_policy_compares_parsed_parts(url, base, allowed):
     assert url_policy.is_under(url, base) is allowed
 
@@ -197,8 +224,10 @@ def test_userinfo_cannot_walk_around_the_allowlist():
     try:
         guarded = create_app("test", LOG_LEVEL="WARNING", FHIR_SERVER_ALLOWLIST=[honest.base]).test_client()
         open_dev = create_app("development", LOG_LEVEL="WARNING", FEEDBACK_STORE=None).test_client()
-        for client, server in ((guarded, f"http://127.0.0.1:{honest.port}@127.0.0.2:{attacker.port}/fhir"),
-                               (open_dev, f"http://localhost:1@127.0.0.2:{attacker.port}/fhir")):
+        for client, server in (
+            (guarded, f"http://127.0.0.1:{honest.port}@127.0.0.2:{attacker.port}/fhir"),
+            (open_dev, f"http://localhost:1@127.0.0.2:{attacker.port}/fhir"),
+        ):
             response = client.post("/cds-services/legmove-patient-view", json=hook_call(server))
             assert response.status_code == 412, response.get_data(as_text=True)
         assert attacker.heads == []
@@ -215,10 +244,15 @@ def test_a_next_link_with_userinfo_is_not_followed(app_client):
     honest = RawServer(lambda conn, head: send_json(conn, empty_bundle()))
     try:
         prefetch = copy.deepcopy(R1["request"]["prefetch"])
-        prefetch["labs"]["link"] = [{"relation": "next", "url":
-                                     f"http://127.0.0.1:{honest.port}@127.0.0.2:{attacker.port}/fhir/Observation?p=2"}]
-        response = app_client.post("/cds-services/legmove-patient-view",
-                                   json=hook_call(f"http://127.0.0.1:{honest.port}/fhir", prefetch))
+        prefetch["labs"]["link"] = [
+            {
+                "relation": "next",
+                "url": f"http://127.0.0.1:{honest.port}@127.0.0.2:{attacker.port}/fhir/Observation?p=2",
+            }
+        ]
+        response = app_client.post(
+            "/cds-services/legmove-patient-view", json=hook_call(f"http://127.0.0.1:{honest.port}/fhir", prefetch)
+        )
         assert response.status_code == 200 and "R1" not in fired_rules(response.get_json())
         assert attacker.heads == []
     finally:

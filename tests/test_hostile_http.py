@@ -1,6 +1,7 @@
 """Hostile clients and unsafe defaults, against the service as `make run` starts it (gunicorn
 with gunicorn.conf.py): slow-header clients, oversized chunked bodies, response headers, the
 bind address, PORT checks, and a production configuration that does not say who may call."""
+
 import contextlib
 import json
 import os
@@ -108,7 +109,7 @@ def test_mixed_patients_under_the_async_worker_never_see_each_other(made, app):
         response = requests.post(f"{made.base}/cds-services/{service}", json=call, timeout=30)
         assert response.status_code == 200, response.text
         text = response.text
-        others = [p for _, _, p, _ in calls if p != pid and f"{p}-" in text or f"Patient/{p}\"" in text and p != pid]
+        others = [p for _, _, p, _ in calls if p != pid and f"{p}-" in text or f'Patient/{p}"' in text and p != pid]
         return sorted(c["summary"] for c in response.json()["cards"]) == expected and not others
 
     try:
@@ -126,18 +127,22 @@ def test_make_run_binds_loopback(made):
 
 @pytest.mark.parametrize("port", ["abc", "0", "65536", "80; touch /tmp/x", ""])
 def test_make_run_refuses_a_bad_port_before_installing_anything(port):
-    result = subprocess.run(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert "PORT must be a number from 1 to 65535" in result.stderr
     assert "pip" not in result.stdout + result.stderr and "gunicorn" not in result.stdout
 
 
-@pytest.mark.parametrize("settings, says", [
-    ({}, "OPEN_MODE is not set"),
-    ({"OPEN_MODE": True}, "FHIR_SERVER_ALLOWLIST is not set"),
-    ({"OPEN_MODE": True, "FHIR_SERVER_ALLOWLIST": ["ehr.example.org"]}, "not http(s) base URLs"),
-])
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({}, "OPEN_MODE is not set"),
+        ({"OPEN_MODE": True}, "FHIR_SERVER_ALLOWLIST is not set"),
+        ({"OPEN_MODE": True, "FHIR_SERVER_ALLOWLIST": ["ehr.example.org"]}, "not http(s) base URLs"),
+    ],
+)
 def test_production_refuses_unsafe_defaults(settings, says):
     with pytest.raises(UnsafeConfiguration, match=says.replace("(", r"\(").replace(")", r"\)")):
         create_app("production", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, **settings)
@@ -145,33 +150,56 @@ def test_production_refuses_unsafe_defaults(settings, says):
 
 def test_production_starts_when_it_says_what_it_means(tmp_path):
     """Explicit open mode and "any FHIR server" start (loudly); so does client auth with a list."""
-    app = create_app("production", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, OPEN_MODE=True,
-                     FHIR_SERVER_ALLOWLIST=["*"])
+    app = create_app(
+        "production", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, OPEN_MODE=True, FHIR_SERVER_ALLOWLIST=["*"]
+    )
     assert app.test_client().get("/cds-services").status_code == 200
-    create_app("production", LOG_LEVEL="CRITICAL", FEEDBACK_STORE=None, CLIENT_AUTH=True,
-               PUBLIC_BASE_URL="https://cds.example.org", REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
-               TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": {"keys": []}}},
-               FHIR_SERVER_ALLOWLIST=["https://ehr.example.org/fhir"])
+    create_app(
+        "production",
+        LOG_LEVEL="CRITICAL",
+        FEEDBACK_STORE=None,
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL="https://cds.example.org",
+        REPLAY_STORE=f"sqlite:///{tmp_path / 'r.sqlite3'}",
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": {"keys": []}}},
+        FHIR_SERVER_ALLOWLIST=["https://ehr.example.org/fhir"],
+    )
 
 
 def test_production_gunicorn_with_no_settings_does_not_start(tmp_path):
     """The real process: no worker ever serves, the log says why."""
     env = dict(os.environ, LEGMOVE_CONFIG="production", PORT=str(_free_port()), LEGMOVE_FEEDBACK_STORE="null")
     env.pop("LEGMOVE_OPEN_MODE", None)
-    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-                             "cds_service.app:create_app()"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "cds_service.app:create_app()",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "OPEN_MODE is not set" in result.stdout + result.stderr
 
 
 def test_api_responses_say_nosniff_and_no_store(made):
     """Cards carry patient data: no cache may keep them, no browser may sniff them."""
-    responses = [requests.post(f"{made.base}/cds-services/legmove-patient-view", json=R1["request"], timeout=10),
-                 requests.get(f"{made.base}/cds-services", timeout=10),
-                 requests.post(f"{made.base}/cds-services/legmove-patient-view", data=b"{", timeout=10,
-                               headers={"Content-Type": "application/json"}),
-                 requests.post(f"{made.base}/cds-services/nope", json={}, timeout=10)]
+    responses = [
+        requests.post(f"{made.base}/cds-services/legmove-patient-view", json=R1["request"], timeout=10),
+        requests.get(f"{made.base}/cds-services", timeout=10),
+        requests.post(
+            f"{made.base}/cds-services/legmove-patient-view",
+            data=b"{",
+            timeout=10,
+            headers={"Content-Type": "application/json"},
+        ),
+        requests.post(f"{made.base}/cds-services/nope", json={}, timeout=10),
+    ]
     assert responses[0].json()["cards"]
     for response in responses:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -180,16 +208,25 @@ def test_api_responses_say_nosniff_and_no_store(made):
 
 def test_an_oversized_chunked_body_is_413(made):
     """Werkzeug cut a chunked body at MAX_CONTENT_LENGTH and the call answered 400 (broken JSON)."""
+
     def chunks():
         for _ in range(600):
             yield b" " * 10_000  # 6 MB, over the 5 MiB limit, with no Content-Length
 
-    response = requests.post(f"{made.base}/cds-services/legmove-patient-view", data=chunks(), timeout=30,
-                             headers={"Content-Type": "application/json"})
+    response = requests.post(
+        f"{made.base}/cds-services/legmove-patient-view",
+        data=chunks(),
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 413 and response.json()["issue"][0]["code"] == "too-costly"
     small = json.dumps(R1["request"]).encode()
-    response = requests.post(f"{made.base}/cds-services/legmove-patient-view", data=iter([small[:100], small[100:]]),
-                             timeout=30, headers={"Content-Type": "application/json"})
+    response = requests.post(
+        f"{made.base}/cds-services/legmove-patient-view",
+        data=iter([small[:100], small[100:]]),
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 200 and fired_rules(response.json()) == {"R1"}
 
 
@@ -200,15 +237,21 @@ def test_redis_replay_store_and_jwt_checks_under_the_async_worker(tmp_path):
     from test_client_auth import BASE, EHR_JWKS, token
 
     path = "/cds-services/legmove-patient-view"
-    service = Service(tmp_path, workers=2, LEGMOVE_CLIENT_AUTH="true", LEGMOVE_PUBLIC_BASE_URL=BASE,
-                      LEGMOVE_TRUSTED_ISSUERS=json.dumps({"https://ehr.example.org": {"jwks": EHR_JWKS}}),
-                      LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0")
+    service = Service(
+        tmp_path,
+        workers=2,
+        LEGMOVE_CLIENT_AUTH="true",
+        LEGMOVE_PUBLIC_BASE_URL=BASE,
+        LEGMOVE_TRUSTED_ISSUERS=json.dumps({"https://ehr.example.org": {"jwks": EHR_JWKS}}),
+        LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0",
+    )
     try:
         tokens = [token(aud=BASE + path) for _ in range(40)]
 
         def call(bearer):
-            return requests.post(f"{service.base}{path}", json=R1["request"], timeout=30,
-                                 headers={"Authorization": f"Bearer {bearer}"}).status_code
+            return requests.post(
+                f"{service.base}{path}", json=R1["request"], timeout=30, headers={"Authorization": f"Bearer {bearer}"}
+            ).status_code
 
         with ThreadPoolExecutor(8) as pool:
             first = list(pool.map(call, tokens))

@@ -6,6 +6,7 @@ render function reads results beyond them. A missing declaration shows up here: 
 that cites a result of an analyte its hook does not ask for, or a card on the fhirServer path
 that differs from the one made when every analyte is searched.
 """
+
 import dataclasses
 import json
 from datetime import date
@@ -66,7 +67,9 @@ def _spec(*conditions) -> RuleSpec:
 
 
 def test_analytes_are_read_from_the_criteria_and_a_lab_without_analyte_means_all():
-    named = _spec(c.f << ((m.kind == "lab") & (m.analyte == "ferritin")), none((m.kind == "pending_test") & (m.analyte == "tsat")))
+    named = _spec(
+        c.f << ((m.kind == "lab") & (m.analyte == "ferritin")), none((m.kind == "pending_test") & (m.analyte == "tsat"))
+    )
     assert analytes_read(named) == {"ferritin", "tsat"}
     declared = dataclasses.replace(named, analytes=("hemoglobin",))
     assert analytes_read(declared) == {"ferritin", "tsat", "hemoglobin"}
@@ -77,8 +80,12 @@ def test_analytes_are_read_from_the_criteria_and_a_lab_without_analyte_means_all
 
 def test_a_rule_that_reads_labs_without_naming_an_analyte_is_refused_at_start():
     from cds_service.knowledge.terminology import Terminology
-    silent_on_analytes = dataclasses.replace(_spec(c.f << ((m.kind == "condition") & (m.code == "G25.81"))),
-                                             hooks=("order-sign",), needs=("labs", "conditions"))
+
+    silent_on_analytes = dataclasses.replace(
+        _spec(c.f << ((m.kind == "condition") & (m.code == "G25.81"))),
+        hooks=("order-sign",),
+        needs=("labs", "conditions"),
+    )
     with pytest.raises(ValueError, match="rule T reads labs but neither"):
         build_services([silent_on_analytes], Terminology())
     declared = dataclasses.replace(silent_on_analytes, analytes=("ferritin",))
@@ -108,8 +115,9 @@ def test_order_hooks_ask_only_for_their_analytes_and_patient_view_for_what_its_r
 
 
 def test_an_analyte_follows_the_rules_switched_on():
-    everything = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None,
-                            ENABLED_RULES=[f"R{n}" for n in range(1, 25)])
+    everything = create_app(
+        "test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, ENABLED_RULES=[f"R{n}" for n in range(1, 25)]
+    )
     select = next(s for s in everything.extensions["legmove"].services.values() if s.hook == "order-select")
     assert "egfr" in select.analytes and "egfr" in template_analytes(everything, select.prefetch["labs"])
 
@@ -123,7 +131,9 @@ def _cited_analytes(app, fixture, card) -> set[str]:
     for ref in explanation.get("resources", []):
         resource = by_ref.get(ref)
         if resource and resource["resourceType"] == "Observation":
-            found = term.observation_analyte(codings_of(resource.get("code")), [resource.get("code", {}).get("text") or ""])
+            found = term.observation_analyte(
+                codings_of(resource.get("code")), [resource.get("code", {}).get("text") or ""]
+            )
             if found:
                 cited.add(found[0].name)
     return cited
@@ -140,9 +150,11 @@ def test_every_lab_a_fixture_card_cites_is_of_an_analyte_its_hook_asks_for():
         for card in response.get_json()["cards"]:
             cited = _cited_analytes(app, fixture, card)
             rule = card["extension"]["org.legmove-cds.explanation"]["rule"]
-            assert cited <= service.analytes, (f"{path.parent.name}/{path.name}: {rule} cites "
-                                               f"{sorted(cited - service.analytes)}, which {service.id} does not ask "
-                                               f"for; declare analytes= on the rule")
+            assert cited <= service.analytes, (
+                f"{path.parent.name}/{path.name}: {rule} cites "
+                f"{sorted(cited - service.analytes)}, which {service.id} does not ask "
+                f"for; declare analytes= on the rule"
+            )
             checked += bool(cited)
     assert checked >= 20  # cards that cite a lab at all
 

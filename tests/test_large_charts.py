@@ -1,6 +1,7 @@
 """Large charts: the same answer buried in 20,000 resources no rule uses, and the parsing and memory
 measures that keep a large body cheap (cyclic GC paused while it parses, long-lived objects frozen
 in each worker)."""
+
 import ast
 import copy
 import gc
@@ -19,7 +20,9 @@ EXTENSION = "org.legmove-cds.explanation"
 @pytest.fixture(scope="module")
 def big_client():
     """The body limit is a setting; a 20,000-resource chart is about 7 MB."""
-    return create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, MAX_CONTENT_LENGTH=64 * 1024 * 1024).test_client()
+    return create_app(
+        "test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, MAX_CONTENT_LENGTH=64 * 1024 * 1024
+    ).test_client()
 
 
 def _noise(patient_id: str, count: int) -> dict[str, list[dict]]:
@@ -27,30 +30,68 @@ def _noise(patient_id: str, count: int) -> dict[str, list[dict]]:
     metformin, an appendectomy, a CBC report, a CMP order), by prefetch key."""
     subject = {"reference": f"Patient/{patient_id}"}
     makers = {
-        "labs": lambda i: {"resourceType": "Observation", "id": f"n-obs-{i}", "status": "final", "subject": subject,
-                           "effectiveDateTime": "2026-01-02",
-                           "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
-                           "valueQuantity": {"value": 170 + i % 5, "unit": "cm"}},
-        "conditions": lambda i: {"resourceType": "Condition", "id": f"n-cond-{i}", "subject": subject,
-                                 "clinicalStatus": {"coding": [{"code": "active"}]}, "recordedDate": "2020-01-01",
-                                 "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}],
-                                          "text": "Essential hypertension"}},
-        "medication_requests": lambda i: {"resourceType": "MedicationRequest", "id": f"n-med-{i}", "status": "active",
-                                          "intent": "order", "subject": subject, "authoredOn": "2025-01-01",
-                                          "medicationCodeableConcept": {"coding": [{
-                                              "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "861007",
-                                              "display": "metformin 500 MG Oral Tablet"}]}},
-        "procedures": lambda i: {"resourceType": "Procedure", "id": f"n-proc-{i}", "status": "completed",
-                                 "subject": subject, "performedDateTime": "2010-05-05",
-                                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "80146002",
-                                                      "display": "Appendectomy"}]}},
-        "reports": lambda i: {"resourceType": "DiagnosticReport", "id": f"n-rep-{i}", "status": "final",
-                              "subject": subject, "effectiveDateTime": "2024-03-03",
-                              "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel"}]}},
-        "service_requests": lambda i: {"resourceType": "ServiceRequest", "id": f"n-sr-{i}", "status": "completed",
-                                       "intent": "order", "subject": subject, "authoredOn": "2024-03-03",
-                                       "code": {"coding": [{"system": "http://loinc.org", "code": "24323-8",
-                                                            "display": "CMP panel"}]}},
+        "labs": lambda i: {
+            "resourceType": "Observation",
+            "id": f"n-obs-{i}",
+            "status": "final",
+            "subject": subject,
+            "effectiveDateTime": "2026-01-02",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
+            "valueQuantity": {"value": 170 + i % 5, "unit": "cm"},
+        },
+        "conditions": lambda i: {
+            "resourceType": "Condition",
+            "id": f"n-cond-{i}",
+            "subject": subject,
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "recordedDate": "2020-01-01",
+            "code": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}],
+                "text": "Essential hypertension",
+            },
+        },
+        "medication_requests": lambda i: {
+            "resourceType": "MedicationRequest",
+            "id": f"n-med-{i}",
+            "status": "active",
+            "intent": "order",
+            "subject": subject,
+            "authoredOn": "2025-01-01",
+            "medicationCodeableConcept": {
+                "coding": [
+                    {
+                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                        "code": "861007",
+                        "display": "metformin 500 MG Oral Tablet",
+                    }
+                ]
+            },
+        },
+        "procedures": lambda i: {
+            "resourceType": "Procedure",
+            "id": f"n-proc-{i}",
+            "status": "completed",
+            "subject": subject,
+            "performedDateTime": "2010-05-05",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "80146002", "display": "Appendectomy"}]},
+        },
+        "reports": lambda i: {
+            "resourceType": "DiagnosticReport",
+            "id": f"n-rep-{i}",
+            "status": "final",
+            "subject": subject,
+            "effectiveDateTime": "2024-03-03",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel"}]},
+        },
+        "service_requests": lambda i: {
+            "resourceType": "ServiceRequest",
+            "id": f"n-sr-{i}",
+            "status": "completed",
+            "intent": "order",
+            "subject": subject,
+            "authoredOn": "2024-03-03",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "24323-8", "display": "CMP panel"}]},
+        },
     }
     keys = list(makers)
     out: dict[str, list[dict]] = {key: [] for key in keys}
@@ -139,8 +180,11 @@ def test_a_large_call_is_answered_with_the_gc_paused_throughout(big_client, monk
     real = advice.build_facts
     monkeypatch.setattr(advice, "build_facts", lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k))
     small = big_client.post("/cds-services/legmove-patient-view", json=R2_FIRES["request"])
-    large = big_client.post("/cds-services/legmove-patient-view", data=json.dumps(_buried(R2_FIRES["request"], 2_000)),
-                            content_type="application/json")
+    large = big_client.post(
+        "/cds-services/legmove-patient-view",
+        data=json.dumps(_buried(R2_FIRES["request"], 2_000)),
+        content_type="application/json",
+    )
     assert small.status_code == large.status_code == 200
     assert seen == [True, False] and gc.isenabled()
 
@@ -166,7 +210,9 @@ def test_code_and_text_lookups_are_remembered_within_a_bound():
     matcher = Terminology().codesets
     first = matcher.sets_for(codesets.ICD10CM, "G25.81")
     assert first and matcher.sets_for(codesets.ICD10CM, "G25.81") is first  # the remembered answer
-    assert matcher.sets_for_text("benign fasciculation syndrome") == matcher._sets_for_text("benign fasciculation syndrome")
+    assert matcher.sets_for_text("benign fasciculation syndrome") == matcher._sets_for_text(
+        "benign fasciculation syndrome"
+    )
     for i in range(codesets.MEMO_SIZE + 10):
         matcher.sets_for(codesets.SNOMED, str(i))
     assert len(matcher._memo) <= codesets.MEMO_SIZE
@@ -176,13 +222,40 @@ def test_code_and_text_lookups_are_remembered_within_a_bound():
 
 # ---- the lean parse of very large bodies: exactly what orjson accepts, with the same values ----
 
-HOSTILE = [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}', b'{"a": -1.8e308}',
-           b'{"a": "\\ud800"}', b'{"a": "\\udc00x"}', b'{"a": "\xed\xa0\x80"}', b'\xef\xbb\xbf{"a": 1}', b'{"a": "\xff"}',
-           b'{"a": "\x01"}', b'{"a": 01}', b'{"a": 1,}', b'{"a": .5}', b'{"a": +1}', b'{"a": 0x10}', b"{'a': 1}",
-           b'{"a": 1} x', b'\x0c{"a": 1}', b"[" * 1100 + b"]" * 1100, b'{"a": ' + b"9" * 5000 + b"}",
-           b'{"a": 12345678901234567890123}', b'{"a": 18446744073709551615}', b'{"a": 18446744073709551616}',
-           b'{"a": -9223372036854775808}', b'{"a": -9223372036854775809}', b'{"a": "\\ud83d\\ude00"}',
-           b'{"a": -0, "b": -0.0, "c": 1E2, "d": "\\u0000", "a": 2}', b'"top"', b"[]", b"null", b""]
+HOSTILE = [
+    b'{"a": NaN}',
+    b'{"a": Infinity}',
+    b'{"a": -Infinity}',
+    b'{"a": 1e400}',
+    b'{"a": -1.8e308}',
+    b'{"a": "\\ud800"}',
+    b'{"a": "\\udc00x"}',
+    b'{"a": "\xed\xa0\x80"}',
+    b'\xef\xbb\xbf{"a": 1}',
+    b'{"a": "\xff"}',
+    b'{"a": "\x01"}',
+    b'{"a": 01}',
+    b'{"a": 1,}',
+    b'{"a": .5}',
+    b'{"a": +1}',
+    b'{"a": 0x10}',
+    b"{'a': 1}",
+    b'{"a": 1} x',
+    b'\x0c{"a": 1}',
+    b"[" * 1100 + b"]" * 1100,
+    b'{"a": ' + b"9" * 5000 + b"}",
+    b'{"a": 12345678901234567890123}',
+    b'{"a": 18446744073709551615}',
+    b'{"a": 18446744073709551616}',
+    b'{"a": -9223372036854775808}',
+    b'{"a": -9223372036854775809}',
+    b'{"a": "\\ud83d\\ude00"}',
+    b'{"a": -0, "b": -0.0, "c": 1E2, "d": "\\u0000", "a": 2}',
+    b'"top"',
+    b"[]",
+    b"null",
+    b"",
+]
 
 
 def _outcome(parse, raw: bytes):
@@ -219,10 +292,18 @@ def test_the_lean_parser_round_trips_what_orjson_reads():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-               | st.floats(allow_nan=False, allow_infinity=False) | st.text())
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-                          max_leaves=30)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text()
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=30,
+    )
 
     @settings(max_examples=300, deadline=None)
     @given(values, st.booleans())
@@ -240,9 +321,16 @@ def test_the_lean_parser_round_trips_what_orjson_reads():
 def test_a_very_large_body_allocates_far_less_than_orjson_needs():
     import tracemalloc
 
-    resources = [{"resourceType": "Observation", "id": f"o{i}", "status": "final",
-                  "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
-                  "valueQuantity": {"value": 170.5, "unit": "cm"}} for i in range(30_000)]
+    resources = [
+        {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
+            "valueQuantity": {"value": 170.5, "unit": "cm"},
+        }
+        for i in range(30_000)
+    ]
     raw = json.dumps({"entry": [{"resource": r} for r in resources]}).encode()
     del resources
     assert len(raw) > api.LEAN_PARSE_BYTES

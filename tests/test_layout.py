@@ -3,6 +3,7 @@
 request -> data -> facts -> engine -> cards: a layer may import a layer of a lower rank, never one of
 the same or a higher rank (except itself). Top-level modules are layers of their own.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,17 +15,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cds_service"
 # `facts.schema` (the fact model) is a unit of its own below `authoring`: rule authoring, the
 # engine's lint and the facts layer all read it, and it reads only `knowledge`.
 RANKS = {
-    "knowledge": 0, "hook_request": 0, "metrics": 0,
+    "knowledge": 0,
+    "hook_request": 0,
+    "metrics": 0,
     "facts.schema": 1,
     "authoring": 2,
     "fhir": 3,
-    "engine": 4, "facts": 4, "config": 4,
+    "engine": 4,
+    "facts": 4,
+    "config": 4,
     "cards": 5,
     "services": 6,
     "advice": 7,
     "store": 8,
     "web": 9,
-    "cli": 10, "app": 10,
+    "cli": 10,
+    "app": 10,
 }
 MODULE_UNITS = {"cds_service.facts.schema": "facts.schema"}  # modules ranked apart from their subpackage
 
@@ -79,17 +85,24 @@ def _edges() -> dict[str, set[tuple[str, str]]]:
 
 
 def test_every_unit_has_a_rank():
-    units = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()}
-    units |= {unit for module, unit in MODULE_UNITS.items()
-              if (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file()}
+    units = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()
+    }
+    units |= {
+        unit for module, unit in MODULE_UNITS.items() if (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file()
+    }
     assert units == set(RANKS), f"place new modules or packages in RANKS: {sorted(units ^ set(RANKS))}"
 
 
 def test_a_layer_imports_only_layers_below_it():
-    upward = sorted(f"{file} imports {target} ({RANKS[target]}), not below {source} ({RANKS[source]})"
-                    for source, pairs in _edges().items() for file, target in pairs
-                    if RANKS[target] >= RANKS[source])
+    upward = sorted(
+        f"{file} imports {target} ({RANKS[target]}), not below {source} ({RANKS[source]})"
+        for source, pairs in _edges().items()
+        for file, target in pairs
+        if RANKS[target] >= RANKS[source]
+    )
     assert not upward, "\n".join(upward)
 
 
@@ -121,5 +134,7 @@ def test_the_checker_sees_real_imports():
 def test_each_subpackage_says_what_it_holds():
     for init in sorted(PACKAGE.glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
-        assert doc and len(doc) > 40, f"{init.relative_to(PACKAGE.parent)} needs a docstring: what it holds, what it may import"
+        assert doc and len(doc) > 40, (
+            f"{init.relative_to(PACKAGE.parent)} needs a docstring: what it holds, what it may import"
+        )
     assert ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8")))

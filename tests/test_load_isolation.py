@@ -5,6 +5,7 @@ must equal that patient's answer from a quiet in-process run, and no answer may 
 patient. One rule (tests/support/faulty_rules.py) raises for 'boom-' patients: each such call
 must be one clean 500, and no worker may die or stop answering.
 """
+
 import json
 import os
 import re
@@ -38,21 +39,43 @@ def worker_pids(master: int) -> set[int]:
 def gunicorn(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gunicorn")
     port = _free_port()
-    env = dict(os.environ, LEGMOVE_CONFIG="test", LOG_LEVEL="WARNING",
-               LEGMOVE_EXTRA_RULE_MODULES='["faulty_rules"]', LEGMOVE_LOG_LEVEL="WARNING",
-               LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
-               LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]))
+    env = dict(
+        os.environ,
+        LEGMOVE_CONFIG="test",
+        LOG_LEVEL="WARNING",
+        LEGMOVE_EXTRA_RULE_MODULES='["faulty_rules"]',
+        LEGMOVE_LOG_LEVEL="WARNING",
+        LEGMOVE_FEEDBACK_STORE=f"sqlite:///{tmp / 'feedback.sqlite3'}",
+        LEGMOVE_REPLAY_STORE=f"sqlite:///{tmp / 'replay.sqlite3'}",
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "support"), str(ROOT)]),
+    )
     log = open(tmp / "gunicorn.log", "w")  # noqa: SIM115 - gunicorn writes it until the fixture ends
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--preload", "--workers", str(WORKERS), "--threads",
-         str(THREADS), "--bind", f"127.0.0.1:{port}", "cds_service.app:create_app()"],
-        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--preload",
+            "--workers",
+            str(WORKERS),
+            "--threads",
+            str(THREADS),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "cds_service.app:create_app()",
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base}/cds-services", timeout=1).status_code == 200 and len(worker_pids(process.pid)) == WORKERS:
+            if (
+                requests.get(f"{base}/cds-services", timeout=1).status_code == 200
+                and len(worker_pids(process.pid)) == WORKERS
+            ):
                 break
         except requests.RequestException:
             time.sleep(0.2)

@@ -1,4 +1,5 @@
 """Logs: one JSON object per line, a hook_call record per call, no patient data at INFO+."""
+
 import io
 import json
 import logging
@@ -32,11 +33,13 @@ def log_lines():
 def patient_strings(request: dict) -> set[str]:
     """Identifiers and clinical text of one request, as they could leak into a log."""
     found = {request["context"]["patientId"]}
-    for resource in prefetched_resources(request) + [e["resource"] for e in
-                                                   request["context"].get("draftOrders", {}).get("entry", [])]:
+    for resource in prefetched_resources(request) + [
+        e["resource"] for e in request["context"].get("draftOrders", {}).get("entry", [])
+    ]:
         found.add(resource["id"])
-        for coding in resource.get("code", {}).get("coding", []) + resource.get(
-                "medicationCodeableConcept", {}).get("coding", []):
+        for coding in resource.get("code", {}).get("coding", []) + resource.get("medicationCodeableConcept", {}).get(
+            "coding", []
+        ):
             found.add(coding.get("display", ""))
     return {s for s in found if s and len(s) > 3}
 
@@ -69,11 +72,19 @@ def test_a_failing_rule_logs_its_id_not_the_data(app, log_lines):
         raise ValueError(f"bad value for {match['ctx']['hook']} patient {runtime_secret}")
 
     specs = dict(knowledge.specs)
-    specs["X-LEAK"] = RuleSpec(id="X-LEAK", title="leak", citation="test", stratum=DERIVE, module=__name__,
-                               condition=when_all(c.ctx << (m.kind == "context")), derive=leaky,
-                               produces="iron_check_due")
-    app.extensions["legmove"] = Knowledge(knowledge.terminology, specs, RuleEngine(list(specs.values()), name="leak_app"),
-                                          knowledge.services)
+    specs["X-LEAK"] = RuleSpec(
+        id="X-LEAK",
+        title="leak",
+        citation="test",
+        stratum=DERIVE,
+        module=__name__,
+        condition=when_all(c.ctx << (m.kind == "context")),
+        derive=leaky,
+        produces="iron_check_due",
+    )
+    app.extensions["legmove"] = Knowledge(
+        knowledge.terminology, specs, RuleEngine(list(specs.values()), name="leak_app"), knowledge.services
+    )
     try:
         fixture = load_fixture(FIXTURES[0])
         assert app.test_client().post(f"/cds-services/{fixture['service']}", json=fixture["request"]).status_code == 500

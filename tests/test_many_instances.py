@@ -9,6 +9,7 @@ the other; feedback given through one instance finds the card issued by the othe
 killed mid-request leaves no phantom in-flight request; calls keep answering when one instance
 is killed. Tests run in file order and share the cluster: the last one kills instance A.
 """
+
 import contextlib
 import copy
 import json
@@ -29,7 +30,9 @@ from ops_support import WORKERS, Instance, children, metric, wait_for
 from test_client_auth import EHR_JWKS, token
 from test_fhir_faults import faulty_fhir
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+)
 ISSUER = "https://ehr.example.org"
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
 R1 = load_fixture(ROOT / "fhir_fixtures/R1/fires-no-ferritin.json")
@@ -50,29 +53,34 @@ class Nginx:
         prefix = workdir / "nginx"
         prefix.mkdir()
         servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=30s;" for port in upstreams)
-        temp = "\n".join(f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "\n".join(
+            f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         # as root, nginx would switch its worker to `nobody`, which cannot enter pytest's tmp dirs
         user = "user root;\n" if os.geteuid() == 0 else ""
         (prefix / "nginx.conf").write_text(f"""{user}daemon off;
 worker_processes 1;
-pid {prefix / 'nginx.pid'};
-error_log {prefix / 'error.log'} warn;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
 events {{ worker_connections 256; }}
 http {{
-    access_log {prefix / 'access.log'};
+    access_log {prefix / "access.log"};
 {temp}
     upstream legmove {{
 {servers}
     }}
     server {{
         listen 127.0.0.1:{self.port};
-        include {ROOT / 'deploy/nginx/legmove-proxy.conf'};
+        include {ROOT / "deploy/nginx/legmove-proxy.conf"};
     }}
 }}
 """)
-        self.process = subprocess.Popen([NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c",
-                                         str(prefix / "nginx.conf")], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(lambda: requests.get(f"{self.base}/health", timeout=2).status_code == 200, "nginx", timeout=20)
 
     def stop(self) -> None:
@@ -93,11 +101,20 @@ def cluster(tmp_path_factory, postgres_url):
     workdir = tmp_path_factory.mktemp("cluster")
     nginx_port = _free_port()
     public = f"http://127.0.0.1:{nginx_port}"  # every token's audience, whichever instance verifies it
-    env = dict(os.environ, LEGMOVE_CONFIG="test", LEGMOVE_LOG_LEVEL="WARNING", LEGMOVE_CLIENT_AUTH="true",
-               LEGMOVE_PUBLIC_BASE_URL=public, LEGMOVE_TRUSTED_ISSUERS=json.dumps({ISSUER: {"jwks": EHR_JWKS}}),
-               LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0", LEGMOVE_FEEDBACK_STORE=postgres_url,
-               # a call to the hanging FHIR server stays in flight ~5 s, long enough to be seen under load
-               LEGMOVE_FHIR_READ_TIMEOUT="6", LEGMOVE_FHIR_DEADLINE="8", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        LEGMOVE_CONFIG="test",
+        LEGMOVE_LOG_LEVEL="WARNING",
+        LEGMOVE_CLIENT_AUTH="true",
+        LEGMOVE_PUBLIC_BASE_URL=public,
+        LEGMOVE_TRUSTED_ISSUERS=json.dumps({ISSUER: {"jwks": EHR_JWKS}}),
+        LEGMOVE_REPLAY_STORE="redis://127.0.0.1:6379/0",
+        LEGMOVE_FEEDBACK_STORE=postgres_url,
+        # a call to the hanging FHIR server stays in flight ~5 s, long enough to be seen under load
+        LEGMOVE_FHIR_READ_TIMEOUT="6",
+        LEGMOVE_FHIR_DEADLINE="8",
+        PYTHONPATH=str(ROOT),
+    )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     instances = []
     try:
@@ -121,7 +138,9 @@ def bearer(cluster, path: str) -> dict:
 
 def order_sign_service(base: str) -> str:
     """The order-sign service id from discovery (the per-hook id where there is one, not the alias)."""
-    ids = [s["id"] for s in requests.get(f"{base}/cds-services", timeout=5).json()["services"] if s["hook"] == "order-sign"]
+    ids = [
+        s["id"] for s in requests.get(f"{base}/cds-services", timeout=5).json()["services"] if s["hook"] == "order-sign"
+    ]
     return next((i for i in ids if i != "legmove-orders"), ids[0])
 
 
@@ -166,8 +185,12 @@ def test_feedback_through_one_instance_finds_the_card_issued_by_the_other(cluste
     issued = hook_call(cluster, a.base, service)
     (card,) = issued.json()["cards"]
     path = f"/cds-services/{service}/feedback"
-    item = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-            "outcomeTimestamp": "2026-11-22T10:05:31Z"}
+    item = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": "2026-11-22T10:05:31Z",
+    }
     response = requests.post(b.base + path, json={"feedback": [item]}, headers=bearer(cluster, path), timeout=10)
     assert response.status_code == 200
     ledger = CardLedger(cluster["postgres"])
@@ -183,12 +206,21 @@ def test_a_worker_killed_mid_request_leaves_no_phantom_in_flight_request(cluster
     body = copy.deepcopy(R1["request"])
     body.pop("prefetch")
     body["fhirServer"] = f"{faulty_server}/hang/fhir"  # the FHIR server sleeps 5 s before answering
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "legmove-cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "legmove-cds",
+    }
     calls_before = b.hook_calls()
-    hanging = threading.Thread(target=lambda: _ignore_errors(lambda: hook_call(cluster, b.base, "legmove-patient-view", body)))
+    hanging = threading.Thread(
+        target=lambda: _ignore_errors(lambda: hook_call(cluster, b.base, "legmove-patient-view", body))
+    )
     hanging.start()
-    wait_for(lambda: metric(b.metrics(), "legmove_http_requests_in_flight") >= 2, "the hanging call to be in flight", 10)
+    wait_for(
+        lambda: metric(b.metrics(), "legmove_http_requests_in_flight") >= 2, "the hanging call to be in flight", 10
+    )
     workers = children(b.process.pid)
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -196,8 +228,11 @@ def test_a_worker_killed_mid_request_leaves_no_phantom_in_flight_request(cluster
     hanging.join(timeout=20)
     # a real request ends, a dead worker's phantom never does: readiness probes the kill left in the
     # listen backlog are served by the new workers and may be in flight for a moment beside a scrape
-    wait_for(lambda: metric(b.metrics(), "legmove_http_requests_in_flight") == 1,
-             "only the scrape itself to be in flight", 10)
+    wait_for(
+        lambda: metric(b.metrics(), "legmove_http_requests_in_flight") == 1,
+        "only the scrape itself to be in flight",
+        10,
+    )
     assert [f for pid in workers for f in b.metrics_dir.glob(f"gauge_livesum_{pid}.db")] == []
     assert list(b.metrics_dir.glob("gauge_livesum_*.db")), "the live workers' gauge files are there"
     assert b.hook_calls() == calls_before, "counters of dead workers stay in the sum"

@@ -1,6 +1,7 @@
 """The wheel carries what the preview page and `legmove-cds load` need: the example patients (the
 fixtures, as the data package `legmove_examples`), the page's template and static files. Built
 offline from this checkout and imported from the unpacked wheel, not from the source tree."""
+
 import subprocess
 import sys
 import textwrap
@@ -18,16 +19,35 @@ def archive_text(wheel, name: str) -> str:
 
 @pytest.mark.slow  # builds the wheel with pip
 def test_the_wheel_serves_the_preview_and_its_examples_without_the_source_tree(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("legmove_cds-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(site)
-    assert {"cds_service/web/templates/preview.html", "cds_service/web/static/preview.js", "cds_service/web/static/preview.css",
-            "cds_service/knowledge/rxnorm_leg_movement_drug_products.csv"} <= names
+    assert {
+        "cds_service/web/templates/preview.html",
+        "cds_service/web/static/preview.js",
+        "cds_service/web/static/preview.css",
+        "cds_service/knowledge/rxnorm_leg_movement_drug_products.csv",
+    } <= names
     assert len([n for n in names if n.startswith("legmove_examples/R") and n.endswith(".json")]) == len(FIXTURES)
     # the licence pyproject.toml declares travels with the wheel, in full
     (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]

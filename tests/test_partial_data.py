@@ -1,5 +1,6 @@
 """Partial data: a key that cannot be read is unknown, silences only the rules that read it,
 and is named in every card and in the log; 412 only when no rule can be evaluated."""
+
 import copy
 import json
 import threading
@@ -51,11 +52,14 @@ def test_r1_is_silent_when_labs_are_unknown(client, fixture):
     assert client.post(f"/cds-services/{fixture['service']}", json=fixture["request"]).status_code == 200
 
 
-@pytest.mark.parametrize("fixture, rule, key", [
-    (R2, "R2", "medication_requests"),  # low ferritin read, but "already on iron" unknown
-    (R20, "R20", "medication_statements"),  # a new start cannot be told from a continuation
-    (R1, "R1", "service_requests"),  # a pending ferritin order unknown
-])
+@pytest.mark.parametrize(
+    "fixture, rule, key",
+    [
+        (R2, "R2", "medication_requests"),  # low ferritin read, but "already on iron" unknown
+        (R20, "R20", "medication_statements"),  # a new start cannot be told from a continuation
+        (R1, "R1", "service_requests"),  # a pending ferritin order unknown
+    ],
+)
 def test_a_rule_is_silent_when_any_key_it_weighs_is_unknown(client, fixture, rule, key):
     assert rule in fired_rules(client.post(f"/cds-services/{fixture['service']}", json=fixture["request"]).get_json())
     response = client.post(f"/cds-services/{fixture['service']}", json=without(fixture, key))
@@ -92,9 +96,11 @@ def test_every_rule_declares_the_keys_whose_facts_it_matches(app):
 
 # ---- against a real HTTP FHIR server that fails for one resource type -----------------------
 
+
 def by_type_server(resources: list[dict], seen: list | None = None):
     """Path /<Type>=<fault>/fhir/<Type>?...: serves `resources` by type; the named type fails.
     Each requested URL is appended to `seen`."""
+
     def app(environ, start_response):
         request = Request(environ)
         if seen is not None:
@@ -103,18 +109,22 @@ def by_type_server(resources: list[dict], seen: list | None = None):
         bad_type, _, fault = fault_spec.partition("=")
         resource_type = rest.split("/")[0].split("?")[0]
         if resource_type == bad_type and fault == "403":
-            return Response(json.dumps({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "forbidden"}]}), 403, content_type="application/fhir+json")(
-                environ, start_response)
+            return Response(
+                json.dumps({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]}),
+                403,
+                content_type="application/fhir+json",
+            )(environ, start_response)
         if resource_type == bad_type and fault == "slow":
             time.sleep(3)
         matching = [r for r in resources if r["resourceType"] == resource_type]
         if "?" not in request.url and "/" in rest:  # a read
             body = matching[0] if matching else {"resourceType": "OperationOutcome", "issue": []}
-            return Response(json.dumps(body), 200 if matching else 404,
-                            content_type="application/fhir+json")(environ, start_response)
+            return Response(json.dumps(body), 200 if matching else 404, content_type="application/fhir+json")(
+                environ, start_response
+            )
         body = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in matching]}
         return Response(json.dumps(body), 200, content_type="application/fhir+json")(environ, start_response)
+
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

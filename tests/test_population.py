@@ -9,6 +9,7 @@ the bytes, read by no rule), which are dropped so loading stays fast. The
 prefetch path gets each patient's stored resources of every type a key reads, as a generous EHR
 would; the fhirServer path queries the server itself.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,9 +35,16 @@ from conftest import EXTENSION, FHIR_TOKEN, ROOT, FhirServer, load_fixture
 
 SYNTHEA = Path(os.environ.get("LEGMOVE_SYNTHEA_DIR", ROOT.parent / "shared" / "data" / "synthea"))
 CHARTS = sorted(SYNTHEA.glob("*.json.gz"))
-KEY_TYPES = {"patient": "Patient", "conditions": "Condition", "labs": "Observation",
-             "service_requests": "ServiceRequest", "procedures": "Procedure", "reports": "DiagnosticReport",
-             "medication_requests": "MedicationRequest", "medication_statements": "MedicationStatement"}
+KEY_TYPES = {
+    "patient": "Patient",
+    "conditions": "Condition",
+    "labs": "Observation",
+    "service_requests": "ServiceRequest",
+    "procedures": "Procedure",
+    "reports": "DiagnosticReport",
+    "medication_requests": "MedicationRequest",
+    "medication_statements": "MedicationStatement",
+}
 RETRIES = 2  # a call whose answer differs is repeated (after 1 s): on a machine loaded far beyond its cores a
 # query can outlast the deadline, which correctly makes its key missing; a real divergence repeats
 ENRICHED = 9  # copies of the largest charts (most Observations), with RLS data added
@@ -46,8 +54,13 @@ RLS = R3["request"]["prefetch"]["conditions"]["entry"][0]["resource"]
 SERTRALINE_DRAFT = R3["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 PRAMIPEXOLE_DRAFT = R1_SELECT["request"]["context"]["draftOrders"]["entry"][0]["resource"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.fhir_server, pytest.mark.skipif(
-    len(CHARTS) < 126, reason=f"the 126 Synthea charts are not at {SYNTHEA} (set LEGMOVE_SYNTHEA_DIR)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.fhir_server,
+    pytest.mark.skipif(
+        len(CHARTS) < 126, reason=f"the 126 Synthea charts are not at {SYNTHEA} (set LEGMOVE_SYNTHEA_DIR)"
+    ),
+]
 
 
 def _read_chart(path: Path) -> dict:
@@ -69,27 +82,52 @@ def _enrich(bundle: dict, number: int) -> dict:
     added = [dict(copy.deepcopy(RLS), subject=subject)]
     ferritin = [None, (32, "ug/L"), (61, "pmol/L"), (140, "ng/mL")][number % 4]
     if ferritin:
-        added.append({"resourceType": "Observation", "status": "final", "subject": subject,
-                      "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4", "display": "Ferritin"}]},
-                      "effectiveDateTime": "2026-10-15",
-                      "valueQuantity": {"value": ferritin[0], "unit": ferritin[1], "system": "http://unitsofmeasure.org",
-                                        "code": ferritin[1]}})
+        added.append(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "subject": subject,
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4", "display": "Ferritin"}]},
+                "effectiveDateTime": "2026-10-15",
+                "valueQuantity": {
+                    "value": ferritin[0],
+                    "unit": ferritin[1],
+                    "system": "http://unitsofmeasure.org",
+                    "code": ferritin[1],
+                },
+            }
+        )
     if number % 2 == 0:
-        added.append({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
-                      "medicationCodeableConcept": copy.deepcopy(SERTRALINE_DRAFT["medicationCodeableConcept"]),
-                      "authoredOn": "2026-05-01"})
+        added.append(
+            {
+                "resourceType": "MedicationRequest",
+                "status": "active",
+                "intent": "order",
+                "subject": subject,
+                "medicationCodeableConcept": copy.deepcopy(SERTRALINE_DRAFT["medicationCodeableConcept"]),
+                "authoredOn": "2026-05-01",
+            }
+        )
     for resource in added:
         resource.pop("id", None)
-        chart["entry"].append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
-                               "request": {"method": "POST", "url": resource["resourceType"]}})
+        chart["entry"].append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
+        )
     return chart
 
 
 def _without_dangling(value, kept: set[str]):
     """The resource without references to entries that are not loaded."""
     if isinstance(value, dict):
-        if isinstance(value.get("reference"), str) and value["reference"].startswith("urn:uuid:") \
-                and value["reference"] not in kept:
+        if (
+            isinstance(value.get("reference"), str)
+            and value["reference"].startswith("urn:uuid:")
+            and value["reference"] not in kept
+        ):
             return None
         out = {k: _without_dangling(v, kept) for k, v in value.items()}
         return {k: v for k, v in out.items() if v not in (None, [], {})}
@@ -141,9 +179,10 @@ def population(tmp_path_factory):
                 charts.append((path.name, _load(server, bundle), False))
                 sizes.append((sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"), path))
             for number, (_, path) in enumerate(sorted(sizes, reverse=True)[:ENRICHED]):
-                charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(_read_chart(path), number)),
-                               True))
-        print(f"\n{len(charts)} charts {'from the cache' if cached else 'loaded'} in {time.monotonic() - started:.0f} s")
+                charts.append((f"copy-{number}-{path.name}", _load(server, _enrich(_read_chart(path), number)), True))
+        print(
+            f"\n{len(charts)} charts {'from the cache' if cached else 'loaded'} in {time.monotonic() - started:.0f} s"
+        )
         yield server, charts
     finally:
         server.stop()
@@ -169,7 +208,11 @@ def _calls(stored: dict[str, list[dict]], enriched: bool) -> list[tuple[str, dic
         for hook, draft in (("order-sign", SERTRALINE_DRAFT), ("order-select", PRAMIPEXOLE_DRAFT)):
             call = dict(copy.deepcopy(base), hook=hook, hookInstance=str(uuid.uuid4()))
             order = dict(copy.deepcopy(draft), subject={"reference": f"Patient/{pid}"})
-            call["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]}
+            call["context"]["draftOrders"] = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": order}],
+            }
             if hook == "order-select":
                 call["context"]["selections"] = [f"MedicationRequest/{order['id']}"]
             calls.append((f"legmove-{hook}", call))
@@ -201,15 +244,33 @@ def test_fhir_server_path_matches_prefetch_for_every_chart(population, app, capl
     durations, mismatches, fired, answered, retried = [], [], set(), set(), 0
     for name, stored, enriched in charts:
         for service, call in _calls(stored, enriched):
-            prefetched = dict(call, prefetch={key: {"resourceType": "Bundle", "type": "searchset",
-                                                    "entry": [{"resource": r} for r in stored.get(rtype, [])]}
-                                              for key, rtype in KEY_TYPES.items() if key != "patient"})
+            prefetched = dict(
+                call,
+                prefetch={
+                    key: {
+                        "resourceType": "Bundle",
+                        "type": "searchset",
+                        "entry": [{"resource": r} for r in stored.get(rtype, [])],
+                    }
+                    for key, rtype in KEY_TYPES.items()
+                    if key != "patient"
+                },
+            )
             prefetched["prefetch"]["patient"] = stored["Patient"][0]
             expected = client.post(f"/cds-services/{service}", json=prefetched)
             assert expected.status_code == 200, (name, expected.get_data(as_text=True))
-            remote = dict(call, fhirServer=server.base_url, fhirAuthorization={
-                "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
-                "subject": "legmove-cds", "patient": call["context"]["patientId"]})
+            remote = dict(
+                call,
+                fhirServer=server.base_url,
+                fhirAuthorization={
+                    "access_token": FHIR_TOKEN,
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "patient/*.read",
+                    "subject": "legmove-cds",
+                    "patient": call["context"]["patientId"],
+                },
+            )
             caplog.clear()
             for _attempt in range(1 + RETRIES):
                 started = time.monotonic()
@@ -222,16 +283,32 @@ def test_fhir_server_path_matches_prefetch_for_every_chart(population, app, capl
                 caplog.clear()
                 time.sleep(1)
             if os.environ.get("LEGMOVE_POPULATION_VERBOSE"):
-                print(name[:30], call["hook"], actual.status_code, f"{durations[-1]:.2f}s", _cards(actual)
-                      if actual.status_code == 200 else actual.get_data(as_text=True)[-200:], flush=True)
+                print(
+                    name[:30],
+                    call["hook"],
+                    actual.status_code,
+                    f"{durations[-1]:.2f}s",
+                    _cards(actual) if actual.status_code == 200 else actual.get_data(as_text=True)[-200:],
+                    flush=True,
+                )
             if actual.status_code != 200 or _cards(actual) != _cards(expected) or gaps:
-                mismatches.append((name, call["hook"], actual.status_code, gaps, _cards(expected),
-                                   _cards(actual) if actual.status_code == 200 else actual.get_data(as_text=True)[:200]))
+                mismatches.append(
+                    (
+                        name,
+                        call["hook"],
+                        actual.status_code,
+                        gaps,
+                        _cards(expected),
+                        _cards(actual) if actual.status_code == 200 else actual.get_data(as_text=True)[:200],
+                    )
+                )
                 continue
             answered.add(name)
             fired |= {rule for rule, _ in _cards(actual)}
-    print(f"\n{len(durations)} fhirServer calls: median {statistics.median(durations) * 1000:.0f} ms, "
-          f"max {max(durations) * 1000:.0f} ms; {retried} repeated after a timeout; rules fired: {sorted(fired)}")
+    print(
+        f"\n{len(durations)} fhirServer calls: median {statistics.median(durations) * 1000:.0f} ms, "
+        f"max {max(durations) * 1000:.0f} ms; {retried} repeated after a timeout; rules fired: {sorted(fired)}"
+    )
     assert not mismatches, mismatches[:5]
     assert len(answered) == len(CHARTS) + ENRICHED
     assert {"R1", "R2", "R3", "R4"} <= fired, "the enriched copies exercise the iron and drug rules"

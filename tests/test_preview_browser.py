@@ -4,6 +4,7 @@ service started with `legmove-cds serve` (gunicorn) and a real sekmet-fhir, all 
 Skips only when /usr/bin/chromium or playwright is missing outside CI; in CI (CI=true) that is a
 failure, because .ci/run installs both. Screenshots and the browser version go to artifacts/.
 """
+
 import json
 import os
 from pathlib import Path
@@ -16,25 +17,41 @@ from served_app import ServedService, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERTRALINE = "R3/fires-sertraline-order-sign"
 NO_FERRITIN = "R1/fires-no-ferritin"
 
 pytestmark = [pytest.mark.slow, pytest.mark.fhir_server]  # a real Chromium per module
 
 # chart text is attacker-controlled as far as the page is concerned: HTML in a diagnosis name
-PAYLOAD = '<img src=x onerror="document.title=\'pwned\'"><script>document.title=\'pwned\'</script>'
+PAYLOAD = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
 HOSTILE_CHART = [
     {"resourceType": "Patient", "id": "hostile-1"},
-    {"resourceType": "Condition", "id": "hostile-1-rls", "subject": {"reference": "Patient/hostile-1"},
-     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                    "code": "active"}]},
-     "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                                        "code": "confirmed"}]},
-     "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G25.81", "display": PAYLOAD}],
-              "text": PAYLOAD},
-     "recordedDate": "2025-03-14"},
+    {
+        "resourceType": "Condition",
+        "id": "hostile-1-rls",
+        "subject": {"reference": "Patient/hostile-1"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+        },
+        "verificationStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]
+        },
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G25.81", "display": PAYLOAD}],
+            "text": PAYLOAD,
+        },
+        "recordedDate": "2025-03-14",
+    },
 ]
 
 
@@ -56,8 +73,10 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "browser.json").write_text(json.dumps(
-            {"browser": "chromium", "executable": str(CHROMIUM), "version": browser.version}, indent=2) + "\n")
+        (ARTIFACTS / "browser.json").write_text(
+            json.dumps({"browser": "chromium", "executable": str(CHROMIUM), "version": browser.version}, indent=2)
+            + "\n"
+        )
         yield browser
         browser.close()
 
@@ -66,12 +85,14 @@ def browser():
 def stack(tmp_path_factory):
     """sekmet with one example chart loaded; the service allows only that FHIR server."""
     fhir = FhirServer(tmp_path_factory.mktemp("preview-sekmet"))
-    loaded = run_cli("load", "--fhir-server", fhir.base_url, "--token", FHIR_TOKEN,
-                     ROOT / "fhir_fixtures" / f"{NO_FERRITIN}.json")
+    loaded = run_cli(
+        "load", "--fhir-server", fhir.base_url, "--token", FHIR_TOKEN, ROOT / "fhir_fixtures" / f"{NO_FERRITIN}.json"
+    )
     assert loaded.returncode == 0, loaded.stderr
     fhir.transaction(HOSTILE_CHART)
-    service = ServedService(tmp_path_factory.mktemp("preview-service"),
-                            FHIR_SERVER_ALLOWLIST=json.dumps([fhir.base_url]))
+    service = ServedService(
+        tmp_path_factory.mktemp("preview-service"), FHIR_SERVER_ALLOWLIST=json.dumps([fhir.base_url])
+    )
     yield fhir, service
     service.stop()
     fhir.stop()
@@ -95,8 +116,11 @@ def feedback_rows(service: ServedService, card_uuid: str) -> list[dict]:
     engine = sqlalchemy.create_engine(service.feedback_store)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sqlalchemy.text("SELECT * FROM card_feedback WHERE card_uuid = :u"),
-                                {"u": card_uuid}).mappings().all()
+            rows = (
+                conn.execute(sqlalchemy.text("SELECT * FROM card_feedback WHERE card_uuid = :u"), {"u": card_uuid})
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
     finally:
         engine.dispose()
@@ -140,8 +164,13 @@ def test_a_suggestion_click_shows_its_action_and_its_feedback_is_stored(page, st
     button.click()
     expect(card.locator(".feedback-note")).to_contain_text("feedback sent")
     action = json.loads(card.locator("pre.action-view").inner_text())
-    assert action == [{"type": "delete", "description": "Remove the draft order for sertraline 50 MG Oral Tablet",
-                       "resourceId": "MedicationRequest/draft-sertraline"}]
+    assert action == [
+        {
+            "type": "delete",
+            "description": "Remove the draft order for sertraline 50 MG Oral Tablet",
+            "resourceId": "MedicationRequest/draft-sertraline",
+        }
+    ]
     (row,) = feedback_rows(service, card.get_attribute("data-card-uuid"))
     assert row["outcome"] == "accepted" and row["rule_id"] == "R3"
     assert json.loads(row["accepted_suggestions"]) == [suggestion_uuid]
@@ -200,12 +229,16 @@ def test_the_preview_is_off_in_production_and_with_client_auth():
     open_production = {"OPEN_MODE": True, "FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}
     production = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, **open_production)
     assert production.test_client().get("/preview").status_code == 404
-    enabled = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, PREVIEW_ENABLED=True,
-                         **open_production)
+    enabled = create_app("production", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, PREVIEW_ENABLED=True, **open_production)
     assert enabled.test_client().get("/preview").status_code == 200
-    signed = create_app("test", LOG_LEVEL="ERROR", FEEDBACK_STORE=None, CLIENT_AUTH=True,
-                        PUBLIC_BASE_URL="https://cds.example.org",
-                        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": {"keys": []}}})
+    signed = create_app(
+        "test",
+        LOG_LEVEL="ERROR",
+        FEEDBACK_STORE=None,
+        CLIENT_AUTH=True,
+        PUBLIC_BASE_URL="https://cds.example.org",
+        TRUSTED_ISSUERS={"https://ehr.example.org": {"jwks": {"keys": []}}},
+    )
     assert signed.test_client().get("/preview").status_code == 404
 
 

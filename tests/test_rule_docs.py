@@ -1,5 +1,6 @@
 """Every rule module reads as the recommendation it implements: its docstring states it, names its
 sources by their titles, and gives each card rule's inclusion and exclusion criteria."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,7 +13,9 @@ from cds_service.authoring.rulebook import CARD, REGISTRY
 from cds_service.knowledge.sources import SOURCES, cited
 
 rules.load_all()
-TOPIC_MODULES = sorted({spec.module for spec in REGISTRY.values() if spec.stratum == CARD and spec.module.startswith("rules.")})
+TOPIC_MODULES = sorted(
+    {spec.module for spec in REGISTRY.values() if spec.stratum == CARD and spec.module.startswith("rules.")}
+)
 TITLE_WORDS = {s.key: s.title.split(",")[0].split(" (")[0] for s in SOURCES}  # "Differential Diagnosis of ... Jerking"
 
 

@@ -1,4 +1,5 @@
 """The rule version lock: a rule whose criteria, code, texts or settings change needs a version bump."""
+
 from __future__ import annotations
 
 import copy
@@ -85,8 +86,9 @@ def test_versions_only_go_up(registry):
 
 
 def test_the_check_command_exits_zero_on_the_repository():
-    result = subprocess.run([sys.executable, "-m", "cds_service.store.rule_versions"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_service.store.rule_versions"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "match the lock file" in result.stdout
 
@@ -95,5 +97,12 @@ def test_a_version_must_be_a_whole_number():
     from cds_service.authoring.rulebook import card_rule
 
     with pytest.raises(ValueError, match="version must be a whole number"):
-        card_rule(id="RX", title="t", citation="c", hooks=("patient-view",), when=when_all(m.kind == "x"), logic="l",
-                  version=0)(lambda matches, ctx: None)
+        card_rule(
+            id="RX",
+            title="t",
+            citation="c",
+            hooks=("patient-view",),
+            when=when_all(m.kind == "x"),
+            logic="l",
+            version=0,
+        )(lambda matches, ctx: None)

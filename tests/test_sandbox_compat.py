@@ -5,6 +5,7 @@ form-encoded body (GET only as a fallback). Every search template we publish mus
 the same thing sent that way, raw or percent-encoded (commas separate token values, pipes separate
 system and code; a `+` or a bare space would change meaning in a form body).
 """
+
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
@@ -24,8 +25,9 @@ def loaded(tmp_path_factory):
     """A server of its own: the shared one holds the same charts under other ids (test_fixtures.py)."""
     fhir_server = FhirServer(tmp_path_factory.mktemp("sandbox-sekmet"))
     for name in CHARTS:
-        response = requests.post(fhir_server.base_url, json=as_transaction(all_examples()[name]),
-                                 headers=fhir_server.headers(), timeout=30)
+        response = requests.post(
+            fhir_server.base_url, json=as_transaction(all_examples()[name]), headers=fhir_server.headers(), timeout=30
+        )
         assert response.status_code == 200, response.text[:300]
     yield fhir_server
     fhir_server.stop()
@@ -53,8 +55,9 @@ def test_every_search_template_means_the_same_as_a_form_encoded_post_search(clie
                 assert "+" not in params and " " not in params, (key, template)
                 by_get = _ids(requests.get(f"{loaded.base_url}/{query}", headers=headers, timeout=30))
                 raw = requests.post(f"{loaded.base_url}/{kind}/_search", data=params, headers=form, timeout=30)
-                encoded = requests.post(f"{loaded.base_url}/{kind}/_search", data=urlencode(parse_qsl(params)),
-                                        headers=form, timeout=30)
+                encoded = requests.post(
+                    f"{loaded.base_url}/{kind}/_search", data=urlencode(parse_qsl(params)), headers=form, timeout=30
+                )
                 assert _ids(raw) == by_get == _ids(encoded), f"{service['id']} {key} on {name}"
                 compared += 1
                 found += bool(by_get)

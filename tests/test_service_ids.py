@@ -1,5 +1,6 @@
 """One service id (one URL) per hook, the deprecated `legmove-orders` alias, and small HTTP
 details clients trip over: trailing slashes, `Allow` on 405, what a 400 writes to the log."""
+
 import copy
 import threading
 
@@ -43,8 +44,9 @@ def test_the_deprecated_alias_answers_both_order_hooks(base_url, fixture):
     response = requests.post(f"{base_url}/cds-services/legmove-orders", json=fixture["request"], timeout=10)
     assert response.status_code == 200 and response.headers["Deprecation"] == "true"
     assert "R3" in fired_rules(response.json())
-    direct = requests.post(f"{base_url}/cds-services/legmove-{fixture['request']['hook']}", json=fixture["request"],
-                           timeout=10)
+    direct = requests.post(
+        f"{base_url}/cds-services/legmove-{fixture['request']['hook']}", json=fixture["request"], timeout=10
+    )
     assert "Deprecation" not in direct.headers and fired_rules(direct.json()) == fired_rules(response.json())
 
 
@@ -65,28 +67,35 @@ def test_trailing_slashes_give_the_same_answer(base_url):
     plain = requests.get(f"{base_url}/cds-services", timeout=10)
     slashed = requests.get(f"{base_url}/cds-services/", timeout=10, allow_redirects=False)
     assert slashed.status_code == 200 and slashed.json() == plain.json()
-    response = requests.post(f"{base_url}/cds-services/legmove-order-sign/", json=R3_SIGN["request"], timeout=10,
-                             allow_redirects=False)
+    response = requests.post(
+        f"{base_url}/cds-services/legmove-order-sign/", json=R3_SIGN["request"], timeout=10, allow_redirects=False
+    )
     assert response.status_code == 200 and "R3" in fired_rules(response.json())
 
 
-@pytest.mark.parametrize("method, path, allowed", [
-    ("PUT", "/cds-services/legmove-patient-view", {"POST"}),
-    ("GET", "/cds-services/legmove-patient-view", {"POST"}),
-    ("DELETE", "/cds-services", {"GET"}),
-    ("GET", "/cds-services/legmove-patient-view/feedback", {"POST"}),
-])
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("PUT", "/cds-services/legmove-patient-view", {"POST"}),
+        ("GET", "/cds-services/legmove-patient-view", {"POST"}),
+        ("DELETE", "/cds-services", {"GET"}),
+        ("GET", "/cds-services/legmove-patient-view/feedback", {"POST"}),
+    ],
+)
 def test_405_names_the_allowed_methods(base_url, method, path, allowed):
     response = requests.request(method, f"{base_url}{path}", timeout=10)
     assert response.status_code == 405 and response.json()["resourceType"] == "OperationOutcome"
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
 
 
-@pytest.mark.parametrize("data, outcome", [
-    (b"{not json", "the body is not valid JSON"),
-    (b"\xff{}", "the body is not UTF-8"),
-    (b'{"hook": 1}', "'hook' is required and must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "data, outcome",
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b"\xff{}", "the body is not UTF-8"),
+        (b'{"hook": 1}', "'hook' is required and must be a non-empty string"),
+    ],
+)
 def test_a_400_is_logged_as_a_400(client, caplog, data, outcome):
     caplog.set_level("INFO", logger="cds_service.web.api")
     response = client.post("/cds-services/legmove-patient-view", data=data, content_type="application/json")
@@ -98,17 +107,22 @@ def test_a_400_is_logged_as_a_400(client, caplog, data, outcome):
 def test_a_413_is_logged_as_a_413(client, app, caplog):
     caplog.set_level("INFO", logger="cds_service.web.api")
     big = b'{"hook": "' + b"x" * (app.config["MAX_CONTENT_LENGTH"] + 10) + b'"}'
-    assert client.post("/cds-services/legmove-patient-view", data=big, content_type="application/json").status_code == 413
+    assert (
+        client.post("/cds-services/legmove-patient-view", data=big, content_type="application/json").status_code == 413
+    )
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
     assert record.status == 413 and record.outcome != "internal error"
 
 
-@pytest.mark.parametrize("overrides, reason", [
-    ({}, "not on the configured allowlist"),  # development: FHIR servers on loopback only
-    ({"FHIR_SERVER_ALLOWLIST": ["*"]}, "fhirServer is not on the unauthenticated-reads allowlist"),
-    ({"FHIR_SERVER_ALLOWLIST": ["*"], "FHIR_UNAUTHENTICATED_READS": False}, "unauthenticated reads are off"),
-    ({"FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}, "not on the configured allowlist"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({}, "not on the configured allowlist"),  # development: FHIR servers on loopback only
+        ({"FHIR_SERVER_ALLOWLIST": ["*"]}, "fhirServer is not on the unauthenticated-reads allowlist"),
+        ({"FHIR_SERVER_ALLOWLIST": ["*"], "FHIR_UNAUTHENTICATED_READS": False}, "unauthenticated reads are off"),
+        ({"FHIR_SERVER_ALLOWLIST": ["https://ehr.example.org/fhir"]}, "not on the configured allowlist"),
+    ],
+)
 def test_a_412_in_development_names_the_real_reason(overrides, reason):
     app = create_app("development", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, **overrides)
     body = dict(copy.deepcopy(R1_FIRES["request"]), prefetch={}, fhirServer="https://fhir.other-hospital.example/r4")

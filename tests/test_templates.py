@@ -1,6 +1,7 @@
 """Discovery's prefetch templates: minimal per hook, within the CDS Hooks 2.0 recommended query
 subset, free of placeholders, and each a valid search that a real FHIR server (sekmet-fhir)
 answers, by GET and form-encoded as POST {type}/_search (as the CDS Hooks Sandbox sends them)."""
+
 import re
 from urllib.parse import parse_qsl
 
@@ -70,8 +71,9 @@ def test_every_template_is_a_search_sekmet_answers_by_get_and_by_post(client, fh
             if "?" not in query:
                 continue
             kind, params = query.split("?", 1)
-            posted = requests.post(f"{fhir_server.base_url}/{kind}/_search", data=dict(parse_qsl(params)),
-                                   headers=headers, timeout=20)
+            posted = requests.post(
+                f"{fhir_server.base_url}/{kind}/_search", data=dict(parse_qsl(params)), headers=headers, timeout=20
+            )
             assert posted.status_code == 200 and posted.json()["resourceType"] == "Bundle", (key, posted.text[:300])
             assert posted.json().get("total") == got.json().get("total")
             checked += 1

@@ -1,4 +1,5 @@
 """Unit conversion, code sets and medication matching (clinical-rules.md sections 8 and 9)."""
+
 from datetime import date
 
 import pytest
@@ -17,16 +18,27 @@ def rx(code, display=None):
     return [{"system": RXNORM, "code": code, **({"display": display} if display else {})}]
 
 
-@pytest.mark.parametrize("value, unit, expected", [
-    (32, "ng/mL", 32), (32, "ug/L", 32), (32, "µg/L", 32), (112.35, "pmol/L", 50.0), (3.2, "ug/dL", 32),
-    (20, "mg/L", None), (20, "ng", None), (20, None, None),
-])
+@pytest.mark.parametrize(
+    "value, unit, expected",
+    [
+        (32, "ng/mL", 32),
+        (32, "ug/L", 32),
+        (32, "µg/L", 32),
+        (112.35, "pmol/L", 50.0),
+        (3.2, "ug/dL", 32),
+        (20, "mg/L", None),
+        (20, "ng", None),
+        (20, None, None),
+    ],
+)
 def test_ferritin_units(term, value, unit, expected):
     converted = term.analytes["ferritin"].to_canonical(value, unit)
     assert (converted is None) if expected is None else converted == pytest.approx(expected, rel=1e-3)
 
 
-@pytest.mark.parametrize("value, unit, expected", [(18, "%", 18), (0.18, "1", 18), (0.18, "{ratio}", 18), (18, "mg", None)])
+@pytest.mark.parametrize(
+    "value, unit, expected", [(18, "%", 18), (0.18, "1", 18), (0.18, "{ratio}", 18), (18, "mg", None)]
+)
 def test_tsat_percent_or_fraction_never_inferred_from_size(term, value, unit, expected):
     converted = term.analytes["tsat"].to_canonical(value, unit)
     assert (converted is None) if expected is None else converted == pytest.approx(expected)
@@ -64,23 +76,30 @@ def test_atc_only_coding(term):
     match = term.match_medication([{"system": ATC, "code": "N06AB06"}], ["sertraline"], [])
     assert (match.classes, match.matched_by) == (("ssri",), "atc")
     assert term.match_medication([{"system": ATC, "code": "N05AN01"}], [], []).classes == ("lithium",)
-    assert term.match_medication([{"system": ATC, "code": "N05AX17"}], [], []) is None, "pimavanserin is no dopamine antagonist"
+    assert term.match_medication([{"system": ATC, "code": "N05AX17"}], [], []) is None, (
+        "pimavanserin is no dopamine antagonist"
+    )
     assert term.match_medication([{"system": ATC, "code": "R06AE07"}], [], []) is None, "cetirizine does not sedate"
 
 
 def test_retired_code_with_good_text_matches_by_name(term):
-    match = term.match_medication(rx("204892", "clonazePAM 0.25 MG Oral Tablet"), ["clonazePAM 0.25 MG Oral Tablet"], [])
+    match = term.match_medication(
+        rx("204892", "clonazePAM 0.25 MG Oral Tablet"), ["clonazePAM 0.25 MG Oral Tablet"], []
+    )
     assert (match.classes, match.matched_by) == (("antimyoclonic",), "text")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("citalopram 20 mg", ("ssri", "2556")),
-    ("escitalopram 10 mg", ("ssri", "321988")),
-    ("Quinine sulfate 324 mg capsule", ("quinine", "9071")),
-    ("quinidine gluconate 324 mg", None),
-    ("Chlorphenamine 4 mg", ("sedating_antihistamine", "2400")),
-    ("Zoloft 50 mg", ("ssri", "36437")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("citalopram 20 mg", ("ssri", "2556")),
+        ("escitalopram 10 mg", ("ssri", "321988")),
+        ("Quinine sulfate 324 mg capsule", ("quinine", "9071")),
+        ("quinidine gluconate 324 mg", None),
+        ("Chlorphenamine 4 mg", ("sedating_antihistamine", "2400")),
+        ("Zoloft 50 mg", ("ssri", "36437")),
+    ],
+)
 def test_name_matching_uses_whole_words(term, text, expected):
     match = term.match_medication([], [text], [])
     if expected is None:
@@ -116,36 +135,55 @@ def _lab_facts(term, observation, kind="lab"):
 
 
 def _ferritin(**overrides):
-    base = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p1"},
-            "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]}, "effectiveDateTime": "2026-10-01",
-            "valueQuantity": {"value": 30, "unit": "ng/mL"}}
+    base = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
+        "effectiveDateTime": "2026-10-01",
+        "valueQuantity": {"value": 30, "unit": "ng/mL"},
+    }
     base.update(overrides)
     return base
 
 
-@pytest.mark.parametrize("overrides, usable", [
-    ({}, True),
-    ({"valueQuantity": {"value": "30", "unit": "ng/mL"}}, False),
-    ({"valueQuantity": {"value": True, "unit": "ng/mL"}}, False),
-    ({"valueQuantity": {"value": 1e300, "unit": "ng/mL"}}, False),
-    ({"valueQuantity": {"value": 30, "unit": "furlongs"}}, False),
-    ({"valueQuantity": {"value": 35, "unit": "mg/L"}}, False),  # converts, but ferritin is never reported in mg/L
-    ({"valueQuantity": {"value": 0.035, "unit": "g/L"}}, False),
-    ({"valueQuantity": {"value": 5, "unit": "ng/mL", "comparator": "ad"}}, False),  # not an R4 comparator
-    ({"valueQuantity": None, "valueString": "see comment"}, False),
-    ({"valueQuantity": None, "dataAbsentReason": {"text": "x"}}, False),
-])
+@pytest.mark.parametrize(
+    "overrides, usable",
+    [
+        ({}, True),
+        ({"valueQuantity": {"value": "30", "unit": "ng/mL"}}, False),
+        ({"valueQuantity": {"value": True, "unit": "ng/mL"}}, False),
+        ({"valueQuantity": {"value": 1e300, "unit": "ng/mL"}}, False),
+        ({"valueQuantity": {"value": 30, "unit": "furlongs"}}, False),
+        ({"valueQuantity": {"value": 35, "unit": "mg/L"}}, False),  # converts, but ferritin is never reported in mg/L
+        ({"valueQuantity": {"value": 0.035, "unit": "g/L"}}, False),
+        ({"valueQuantity": {"value": 5, "unit": "ng/mL", "comparator": "ad"}}, False),  # not an R4 comparator
+        ({"valueQuantity": None, "valueString": "see comment"}, False),
+        ({"valueQuantity": None, "dataAbsentReason": {"text": "x"}}, False),
+    ],
+)
 def test_values_are_read_or_kept_as_unreadable(term, overrides, usable):
     """An unreadable value is never a lab fact (so never "on file"), but an unreadable_result the rules can name."""
-    facts, unreadable = _lab_facts(term, _ferritin(**overrides)), _lab_facts(term, _ferritin(**overrides), "unreadable_result")
+    facts, unreadable = (
+        _lab_facts(term, _ferritin(**overrides)),
+        _lab_facts(term, _ferritin(**overrides), "unreadable_result"),
+    )
     assert len(facts) == int(usable) and len(unreadable) == int(not usable)
     assert not facts or (facts[0]["usable"] and "value" in facts[0])
 
 
-@pytest.mark.parametrize("text, comparator, value, assumed", [
-    ("<10", "<", 10, True), ("< 10 ng/mL", "<", 10, False), (">1000", ">", 1000, True), ("≤ 5 ng/mL", "<=", 5, False),
-    ("12.5", "=", 12.5, True), ("27 ug/L", "=", 27, False),
-])
+@pytest.mark.parametrize(
+    "text, comparator, value, assumed",
+    [
+        ("<10", "<", 10, True),
+        ("< 10 ng/mL", "<", 10, False),
+        (">1000", ">", 1000, True),
+        ("≤ 5 ng/mL", "<=", 5, False),
+        ("12.5", "=", 12.5, True),
+        ("27 ug/L", "=", 27, False),
+    ],
+)
 def test_text_values_are_bounds_or_numbers(term, text, comparator, value, assumed):
     [fact] = _lab_facts(term, _ferritin(valueQuantity=None, valueString=text))
     assert (fact["comparator"], fact["value"], fact["unit"]) == (comparator, value, "ng/mL")
@@ -158,10 +196,17 @@ def test_text_without_a_readable_number_is_unreadable(term, text):
     assert _lab_facts(term, observation) == [] and len(_lab_facts(term, observation, "unreadable_result")) == 1
 
 
-@pytest.mark.parametrize("overrides", [
-    {"status": "entered-in-error"}, {"status": "preliminary"},
-    {"effectiveDateTime": "2024-01-01"}, {"effectiveDateTime": "2031-01-01"}, {"effectiveDateTime": "2026-10"},
-    {"effectiveDateTime": "yesterday"}, {"subject": {"reference": "Patient/p2"}},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"status": "entered-in-error"},
+        {"status": "preliminary"},
+        {"effectiveDateTime": "2024-01-01"},
+        {"effectiveDateTime": "2031-01-01"},
+        {"effectiveDateTime": "2026-10"},
+        {"effectiveDateTime": "yesterday"},
+        {"subject": {"reference": "Patient/p2"}},
+    ],
+)
 def test_unusable_observations_never_become_facts(term, overrides):
     assert _lab_facts(term, _ferritin(**overrides)) == []

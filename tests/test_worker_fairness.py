@@ -5,6 +5,7 @@ next requests are always waiting in the socket buffer, as under wrk), the other 
 a time. With gunicorn's stock gevent worker the second client waited until the whole pipelined run
 was served; now each of its calls waits for at most about one call of the other client.
 """
+
 import json
 import socket
 import threading
@@ -20,8 +21,10 @@ PIPELINED = 150
 
 
 def _request(body: bytes) -> bytes:
-    return (b"POST /cds-services/legmove-patient-view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"POST /cds-services/legmove-patient-view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 def _read_response(sock: socket.socket, buffer: bytearray) -> int:
@@ -32,7 +35,9 @@ def _read_response(sock: socket.socket, buffer: bytearray) -> int:
             raise ConnectionError("closed")
         buffer += chunk
     head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     total = len(head) + 4 + length
     while len(buffer) < total:
         chunk = sock.recv(65536)
@@ -104,4 +109,5 @@ def test_a_pipelining_client_does_not_starve_another_connection(one_worker):
     # (bound with room for a shared machine); unfair, it waited for the whole run (~PIPELINED calls)
     assert max(waits) < max(0.5, 12 * one_call), (
         f"one call takes {one_call * 1000:.1f} ms alone; with a pipelining neighbour the other connection "
-        f"waited up to {max(waits) * 1000:.0f} ms: {[round(w * 1000) for w in waits]}")
+        f"waited up to {max(waits) * 1000:.0f} ms: {[round(w * 1000) for w in waits]}"
+    )

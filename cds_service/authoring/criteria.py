@@ -20,13 +20,15 @@ comparison with another alias is never placed after an `|` group (durable-rules 
 there). "Within N days" means dated and at most N days ago; lab results and completed procedures
 are always dated (the facts layer drops undated ones), so for them only the upper bound is compiled.
 """
+
 from __future__ import annotations
 
 import csv
 import difflib
 import json
-from functools import lru_cache, reduce
-from typing import Any, Iterable
+from collections.abc import Iterable
+from functools import cache, reduce
+from typing import Any
 
 from durable.lang import c, item, m, none, when_all
 
@@ -43,6 +45,7 @@ class CriteriaError(ValueError):
 
 # ---- what the names are checked against ------------------------------------------------------
 
+
 def _load(name: str) -> dict:
     with open(KNOWLEDGE_DIR / name, encoding="utf-8") as handle:
         return json.load(handle)
@@ -52,7 +55,7 @@ def _public(data: dict) -> frozenset[str]:
     return frozenset(k for k in data if not k.startswith("_"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def known(what: str) -> frozenset[str]:
     """The names a criterion argument of type `what` may take (read once from the knowledge files)."""
     if what == "code set":
@@ -77,8 +80,11 @@ def known(what: str) -> frozenset[str]:
     if what == "setting":
         return frozenset(KINDS["params"].fields) - {"kind"}
     if what == "numeric setting":
-        return frozenset(name for name, spec in KINDS["params"].fields.items()
-                         if name != "kind" and (int in spec.types or float in spec.types))
+        return frozenset(
+            name
+            for name, spec in KINDS["params"].fields.items()
+            if name != "kind" and (int in spec.types or float in spec.types)
+        )
     raise KeyError(what)
 
 
@@ -116,8 +122,11 @@ def _check_values(kind: str, where: dict, label: str) -> None:
     _check_fields(kind, where, label)
     schema = KINDS[kind] if kind in KINDS else FINDINGS[kind]
     for name, wanted in where.items():
-        values = wanted.values if isinstance(wanted, _OneOf) else (
-            (wanted.value,) if isinstance(wanted, _OtherThan) else (wanted,))
+        values = (
+            wanted.values
+            if isinstance(wanted, _OneOf)
+            else ((wanted.value,) if isinstance(wanted, _OtherThan) else (wanted,))
+        )
         for value in values:
             problem = schema.field(name).problem(value)
             if problem:
@@ -136,9 +145,14 @@ def _check_alias(alias: str | None, where: str) -> None:
 # The fields the vocabulary itself compiles, per kind: checked against the fact schema on import, so a
 # field renamed in the schema breaks here rather than leaving a criterion that never matches.
 COMPILED_FIELDS = {
-    "finding": ("name",), "context": ("hook",), "patient": (), "params": (), "data_gap": ("key",),
+    "finding": ("name",),
+    "context": ("hook",),
+    "patient": (),
+    "params": (),
+    "data_gap": ("key",),
     "condition": ("sets", "verification_status", "onset_days_ago", "recorded_days_ago"),
-    "lab": ("analyte", "usable", "days_ago", "value", "comparator"), "pending_test": ("analyte",),
+    "lab": ("analyte", "usable", "days_ago", "value", "comparator"),
+    "pending_test": ("analyte",),
     "medication": ("origin", "selected", "started_days_ago", "groups", "classes", "ingredients"),
     "order": ("origin", "selected", "procedure", "unclassified_reasons", "days_ago"),
     "procedure_done": ("procedure", "days_ago"),
@@ -148,11 +162,26 @@ for _kind_name, _field_names in COMPILED_FIELDS.items():
 
 
 # the action closure's own attributes, and `m`, the DSL's default alias (the engine lint checks the same)
-_RESERVED_ALIASES = frozenset({"s", "m", "host", "post", "assert_fact", "retract_fact", "start_timer", "cancel_timer",
-                               "renew_action_lease", "delete_state", "get_facts", "get_pending_events"})
+_RESERVED_ALIASES = frozenset(
+    {
+        "s",
+        "m",
+        "host",
+        "post",
+        "assert_fact",
+        "retract_fact",
+        "start_timer",
+        "cancel_timer",
+        "renew_action_lease",
+        "delete_state",
+        "get_facts",
+        "get_pending_events",
+    }
+)
 
 
 # ---- values compared with another fact --------------------------------------------------------
+
 
 class _Reference:
     """A number read from another bound fact at match time (a setting, or a field of an earlier alias)."""
@@ -214,6 +243,7 @@ def other_than(value) -> _OtherThan:
 
 
 # ---- building blocks ------------------------------------------------------------------------------
+
 
 def _all(pieces: list):
     """`a & b & c`, left to right: durable-rules compiles it to one flat `$and` list. A comparison with
@@ -280,6 +310,7 @@ def _kind(kind: str):
 
 # ---- findings --------------------------------------------------------------------------------------
 
+
 def finding(name: str, *more: str, alias: str | None = None, **where):
     """A derived finding `name` (or any of `more`), with optional field filters:
     `finding("dopaminergic_draft", alias="draft", selected=True)`."""
@@ -288,14 +319,19 @@ def finding(name: str, *more: str, alias: str | None = None, **where):
         if each not in FINDINGS:
             raise CriteriaError(f"finding(): unknown finding {each!r}{_did_you_mean(each, FINDINGS)}")
         _check_values(each, where, f"finding({each!r})")
-    return _bind(alias, _all([_kind("finding"), _any([_equal("name", n) for n in names]),
-                              *_where(where, f"finding({name!r})")]), f"finding({name!r})")
+    return _bind(
+        alias,
+        _all([_kind("finding"), _any([_equal("name", n) for n in names]), *_where(where, f"finding({name!r})")]),
+        f"finding({name!r})",
+    )
 
 
 # ---- conditions (the problem list, and an order's coded reason) --------------------------------------
 
-def coded(*code_sets: str, alias: str | None = None, excluding: str | None = None, onset_within=None,
-          recorded_since=None):
+
+def coded(
+    *code_sets: str, alias: str | None = None, excluding: str | None = None, onset_within=None, recorded_since=None
+):
     """A condition in any of `code_sets` (present: the facts layer keeps only active, not refuted ones).
     `excluding`: and in none of that set; `onset_within`: onset dated and at most that many days ago;
     `recorded_since`: recorded after that many days ago (fewer days ago)."""
@@ -321,11 +357,13 @@ def not_coded(*code_sets: str):
 def order_reason_other_than(code_set: str):
     """A coded reason of the order being placed that is not in `code_set` (it points to another indication)."""
     _check("code set", (code_set,), f"order_reason_other_than({code_set!r})")
-    return _all([_kind("condition"), m.verification_status == "reason for this order",
-                 m.sets.allItems(item != code_set)])
+    return _all(
+        [_kind("condition"), m.verification_status == "reason for this order", m.sets.allItems(item != code_set)]
+    )
 
 
 # ---- lab results and pending tests -------------------------------------------------------------------
+
 
 def result(*analytes: str, alias: str | None = None, within=None):
     """A final result of any of `analytes` within its lookback, readable or not (a panel counts);
@@ -372,6 +410,7 @@ def nothing_pending(*analytes: str):
 
 # ---- data completeness ----------------------------------------------------------------------------
 
+
 def data_gap(*keys: str):
     """Some of the data of any of `keys` could not be read (an absence there proves nothing)."""
     _check("data key", keys, f"data_gap({', '.join(map(repr, keys))})")
@@ -385,15 +424,28 @@ def data_complete(*keys: str):
 
 # ---- medications -------------------------------------------------------------------------------------
 
-def _medication(origin_piece, where: str, alias: str | None, selected: bool, group, drug_class, not_class,
-                ingredient, start_dated: bool):
+
+def _medication(
+    origin_piece,
+    where: str,
+    alias: str | None,
+    selected: bool,
+    group,
+    drug_class,
+    not_class,
+    ingredient,
+    start_dated: bool,
+):
     pieces = [_kind("medication"), origin_piece]
     if selected:
         pieces.append(m.selected == True)  # noqa: E712 (the DSL needs ==)
     if start_dated:
         pieces.append(m.started_days_ago >= 0)
-    for field, what, names in (("groups", "drug group", group), ("classes", "drug class", drug_class),
-                               ("ingredients", "ingredient", ingredient)):
+    for field, what, names in (
+        ("groups", "drug group", group),
+        ("classes", "drug class", drug_class),
+        ("ingredients", "ingredient", ingredient),
+    ):
         if names is not None:
             names = (names,) if isinstance(names, str) else tuple(names)
             pieces.append(_in_list(field, _check(what, names, where)))
@@ -411,27 +463,33 @@ def selected_draft(*, alias: str | None = None, group=None, drug_class=None, ing
     return _medication(m.origin == "draft", "selected_draft()", alias, True, group, drug_class, None, ingredient, False)
 
 
-def draft_medication(*, alias: str | None = None, group=None, drug_class=None, not_class: str | None = None,
-                     ingredient=None):
+def draft_medication(
+    *, alias: str | None = None, group=None, drug_class=None, not_class: str | None = None, ingredient=None
+):
     """Any draft medication order of the call, selected or not; `not_class`: of no class `not_class`."""
-    return _medication(m.origin == "draft", "draft_medication()", alias, False, group, drug_class, not_class,
-                       ingredient, False)
+    return _medication(
+        m.origin == "draft", "draft_medication()", alias, False, group, drug_class, not_class, ingredient, False
+    )
 
 
-def chart_medication(*, alias: str | None = None, group=None, drug_class=None, ingredient=None,
-                     start_dated: bool = False):
+def chart_medication(
+    *, alias: str | None = None, group=None, drug_class=None, ingredient=None, start_dated: bool = False
+):
     """An active systemic medication on the chart; `start_dated`: its start date is known."""
-    return _medication(m.origin == "chart", "chart_medication()", alias, False, group, drug_class, None, ingredient,
-                       start_dated)
+    return _medication(
+        m.origin == "chart", "chart_medication()", alias, False, group, drug_class, None, ingredient, start_dated
+    )
 
 
 def chart_or_recent_medication(*, alias: str | None = None, group=None, drug_class=None, ingredient=None):
     """A medication on the chart now, or stopped or completed within the new-start window: anything but a draft."""
-    return _medication(m.origin != "draft", "chart_or_recent_medication()", alias, False, group, drug_class, None,
-                       ingredient, False)
+    return _medication(
+        m.origin != "draft", "chart_or_recent_medication()", alias, False, group, drug_class, None, ingredient, False
+    )
 
 
 # ---- procedures ------------------------------------------------------------------------------------
+
 
 def selected_draft_order(procedure: str, *, alias: str | None = None, only_known_reasons: bool = False):
     """A draft procedure order the clinician is acting on (selected on order-select, any on order-sign);
@@ -467,6 +525,7 @@ def procedure_done(procedure: str, *, alias: str | None = None, within=None):
 
 # ---- the call: hook, patient, settings -----------------------------------------------------------------
 
+
 def hook_is(hook: str, *, alias: str = "ctx"):
     """The call is for `hook`."""
     _check("hook", (hook,), f"hook_is({hook!r})")
@@ -499,6 +558,7 @@ def params(*, alias: str = "params", **where):
 
 # ---- a rule's criteria -----------------------------------------------------------------------------
 
+
 def all_of(*, inclusion: list | tuple, exclusion: list | tuple = ()):
     """The rule's `when`: every inclusion criterion holds (each bound to its alias, which the render or
     derive function reads) and no exclusion criterion does (each becomes a `none()`, after all
@@ -509,8 +569,10 @@ def all_of(*, inclusion: list | tuple, exclusion: list | tuple = ()):
     bound: dict[str, str | None] = {}
     for criterion in inclusion:
         if isinstance(criterion, none):
-            raise CriteriaError("all_of(): a negated criterion (not_coded, no_result, nothing_pending, data_complete) "
-                                "belongs under exclusion=, written positively (coded, result, pending, data_gap)")
+            raise CriteriaError(
+                "all_of(): a negated criterion (not_coded, no_result, nothing_pending, data_complete) "
+                "belongs under exclusion=, written positively (coded, result, pending, data_gap)"
+            )
         alias = getattr(criterion, "alias", None)
         if not alias:
             raise CriteriaError("all_of(): every inclusion criterion needs an alias= (the name its fact is read by)")
@@ -520,11 +582,15 @@ def all_of(*, inclusion: list | tuple, exclusion: list | tuple = ()):
         bound[alias] = _kind_of(criterion)
     for criterion in exclusion:
         if isinstance(criterion, none):
-            raise CriteriaError("all_of(): exclusion criteria are written positively (coded, result, pending, "
-                                "data_gap); all_of negates them")
+            raise CriteriaError(
+                "all_of(): exclusion criteria are written positively (coded, result, pending, "
+                "data_gap); all_of negates them"
+            )
         if getattr(criterion, "alias", None):
-            raise CriteriaError(f"all_of(): exclusion criterion with alias {criterion.alias!r}: an absent fact binds "
-                                "nothing, drop the alias")
+            raise CriteriaError(
+                f"all_of(): exclusion criterion with alias {criterion.alias!r}: an absent fact binds "
+                "nothing, drop the alias"
+            )
         _check_references(criterion, bound)
     return when_all(*inclusion, *(none(criterion) for criterion in exclusion))
 
@@ -540,7 +606,9 @@ def _check_references(criterion, bound: dict[str, str | None]) -> None:
     for alias, field in _reference_fields(criterion.define()):
         if alias not in bound:
             hint = " (add params() to the inclusion criteria)" if alias == "params" else _did_you_mean(alias, bound)
-            raise CriteriaError(f"all_of(): a criterion compares with {alias!r}, which no earlier inclusion binds{hint}")
+            raise CriteriaError(
+                f"all_of(): a criterion compares with {alias!r}, which no earlier inclusion binds{hint}"
+            )
         kind = bound[alias]
         if kind is not None and (kind in KINDS):
             _check_fields(kind, (field,), f"value_of({alias!r}, {field!r})")

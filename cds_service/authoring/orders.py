@@ -4,6 +4,7 @@ Proposed orders are drafts (`status: draft`, `intent: proposal`) for the context
 with no dose prefilled: the clinician completes the order. `cards/render.py` validates every one
 against the FHIR R4 models before it leaves the service.
 """
+
 from __future__ import annotations
 
 from cds_service.authoring.rulebook import ActionDraft
@@ -24,7 +25,9 @@ def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None
     return ActionDraft(type="create", description=f"Create a draft order for {display}", resource=resource)
 
 
-def procedure_order(patient_id: str, code: OrderCode, priority: str = "routine", note: str | None = None) -> ActionDraft:
+def procedure_order(
+    patient_id: str, code: OrderCode, priority: str = "routine", note: str | None = None
+) -> ActionDraft:
     """A ServiceRequest for a procedure or referral; `code` is a configured setting: a coding
     (system, code, display) or only a text. Sites replace the unverified defaults (docs/knowledge.md)."""
     concept = {"text": code.label}
@@ -40,7 +43,9 @@ def procedure_order(patient_id: str, code: OrderCode, priority: str = "routine",
     }
     if note:
         resource["note"] = [{"text": note}]
-    return ActionDraft(type="create", description=f"Create a draft {priority} order: {concept['text']}", resource=resource)
+    return ActionDraft(
+        type="create", description=f"Create a draft {priority} order: {concept['text']}", resource=resource
+    )
 
 
 def medication_proposal(patient_id: str, rxcui: str, display: str) -> ActionDraft:
@@ -49,9 +54,14 @@ def medication_proposal(patient_id: str, rxcui: str, display: str) -> ActionDraf
         "status": "draft",
         "intent": "proposal",
         "subject": {"reference": f"Patient/{patient_id}"},
-        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rxcui, "display": display}], "text": display},
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": rxcui, "display": display}],
+            "text": display,
+        },
     }
-    return ActionDraft(type="create", description=f"Propose {display} (dose to be completed by the prescriber)", resource=resource)
+    return ActionDraft(
+        type="create", description=f"Propose {display} (dose to be completed by the prescriber)", resource=resource
+    )
 
 
 def remove_draft(resource_ref: str, name: str) -> ActionDraft:

@@ -10,12 +10,13 @@ fact ids or the card collector. Two kinds of rule exist:
 
 Derivations fire before any card rule (salience), so findings are settled when cards are made.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
 
 from cds_service.knowledge.settings import Settings
 
@@ -163,23 +164,58 @@ def _register(spec: RuleSpec) -> None:
     REGISTRY[spec.id] = spec
 
 
-def derivation(*, id: str, title: str, citation: str, when, produces: str, needs: tuple[str, ...] = (),
-               logic: str = "", version: int = 1, analytes: tuple[str, ...] = ()):
+def derivation(
+    *,
+    id: str,
+    title: str,
+    citation: str,
+    when,
+    produces: str,
+    needs: tuple[str, ...] = (),
+    logic: str = "",
+    version: int = 1,
+    analytes: tuple[str, ...] = (),
+):
     """Declare a finding rule: `fn(match) -> dict` returns the finding's fields, or None when the
     match fails a check the DSL cannot express (then no finding is asserted)."""
 
     def decorate(fn):
-        _register(RuleSpec(id=id, title=title, citation=citation, stratum=DERIVE, condition=when,
-                           module=fn.__module__, derive=fn, produces=produces, logic=logic or title,
-                           needs=tuple(needs), version=_version(id, version), analytes=tuple(analytes)))
+        _register(
+            RuleSpec(
+                id=id,
+                title=title,
+                citation=citation,
+                stratum=DERIVE,
+                condition=when,
+                module=fn.__module__,
+                derive=fn,
+                produces=produces,
+                logic=logic or title,
+                needs=tuple(needs),
+                version=_version(id, version),
+                analytes=tuple(analytes),
+            )
+        )
         return fn
 
     return decorate
 
 
-def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], when, logic: str,
-              needs: tuple[str, ...] = (), source_url: str | None = None, enabled_by_default: bool = True,
-              supersedes: tuple[str, ...] = (), version: int = 1, analytes: tuple[str, ...] = ()):
+def card_rule(
+    *,
+    id: str,
+    title: str,
+    citation: str,
+    hooks: tuple[str, ...],
+    when,
+    logic: str,
+    needs: tuple[str, ...] = (),
+    source_url: str | None = None,
+    enabled_by_default: bool = True,
+    supersedes: tuple[str, ...] = (),
+    version: int = 1,
+    analytes: tuple[str, ...] = (),
+):
     """Declare a card rule: `fn(matches, ctx) -> CardDraft | None`, called once per hook call.
     `analytes`: lab analytes the render function reads from `ctx.facts` that its criteria do not
     name (the hook's `labs` template asks for those too; a card citing another one fails the tests)."""
@@ -189,11 +225,25 @@ def card_rule(*, id: str, title: str, citation: str, hooks: tuple[str, ...], whe
         raise ValueError(f"rule {id}: unknown hooks {sorted(unknown)}")
 
     def decorate(fn):
-        _register(RuleSpec(id=id, title=title, citation=citation, stratum=CARD, condition=when, module=fn.__module__,
-                           hooks=tuple(hooks), render=fn, logic=logic, source_url=source_url,
-                           enabled_by_default=enabled_by_default, needs=tuple(needs),
-                           supersedes=tuple(supersedes), version=_version(id, version),
-                           analytes=tuple(analytes)))
+        _register(
+            RuleSpec(
+                id=id,
+                title=title,
+                citation=citation,
+                stratum=CARD,
+                condition=when,
+                module=fn.__module__,
+                hooks=tuple(hooks),
+                render=fn,
+                logic=logic,
+                source_url=source_url,
+                enabled_by_default=enabled_by_default,
+                needs=tuple(needs),
+                supersedes=tuple(supersedes),
+                version=_version(id, version),
+                analytes=tuple(analytes),
+            )
+        )
         return fn
 
     return decorate
@@ -229,11 +279,34 @@ def clip(text: str, limit: int) -> str:
     return (out or text.split()[0]).rstrip(",;:")
 
 
-_STRENGTH = re.compile(r"^(?P<name>.*?)\s+(?P<strength>\d[\d.,]*\s*(?:MG|MCG|G|ML|UNT|MEQ|%)(?:/(?:\d[\d.]*\s*)?(?:ML|HR|ACTUAT))?)\b",
-                       re.IGNORECASE)
-_SALTS = {"hydrochloride", "hcl", "maleate", "sulfate", "succinate", "tartrate", "citrate", "sodium", "potassium",
-          "mesylate", "besylate", "fumarate", "hydrobromide", "phosphate", "acetate", "bromide", "dihydrochloride",
-          "monohydrate", "anhydrous", "calcium", "extended", "release"}
+_STRENGTH = re.compile(
+    r"^(?P<name>.*?)\s+(?P<strength>\d[\d.,]*\s*(?:MG|MCG|G|ML|UNT|MEQ|%)(?:/(?:\d[\d.]*\s*)?(?:ML|HR|ACTUAT))?)\b",
+    re.IGNORECASE,
+)
+_SALTS = {
+    "hydrochloride",
+    "hcl",
+    "maleate",
+    "sulfate",
+    "succinate",
+    "tartrate",
+    "citrate",
+    "sodium",
+    "potassium",
+    "mesylate",
+    "besylate",
+    "fumarate",
+    "hydrobromide",
+    "phosphate",
+    "acetate",
+    "bromide",
+    "dihydrochloride",
+    "monohydrate",
+    "anhydrous",
+    "calcium",
+    "extended",
+    "release",
+}
 
 
 def drug_name(name: str, limit: int = 40) -> str:

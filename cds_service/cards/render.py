@@ -11,6 +11,7 @@ it (the guideline's DOI, else the rule's public page) and the rule id as `topic`
 Suggested resources are validated against the FHIR R4 models (R4B package, R4-compatible) before
 they leave. Nothing empty or null is ever emitted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,8 @@ import uuid
 from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service.authoring.rulebook import CardDraft, RenderContext, RuleSpec, clip, escape
-from cds_service.knowledge.sources import AASM_2024, cited, human_citation, seed_files
 from cds_service.knowledge.codesets import SYSTEM_LABELS
+from cds_service.knowledge.sources import AASM_2024, cited, human_citation, seed_files
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class SuggestionInvalid(Exception):
     """A rule built a resource that is not valid FHIR R4: a bug, surfaced as a 500."""
 
 
-def render_cards(specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: dict[str, dict],
-                 ctx: RenderContext) -> list[dict]:
+def render_cards(
+    specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: dict[str, dict], ctx: RenderContext
+) -> list[dict]:
     drafts = {rule_id: specs[rule_id].render(matches, ctx) for rule_id, matches in card_matches.items()}
     drafts = {rule_id: draft for rule_id, draft in drafts.items() if draft is not None}
     # one card per problem: a rule that reaches the same advice more strongly supersedes the weaker one
@@ -77,28 +79,39 @@ def _card(spec: RuleSpec, draft: CardDraft, facts_by_id: dict[str, dict], ctx: R
         "summary": guard_summary(draft.summary),
         "indicator": draft.indicator,
         "detail": _detail(spec, draft, evidence),
-        "source": {"label": label, "url": url,
-                   "topic": {"system": RULE_TOPIC_SYSTEM, "code": spec.id, "display": spec.title}},
-        "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
-                            for code, display in draft.override_reasons],
+        "source": {
+            "label": label,
+            "url": url,
+            "topic": {"system": RULE_TOPIC_SYSTEM, "code": spec.id, "display": spec.title},
+        },
+        "overrideReasons": [
+            {"system": OVERRIDE_SYSTEM, "code": code, "display": display} for code, display in draft.override_reasons
+        ],
         "links": [{"label": "Why this card", "url": page, "type": "absolute"}],
-        "extension": {EXTENSION_KEY: {
-            "rule": spec.id,
-            "ruleTitle": spec.title,
-            "rulePage": page,
-            "citation": spec.citation,
-            "citationKeys": [s.key for s in cited(spec.citation)],
-            "seedFiles": seed_files(spec.citation),
-            "findings": findings,
-            "resources": sorted({f["resource_ref"] for f in [*evidence, *draft.evidence] if "resource_ref" in f}),
-            "evidence": [machine_fact(f) for f in evidence],
-            "profile": {"name": params.get("profile"), "title": params.get("profile_title"),
-                        "source": params.get("profile_source")} if params else None,
-            "thresholds": draft.thresholds,
-            "ruleVersion": spec.version,
-            "knowledgeVersion": ctx.knowledge_version,
-            "evidenceFingerprint": evidence_fingerprint(evidence),
-        }},
+        "extension": {
+            EXTENSION_KEY: {
+                "rule": spec.id,
+                "ruleTitle": spec.title,
+                "rulePage": page,
+                "citation": spec.citation,
+                "citationKeys": [s.key for s in cited(spec.citation)],
+                "seedFiles": seed_files(spec.citation),
+                "findings": findings,
+                "resources": sorted({f["resource_ref"] for f in [*evidence, *draft.evidence] if "resource_ref" in f}),
+                "evidence": [machine_fact(f) for f in evidence],
+                "profile": {
+                    "name": params.get("profile"),
+                    "title": params.get("profile_title"),
+                    "source": params.get("profile_source"),
+                }
+                if params
+                else None,
+                "thresholds": draft.thresholds,
+                "ruleVersion": spec.version,
+                "knowledgeVersion": ctx.knowledge_version,
+                "evidenceFingerprint": evidence_fingerprint(evidence),
+            }
+        },
     }
     suggestions = [s for s in draft.suggestions if _actionable(s)]
     if suggestions:
@@ -118,9 +131,15 @@ def evidence_fingerprint(evidence: list[dict]) -> str:
     and dates. A new ferritin value, another draft order or a changed condition gives a new
     fingerprint; a new request, new uuids or a later evaluation day do not. Suppression and the
     order-select -> order-sign de-duplication compare these (cds_service.store.governance)."""
-    stable = sorted(json.dumps({k: v for k, v in fact.items()
-                                if k not in _UNSTABLE_FIELDS and not k.endswith("days_ago")}, sort_keys=True,
-                               separators=(",", ":"), default=str) for fact in evidence)
+    stable = sorted(
+        json.dumps(
+            {k: v for k, v in fact.items() if k not in _UNSTABLE_FIELDS and not k.endswith("days_ago")},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        for fact in evidence
+    )
     return hashlib.sha256("\n".join(stable).encode("utf-8")).hexdigest()[:32]
 
 
@@ -146,8 +165,10 @@ _REFERENCE = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 def _actionable(draft) -> bool:
     """A delete needs the draft's `Type/id`; a draft sent without an id cannot be removed by
     the EHR, so the card keeps its advice and drops that suggestion."""
-    return all(a.type != "delete" or (isinstance(a.resource_id, str) and _REFERENCE.match(a.resource_id))
-               for a in draft.actions)
+    return all(
+        a.type != "delete" or (isinstance(a.resource_id, str) and _REFERENCE.match(a.resource_id))
+        for a in draft.actions
+    )
 
 
 def _suggestion(draft) -> dict:
@@ -179,13 +200,29 @@ def warm_up() -> None:
     clinician's first request; with gunicorn --preload the workers inherit them."""
     from cds_service.authoring.orders import lab_order, medication_proposal
 
-    for action in (lab_order("warm-up", "2276-4", "Ferritin", "note"), medication_proposal("warm-up", "310325", "iron")):
+    for action in (
+        lab_order("warm-up", "2276-4", "Ferritin", "note"),
+        medication_proposal("warm-up", "310325", "iron"),
+    ):
         validated(action.resource)
 
 
-ANALYTE_TITLES = {"tsat": "Transferrin saturation", "hba1c": "HbA1c", "cbc": "CBC", "cmp": "CMP", "bmp": "BMP",
-                  "b12": "Vitamin B12", "tsh": "TSH", "spep": "SPEP", "egfr": "eGFR", "ast": "AST", "alt": "ALT",
-                  "gad7": "GAD-7", "phq9": "PHQ-9", "plms_index": "PLMS index"}
+ANALYTE_TITLES = {
+    "tsat": "Transferrin saturation",
+    "hba1c": "HbA1c",
+    "cbc": "CBC",
+    "cmp": "CMP",
+    "bmp": "BMP",
+    "b12": "Vitamin B12",
+    "tsh": "TSH",
+    "spep": "SPEP",
+    "egfr": "eGFR",
+    "ast": "AST",
+    "alt": "ALT",
+    "gad7": "GAD-7",
+    "phq9": "PHQ-9",
+    "plms_index": "PLMS index",
+}
 
 
 def guard_summary(summary: str) -> str:
@@ -198,6 +235,7 @@ def guard_summary(summary: str) -> str:
 
 
 # ---- detail ------------------------------------------------------------------------------
+
 
 def _expand(evidence: list[dict], facts_by_id: dict[str, dict]) -> list[dict]:
     """Base facts behind the evidence, findings replaced by what they were derived from."""
@@ -256,10 +294,15 @@ def lab_value(fact: dict) -> str:
     comparator = "" if fact.get("comparator", "=") == "=" else escape(fact["comparator"])
     reported = f"{comparator}{_number(fact['raw_value'])} {escape(fact['raw_unit'])}".strip()
     if fact.get("unit_assumed"):
-        return (f"{comparator}{_number(fact['value'])} {escape(fact['unit'])} (reported as text "
-                f"'{comparator}{_number(fact['raw_value'])}' without a unit)")
+        return (
+            f"{comparator}{_number(fact['value'])} {escape(fact['unit'])} (reported as text "
+            f"'{comparator}{_number(fact['raw_value'])}' without a unit)"
+        )
     text = " (reported as text)" if fact.get("value_source") == "text" else ""
-    if fact["raw_unit"] != fact["unit"] and _number(fact["raw_value"]) + fact["raw_unit"] != _number(fact["value"]) + fact["unit"]:
+    if (
+        fact["raw_unit"] != fact["unit"]
+        and _number(fact["raw_value"]) + fact["raw_unit"] != _number(fact["value"]) + fact["unit"]
+    ):
         return f"{reported} ({comparator}{_number(fact['value'])} {escape(fact['unit'])}){text}"
     return reported + text
 
@@ -283,8 +326,10 @@ def describe(fact: dict) -> str | None:
         return f"{title} {lab_value(fact)} on {fact['date']}"
     if kind == "unreadable_result":
         title = ANALYTE_TITLES.get(fact["analyte"], fact["analyte"].capitalize())
-        return (f"{title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
-                f"'{escape(fact['raw_unit'])}'; verify it")
+        return (
+            f"{title} of {fact['date']} could not be read: value '{escape(fact['raw_text'])}', unit "
+            f"'{escape(fact['raw_unit'])}'; verify it"
+        )
     if kind == "medication":
         origin = {"draft": "being ordered", "recent": "recent order, no longer active"}.get(fact["origin"], "active")
         since = f", since {fact['since']}" if fact.get("since") and fact["origin"] != "draft" else ""
@@ -296,7 +341,8 @@ def describe(fact: dict) -> str | None:
         state = "being ordered" if fact["origin"] == "draft" else f"order {fact['status']}"
         return f"{escape(fact['name'])} ({state})"
     if kind == "procedure_done":
-        return f"{fact['procedure'].upper() if fact['procedure'] == 'emg' else fact['procedure']} done on {escape(fact['date'])}"
+        name = fact["procedure"].upper() if fact["procedure"] == "emg" else fact["procedure"]
+        return f"{name} done on {escape(fact['date'])}"
     if kind == "patient":
         return f"Age {fact['age_years']}" if fact["age_years"] >= 0 else None
     return None

@@ -6,6 +6,7 @@ the hook request with a fresh hookInstance. A prefetch query that fails is left 
 request rather than sent as empty, so the service fetches it itself or answers 412: an unread
 search must never look like "nothing on file".
 """
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,12 @@ class ClientSigner:
     def headers(self, url: str) -> dict:
         now = int(time.time())
         claims = {"iss": self.issuer, "aud": url, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
-        token = jwt.encode(claims, self.key, algorithm=self.algorithm,
-                           headers={"kid": self.kid, "typ": "JWT"} if self.kid else {"typ": "JWT"})
+        token = jwt.encode(
+            claims,
+            self.key,
+            algorithm=self.algorithm,
+            headers={"kid": self.kid, "typ": "JWT"} if self.kid else {"typ": "JWT"},
+        )
         return {"Authorization": f"Bearer {token}"}
 
 
@@ -93,8 +98,9 @@ def pick_service(services: list[dict], hook: str, service_id: str | None = None)
     return matching[0]
 
 
-def prefetch_from_server(templates: dict, context: dict, session: requests.Session, fhir_server: str,
-                         token: str | None, timeout: float) -> Prefetched:
+def prefetch_from_server(
+    templates: dict, context: dict, session: requests.Session, fhir_server: str, token: str | None, timeout: float
+) -> Prefetched:
     out = Prefetched()
     headers = {"Accept": "application/fhir+json"}
     if token:
@@ -138,29 +144,42 @@ def prefetch_from_resources(templates: dict, context: dict, resources: list[dict
 def hook_context(hook: str, patient_id: str, user_id: str, drafts: list[dict]) -> dict:
     context: dict[str, object] = {"userId": user_id, "patientId": patient_id}
     if hook in ("order-select", "order-sign"):
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": d} for d in drafts]}
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": d} for d in drafts],
+        }
     if hook == "order-select":
         context["selections"] = [f"{d['resourceType']}/{d['id']}" for d in drafts]
     return context
 
 
-def hook_request(hook: str, context: dict, prefetch: dict | None, fhir_server: str | None,
-                 token: str | None) -> dict:
+def hook_request(hook: str, context: dict, prefetch: dict | None, fhir_server: str | None, token: str | None) -> dict:
     body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
     if fhir_server:
         body["fhirServer"] = fhir_server
     if fhir_server and token:
-        body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer", "expires_in": 300,
-                                     "scope": "patient/*.read", "subject": "legmove-cds-cli",
-                                     "patient": context["patientId"]}
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "legmove-cds-cli",
+            "patient": context["patientId"],
+        }
     if prefetch:
         body["prefetch"] = prefetch
     return body
 
 
-def call(session: requests.Session, base: str, service_id: str, body: dict, timeout: float,
-         signer: ClientSigner | None = None) -> requests.Response:
+def call(
+    session: requests.Session,
+    base: str,
+    service_id: str,
+    body: dict,
+    timeout: float,
+    signer: ClientSigner | None = None,
+) -> requests.Response:
     url = f"{base}/cds-services/{service_id}"
     try:
         return session.post(url, json=body, headers=_signed(signer, url), timeout=timeout)

@@ -2,6 +2,7 @@
 variables will do, and which of it is unsafe in production. Reads the configuration exactly as
 `create_app` does, without starting anything, so a deployment can be checked before it serves.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Config as FlaskConfig
 
 from cds_service.config import CONFIGS, from_environment
-from cds_service.knowledge.settings import SettingsError, load as load_settings, resolve_overrides
+from cds_service.knowledge.settings import SettingsError, resolve_overrides
+from cds_service.knowledge.settings import load as load_settings
 
 
 @dataclass(frozen=True)
@@ -54,24 +56,37 @@ def report(config) -> list[Item]:
     add = lambda topic, says, unsafe=False: items.append(Item(topic, says, unsafe))  # noqa: E731
     if config["CLIENT_AUTH"]:
         issuers = ", ".join(config["TRUSTED_ISSUERS"]) or "NONE (start-up will fail)"
-        add("client auth", f"hook calls need a JWT from: {issuers}; audience base {config['PUBLIC_BASE_URL'] or 'UNSET'}",
-            unsafe=not config["TRUSTED_ISSUERS"] or not config["PUBLIC_BASE_URL"])
-        add("client auth", f"replay store {_masked(config['REPLAY_STORE'])}; discovery "
-                           f"{'needs' if config['DISCOVERY_REQUIRES_AUTH'] else 'does not need'} a token")
+        add(
+            "client auth",
+            f"hook calls need a JWT from: {issuers}; audience base {config['PUBLIC_BASE_URL'] or 'UNSET'}",
+            unsafe=not config["TRUSTED_ISSUERS"] or not config["PUBLIC_BASE_URL"],
+        )
+        add(
+            "client auth",
+            f"replay store {_masked(config['REPLAY_STORE'])}; discovery "
+            f"{'needs' if config['DISCOVERY_REQUIRES_AUTH'] else 'does not need'} a token",
+        )
         if any("sandbox.cds-hooks.org" in iss for iss in config["TRUSTED_ISSUERS"]):
             add("client auth", "the public CDS Hooks Sandbox is trusted: its private key is public", unsafe=True)
         if config["JWKS_ALLOW_HTTP"]:
             add("client auth", "JWKS may be fetched over plain http", unsafe=True)
     else:
         declared = config.get("OPEN_MODE") is True
-        add("client auth", "OPEN MODE: client JWTs are not verified; anyone who reaches the port may call"
-            + (" (declared with OPEN_MODE)" if declared else ""), unsafe=True)
+        add(
+            "client auth",
+            "OPEN MODE: client JWTs are not verified; anyone who reaches the port may call"
+            + (" (declared with OPEN_MODE)" if declared else ""),
+            unsafe=True,
+        )
     allowlist = config["FHIR_SERVER_ALLOWLIST"]
     if allowlist is None:
         add("fhirServer", "any fhirServer a caller names is queried (with its token)", unsafe=True)
     elif allowlist == ["*"]:
-        add("fhirServer", "any fhirServer is allowed (explicit '*'): callers choose where requests and tokens go",
-            unsafe=True)
+        add(
+            "fhirServer",
+            "any fhirServer is allowed (explicit '*'): callers choose where requests and tokens go",
+            unsafe=True,
+        )
     else:
         add("fhirServer", f"queried only under: {', '.join(allowlist) or 'nothing (fetching is off)'}")
     if config["FHIR_ALLOW_HTTP"]:
@@ -79,17 +94,28 @@ def report(config) -> list[Item]:
     if config["FHIR_UNAUTHENTICATED_READS"]:
         bases = ", ".join(config["FHIR_UNAUTHENTICATED_ALLOWLIST"]) or "no base URL"
         add("fhirServer", f"tokenless reads allowed for: {bases}", unsafe=True)
-    add("fhirServer", f"timeouts connect {config['FHIR_CONNECT_TIMEOUT']} s, read {config['FHIR_READ_TIMEOUT']} s, "
-                      f"deadline {config['FHIR_DEADLINE']} s per call, at most {config['FHIR_MAX_PAGES']} pages per key")
+    add(
+        "fhirServer",
+        f"timeouts connect {config['FHIR_CONNECT_TIMEOUT']} s, read {config['FHIR_READ_TIMEOUT']} s, "
+        f"deadline {config['FHIR_DEADLINE']} s per call, at most {config['FHIR_MAX_PAGES']} pages per key",
+    )
     store = config["FEEDBACK_STORE"]
-    add("feedback", f"store {_masked(store)}" + ("; free-text comments KEPT" if store and config["FEEDBACK_STORE_COMMENTS"]
-                                                 else ""))
+    add(
+        "feedback",
+        f"store {_masked(store)}"
+        + ("; free-text comments KEPT" if store and config["FEEDBACK_STORE_COMMENTS"] else ""),
+    )
     if isinstance(store, str) and store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
         add("feedback", "the SQLite path is relative to the working directory")
     add("CORS", f"origins {config['CORS_ORIGINS']}")
     if config["PREVIEW_ENABLED"]:
-        add("preview", "the card preview page /preview is served" if not config["CLIENT_AUTH"]
-            else "PREVIEW_ENABLED is set but client auth is on: /preview is not served", unsafe=not config["CLIENT_AUTH"])
+        add(
+            "preview",
+            "the card preview page /preview is served"
+            if not config["CLIENT_AUTH"]
+            else "PREVIEW_ENABLED is set but client auth is on: /preview is not served",
+            unsafe=not config["CLIENT_AUTH"],
+        )
     else:
         add("preview", "/preview is off")
     if config.get("EVALUATION_DATE"):

@@ -4,6 +4,7 @@ an EHR would and see its cards, print the rule catalog, check a configuration.
 Thin on purpose: the CDS client is cds_client.py, drafts are web/drafts.py, the configuration report is
 config_report.py, the example charts are fhir/examples.py. This module parses options and draws.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -48,6 +49,7 @@ def main() -> None:
 
 # ---- rules ---------------------------------------------------------------------------------
 
+
 def _natural(rule_id: str) -> tuple:
     """R2 before R10."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", rule_id))
@@ -58,11 +60,18 @@ def catalog_markdown() -> str:
 
     rules.load_all()
     fixtures = _fixtures_by_rule()
-    lines = ["# legmove-cds rule catalog", "",
-             "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
-             "", rules.CONVENTIONS, "## Rules and findings", "", "| Rule | Kind | Hooks | Logic | Citation | Module "
-             "| Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# legmove-cds rule catalog",
+        "",
+        "Generated from the rule modules by `legmove-cds rules`. Findings are derived first; cards are made from them.",
+        "",
+        rules.CONVENTIONS,
+        "## Rules and findings",
+        "",
+        "| Rule | Kind | Hooks | Logic | Citation | Module "
+        "| Fixtures (fire / silent, by file name under fhir_fixtures/R<n>/) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for spec in sorted(REGISTRY.values(), key=lambda s: (s.stratum != "derive", _natural(s.id))):
         kind = "card" if spec.stratum == CARD else f"finding `{spec.produces}`"
         if spec.stratum == CARD and not spec.enabled_by_default:
@@ -70,10 +79,15 @@ def catalog_markdown() -> str:
         if spec.supersedes:
             kind += f", replaces {', '.join(spec.supersedes)}"
         fires, silent = fixtures.get(spec.id, ([], []))
-        listed = (f"fires: {', '.join(fires)}<br>silent: {', '.join(silent)}" if spec.stratum == CARD
-                  else f"{len(fires)} / {len(silent)}")
-        lines.append(f"| **{spec.id}** {spec.title} | {kind} | {', '.join(spec.hooks) or '(any hook)'} | {spec.logic} | "
-                     f"{spec.citation} | `{spec.module}` | {listed} |")
+        listed = (
+            f"fires: {', '.join(fires)}<br>silent: {', '.join(silent)}"
+            if spec.stratum == CARD
+            else f"{len(fires)} / {len(silent)}"
+        )
+        lines.append(
+            f"| **{spec.id}** {spec.title} | {kind} | {', '.join(spec.hooks) or '(any hook)'} | {spec.logic} | "
+            f"{spec.citation} | `{spec.module}` | {listed} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +119,7 @@ def rules_command(lock: bool, accept_unbumped: bool) -> None:
 
 # ---- the fact model ------------------------------------------------------------------------
 
+
 def fact_model_markdown(extra_modules: tuple[str, ...] = ()) -> str:
     """docs/fact-model.md: the fact model, with the derivations that produce each finding."""
     import rules
@@ -119,14 +134,20 @@ def fact_model_markdown(extra_modules: tuple[str, ...] = ()) -> str:
 
 
 @main.command("facts")
-@click.option("--extra", "extra_modules", multiple=True, metavar="MODULE",
-              help="also load this site rule module (as EXTRA_RULE_MODULES does), to list its findings")
+@click.option(
+    "--extra",
+    "extra_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="also load this site rule module (as EXTRA_RULE_MODULES does), to list its findings",
+)
 def facts_command(extra_modules: tuple[str, ...]) -> None:
     """Print the fact model as Markdown: every kind of fact, its fields and every finding (docs/fact-model.md)."""
     click.echo(fact_model_markdown(extra_modules), nl=False)
 
 
 # ---- governance ----------------------------------------------------------------------------
+
 
 @main.command("report")
 @click.option("--since", help="first day (YYYY-MM-DD, UTC) of cards counted")
@@ -137,8 +158,11 @@ def report_command(since: str | None, until: str | None, csv_path: str | None, p
     """Governance report per rule and version: views, cards, silent, suppressed, accepted, overridden."""
     from cds_service.store import governance_report
 
-    raise SystemExit(governance_report.command(SimpleNamespace(command="report", since=since, until=until,
-                                                               csv=csv_path, png=png_path)))
+    raise SystemExit(
+        governance_report.command(
+            SimpleNamespace(command="report", since=since, until=until, csv=csv_path, png=png_path)
+        )
+    )
 
 
 @main.command("prune")
@@ -151,12 +175,20 @@ def prune_command() -> None:
 
 # ---- serve ---------------------------------------------------------------------------------
 
+
 @main.command()
 @click.option("--host", envvar="HOST", default="127.0.0.1", show_default=True, help="address to bind (env HOST)")
-@click.option("--port", envvar="PORT", default=8080, type=click.IntRange(1, 65535), show_default=True,
-              help="port (env PORT)")
-@click.option("--workers", envvar="WORKERS", default=2, type=click.IntRange(1, 64), show_default=True,
-              help="gunicorn worker processes (env WORKERS)")
+@click.option(
+    "--port", envvar="PORT", default=8080, type=click.IntRange(1, 65535), show_default=True, help="port (env PORT)"
+)
+@click.option(
+    "--workers",
+    envvar="WORKERS",
+    default=2,
+    type=click.IntRange(1, 64),
+    show_default=True,
+    help="gunicorn worker processes (env WORKERS)",
+)
 def serve(host: str, port: int, workers: int) -> None:
     """Serve with gunicorn, in the configuration LEGMOVE_CONFIG names (default: development).
 
@@ -165,10 +197,16 @@ def serve(host: str, port: int, workers: int) -> None:
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
     if gunicorn is None:
         _fail("gunicorn is not installed in this environment")
-    env = dict(os.environ, LEGMOVE_CONFIG=os.environ.get("LEGMOVE_CONFIG", "development"),
-               HOST=host, PORT=str(port), WORKERS=str(workers))
+    env = dict(
+        os.environ,
+        LEGMOVE_CONFIG=os.environ.get("LEGMOVE_CONFIG", "development"),
+        HOST=host,
+        PORT=str(port),
+        WORKERS=str(workers),
+    )
     from cds_service.config import settings as configured
-    from cds_service.knowledge.settings import SettingsError, load as load_knowledge_settings
+    from cds_service.knowledge.settings import SettingsError
+    from cds_service.knowledge.settings import load as load_knowledge_settings
 
     try:  # one line instead of a stack trace per worker (or from the master, with --preload)
         load_knowledge_settings(configured(env["LEGMOVE_CONFIG"])["KNOWLEDGE_OVERRIDES"])
@@ -182,11 +220,13 @@ def serve(host: str, port: int, workers: int) -> None:
     args += ["--bind", f"{host}:{port}", "--workers", str(workers), "cds_service.app:create_app()"]
     Console(stderr=True, highlight=False).print(
         f"legmove-cds: {env['LEGMOVE_CONFIG']} configuration on http://{host}:{port} "
-        f"(discovery /cds-services, preview /preview)")
+        f"(discovery /cds-services, preview /preview)"
+    )
     os.execve(gunicorn, args, env)
 
 
 # ---- load ----------------------------------------------------------------------------------
+
 
 def _read_json(path: Path):
     opener = gzip.open if path.suffix == ".gz" else open
@@ -206,8 +246,13 @@ def _bundles_from(path: Path) -> list[tuple[str, dict]]:
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{path}: not readable JSON ({type(exc).__name__})") from None
     if isinstance(data, dict) and isinstance(data.get("request"), dict) and "expect" in data:
-        example = Example(path.stem, data.get("description", ""), data["request"].get("hook", ""),
-                          data.get("service", ""), data["request"])
+        example = Example(
+            path.stem,
+            data.get("description", ""),
+            data["request"].get("hook", ""),
+            data.get("service", ""),
+            data["request"],
+        )
         return [(f"{path.name} -> Patient/{example.patient_id}", as_transaction(example))]
     if isinstance(data, dict) and data.get("resourceType") == "Bundle" and data.get("type") in ("transaction", "batch"):
         return [(path.name, data)]
@@ -233,9 +278,16 @@ def load(fhir_server: str, token: str | None, timeout: float, paths: tuple[Path,
     patients: list[str] = []
     failures: list[str] = []
     console = _console()
-    with requests.Session() as session, Progress(TextColumn("{task.description}"), BarColumn(),
-                                                   MofNCompleteColumn(), console=console,
-                                                   disable=not console.is_terminal) as progress:
+    with (
+        requests.Session() as session,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as progress,
+    ):
         task = progress.add_task("loading", total=len(bundles))
         for label, bundle in bundles:
             progress.update(task, description=label[:60])
@@ -256,8 +308,10 @@ def load(fhir_server: str, token: str | None, timeout: float, paths: tuple[Path,
     for kind, counts in sorted(created.items()):
         table.add_row(kind, str(counts.get("201", 0)), str(counts.get("200", 0)), str(counts.get("other", 0)))
     console.print(table)
-    console.print(f"{len(bundles) - len(failures)} of {len(bundles)} bundles loaded; patients: "
-                  + (", ".join(patients) if patients else "none"))
+    console.print(
+        f"{len(bundles) - len(failures)} of {len(bundles)} bundles loaded; patients: "
+        + (", ".join(patients) if patients else "none")
+    )
     for failure in failures:
         Console(stderr=True, highlight=False).print(f"[red]failed:[/] {failure}")
     if failures:
@@ -288,30 +342,65 @@ _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_hist
 
 # ---- invoke --------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("hook", type=click.Choice(HOOKS))
 @click.option("--patient", required=True, help="the patient's FHIR id (context.patientId)")
 @click.option("--fhir-server", help="FHIR server holding the chart (sent as fhirServer)")
 @click.option("--token", envvar="FHIR_TOKEN", help="bearer token for it, sent as fhirAuthorization (env FHIR_TOKEN)")
-@click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="a Bundle (or fixture) holding the chart, instead of a FHIR server")
-@click.option("--draft", "draft_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="order hooks: a MedicationRequest/ServiceRequest, a Bundle of them, or a fixture")
+@click.option(
+    "--bundle",
+    "bundle_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a Bundle (or fixture) holding the chart, instead of a FHIR server",
+)
+@click.option(
+    "--draft",
+    "draft_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="order hooks: a MedicationRequest/ServiceRequest, a Bundle of them, or a fixture",
+)
 @click.option("--draft-rxnorm", help="order hooks: draft a MedicationRequest for this RxNorm code (bundled table)")
-@click.option("--service", "service_url", envvar="CDS_SERVICE_URL", default="http://127.0.0.1:8080",
-              show_default=True, help="the CDS service (root or discovery URL; env CDS_SERVICE_URL)")
+@click.option(
+    "--service",
+    "service_url",
+    envvar="CDS_SERVICE_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="the CDS service (root or discovery URL; env CDS_SERVICE_URL)",
+)
 @click.option("--service-id", help="use this service id instead of the first discovery entry for the hook")
 @click.option("--user", default="Practitioner/example", show_default=True, help="context.userId")
 @click.option("--no-prefetch", is_flag=True, help="send no prefetch: the service reads the FHIR server itself")
 @click.option("--json", "as_json", is_flag=True, help="print the raw response")
 @click.option("--explain", is_flag=True, help="show each card's explanation (rule, facts, resources)")
-@click.option("--client-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="sign each call with this PEM private key (EC P-384 or RSA), for a service with client auth on")
+@click.option(
+    "--client-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="sign each call with this PEM private key (EC P-384 or RSA), for a service with client auth on",
+)
 @click.option("--client-iss", help="the issuer (iss) the service trusts for --client-key")
 @click.option("--client-kid", help="key id (kid) to put in the JWT header")
 @click.option("--timeout", default=30.0, show_default=True, help="seconds per HTTP request")
-def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxnorm, service_url, service_id, user,
-           no_prefetch, as_json, explain, client_key, client_iss, client_kid, timeout) -> None:
+def invoke(
+    hook,
+    patient,
+    fhir_server,
+    token,
+    bundle_file,
+    draft_file,
+    draft_rxnorm,
+    service_url,
+    service_id,
+    user,
+    no_prefetch,
+    as_json,
+    explain,
+    client_key,
+    client_iss,
+    client_kid,
+    timeout,
+) -> None:
     """Call the service as an EHR would and show its cards.
 
     Reads discovery, fills each prefetch template from the FHIR server (or the bundle), sends the
@@ -329,8 +418,13 @@ def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxn
     if (draft_file or draft_rxnorm) and hook == "patient-view":
         _fail("patient-view has no draft orders", 2)
     try:
-        drafts = (drafts_from_file(draft_file) if draft_file
-                  else [medication_draft(draft_rxnorm, patient)] if draft_rxnorm else [])
+        drafts = (
+            drafts_from_file(draft_file)
+            if draft_file
+            else [medication_draft(draft_rxnorm, patient)]
+            if draft_rxnorm
+            else []
+        )
     except DraftError as exc:
         _fail(str(exc), 2)
     if bool(client_key) != bool(client_iss):
@@ -345,8 +439,11 @@ def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxn
             prefetch = {}
             if not no_prefetch:
                 templates = service.get("prefetch") or {}
-                got = (cds.prefetch_from_server(templates, context, session, fhir_server, token, timeout)
-                       if fhir_server else cds.prefetch_from_resources(templates, context, _chart(bundle_file)))
+                got = (
+                    cds.prefetch_from_server(templates, context, session, fhir_server, token, timeout)
+                    if fhir_server
+                    else cds.prefetch_from_resources(templates, context, _chart(bundle_file))
+                )
                 prefetch, notes = got.values, got.warnings
             body = cds.hook_request(hook, context, prefetch, fhir_server, token)
             response = cds.call(session, base, service["id"], body, timeout, signer)
@@ -361,8 +458,10 @@ def invoke(hook, patient, fhir_server, token, bundle_file, draft_file, draft_rxn
     if response.status_code != 200:
         _fail(f"{service['id']} answered {response.status_code}: {_diagnostics(response)}")
     cards = response.json().get("cards", [])
-    console.print(f"[bold]{service['id']}[/] ({hook}) for Patient/{patient}: {len(cards)} card(s)"
-                  + ("" if no_prefetch else f", {len(prefetch)} prefetch key(s) sent"))
+    console.print(
+        f"[bold]{service['id']}[/] ({hook}) for Patient/{patient}: {len(cards)} card(s)"
+        + ("" if no_prefetch else f", {len(prefetch)} prefetch key(s) sent")
+    )
     for card in cards:
         console.print(render_card(card, explain))
 
@@ -378,7 +477,9 @@ def _chart(path: Path) -> list[dict]:
         return Example(path.stem, "", "", "", data["request"]).resources()
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         _fail(f"{path}: not a FHIR Bundle", 2)
-    return [e["resource"] for e in data.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    return [
+        e["resource"] for e in data.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
 
 
 def _diagnostics(response) -> str:
@@ -395,8 +496,9 @@ def render_card(card: dict, explain: bool = False) -> Panel:
     if card.get("detail"):
         parts.append(Markdown(card["detail"]))
     source = card.get("source") or {}
-    parts.append(Text(f"Source: {source.get('label', '')}" + (f" <{source['url']}>" if source.get("url") else ""),
-                      style="dim"))
+    parts.append(
+        Text(f"Source: {source.get('label', '')}" + (f" <{source['url']}>" if source.get("url") else ""), style="dim")
+    )
     for number, suggestion in enumerate(card.get("suggestions") or [], 1):
         line = Text(f"Suggestion {number}: {suggestion.get('label', '')}", style="bold")
         if suggestion.get("isRecommended"):
@@ -419,6 +521,7 @@ def render_card(card: dict, explain: bool = False) -> Panel:
 
 
 # ---- check-config --------------------------------------------------------------------------
+
 
 @main.command("check-config")
 @click.option("--config", "name", help="configuration to check (default: LEGMOVE_CONFIG, else production)")
@@ -448,13 +551,16 @@ def check_config(name: str | None) -> None:
     console.print(f"rules off ({len(off)}): {', '.join(off) or 'none'}")
     unsafe = [i for i in items if i.unsafe]
     if unsafe:
-        console.print(f"[bold]{len(unsafe)} setting(s) unsafe for production[/]"
-                      + (" (fine for this development/test configuration)" if name != "production" else ""))
+        console.print(
+            f"[bold]{len(unsafe)} setting(s) unsafe for production[/]"
+            + (" (fine for this development/test configuration)" if name != "production" else "")
+        )
     if unsafe and name == "production":
         sys.exit(1)
 
 
 # ---- db ------------------------------------------------------------------------------------
+
 
 @main.command("db")
 @click.argument("action", type=click.Choice(["upgrade", "current"]))

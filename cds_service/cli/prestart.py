@@ -6,12 +6,14 @@ A separate process (`python -m cds_service.cli.prestart`), so the master imports
 would have to patch later, and an unsafe configuration stops the service in a second with one
 clear line instead of every worker failing to boot.
 """
+
 from __future__ import annotations
 
 import sys
 
 from cds_service.config import UnsafeConfiguration, check_safe_to_start, settings
-from cds_service.knowledge.settings import SettingsError, load as load_knowledge_settings
+from cds_service.knowledge.settings import SettingsError
+from cds_service.knowledge.settings import load as load_knowledge_settings
 from cds_service.store.migrations import SchemaMismatch, upgrade
 
 

@@ -1,4 +1,5 @@
 """Fact hygiene: the checks and the compact JSON that keep bad facts away from the durable-rules C core."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,11 @@ def validate_fact(fact: dict) -> None:
     """Crash prevention, not tidiness: the C core segfaults on some inputs (nested objects, huge lists)."""
     count = 0
     for key, value in fact.items():
-        if not isinstance(key, str) or key.startswith(("$", "_")) or (key in RESERVED_FIELDS and key not in ("id", "sid")):
+        if (
+            not isinstance(key, str)
+            or key.startswith(("$", "_"))
+            or (key in RESERVED_FIELDS and key not in ("id", "sid"))
+        ):
             raise EngineError(f"reserved or invalid field name {key!r}")
         count += 1
         for item in value if isinstance(value, list) else [value]:

@@ -1,16 +1,27 @@
 """Registration-time lint of rule definitions: conventions the durable-rules engine does not enforce itself."""
+
 from __future__ import annotations
 
 from types import MappingProxyType
-
-from durable.lang import m
 
 from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
 from cds_service.engine.hygiene import RESERVED_FIELDS
 from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, close_match
 
-RESERVED_ALIASES = {"s", "m", "host", "post", "assert_fact", "retract_fact", "start_timer", "cancel_timer",
-                    "renew_action_lease", "delete_state", "get_facts", "get_pending_events"}
+RESERVED_ALIASES = {
+    "s",
+    "m",
+    "host",
+    "post",
+    "assert_fact",
+    "retract_fact",
+    "start_timer",
+    "cancel_timer",
+    "renew_action_lease",
+    "delete_state",
+    "get_facts",
+    "get_pending_events",
+}
 
 
 class RuleDefinitionError(Exception):
@@ -21,7 +32,8 @@ class RuleDefinitionError(Exception):
 
 
 def negated_kinds(definition: dict) -> set[str]:
-    """Fact kinds that appear inside a none(): they must be asserted first, or a none() can stay true after its fact arrives."""
+    """Fact kinds that appear inside a none(): they must be asserted first, or a none() can stay true
+    after its fact arrives."""
     kinds: set[str] = set()
     for rule in definition.values():
         for condition in rule.get("all", []) + rule.get("any", []):
@@ -86,11 +98,15 @@ def lint(specs: list[RuleSpec], definition: dict) -> None:
                 if base in RESERVED_ALIASES and not alias.startswith("m_"):
                     problems.append(f"{spec.id}: reserved alias {base!r}")
                 if alias.endswith("$not") and _kinds_in(expression) & derived:
-                    problems.append(f"{spec.id}: none() over a derived kind (it could be asserted after the none() was decided)")
+                    problems.append(
+                        f"{spec.id}: none() over a derived kind (it could be asserted after the none() was decided)"
+                    )
                 problems += [f"{spec.id}: {p}" for p in _literal_problems(expression)]
                 if _reference_after_or(expression):
-                    problems.append(f"{spec.id}: a comparison with another alias follows an | group inside &; "
-                                    "durable-rules 2.0.28 ignores it there, so put it before the | group")
+                    problems.append(
+                        f"{spec.id}: a comparison with another alias follows an | group inside &; "
+                        "durable-rules 2.0.28 ignores it there, so put it before the | group"
+                    )
                 consumed_findings |= _literals_of(expression, "name")
         if spec.stratum == CARD and spec.render is None:
             problems.append(f"{spec.id}: card rule without a render function")
@@ -172,8 +188,10 @@ def fact_model_problems(specs: list[RuleSpec], definition: dict) -> list[str]:
     produced = {s.produces for s in specs if s.stratum == DERIVE and s.produces}
     for spec in specs:
         if spec.stratum == DERIVE and spec.produces not in FINDINGS:
-            problems.append(f"{spec.id}: it derives finding {spec.produces!r}, which the fact model does not declare "
-                            f"(declare_finding in the rule's module){_did_you_mean(spec.produces, FINDINGS)}")
+            problems.append(
+                f"{spec.id}: it derives finding {spec.produces!r}, which the fact model does not declare "
+                f"(declare_finding in the rule's module){_did_you_mean(spec.produces, FINDINGS)}"
+            )
     known_findings = set(FINDINGS) | produced
     for spec in specs:
         rule = definition.get(spec.id, {})
@@ -191,7 +209,7 @@ def _pins(expression, field_name: str) -> set[str] | None:
     or None when it does not pin the field."""
     if not isinstance(expression, dict) or len(expression) != 1:
         return None
-    (key, value), = expression.items()
+    ((key, value),) = expression.items()
     if key == field_name:
         return {value} if isinstance(value, str) else None
     if key == "$and" and isinstance(value, list):
@@ -266,8 +284,10 @@ class _RuleCheck:
             for name in sorted(names):
                 if name not in self.known_findings:
                     if report:
-                        self._problem(f"{where}finding {name!r} is derived by no rule and declared nowhere"
-                                      f"{_did_you_mean(name, self.known_findings)}")
+                        self._problem(
+                            f"{where}finding {name!r} is derived by no rule and declared nowhere"
+                            f"{_did_you_mean(name, self.known_findings)}"
+                        )
                 elif name in FINDINGS:
                     targets.append(FINDINGS[name])
         return targets
@@ -291,8 +311,10 @@ class _RuleCheck:
                     specs = self._field(field_name, targets, where)
                     for target, spec in specs:
                         if list not in spec.types:
-                            self._problem(f"{where}field {field_name!r} of {target._what()} is not a list: "
-                                          f"anyItem/allItems never match it")
+                            self._problem(
+                                f"{where}field {field_name!r} of {target._what()} is not a list: "
+                                f"anyItem/allItems never match it"
+                            )
                         else:
                             self._items(inner, field_name, target, spec, where)
             elif key in _COMPARISONS and isinstance(value, dict):
@@ -335,11 +357,15 @@ class _RuleCheck:
                     if item_key == "$i" and not isinstance(operand, dict):
                         self._literal(field_name, target, spec, operand, where, key, item=True)
                     elif item_key != "$i":
-                        self._problem(f"{where}items of {field_name!r} in {target._what()} are strings: "
-                                      f"{item_key.replace('$i', 'item')!r} never matches")
+                        self._problem(
+                            f"{where}items of {field_name!r} in {target._what()} are strings: "
+                            f"{item_key.replace('$i', 'item')!r} never matches"
+                        )
             elif key.startswith("$i."):
-                self._problem(f"{where}items of {field_name!r} in {target._what()} are strings: "
-                              f"{key.replace('$i', 'item')!r} never matches")
+                self._problem(
+                    f"{where}items of {field_name!r} in {target._what()} are strings: "
+                    f"{key.replace('$i', 'item')!r} never matches"
+                )
 
     def _literal(self, field_name: str, target, spec, literal, where: str, op: str, item: bool = False) -> None:
         what = f"an item of {field_name!r}" if item else f"field {field_name!r}"
@@ -355,19 +381,29 @@ class _RuleCheck:
         if op in ("$mt", "$imt"):
             fits = str in types and isinstance(literal, str)
         if not fits:
-            self._problem(f"{where}{what} of {target._what()} is compared with {literal!r}, "
-                          f"which a {'/'.join(t.__name__ for t in types)} never equals")
+            self._problem(
+                f"{where}{what} of {target._what()} is compared with {literal!r}, "
+                f"which a {'/'.join(t.__name__ for t in types)} never equals"
+            )
             return
         if field_name == "kind" and not item:
             return  # kinds are checked where they pin the condition
         if field_name == "name" and target.name.startswith("finding") and not item:
             if isinstance(literal, str) and literal not in self.known_findings:
-                self._problem(f"{where}finding {literal!r} is derived by no rule and declared nowhere"
-                              f"{_did_you_mean(literal, self.known_findings)}")
+                self._problem(
+                    f"{where}finding {literal!r} is derived by no rule and declared nowhere"
+                    f"{_did_you_mean(literal, self.known_findings)}"
+                )
             return
-        if spec.values is not None and isinstance(literal, str) and op in ("$eq", "$neq") and literal not in spec.values:
-            self._problem(f"{where}{what} of {target._what()} never holds {literal!r}"
-                          f"{_did_you_mean(literal, spec.values)}")
+        if (
+            spec.values is not None
+            and isinstance(literal, str)
+            and op in ("$eq", "$neq")
+            and literal not in spec.values
+        ):
+            self._problem(
+                f"{where}{what} of {target._what()} never holds {literal!r}{_did_you_mean(literal, spec.values)}"
+            )
 
     def _operand(self, operand: dict, where: str) -> None:
         """The other side of a comparison: another alias's field (`c.due.days_ago`), or arithmetic on it."""
@@ -378,8 +414,10 @@ class _RuleCheck:
                         self._operand(side, where)
             elif not key.startswith("$") and isinstance(value, str):
                 if key not in self.aliases:
-                    self._problem(f"{where}c.{key}.{value} refers to an alias no condition of this rule binds"
-                                  f"{_did_you_mean(key, self.aliases)}")
+                    self._problem(
+                        f"{where}c.{key}.{value} refers to an alias no condition of this rule binds"
+                        f"{_did_you_mean(key, self.aliases)}"
+                    )
                     continue
                 targets = self._targets(self.aliases[key], None, where, report=False) or []
                 for target in targets:
@@ -399,5 +437,10 @@ def _unnamed(name: str) -> bool:
 
 def _any_finding() -> FactKind:
     """A finding whose name the condition leaves open: any field some declared finding has."""
-    return FactKind("finding:any", "Any finding", MappingProxyType(
-        {name: spec for kind in [KINDS["finding"], *FINDINGS.values()] for name, spec in kind.fields.items()}))
+    return FactKind(
+        "finding:any",
+        "Any finding",
+        MappingProxyType(
+            {name: spec for kind in [KINDS["finding"], *FINDINGS.values()] for name, spec in kind.fields.items()}
+        ),
+    )

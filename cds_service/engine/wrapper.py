@@ -12,6 +12,7 @@ This wrapper avoids all of that:
 - card matches are collected in Python, findings asserted with fresh ids;
 - the session is deleted in `finally`.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -150,8 +151,9 @@ class RuleEngine:
                     if fields is None:  # the match failed a check the DSL cannot express (e.g. a date window)
                         return
                     # checked against the fact model: a finding that does not fit fails the rule
-                    finding = finding_fact(spec.produces, fields, rule=spec.id, basis=[f["id"] for f in match.values()],
-                                           checked=fact_model)
+                    finding = finding_fact(
+                        spec.produces, fields, rule=spec.id, basis=[f["id"] for f in match.values()], checked=fact_model
+                    )
                     _assert_derived(closure, evaluation, finding)
                 else:
                     evaluation.card_matches.setdefault(spec.id, []).append(match)
@@ -221,8 +223,12 @@ class RuleEngine:
         if evaluation.errors:
             rule_id, exc, trace = evaluation.errors[0]
             # exception messages can quote patient values: the type and frames at ERROR, the rest at DEBUG
-            log.error("rule %s raised %s", rule_id, type(exc).__name__,
-                      extra={"rule": rule_id, "frames": "".join(traceback.format_tb(exc.__traceback__))})
+            log.error(
+                "rule %s raised %s",
+                rule_id,
+                type(exc).__name__,
+                extra={"rule": rule_id, "frames": "".join(traceback.format_tb(exc.__traceback__))},
+            )
             log.debug("rule %s failure detail: %s", rule_id, trace)
             raise RuleError(rule_id, type(exc).__name__) from exc
         if errors:
@@ -271,4 +277,3 @@ def engine_for(specs: list[RuleSpec]) -> RuleEngine:
         if key not in _ENGINES:
             _ENGINES[key] = RuleEngine(specs, name=f"legmove_{len(_ENGINES)}")
         return _ENGINES[key]
-

@@ -5,6 +5,7 @@ unparseable data stop here and are logged with the reason; only clean projection
 rules. Resources are read as plain JSON (leniently, as real EHRs send them) and only the kinds
 the rules use are looked at, so the cost follows the relevant data, not the chart size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,7 +64,7 @@ class _Builder(_Selection, _Projection, _Medications):
         facts += [DATA_GAP.new(key=key) for key in sorted(self.data.incomplete_keys)]
         seen: set[str] = set()
         by_type: dict[str, list[dict]] = {}
-        for key, resources in self.data.resources.items():
+        for resources in self.data.resources.values():
             for res in resources:
                 ref = reference_of(res)
                 if ref in seen:
@@ -75,10 +76,14 @@ class _Builder(_Selection, _Projection, _Medications):
         facts.append(self._patient(by_type.get("Patient", [])))
         facts += self._capped("condition", self._convert(by_type.get("Condition", []), self._condition))
         facts += self._observations(by_type.get("Observation", []))
-        facts += self._capped("order", self._convert(by_type.get("ServiceRequest", []),
-                                                     lambda r: self._service_request(r, "chart", False)))
-        facts += self._capped("procedure_done", self._convert(
-            by_type.get("Procedure", []) + by_type.get("DiagnosticReport", []), self._procedure_done))
+        facts += self._capped(
+            "order",
+            self._convert(by_type.get("ServiceRequest", []), lambda r: self._service_request(r, "chart", False)),
+        )
+        facts += self._capped(
+            "procedure_done",
+            self._convert(by_type.get("Procedure", []) + by_type.get("DiagnosticReport", []), self._procedure_done),
+        )
         chart_meds = by_type.get("MedicationRequest", []) + by_type.get("MedicationStatement", [])
         facts += self._capped("medication", self._convert(chart_meds, self._chart_medication))
         self._check_selections()
@@ -100,8 +105,15 @@ class _Builder(_Selection, _Projection, _Medications):
         if patient is None:
             log.info("no Patient resource: age unknown, patient treated as alive")
         span = fhir_date_range(patient.get("birthDate")) if patient else None
-        fact = {"kind": "patient", "age_years": UNKNOWN_DAYS, "age_min": UNKNOWN_DAYS, "age_max": UNKNOWN_DAYS,
-                "child": False, "age_known": False, "deceased": _deceased(patient)}
+        fact = {
+            "kind": "patient",
+            "age_years": UNKNOWN_DAYS,
+            "age_min": UNKNOWN_DAYS,
+            "age_max": UNKNOWN_DAYS,
+            "child": False,
+            "age_known": False,
+            "deceased": _deceased(patient),
+        }
         if span is None or span[0] > self.today:
             return PATIENT.new(**fact)
         youngest, oldest = _age(span[1], self.today), _age(span[0], self.today)
@@ -135,14 +147,22 @@ def params_fact(term: Terminology) -> dict:
     name = settings["iron_profile"]
     if name not in settings["profiles"]:
         raise ValueError(f"iron_profile {name!r} is not one of {sorted(settings['profiles'])}")
-    fact = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-            for k, v in settings.items() if isinstance(v, (int, float, bool))}
-    fact.update(kind="params", profile=name, profile_title=settings["profiles"][name]["title"],
-                profile_source=settings["profiles"][name]["source"])
+    fact = {
+        k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+        for k, v in settings.items()
+        if isinstance(v, (int, float, bool))
+    }
+    fact.update(
+        kind="params",
+        profile=name,
+        profile_title=settings["profiles"][name]["title"],
+        profile_source=settings["profiles"][name]["source"],
+    )
     for profile, numbers in settings["profiles"].items():
         fact.update({f"{profile}_{k}": float(v) for k, v in numbers.items() if isinstance(v, (int, float))})
     try:
         return PARAMS.new(**fact)
     except FactSchemaError as exc:  # a setting the fact model does not declare (an override's typo?)
-        raise FactSchemaError(f"the settings do not fit the params fact ({exc}); declare a new setting in "
-                              "cds_service/facts/schema.py") from exc
+        raise FactSchemaError(
+            f"the settings do not fit the params fact ({exc}); declare a new setting in cds_service/facts/schema.py"
+        ) from exc

@@ -1,4 +1,5 @@
 """Medications: resolving medication references, classifying chart medications, and the draft orders' facts."""
+
 from __future__ import annotations
 
 from cds_service.facts.project import UNKNOWN_DAYS
@@ -18,14 +19,21 @@ class _Medications:
         status = string(res.get("status"))
         origin = "chart"
         if res.get("resourceType") == "MedicationRequest":
-            if string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS or status not in {"active"} | RECENT_MED_REQUEST:
+            if (
+                string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS
+                or status not in {"active"} | RECENT_MED_REQUEST
+            ):
                 return None if status != "entered-in-error" else self._skip(res, "entered-in-error")
             if status != "active":
                 origin = "recent"  # stopped or completed: history for new-start checks, never "on it now"
         elif status not in ACTIVE_STATEMENT:
             return None
         fact = self._medication(res, origin=origin, selected=False)
-        if fact and origin == "recent" and not 0 <= fact["started_days_ago"] <= self.term.settings.new_start_window_days:
+        if (
+            fact
+            and origin == "recent"
+            and not 0 <= fact["started_days_ago"] <= self.term.settings.new_start_window_days
+        ):
             return None
         return fact
 
@@ -67,8 +75,15 @@ class _Medications:
     def _reason_conditions(self, order: dict) -> list[dict]:
         """Catalog 2.2: a coded reason on the order being placed counts as present for the patient."""
         dates = {"recorded": "undated", "recorded_days_ago": UNKNOWN_DAYS, "onset_days_ago": UNKNOWN_DAYS}
-        return self._coded_conditions(order, as_list(order.get("reasonCode")), "active", "reason for this order",
-                                      dates, every=True, windowed=False)  # the reason is current by definition
+        return self._coded_conditions(
+            order,
+            as_list(order.get("reasonCode")),
+            "active",
+            "reason for this order",
+            dates,
+            every=True,
+            windowed=False,
+        )  # the reason is current by definition
 
     def _index_medications(self) -> dict[str, dict]:
         return supplied_medications(self.data.resources, self.data.draft_orders)
@@ -77,8 +92,13 @@ class _Medications:
         """The medication fact, or None when it matches no known class. `extra(res)`: further
         fields (a draft's indications), asked for only when there is a fact."""
         codings, texts = self._resolve_medication(res)
-        routes = [t for d in as_list(res.get("dosageInstruction") or res.get("dosage")) if isinstance(d, dict)
-                  for t in [text_of(d.get("route")), *(c.get("display") for c in codings_of(d.get("route")))] if t]
+        routes = [
+            t
+            for d in as_list(res.get("dosageInstruction") or res.get("dosage"))
+            if isinstance(d, dict)
+            for t in [text_of(d.get("route")), *(c.get("display") for c in codings_of(d.get("route")))]
+            if t
+        ]
         if not codings and not texts:
             return self._skip(res, "medication has no code and no text")
         key = (tuple((c.get("system"), c.get("code")) for c in codings), tuple(texts), tuple(routes))
@@ -91,7 +111,9 @@ class _Medications:
             self._skip(reference_of(res), note)
         groups = sorted(g for g, classes in self.term.groups.items() if classes & set(match.classes))
         period = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
-        started = res.get("authoredOn") or res.get("effectiveDateTime") or period.get("start") or res.get("dateAsserted")
+        started = (
+            res.get("authoredOn") or res.get("effectiveDateTime") or period.get("start") or res.get("dateAsserted")
+        )
         return MEDICATION.new(
             origin=origin,
             selected=selected,
@@ -112,14 +134,18 @@ class _Medications:
         """Step 0 of section 9: the concept itself, a contained or supplied Medication, or a display."""
         concept = res.get("medicationCodeableConcept")
         if isinstance(concept, dict):
-            return codings_of(concept), [t for t in [text_of(concept), *(c.get("display") for c in codings_of(concept))] if t]
+            return codings_of(concept), [
+                t for t in [text_of(concept), *(c.get("display") for c in codings_of(concept))] if t
+            ]
         reference = res.get("medicationReference")
         if not isinstance(reference, dict):
             return [], []
         target = reference.get("reference")
         med = None
         if isinstance(target, str) and target.startswith("#"):
-            med = next((c for c in as_list(res.get("contained")) if isinstance(c, dict) and c.get("id") == target[1:]), None)
+            med = next(
+                (c for c in as_list(res.get("contained")) if isinstance(c, dict) and c.get("id") == target[1:]), None
+            )
         elif isinstance(target, str):
             med = self.medications.get(medication_key(target))
         display = reference.get("display") if isinstance(reference.get("display"), str) else None

@@ -15,14 +15,15 @@ Conventions every kind follows:
 
 Site rule modules (EXTRA_RULE_MODULES) declare the findings they derive with `declare_finding`.
 """
+
 from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
-from typing import Mapping
 
 from cds_service.knowledge.terminology import KNOWLEDGE_DIR
 
@@ -50,13 +51,28 @@ _DRUGS = _knowledge("drugs.json")
 ANALYTES = frozenset(_knowledge("labs.json"))
 PROCEDURES = frozenset(_knowledge("procedures.json"))
 CODE_SETS = frozenset(_knowledge("codesets.json"))
-DRUG_CLASSES = frozenset(_DRUGS["class_titles"]) | frozenset(_DRUGS["atc_prefixes"]) | frozenset(
-    k for k in _DRUGS["subclasses"] if not k.startswith("_"))
+DRUG_CLASSES = (
+    frozenset(_DRUGS["class_titles"])
+    | frozenset(_DRUGS["atc_prefixes"])
+    | frozenset(k for k in _DRUGS["subclasses"] if not k.startswith("_"))
+)
 DRUG_GROUPS = frozenset(_DRUGS["groups"])
 # The data keys of the prefetch templates (fhir/prefetch.py: queries and OPTIONAL); a test keeps them equal.
-DATA_KEYS = frozenset({"patient", "conditions", "labs", "plms_index_by_text", "service_requests", "procedures",
-                       "reports", "medication_requests", "medication_statements", "medication_request_medications",
-                       "medication_statement_medications"})
+DATA_KEYS = frozenset(
+    {
+        "patient",
+        "conditions",
+        "labs",
+        "plms_index_by_text",
+        "service_requests",
+        "procedures",
+        "reports",
+        "medication_requests",
+        "medication_statements",
+        "medication_request_medications",
+        "medication_statement_medications",
+    }
+)
 COMPARATOR_VALUES = frozenset({"=", "<", "<=", ">", ">="})
 MATCHED_BY_CODE_OR_TEXT = frozenset({"code", "text"})
 MEDICATION_MATCHED_BY = frozenset({"rxnorm-product", "rxnorm-ingredient", "atc", "text"})
@@ -121,8 +137,9 @@ class FactKind:
                 problems.append(f"field {name!r} {problem}")
         missing = [] if self._required <= fact.keys() else [n for n in self._required_order if n not in fact]
         if missing:
-            problems.append(f"missing required field{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join(repr(n) for n in missing)}")
+            problems.append(
+                f"missing required field{'s' if len(missing) > 1 else ''} {', '.join(repr(n) for n in missing)}"
+            )
         if problems:
             raise FactSchemaError(f"{self._what(article=True)} does not fit the fact model: " + "; ".join(problems))
 
@@ -139,12 +156,15 @@ class FactKind:
         try:
             return self.fields[name]
         except KeyError:
-            raise FactSchemaError(f"field {name!r} is not a field of {self._what()}"
-                                  f"{_suggest(name, self.fields)}") from None
+            raise FactSchemaError(
+                f"field {name!r} is not a field of {self._what()}{_suggest(name, self.fields)}"
+            ) from None
 
     def _what(self, article: bool = False) -> str:
         """How messages name this kind: "'lab' facts", "a 'lab' fact", "'rls' findings"."""
-        name, noun = (self.name[len("finding:"):], "finding") if self.name.startswith("finding:") else (self.name, "fact")
+        name, noun = (
+            (self.name[len("finding:") :], "finding") if self.name.startswith("finding:") else (self.name, "fact")
+        )
         return f"a {name!r} {noun}" if article else f"{name!r} {noun}s"
 
 
@@ -200,30 +220,35 @@ def _kind(name: str, meaning: str, *fields: Field) -> FactKind:
 
 
 def KIND_FIELD(name: str) -> Field:  # noqa: N802 - reads as a constant in the declarations below
-    return Field("kind", TEXT, "What kind of fact this is; rules select facts by it (`m.kind == ...`).",
-                 values=frozenset({name}))
+    return Field(
+        "kind", TEXT, "What kind of fact this is; rules select facts by it (`m.kind == ...`).", values=frozenset({name})
+    )
 
 
 def _ref(what: str, required: bool = True) -> Field:
-    return Field("resource_ref", TEXT, f"The FHIR reference ('Type/id') of {what}, as cards cite it.",
-                 required=required)
+    return Field(
+        "resource_ref", TEXT, f"The FHIR reference ('Type/id') of {what}, as cards cite it.", required=required
+    )
 
 
 # ---- the base facts (built by the facts package from the request) ---------------------------
 
 CONTEXT = _kind(
-    "context", "The hook call itself: exactly one per evaluation.",
+    "context",
+    "The hook call itself: exactly one per evaluation.",
     Field("hook", TEXT, "The CDS hook being answered.", values=HOOKS),
 )
 
 DATA_GAP = _kind(
-    "data_gap", "A data key whose resources could not all be read (later pages failed, or nothing could be "
-                "read at all): absence rules over that key stay silent.",
+    "data_gap",
+    "A data key whose resources could not all be read (later pages failed, or nothing could be "
+    "read at all): absence rules over that key stay silent.",
     Field("key", TEXT, "The prefetch key (data key) that is incomplete.", values=DATA_KEYS),
 )
 
 PATIENT = _kind(
-    "patient", "The patient: exactly one per evaluation, also when no Patient resource could be read.",
+    "patient",
+    "The patient: exactly one per evaluation, also when no Patient resource could be read.",
     Field("age_years", WHOLE, "Age in whole years when the birth date gives it exactly, else -1."),
     Field("age_min", WHOLE, "The youngest age the (possibly partial) birth date allows, or -1 when unknown."),
     Field("age_max", WHOLE, "The oldest age the (possibly partial) birth date allows, or -1 when unknown."),
@@ -233,25 +258,35 @@ PATIENT = _kind(
 )
 
 CONDITION = _kind(
-    "condition", "An active problem-list entry (or a coded reason on an order being placed) that falls in at "
-                 "least one code set; refuted, entered-in-error and inactive conditions never become facts.",
+    "condition",
+    "An active problem-list entry (or a coded reason on an order being placed) that falls in at "
+    "least one code set; refuted, entered-in-error and inactive conditions never become facts.",
     _ref("the Condition, or of the draft order whose coded reason this is"),
     Field("system", TEXT, "The coding system of the matched code, or 'text' when matched by a listed phrase."),
     Field("code", TEXT, "The matched code, or 'text' when matched by a listed phrase."),
     Field("display", TEXT, "The condition's name as the chart gives it (display, text or code)."),
     Field("sets", LIST, "The code sets (knowledge/codesets.json) the code falls in, sorted.", values=CODE_SETS),
-    Field("clinical_status", TEXT, "The clinical status (only active ones become facts).",
-          values=frozenset({"active", "recurrence", "relapse"})),
-    Field("verification_status", TEXT, "The verification status code as sent, 'unconfirmed' when absent, or "
-                                       "'reason for this order' for an order's coded reason."),
+    Field(
+        "clinical_status",
+        TEXT,
+        "The clinical status (only active ones become facts).",
+        values=frozenset({"active", "recurrence", "relapse"}),
+    ),
+    Field(
+        "verification_status",
+        TEXT,
+        "The verification status code as sent, 'unconfirmed' when absent, or "
+        "'reason for this order' for an order's coded reason.",
+    ),
     Field("recorded", TEXT, "The recorded (else onset) date as YYYY-MM-DD (or a partial date), or 'undated'."),
     Field("recorded_days_ago", WHOLE, "Days from the recorded (else onset) date to the evaluation date; -1 unknown."),
     Field("onset_days_ago", WHOLE, "Days from the onset (else recorded) date to the evaluation date; -1 unknown."),
 )
 
 LAB = _kind(
-    "lab", "The latest final result per analyte within its lookback. `usable` says whether it carries a value "
-           "in the analyte's canonical unit; a resulted panel or questionnaire has no value.",
+    "lab",
+    "The latest final result per analyte within its lookback. `usable` says whether it carries a value "
+    "in the analyte's canonical unit; a resulted panel or questionnaire has no value.",
     Field("analyte", TEXT, "The analyte (knowledge/labs.json) the result was recognised as.", values=ANALYTES),
     _ref("the Observation"),
     Field("loinc", TEXT, "The code (LOINC or local) or the text the result was recognised by."),
@@ -259,25 +294,46 @@ LAB = _kind(
     Field("date", TEXT, "The effective date, YYYY-MM-DD."),
     Field("days_ago", WHOLE, "Days from the effective date to the evaluation date (0 for today or tomorrow)."),
     Field("usable", FLAG, "True when `value` holds a number in the canonical `unit` that rules may compare."),
-    Field("unit_assumed", FLAG, "Present (true) when a text result gave no unit and the canonical unit was assumed.",
-          required=False),
+    Field(
+        "unit_assumed",
+        FLAG,
+        "Present (true) when a text result gave no unit and the canonical unit was assumed.",
+        required=False,
+    ),
     Field("raw_value", NUMBER, "The number as reported, before unit conversion.", required=False),
     Field("raw_unit", TEXT, "The unit as reported, or '(none)'.", required=False),
-    Field("comparator", TEXT, "'=' for an exact value, else the bound the value is ('<10' is below 10).",
-          values=COMPARATOR_VALUES, required=False),
-    Field("value_source", TEXT, "Where the number was read: valueQuantity or a valueString.",
-          values=frozenset({"quantity", "text"}), required=False),
-    Field("value", NUMBER, "The value in the canonical unit, rounded to 3 decimals (only when usable).",
-          required=False),
+    Field(
+        "comparator",
+        TEXT,
+        "'=' for an exact value, else the bound the value is ('<10' is below 10).",
+        values=COMPARATOR_VALUES,
+        required=False,
+    ),
+    Field(
+        "value_source",
+        TEXT,
+        "Where the number was read: valueQuantity or a valueString.",
+        values=frozenset({"quantity", "text"}),
+        required=False,
+    ),
+    Field(
+        "value", NUMBER, "The value in the canonical unit, rounded to 3 decimals (only when usable).", required=False
+    ),
     Field("unit", TEXT, "The analyte's canonical unit (only when usable).", required=False),
-    Field("below_reference", FLAG, "Whether the value is below the lower reference limit the lab sent in the same "
-                                   "unit; absent when no such limit was sent.", required=False),
+    Field(
+        "below_reference",
+        FLAG,
+        "Whether the value is below the lower reference limit the lab sent in the same "
+        "unit; absent when no such limit was sent.",
+        required=False,
+    ),
 )
 
 UNREADABLE_RESULT = _kind(
-    "unreadable_result", "A final result that counts by status and date but whose value cannot be used (no "
-                         "number, no value, or a unit the analyte is not reported in): never 'on file', named "
-                         "by the absence rule that then fires.",
+    "unreadable_result",
+    "A final result that counts by status and date but whose value cannot be used (no "
+    "number, no value, or a unit the analyte is not reported in): never 'on file', named "
+    "by the absence rule that then fires.",
     Field("analyte", TEXT, "The analyte the result was recognised as.", values=ANALYTES),
     _ref("the Observation"),
     Field("loinc", TEXT, "The code or text the result was recognised by."),
@@ -290,26 +346,44 @@ UNREADABLE_RESULT = _kind(
 )
 
 PENDING_TEST = _kind(
-    "pending_test", "A test drawn or ordered but not resulted: a preliminary result, or an active or draft lab "
-                    "order.",
+    "pending_test",
+    "A test drawn or ordered but not resulted: a preliminary result, or an active or draft lab order.",
     Field("analyte", TEXT, "The analyte the test measures.", values=ANALYTES),
     _ref("the Observation or ServiceRequest"),
-    Field("status", TEXT, "The status of the result or order ('draft' for an order being placed).",
-          values=frozenset({"preliminary", "registered", "active", "draft"})),
-    Field("origin", TEXT, "'result' for a preliminary result, 'chart' for a chart order, 'draft' for an order "
-                          "being placed.", values=frozenset({"result", "chart", "draft"})),
+    Field(
+        "status",
+        TEXT,
+        "The status of the result or order ('draft' for an order being placed).",
+        values=frozenset({"preliminary", "registered", "active", "draft"}),
+    ),
+    Field(
+        "origin",
+        TEXT,
+        "'result' for a preliminary result, 'chart' for a chart order, 'draft' for an order being placed.",
+        values=frozenset({"result", "chart", "draft"}),
+    ),
 )
 
 ORDER = _kind(
-    "order", "A procedure order (polysomnography, EMG, imaging, referral) on the chart or being placed.",
-    Field("procedure", TEXT, "The procedure (knowledge/procedures.json) the order was recognised as.",
-          values=PROCEDURES),
+    "order",
+    "A procedure order (polysomnography, EMG, imaging, referral) on the chart or being placed.",
+    Field(
+        "procedure", TEXT, "The procedure (knowledge/procedures.json) the order was recognised as.", values=PROCEDURES
+    ),
     Field("matched_by", TEXT, "How it was recognised: by its code or by its name.", values=MATCHED_BY_CODE_OR_TEXT),
-    Field("origin", TEXT, "'chart' for a ServiceRequest on the chart, 'draft' for an order being placed.",
-          values=frozenset({"chart", "draft"})),
+    Field(
+        "origin",
+        TEXT,
+        "'chart' for a ServiceRequest on the chart, 'draft' for an order being placed.",
+        values=frozenset({"chart", "draft"}),
+    ),
     Field("selected", FLAG, "True for a draft the clinician selected (every draft on order-sign); false on the chart."),
-    Field("status", TEXT, "The order status ('draft' for an order being placed).",
-          values=frozenset({"active", "draft", "completed"})),
+    Field(
+        "status",
+        TEXT,
+        "The order status ('draft' for an order being placed).",
+        values=frozenset({"active", "draft", "completed"}),
+    ),
     _ref("the ServiceRequest"),
     Field("name", TEXT, "The order's name as sent, else the procedure's title."),
     Field("days_ago", WHOLE, "Days from authoredOn to the evaluation date; -1 unknown."),
@@ -317,7 +391,8 @@ ORDER = _kind(
 )
 
 PROCEDURE_DONE = _kind(
-    "procedure_done", "A completed Procedure or a final DiagnosticReport of a known procedure (a prior EMG, say).",
+    "procedure_done",
+    "A completed Procedure or a final DiagnosticReport of a known procedure (a prior EMG, say).",
     Field("procedure", TEXT, "The procedure it was recognised as.", values=PROCEDURES),
     Field("matched_by", TEXT, "How it was recognised: by its code or by its name.", values=MATCHED_BY_CODE_OR_TEXT),
     _ref("the Procedure or DiagnosticReport"),
@@ -326,9 +401,13 @@ PROCEDURE_DONE = _kind(
 )
 
 _DRUG_FIELDS = (
-    Field("origin", TEXT, "'chart' for an active medication, 'recent' for one stopped or completed within the "
-                          "new-start window, 'draft' for an order being placed.",
-          values=frozenset({"chart", "recent", "draft"})),
+    Field(
+        "origin",
+        TEXT,
+        "'chart' for an active medication, 'recent' for one stopped or completed within the "
+        "new-start window, 'draft' for an order being placed.",
+        values=frozenset({"chart", "recent", "draft"}),
+    ),
     Field("selected", FLAG, "True for a draft the clinician selected (every draft on order-sign); false otherwise."),
     Field("classes", LIST, "The drug classes it belongs to (knowledge/drugs.json).", values=DRUG_CLASSES),
     Field("ingredients", LIST, "Its ingredients (RxNorm ingredient codes, 'atc:<code>' or a name)."),
@@ -338,22 +417,39 @@ _DRUG_FIELDS = (
 )
 
 MEDICATION = _kind(
-    "medication", "A medication in a class some rule knows, on the chart (MedicationRequest or "
-                  "MedicationStatement) or being ordered.",
+    "medication",
+    "A medication in a class some rule knows, on the chart (MedicationRequest or "
+    "MedicationStatement) or being ordered.",
     *_DRUG_FIELDS[:2],
     _ref("the MedicationRequest or MedicationStatement"),
-    Field("resource_type", TEXT, "The FHIR resource type it came from.",
-          values=frozenset({"MedicationRequest", "MedicationStatement"})),
+    Field(
+        "resource_type",
+        TEXT,
+        "The FHIR resource type it came from.",
+        values=frozenset({"MedicationRequest", "MedicationStatement"}),
+    ),
     Field("name", TEXT, "The product's name (from the drug table, else as sent)."),
     _DRUG_FIELDS[2],
     Field("groups", LIST, "The drug groups its classes fall in (rls_drug, dopaminergic, ...).", values=DRUG_GROUPS),
     *_DRUG_FIELDS[3:],
-    Field("started_days_ago", WHOLE, "Days from authoredOn (else effective or asserted date) to the evaluation "
-                                     "date; -1 unknown."),
-    Field("indications", LIST, "Draft orders only: the order's coded reasons as labels, e.g. 'Generalized anxiety "
-                               "disorder (F41.1)'.", required=False),
-    Field("indication_sets", LIST, "Draft orders only: the code sets the order's reasons fall in.", values=CODE_SETS,
-          required=False),
+    Field(
+        "started_days_ago",
+        WHOLE,
+        "Days from authoredOn (else effective or asserted date) to the evaluation date; -1 unknown.",
+    ),
+    Field(
+        "indications",
+        LIST,
+        "Draft orders only: the order's coded reasons as labels, e.g. 'Generalized anxiety disorder (F41.1)'.",
+        required=False,
+    ),
+    Field(
+        "indication_sets",
+        LIST,
+        "Draft orders only: the code sets the order's reasons fall in.",
+        values=CODE_SETS,
+        required=False,
+    ),
 )
 
 # Configuration as a fact (facts/build.py params_fact): every numeric or yes/no setting of
@@ -388,29 +484,38 @@ _PARAM_MEANINGS = {
     "profile_source": "The active iron profile's source, as cards cite it.",
     "seed_ferritin_iron_indicated_below": "Seed profile: ferritin (ng/mL) below which iron is indicated.",
     "aasm2024_ferritin_iron_indicated_at_or_below": "AASM 2024 profile: ferritin (ng/mL) at or below which iron is "
-                                                    "indicated.",
+    "indicated.",
     "aasm2024_tsat_iron_indicated_below": "AASM 2024 profile: TSAT (%) below which iron is indicated.",
     "aasm2024_iv_only_above": "AASM 2024 profile: ferritin (ng/mL) above which only IV iron is suggested.",
     "aasm2024_iv_only_up_to": "AASM 2024 profile: ferritin (ng/mL) up to which IV iron is suggested.",
     "aasm2024_child_ferritin_iron_indicated_below": "AASM 2024 profile: a child's ferritin (ng/mL) below which iron "
-                                                    "is indicated.",
+    "is indicated.",
 }
 _PARAM_TEXT = {"profile", "profile_title", "profile_source"}
-_PARAM_FLAGS = {"show_guideline_disagreement", "r8_weak_red_flags", "r13_skip_if_diagnosed", "cbc_accepts_hb_only",
-                "r7_documentation_check"}
+_PARAM_FLAGS = {
+    "show_guideline_disagreement",
+    "r8_weak_red_flags",
+    "r13_skip_if_diagnosed",
+    "cbc_accepts_hb_only",
+    "r7_documentation_check",
+}
 
 PARAMS = _kind(
-    "params", "The configuration in force (knowledge/settings.json and KNOWLEDGE_OVERRIDES): exactly one per "
-              "evaluation, so rules compare against settings, not literals. Numbers are floats.",
-    *(Field(name, TEXT if name in _PARAM_TEXT else FLAG if name in _PARAM_FLAGS else (float,), meaning)
-      for name, meaning in _PARAM_MEANINGS.items()),
+    "params",
+    "The configuration in force (knowledge/settings.json and KNOWLEDGE_OVERRIDES): exactly one per "
+    "evaluation, so rules compare against settings, not literals. Numbers are floats.",
+    *(
+        Field(name, TEXT if name in _PARAM_TEXT else FLAG if name in _PARAM_FLAGS else (float,), meaning)
+        for name, meaning in _PARAM_MEANINGS.items()
+    ),
 )
 
 # ---- findings (derived by rules/ with @derivation; checked in engine/wrapper.py) ----------------
 
 FINDING = _kind(
-    "finding", "A conclusion a derivation drew from other facts; `name` says which (each finding's own "
-               "fields are listed under Findings). Findings are asserted by the engine, never by the facts layer.",
+    "finding",
+    "A conclusion a derivation drew from other facts; `name` says which (each finding's own "
+    "fields are listed under Findings). Findings are asserted by the engine, never by the facts layer.",
     Field("name", TEXT, "The finding's name, as `produces=` of the derivation declares it."),
     Field("rule", TEXT, "The id of the derivation that drew it."),
     Field("basis", LIST, "The engine ids of the facts the derivation matched."),
@@ -421,7 +526,9 @@ _FINDING_COMMON = tuple(FINDING.fields.values())
 
 def _finding(name: str, meaning: str, fields: tuple[Field, ...]) -> FactKind:
     if any(f.name in FINDING.fields for f in fields):
-        raise FactSchemaError(f"finding {name!r} may not redeclare {sorted(set(FINDING.fields) & {f.name for f in fields})}")
+        raise FactSchemaError(
+            f"finding {name!r} may not redeclare {sorted(set(FINDING.fields) & {f.name for f in fields})}"
+        )
     name_field = Field("name", TEXT, f"The finding's name: {name!r}.", values=frozenset({name}))
     common = [name_field if f.name == "name" else f for f in _FINDING_COMMON]
     return FactKind(f"finding:{name}", meaning, _fields(*common, *fields))
@@ -472,30 +579,42 @@ def _f(name: str, types, meaning: str, values=None, required: bool = True) -> Fi
 
 
 _SOURCE = _f("resource_ref", TEXT, "The FHIR reference of the resource it rests on.")
-_TRIGGER_REF = _f("resource_ref", TEXT, "On order-select: the selected draft medication that triggered the review.",
-                  required=False)
+_TRIGGER_REF = _f(
+    "resource_ref", TEXT, "On order-select: the selected draft medication that triggered the review.", required=False
+)
 
 
 def _drug(*extra: Field) -> dict[str, Field]:
     """The drug identity a finding carries (rules/common.py drug_fields)."""
-    fields = [_f("resource_ref", TEXT, "The MedicationRequest or MedicationStatement of the drug."),
-              _f("label", TEXT, "The drug's name (a finding's `name` is the finding's)."),
-              *_DRUG_FIELDS, *extra]
+    fields = [
+        _f("resource_ref", TEXT, "The MedicationRequest or MedicationStatement of the drug."),
+        _f("label", TEXT, "The drug's name (a finding's `name` is the finding's)."),
+        *_DRUG_FIELDS,
+        *extra,
+    ]
     return {f.name: f for f in fields}
 
 
 def _present(name: str, what: str) -> None:
-    declare_finding(name, f"{what} is on the problem list (suspected or confirmed) or is the reason for the order "
-                          "being placed.", resource_ref=_f("resource_ref", TEXT, "The Condition (or draft order) coded "
-                                                                                "with it."))
+    declare_finding(
+        name,
+        f"{what} is on the problem list (suspected or confirmed) or is the reason for the order being placed.",
+        resource_ref=_f("resource_ref", TEXT, "The Condition (or draft order) coded with it."),
+    )
 
 
 def _review_due(name: str, what: str, order_trigger: frozenset[str]) -> None:
-    declare_finding(name, f"{what} is due on this hook call: on opening the chart, or on order-select when a "
-                          "matching draft is selected.",
-                    trigger=_f("trigger", TEXT, "What started the review: 'patient-view', or on order-select what "
-                                                "was selected.", {"patient-view", *order_trigger}),
-                    resource_ref=_TRIGGER_REF)
+    declare_finding(
+        name,
+        f"{what} is due on this hook call: on opening the chart, or on order-select when a matching draft is selected.",
+        trigger=_f(
+            "trigger",
+            TEXT,
+            "What started the review: 'patient-view', or on order-select what was selected.",
+            {"patient-view", *order_trigger},
+        ),
+        resource_ref=_TRIGGER_REF,
+    )
 
 
 _present("rls", "Restless legs syndrome")
@@ -512,86 +631,149 @@ _review_due("akathisia_review_due", "An akathisia review", frozenset({"order-sel
 
 _VERDICTS = {"indicated", "iv_only", "in_range", "unknown"}
 declare_finding(
-    "iron_stores", "RLS with a usable ferritin (and TSAT when on file): the iron verdict of both profiles.",
-    verdict=_f("verdict", TEXT, "The verdict shown: the active profile's, or 'disagreement' (seed in range, AASM "
-                                "2024 indicated).", _VERDICTS | {"disagreement"}),
+    "iron_stores",
+    "RLS with a usable ferritin (and TSAT when on file): the iron verdict of both profiles.",
+    verdict=_f(
+        "verdict",
+        TEXT,
+        "The verdict shown: the active profile's, or 'disagreement' (seed in range, AASM 2024 indicated).",
+        _VERDICTS | {"disagreement"},
+    ),
     seed_verdict=_f("seed_verdict", TEXT, "The seed profile's verdict.", _VERDICTS),
     aasm_verdict=_f("aasm_verdict", TEXT, "The AASM 2024 profile's verdict.", _VERDICTS),
     profile=_f("profile", TEXT, "The active iron profile."),
     ferritin=_f("ferritin", NUMBER, "The ferritin value (ng/mL)."),
-    ferritin_comparator=_f("ferritin_comparator", TEXT, "The ferritin's comparator ('=' when exact).",
-                           COMPARATOR_VALUES),
+    ferritin_comparator=_f(
+        "ferritin_comparator", TEXT, "The ferritin's comparator ('=' when exact).", COMPARATOR_VALUES
+    ),
     tsat=_f("tsat", NUMBER, "The TSAT value (%), or -1.0 when none is on file."),
-    tsat_comparator=_f("tsat_comparator", TEXT, "The TSAT's comparator ('=' when exact or absent).",
-                       COMPARATOR_VALUES),
+    tsat_comparator=_f("tsat_comparator", TEXT, "The TSAT's comparator ('=' when exact or absent).", COMPARATOR_VALUES),
     child=_f("child", FLAG, "Whether the patient is a child (the child threshold applies)."),
     age_known=_f("age_known", FLAG, "Whether the patient's age group is known."),
     by_tsat=_f("by_tsat", FLAG, "True when only the TSAT (not the ferritin) makes iron indicated under AASM 2024."),
 )
-declare_finding("dopaminergic_draft", "A dopamine agonist or levodopa is being ordered (cabergoline or bromocriptine "
-                                      "only without hyperprolactinaemia).", **_drug())
-declare_finding("renally_cleared_draft", "A selected draft of a renally cleared RLS or myoclonus drug (gabapentinoid, "
-                                         "pramipexole, levetiracetam).", **_drug())
-declare_finding("akathisia_suspected", "A dopamine antagonist started shortly before RLS or restlessness began, with "
-                                       "no akathisia coded.",
-                **_drug(_f("lead_days", WHOLE, "Days from starting the drug to the onset of the symptom."),
-                        _f("symptom_ref", TEXT, "The Condition of the RLS or restlessness.")))
 declare_finding(
-    "red_flag", "An ALS red flag (weakness, atrophy, dysphagia, dysarthria; nonspecific ones when r8_weak_red_flags "
-                "is on) is coded.",
+    "dopaminergic_draft",
+    "A dopamine agonist or levodopa is being ordered (cabergoline or bromocriptine only without hyperprolactinaemia).",
+    **_drug(),
+)
+declare_finding(
+    "renally_cleared_draft",
+    "A selected draft of a renally cleared RLS or myoclonus drug (gabapentinoid, pramipexole, levetiracetam).",
+    **_drug(),
+)
+declare_finding(
+    "akathisia_suspected",
+    "A dopamine antagonist started shortly before RLS or restlessness began, with no akathisia coded.",
+    **_drug(
+        _f("lead_days", WHOLE, "Days from starting the drug to the onset of the symptom."),
+        _f("symptom_ref", TEXT, "The Condition of the RLS or restlessness."),
+    ),
+)
+declare_finding(
+    "red_flag",
+    "An ALS red flag (weakness, atrophy, dysphagia, dysarthria; nonspecific ones when r8_weak_red_flags "
+    "is on) is coded.",
     resource_ref=_f("resource_ref", TEXT, "The Condition coded with the red flag."),
     display=_f("display", TEXT, "The condition's name."),
     recorded_days_ago=_f("recorded_days_ago", WHOLE, "Days since it was recorded; -1 unknown."),
     flags=_f("flags", LIST, "The red flags it names, in words (weakness, atrophy, ...)."),
 )
-declare_finding("gbs_suspected", "Guillain-Barre syndrome coded recently, or its pattern (recent weakness with an "
-                                 "abnormal reflex).",
-                resource_ref=_f("resource_ref", TEXT, "The Condition it rests on."),
-                basis_text=_f("basis_text", TEXT, "What it rests on, in words."))
-declare_finding("first_tier_missing", "Fasciculation with a first-tier test neither resulted within the lookback nor "
-                                      "pending.", test=_f("test", TEXT, "The missing test, as the card names it.",
-                                                                {"glucose/HbA1c", "CBC", "CMP", "B12", "TSH", "SPEP"}))
-declare_finding("screen_missing", "Fasciculation without an anxiety or depression screen within the lookback.",
-                test=_f("test", TEXT, "The missing screen, as the card names it.", {"GAD-7", "PHQ-9"}))
-declare_finding("imaging_not_indicated", "A selected imaging draft for isolated fasciculations without the findings "
-                                         "that would justify it.",
-                site=_f("site", TEXT, "Which imaging: lumbar MRI or brain imaging.", {"lumbar", "brain"}),
-                resource_ref=_f("resource_ref", TEXT, "The draft ServiceRequest."),
-                label=_f("label", TEXT, "The draft's name."))
-declare_finding("metabolic_cause", "Myoclonus with a metabolic cause coded or measured.",
-                cause=_f("cause", TEXT, "The cause, in words.",
-                         {"kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"}),
-                resource_ref=_f("resource_ref", TEXT, "The Condition or Observation it rests on."))
-_OPTIONAL_DRUG = {name: _f(spec.name, spec.types, "When the cause is a drug: " + spec.meaning[0].lower()
-                           + spec.meaning[1:], spec.values, required=False)
-                  for name, spec in _drug().items() if name != "resource_ref"}
-declare_finding("myoclonus_cause", "Myoclonus with a causative drug (active or being ordered) or alcohol withdrawal.",
-                cause=_f("cause", TEXT, "'drug' or 'alcohol'.", {"drug", "alcohol"}),
-                resource_ref=_f("resource_ref", TEXT, "The drug's MedicationRequest/Statement or the Condition."),
-                **_OPTIONAL_DRUG)
-declare_finding("metabolic_screen_incomplete", "Myoclonus with a part of the metabolic screen not done within the "
-                                               "lookback.",
-                gap=_f("gap", TEXT, "The missing part of the screen.", {"glucose", "sodium", "renal", "liver"}))
 declare_finding(
-    "plm_case", "A PLM criteria case: B, a PLMS index above the threshold without a complaint; A, PLMD coded "
-                "without what it needs (r7_documentation_check).",
+    "gbs_suspected",
+    "Guillain-Barre syndrome coded recently, or its pattern (recent weakness with an abnormal reflex).",
+    resource_ref=_f("resource_ref", TEXT, "The Condition it rests on."),
+    basis_text=_f("basis_text", TEXT, "What it rests on, in words."),
+)
+declare_finding(
+    "first_tier_missing",
+    "Fasciculation with a first-tier test neither resulted within the lookback nor pending.",
+    test=_f(
+        "test", TEXT, "The missing test, as the card names it.", {"glucose/HbA1c", "CBC", "CMP", "B12", "TSH", "SPEP"}
+    ),
+)
+declare_finding(
+    "screen_missing",
+    "Fasciculation without an anxiety or depression screen within the lookback.",
+    test=_f("test", TEXT, "The missing screen, as the card names it.", {"GAD-7", "PHQ-9"}),
+)
+declare_finding(
+    "imaging_not_indicated",
+    "A selected imaging draft for isolated fasciculations without the findings that would justify it.",
+    site=_f("site", TEXT, "Which imaging: lumbar MRI or brain imaging.", {"lumbar", "brain"}),
+    resource_ref=_f("resource_ref", TEXT, "The draft ServiceRequest."),
+    label=_f("label", TEXT, "The draft's name."),
+)
+declare_finding(
+    "metabolic_cause",
+    "Myoclonus with a metabolic cause coded or measured.",
+    cause=_f(
+        "cause", TEXT, "The cause, in words.", {"kidney failure", "liver failure", "hyponatraemia", "hypoglycaemia"}
+    ),
+    resource_ref=_f("resource_ref", TEXT, "The Condition or Observation it rests on."),
+)
+_OPTIONAL_DRUG = {
+    name: _f(
+        spec.name,
+        spec.types,
+        "When the cause is a drug: " + spec.meaning[0].lower() + spec.meaning[1:],
+        spec.values,
+        required=False,
+    )
+    for name, spec in _drug().items()
+    if name != "resource_ref"
+}
+declare_finding(
+    "myoclonus_cause",
+    "Myoclonus with a causative drug (active or being ordered) or alcohol withdrawal.",
+    cause=_f("cause", TEXT, "'drug' or 'alcohol'.", {"drug", "alcohol"}),
+    resource_ref=_f("resource_ref", TEXT, "The drug's MedicationRequest/Statement or the Condition."),
+    **_OPTIONAL_DRUG,
+)
+declare_finding(
+    "metabolic_screen_incomplete",
+    "Myoclonus with a part of the metabolic screen not done within the lookback.",
+    gap=_f("gap", TEXT, "The missing part of the screen.", {"glucose", "sodium", "renal", "liver"}),
+)
+declare_finding(
+    "plm_case",
+    "A PLM criteria case: B, a PLMS index above the threshold without a complaint; A, PLMD coded "
+    "without what it needs (r7_documentation_check).",
     variant=_f("variant", TEXT, "'A' (PLMD documentation) or 'B' (index without complaint).", {"A", "B"}),
     resource_ref=_f("resource_ref", TEXT, "The PLMS index Observation (B) or the PLMD Condition (A)."),
     index=_f("index", NUMBER, "Variant B: the PLMS index (per hour).", required=False),
     threshold=_f("threshold", NUMBER, "Variant B: the threshold it is above.", required=False),
-    age_known=_f("age_known", FLAG, "Variant B: whether the age group (and so the threshold) is known.",
-                 required=False),
+    age_known=_f(
+        "age_known", FLAG, "Variant B: whether the age group (and so the threshold) is known.", required=False
+    ),
     missing=_f("missing", TEXT, "Variant A: what the PLMD diagnosis lacks, in words.", required=False),
 )
 
 BUILTIN_FINDINGS = frozenset(FINDINGS)
 
-KINDS: Mapping[str, FactKind] = MappingProxyType({k.name: k for k in (
-    CONTEXT, DATA_GAP, PATIENT, PARAMS, CONDITION, LAB, UNREADABLE_RESULT, PENDING_TEST, ORDER, PROCEDURE_DONE,
-    MEDICATION, FINDING)})
+KINDS: Mapping[str, FactKind] = MappingProxyType(
+    {
+        k.name: k
+        for k in (
+            CONTEXT,
+            DATA_GAP,
+            PATIENT,
+            PARAMS,
+            CONDITION,
+            LAB,
+            UNREADABLE_RESULT,
+            PENDING_TEST,
+            ORDER,
+            PROCEDURE_DONE,
+            MEDICATION,
+            FINDING,
+        )
+    }
+)
 
 
 # ---- the model as Markdown (`legmove-cds facts`, docs/fact-model.md) ---------------------------
+
 
 def _type_cell(spec: Field) -> str:
     return "list of str" if spec.types == LIST else _type_names(spec.types)
@@ -608,8 +790,13 @@ def _field_rows(kind: FactKind, skip: tuple[str, ...] = ()) -> list[str]:
     for spec in kind.fields.values():
         if spec.name in skip:
             continue
-        cells = [f"`{spec.name}`", _type_cell(spec), "yes" if spec.required else "no", _values_cell(spec),
-                 spec.meaning.replace("|", "\\|")]
+        cells = [
+            f"`{spec.name}`",
+            _type_cell(spec),
+            "yes" if spec.required else "no",
+            _values_cell(spec),
+            spec.meaning.replace("|", "\\|"),
+        ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -621,7 +808,7 @@ def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
         "# legmove-cds fact model",
         "",
         "Generated from `cds_service/facts/schema.py` by `legmove-cds facts`. Every fact a rule can match is one of "
-        "the kinds below; a rule selects facts by `m.kind == \"...\"` and reads only the fields listed for that kind. "
+        'the kinds below; a rule selects facts by `m.kind == "..."` and reads only the fields listed for that kind. '
         "The facts layer builds every fact from this model, each finding is checked against it when it is derived, "
         "and at start-up a rule that names a kind, field, finding or closed-set value the model lacks stops the "
         "service, with a message naming the rule, the kind and the field (and a close match).",
@@ -630,7 +817,7 @@ def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
         "",
         "- Numbers are `int` or `float`, never strings; yes/no fields are `bool`, never 0 or 1.",
         "- Dates that rules compare are whole days before the evaluation date (`days_ago`); -1 means unknown.",
-        "- List fields hold strings; test them with `m.sets.anyItem(item == \"RLS\")` or `allItems(...)`. A closed "
+        '- List fields hold strings; test them with `m.sets.anyItem(item == "RLS")` or `allItems(...)`. A closed '
         "value set applies to each item.",
         "- `id` and `sid` are the engine's own; `kind`, `name`, `rule` and `basis` of a finding are set by the engine.",
         "- A site rule module (`EXTRA_RULE_MODULES`) declares each finding it derives with `declare_finding(name, "
@@ -644,9 +831,14 @@ def model_markdown(producers: Mapping[str, list[str]] | None = None) -> str:
     lines += [f"| [`{k.name}`](#{k.name}) | {k.meaning} |" for k in KINDS.values()]
     for kind in KINDS.values():
         lines += ["", f"### {kind.name}", "", kind.meaning, "", *_field_rows(kind)]
-    lines += ["", "## Findings", "",
-              "Every finding has the fields of the `finding` kind (`kind`, `name`, `rule`, `basis`) and its own fields "
-              "below. Match one with `(m.kind == \"finding\") & (m.name == \"...\")`.", ""]
+    lines += [
+        "",
+        "## Findings",
+        "",
+        "Every finding has the fields of the `finding` kind (`kind`, `name`, `rule`, `basis`) and its own fields "
+        'below. Match one with `(m.kind == "finding") & (m.name == "...")`.',
+        "",
+    ]
     for name in sorted(FINDINGS):
         kind = FINDINGS[name]
         derived_by = (producers or {}).get(name)

@@ -1,4 +1,5 @@
 """Which resources belong to this patient and request: conversion with skip reasons, de-duplication checks, caps."""
+
 from __future__ import annotations
 
 from cds_service.facts.schema import FactSchemaError

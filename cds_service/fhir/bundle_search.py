@@ -8,6 +8,7 @@ returned, on one page).
 Any other parameter is reported back, never silently treated as matched-nothing: returning a
 superset is safe because the service applies its own checks to every resource.
 """
+
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
@@ -36,12 +37,15 @@ def search(resources: list[dict], query: str) -> tuple[dict | None, list[str]]:
             continue
         wanted = [v for v in value.split(",") if v]
         matches = [r for r in matches if test(r, wanted)]
-    entries = [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
-               for r in matches]
+    entries = [
+        {"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "match"}} for r in matches
+    ]
     for include in includes:
         included, unknown = _included(resources, matches, include)
-        entries += [{"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "include"}}
-                    for r in included]
+        entries += [
+            {"fullUrl": f"{r['resourceType']}/{r.get('id')}", "resource": r, "search": {"mode": "include"}}
+            for r in included
+        ]
         unused += unknown
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches), "entry": entries}
     return bundle, unused
@@ -92,5 +96,11 @@ def _code_text(resource: dict, wanted: list[str]) -> bool:
     return any(t.startswith(w.lower()) for t in lowered for w in wanted)
 
 
-_TESTS = {"patient": _patient, "subject": _patient, "status": _status, "clinical-status": _clinical_status,
-          "code": _code, "code:text": _code_text}
+_TESTS = {
+    "patient": _patient,
+    "subject": _patient,
+    "status": _status,
+    "clinical-status": _clinical_status,
+    "code": _code,
+    "code:text": _code_text,
+}

@@ -5,6 +5,7 @@ page and `legmove-cds load` show or upload those charts, so a newcomer can see r
 a chart of their own. Fixtures reuse resource ids across charts (`rls-1`), so a chart meant to
 share a FHIR server with the others gets ids prefixed with its patient id (`as_transaction`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,11 @@ class Example:
         for value in (self.request.get("prefetch") or {}).values():
             if not isinstance(value, dict):
                 continue
-            items = ([e.get("resource") for e in value.get("entry") or []] if value.get("resourceType") == "Bundle"
-                     else [value])
+            items = (
+                [e.get("resource") for e in value.get("entry") or []]
+                if value.get("resourceType") == "Bundle"
+                else [value]
+            )
             for resource in items:
                 if isinstance(resource, dict) and resource.get("resourceType") not in (None, "OperationOutcome"):
                     out.setdefault((resource["resourceType"], str(resource.get("id"))), resource)
@@ -65,8 +69,9 @@ def all_examples() -> dict[str, Example]:
             if item.name.endswith(".json"):
                 data = json.loads(item.read_text(encoding="utf-8"))
                 name = f"{folder.name}/{item.name[:-5]}"
-                found[name] = Example(name, data["description"], data["request"]["hook"], data["service"],
-                                      data["request"], data["expect"])
+                found[name] = Example(
+                    name, data["description"], data["request"]["hook"], data["service"], data["request"], data["expect"]
+                )
     return dict(sorted(found.items(), key=lambda kv: _natural(kv[0])))
 
 
@@ -83,9 +88,21 @@ def as_transaction(example: Example) -> dict:
             resource["id"] = new_id
     for resource in resources:
         _rewrite_references(resource, renamed)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": r, "request": ({"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"} if r.get("id")
-                                    else {"method": "POST", "url": r["resourceType"]})} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": r,
+                "request": (
+                    {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}
+                    if r.get("id")
+                    else {"method": "POST", "url": r["resourceType"]}
+                ),
+            }
+            for r in resources
+        ],
+    }
 
 
 def _rewrite_references(value, renamed: dict[str, str]) -> None:

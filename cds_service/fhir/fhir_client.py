@@ -16,6 +16,7 @@ Memory: a process holds at most `FHIR_BUFFER_BUDGET` bytes of FHIR responses at 
 its calls (one response larger than the budget is read only when nothing else is held); a reader
 that would go past it waits, within its own deadline, for the calls holding it to end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -176,14 +177,24 @@ class _TrippableAdapter(HTTPAdapter):
         super().__init__(max_retries=0, pool_maxsize=4)
 
     def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
-        self.poolmanager = _TrippablePoolManager(self.tripwire, num_pools=connections, maxsize=maxsize, block=block,
-                                                 **pool_kwargs)
+        self.poolmanager = _TrippablePoolManager(
+            self.tripwire, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
 
 
 class FhirClient:
-    def __init__(self, base_url: str, token: str | None, *, connect_timeout: float, read_timeout: float,
-                 deadline: float, max_pages: int, max_response_bytes: int = MAX_RESPONSE_BYTES,
-                 budget: MemoryBudget | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        deadline: float,
+        max_pages: int,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        budget: MemoryBudget | None = None,
+    ):
         self.base = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -264,7 +275,9 @@ class FhirClient:
         try:
             with self.session.get(url, timeout=timeout, stream=True, allow_redirects=False) as response:
                 if response.is_redirect or 300 <= response.status_code < 400:
-                    raise FhirUnavailable(f"FHIR server answered HTTP {response.status_code}; redirects are not followed")
+                    raise FhirUnavailable(
+                        f"FHIR server answered HTTP {response.status_code}; redirects are not followed"
+                    )
                 if response.status_code == 404 and "?" not in url:
                     return {"resourceType": "Bundle", "type": "searchset", "total": 0}  # a read that found nothing
                 if response.status_code != 200:
@@ -340,9 +353,13 @@ def failed_outcome(bundle: dict) -> bool:
     """An OperationOutcome entry of severity error/fatal means the search failed."""
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if (isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome"
-                and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal")
-                        for i in resource.get("issue") or [])):
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == "OperationOutcome"
+            and any(
+                isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in resource.get("issue") or []
+            )
+        ):
             return True
     return False
 

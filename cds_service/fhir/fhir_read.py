@@ -2,6 +2,7 @@
 primitives of the wrong type, partial dates, values with comparators. Each returns None (or an
 empty list) for anything it cannot read with confidence; callers skip and log such data.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,6 +12,7 @@ from datetime import UTC, date, datetime
 from cds_service.knowledge.codesets import UCUM
 
 MAX_TEXT = 120  # longest free text copied into a fact (card detail escapes it later)
+
 
 def as_list(value) -> list:
     """FHIR arrays sometimes arrive as single objects (the sandbox's category, reasonCode)."""
@@ -95,7 +97,11 @@ def fhir_date_range(value) -> tuple[date, date] | None:
 
 def observation_date(res: dict) -> date | None:
     period = res.get("effectivePeriod")
-    for candidate in (res.get("effectiveDateTime"), period.get("end") if isinstance(period, dict) else None, res.get("issued")):
+    for candidate in (
+        res.get("effectiveDateTime"),
+        period.get("end") if isinstance(period, dict) else None,
+        res.get("issued"),
+    ):
         parsed = parse_fhir_date(candidate)
         if parsed:
             return parsed
@@ -132,7 +138,9 @@ def quantity_of(res: dict) -> Value | None:
         comparator = quantity.get("comparator", "=")
         if comparator not in (*COMPARATORS, "="):
             return None  # a comparator we do not know could turn a bound into its opposite
-        unit = quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
+        unit = (
+            quantity.get("code") if quantity.get("system") == UCUM and isinstance(quantity.get("code"), str) else None
+        )
         if unit is None and isinstance(quantity.get("unit"), str):
             unit = quantity["unit"]
         return Value(float(value), comparator, unit, "quantity")

@@ -10,6 +10,7 @@ EHRs fill only some templates and grant only some types, so one such key must no
 other rules their answer. A search whose `next` link could not be followed is *incomplete*:
 what was read is used, but never as proof of absence.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,15 +38,19 @@ _PATIENT = "patient={{context.patientId}}"
 PLACEHOLDER_SYSTEMS = ("http://example.org/",)  # shipped defaults a deployment must replace
 
 
-def observation_codes(term: Terminology, placeholders: bool = True,
-                      analytes: frozenset[str] | None = None) -> list[tuple[str, str, str]]:
+def observation_codes(
+    term: Terminology, placeholders: bool = True, analytes: frozenset[str] | None = None
+) -> list[tuple[str, str, str]]:
     """(system, code, lookback setting) of every Observation of `analytes` (None: of every analyte
     a rule may read). Discovery leaves out the local PLMS-index code while it is the shipped
     placeholder (`placeholders=False`): an EHR cannot fill a template for a system nobody owns.
     Our own fhirServer searches keep it, since a test or pilot deployment may have data under it."""
-    return sorted((system, code, analyte.lookback_setting) for (system, code), analyte in term.observation_codes.items()
-                  if (placeholders or not system.startswith(PLACEHOLDER_SYSTEMS))
-                  and (analytes is None or analyte.name in analytes))
+    return sorted(
+        (system, code, analyte.lookback_setting)
+        for (system, code), analyte in term.observation_codes.items()
+        if (placeholders or not system.startswith(PLACEHOLDER_SYSTEMS))
+        and (analytes is None or analyte.name in analytes)
+    )
 
 
 def queries(term: Terminology, analytes: frozenset[str] | None = None) -> dict[str, str]:
@@ -78,10 +83,13 @@ def queries(term: Terminology, analytes: frozenset[str] | None = None) -> dict[s
 OPTIONAL = {
     "medication_request_medications": (
         f"MedicationRequest?{_PATIENT}&status=active,completed,stopped,on-hold&_include=MedicationRequest:medication"
-        "&_count=100", "medication_requests"),
+        "&_count=100",
+        "medication_requests",
+    ),
     "medication_statement_medications": (
         f"MedicationStatement?{_PATIENT}&status=active,intended&_include=MedicationStatement:medication&_count=100",
-        "medication_statements"),
+        "medication_statements",
+    ),
 }
 
 
@@ -94,8 +102,9 @@ CODES_PER_SEARCH = 8  # a many-code OR search is what made large charts slow (3.
 SERVER_COUNT = 200  # page size on the fhirServer path: 254 completed Procedures fit in two pages
 
 
-def server_searches(term: Terminology, templates: dict[str, str], today: date,
-                    analytes: frozenset[str] | None = None) -> dict[str, list[str]]:
+def server_searches(
+    term: Terminology, templates: dict[str, str], today: date, analytes: frozenset[str] | None = None
+) -> dict[str, list[str]]:
     """How the `fhirServer` path reads the same keys more cheaply than the prefetch templates:
     Observations in several small searches (codes that share a lookback, a few at a time, run
     in parallel), each limited to its lookback window (`date=ge`, computed here because prefetch
@@ -106,8 +115,11 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date,
     index the two apart (sekmet-fhir: 2.7-4 s against 0.8 s for the largest Synthea chart), and
     over-fetching is harmless because the facts package matches every coding by system and code. Only
     the codes of `analytes` are searched, the hook's own (None: all), as in its template."""
-    searches = {key: [template.replace("_count=100", f"_count={SERVER_COUNT}")] for key, template in templates.items()
-                if key not in OPTIONAL}
+    searches = {
+        key: [template.replace("_count=100", f"_count={SERVER_COUNT}")]
+        for key, template in templates.items()
+        if key not in OPTIONAL
+    }
     for key, kind in (("medication_requests", "MedicationRequest"), ("medication_statements", "MedicationStatement")):
         if key in searches:  # Medications an order or statement points to (medicationReference)
             searches[key] = [f"{q}&_include={kind}:medication" for q in searches[key]]
@@ -120,7 +132,7 @@ def server_searches(term: Terminology, templates: dict[str, str], today: date,
             since = (today - timedelta(days=term.settings.days(lookback) + 1)).isoformat()
             unique = sorted(set(codes))
             for start in range(0, len(unique), CODES_PER_SEARCH):
-                chunk = ",".join(unique[start:start + CODES_PER_SEARCH])
+                chunk = ",".join(unique[start : start + CODES_PER_SEARCH])
                 searches["labs"].append(f"Observation?{_PATIENT}&code={chunk}&date=ge{since}&_count={SERVER_COUNT}")
     return searches
 
@@ -180,7 +192,7 @@ def expand(template: str, context: dict) -> str | None:
     def token(match: re.Match) -> str:
         nonlocal missing
         path = match.group(1)
-        value = context.get(path[len("context."):]) if path.startswith("context.") else None
+        value = context.get(path[len("context.") :]) if path.startswith("context.") else None
         if not isinstance(value, str) or not value:
             missing = True
             return ""
@@ -190,8 +202,14 @@ def expand(template: str, context: dict) -> str | None:
     return None if missing else text
 
 
-def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory,
-            searches: dict[str, list[str]] | None = None) -> Resolved:
+def resolve(
+    templates: dict[str, str],
+    prefetch: dict,
+    context: dict,
+    access: FhirAccess,
+    client_factory,
+    searches: dict[str, list[str]] | None = None,
+) -> Resolved:
     """`searches`: per key, the fhirServer searches that replace its template (server_searches)."""
     resolved = _resolve(templates, prefetch, context, access, client_factory, searches)
     for key in BEST_EFFORT_KEYS & set(resolved.unknown):
@@ -201,8 +219,14 @@ def resolve(templates: dict[str, str], prefetch: dict, context: dict, access: Fh
     return resolved
 
 
-def _resolve(templates: dict[str, str], prefetch: dict, context: dict, access: FhirAccess, client_factory,
-             searches: dict[str, list[str]] | None) -> Resolved:
+def _resolve(
+    templates: dict[str, str],
+    prefetch: dict,
+    context: dict,
+    access: FhirAccess,
+    client_factory,
+    searches: dict[str, list[str]] | None,
+) -> Resolved:
     resolved = Resolved()
     to_fetch: list[str] = []
     partial: dict[str, dict] = {}
@@ -218,13 +242,16 @@ def _resolve(templates: dict[str, str], prefetch: dict, context: dict, access: F
             raise BadPrefetch(f"prefetch key '{key}' is not a FHIR resource, a Bundle or null")
         elif value["resourceType"] == "Bundle" and bundle_defect(value):
             raise BadPrefetch(f"prefetch key '{key}': {bundle_defect(value)}")
-        elif value["resourceType"] == "OperationOutcome" or (value["resourceType"] == "Bundle" and failed_outcome(value)):
+        elif value["resourceType"] == "OperationOutcome" or (
+            value["resourceType"] == "Bundle" and failed_outcome(value)
+        ):
             if key not in OPTIONAL:  # an optional key that failed is as good as one left out
                 log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
                 to_fetch.append(key)
         elif value["resourceType"] not in ("Bundle", expected_type(template)):
-            raise BadPrefetch(f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of "
-                              f"{expected_type(template)}")
+            raise BadPrefetch(
+                f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of {expected_type(template)}"
+            )
         elif value["resourceType"] == "Bundle":
             resolved.resources[key] = entries_of(value)
             if next_link(value):
@@ -244,7 +271,9 @@ def _resolve(templates: dict[str, str], prefetch: dict, context: dict, access: F
         if None in expanded:
             resolved.unknown[key] = "not prefetched and its query needs a context field the request lacks"
         elif grant is None:
-            resolved.unknown[key] = f"not prefetched and the token's scopes do not grant {expected_type(templates[key])}"
+            resolved.unknown[key] = (
+                f"not prefetched and the token's scopes do not grant {expected_type(templates[key])}"
+            )
         else:
             queries_by_key[key] = [q for query in expanded if query is not None for q in grant.queries(query)]
             if not grant.unrestricted:  # only what the granular scope lets us see: never proof of absence
@@ -265,8 +294,9 @@ def _grant(access: FhirAccess, query: str) -> Grant | None:
     return access.scopes.grant(expected_type(query), search="?" in query)
 
 
-def _fetch(resolved: Resolved, to_fetch: dict[str, list[str]], partial: dict[str, dict], access: FhirAccess,
-           client_factory) -> None:
+def _fetch(
+    resolved: Resolved, to_fetch: dict[str, list[str]], partial: dict[str, dict], access: FhirAccess, client_factory
+) -> None:
     """All searches of all keys run in parallel under the client's one deadline; a key whose
     search (any of its searches) fails or runs out of time is unknown, the others are kept."""
     client: FhirClient = client_factory(access)

@@ -16,6 +16,7 @@ keys are not queried and count as unknown. Understood forms (SMART App Launch 1.
 Other scopes (`launch`, `openid`, `fhirUser`, `offline_access`) are ignored. A request without
 `fhirAuthorization.scope` carries no statement about scopes: the server alone decides.
 """
+
 from __future__ import annotations
 
 import re

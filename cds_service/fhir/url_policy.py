@@ -12,6 +12,7 @@ characters or an unparseable port are refused outright.
 A base may name the port `*` (`http://127.0.0.1:*`): any port on that host, for loopback test
 servers whose port is chosen at random. The base `*` on its own allows every URL.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,8 +54,13 @@ def _parse(url: str, *, is_base: bool) -> _Parts | None:
         return None
     if is_base and split.query:
         return None
-    return _Parts(scheme, split.hostname.lower().rstrip("."), None if any_port else (port or DEFAULT_PORTS[scheme]),
-                  split.path.rstrip("/"), split.query)
+    return _Parts(
+        scheme,
+        split.hostname.lower().rstrip("."),
+        None if any_port else (port or DEFAULT_PORTS[scheme]),
+        split.path.rstrip("/"),
+        split.query,
+    )
 
 
 def is_under(url: str, base: str) -> bool:
@@ -64,9 +70,12 @@ def is_under(url: str, base: str) -> bool:
     target, allowed = _parse(url, is_base=False), _parse(base, is_base=True)
     if target is None or allowed is None:
         return False
-    return (target.scheme == allowed.scheme and target.host == allowed.host
-            and (allowed.port is None or target.port == allowed.port)
-            and (target.path == allowed.path or target.path.startswith(allowed.path + "/")))
+    return (
+        target.scheme == allowed.scheme
+        and target.host == allowed.host
+        and (allowed.port is None or target.port == allowed.port)
+        and (target.path == allowed.path or target.path.startswith(allowed.path + "/"))
+    )
 
 
 def under_any(url: str, bases: list[str] | tuple[str, ...]) -> bool:

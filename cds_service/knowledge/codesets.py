@@ -1,4 +1,5 @@
 """Code sets: the code systems the service reads and the matcher that puts a coding or a text into named sets."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ class CodeSetMatcher:
     windows: tuple[tuple[str, str], ...] = ()  # (set name, settings key): counts only this many days from onset
 
     @classmethod
-    def from_data(cls, data: dict) -> "CodeSetMatcher":
+    def from_data(cls, data: dict) -> CodeSetMatcher:
         exact: dict[tuple[str, str], set[str]] = {}
         prefixes: list[tuple[str, str]] = []
         excluded: set[tuple[str, str]] = set()
@@ -56,8 +57,14 @@ class CodeSetMatcher:
             phrases += [(re.compile(rf"\b{re.escape(p.lower())}s?\b"), name) for p in entry.get("text", [])]
             if entry.get("max_days_setting"):
                 windows.append((name, entry["max_days_setting"]))
-        return cls({k: frozenset(v) for k, v in exact.items()}, tuple(prefixes), titles, frozenset(excluded),
-                   tuple(phrases), tuple(windows))
+        return cls(
+            {k: frozenset(v) for k, v in exact.items()},
+            tuple(prefixes),
+            titles,
+            frozenset(excluded),
+            tuple(phrases),
+            tuple(windows),
+        )
 
     @cached_property
     def _prefix_index(self) -> dict[str, tuple[str, ...]]:
@@ -97,8 +104,9 @@ class CodeSetMatcher:
             key = _icd_key(code)
             found = set(self.exact.get((ICD10CM, key), ()))
             for length in self._prefix_lengths:
-                found.update(name for name in self._prefix_index.get(key[:length], ())
-                             if (key, name) not in self.excluded)
+                found.update(
+                    name for name in self._prefix_index.get(key[:length], ()) if (key, name) not in self.excluded
+                )
             return frozenset(found)
         return self.exact.get((system, code.strip()), frozenset())
 

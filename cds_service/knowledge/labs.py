@@ -1,4 +1,5 @@
 """Laboratory analytes: which codes and names an analyte has, and its units converted to one canonical unit."""
+
 from __future__ import annotations
 
 import re

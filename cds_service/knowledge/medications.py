@@ -1,4 +1,5 @@
 """Medications: the drug table's rows, the classification of one medication, and name and route helpers."""
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,9 @@ class MedicationMatch:
 def normalise_name(text: str, salt_words: frozenset[str]) -> str:
     """Lower-case, strip punctuation, salts and strengths, so whole-word matching works."""
     text = re.sub(r"[^a-z0-9 ]+", " ", text.lower())
-    words = [w for w in text.split() if w not in salt_words and not re.fullmatch(r"\d+(\.\d+)?|mg|mcg|ml|g|hr|\d+mg", w)]
+    words = [
+        w for w in text.split() if w not in salt_words and not re.fullmatch(r"\d+(\.\d+)?|mg|mcg|ml|g|hr|\d+mg", w)
+    ]
     return " ".join(words)
 
 

@@ -1,4 +1,5 @@
 """Procedures: which procedure an order or a procedure record names."""
+
 from __future__ import annotations
 
 import functools
@@ -10,11 +11,27 @@ class ProcedureMatcher:
 
     def __init__(self, data: dict):
         self.titles = {name: e["title"] for name, e in data.items() if not name.startswith("_")}
-        self.by_code = {(system, code): name for name, e in data.items() if not name.startswith("_")
-                        for system, codes in e["codes"].items() for code in codes}
-        self.patterns = [(name, [re.compile(r"(?<![\w-])" + re.escape(w.rstrip("*")) + (r"[\w-]*" if w.endswith("*") else "")
-                                            + r"(?![\w-])") for w in words])
-                         for name, e in data.items() if not name.startswith("_") for words in e["text"]]
+        self.by_code = {
+            (system, code): name
+            for name, e in data.items()
+            if not name.startswith("_")
+            for system, codes in e["codes"].items()
+            for code in codes
+        }
+        self.patterns = [
+            (
+                name,
+                [
+                    re.compile(
+                        r"(?<![\w-])" + re.escape(w.rstrip("*")) + (r"[\w-]*" if w.endswith("*") else "") + r"(?![\w-])"
+                    )
+                    for w in words
+                ],
+            )
+            for name, e in data.items()
+            if not name.startswith("_")
+            for words in e["text"]
+        ]
 
     def match(self, codings: list[dict], texts: list[str]) -> tuple[str, str] | None:
         """(procedure, how) where how is 'code' or 'text'; None when nothing is recognised."""

@@ -11,6 +11,7 @@ Each field carries its meaning and unit as metadata; `docs/knowledge.md` prints 
 (`settings_table()`, kept current by a test). Keys starting with `_` are comments, in the defaults
 and in overrides.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ def setting(text: str, unit: str = "", default: Any = dataclasses.MISSING, liste
 
 
 # ---- nested values ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class LocalCode:
@@ -76,8 +78,9 @@ class SeedProfile:
     title: str = setting("name of the profile in the card extension", listed=False)
     source: str = setting("where its numbers come from, in the card extension", listed=False)
     ferritin_iron_indicated_below: float = setting("iron is indicated when ferritin is below this", "ng/mL")
-    tsat_iron_indicated_below: float | None = setting("transferrin saturation threshold (the review articles set none)",
-                                                      "%", default=None)
+    tsat_iron_indicated_below: float | None = setting(
+        "transferrin saturation threshold (the review articles set none)", "%", default=None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,11 +91,13 @@ class Aasm2024Profile:
     source: str = setting("where its numbers come from, in the card extension", listed=False)
     ferritin_iron_indicated_at_or_below: float = setting("iron is indicated when ferritin is at or below this", "ng/mL")
     tsat_iron_indicated_below: float = setting("iron is indicated when transferrin saturation is below this", "%")
-    iv_only_above: float | None = setting("lower end of the band where only IV iron is suggested (unset: the "
-                                          "ferritin threshold)", "ng/mL", default=None)
+    iv_only_above: float | None = setting(
+        "lower end of the band where only IV iron is suggested (unset: the ferritin threshold)", "ng/mL", default=None
+    )
     iv_only_up_to: float = setting("upper end (inclusive) of the band where only IV iron is suggested", "ng/mL")
-    child_ferritin_iron_indicated_below: float = setting("iron is indicated for a child when ferritin is below this",
-                                                         "ng/mL")
+    child_ferritin_iron_indicated_below: float = setting(
+        "iron is indicated for a child when ferritin is below this", "ng/mL"
+    )
     child_threshold_status: str = setting("how far the child threshold has been verified", default="")
 
 
@@ -104,63 +109,91 @@ class IronProfiles:
 
 # ---- the settings -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Every key of knowledge/settings.json, typed. Built with `load()` (defaults + overrides)."""
 
-    ferritin_lookback_days: int = setting("how old a ferritin or transferrin saturation may be and still count "
-                                          "(R1, R2)", "days")
-    iron_profile: str = setting("which iron thresholds decide R2's card: `seed` (the review articles) or `aasm2024` "
-                                "(the AASM 2024 guideline); the other profile's verdict is stated on the card")
-    rls_worsening_additions: tuple[str, ...] = setting("drug classes added to those the review articles name as "
-                                                       "worsening RLS (R3, R4); `[]` keeps the review articles' list")
+    ferritin_lookback_days: int = setting(
+        "how old a ferritin or transferrin saturation may be and still count (R1, R2)", "days"
+    )
+    iron_profile: str = setting(
+        "which iron thresholds decide R2's card: `seed` (the review articles) or `aasm2024` "
+        "(the AASM 2024 guideline); the other profile's verdict is stated on the card"
+    )
+    rls_worsening_additions: tuple[str, ...] = setting(
+        "drug classes added to those the review articles name as "
+        "worsening RLS (R3, R4); `[]` keeps the review articles' list"
+    )
     profiles: IronProfiles = setting("the numbers of each iron profile (`profiles.seed.*`, `profiles.aasm2024.*`)")
-    fasciculation_lab_lookback_days: int = setting("how old a first-tier fasciculation lab (CK, TSH, B12, ...) may be "
-                                                   "(R8, R11)", "days")
+    fasciculation_lab_lookback_days: int = setting(
+        "how old a first-tier fasciculation lab (CK, TSH, B12, ...) may be (R8, R11)", "days"
+    )
     screening_lookback_days: int = setting("how old a GAD-7 or PHQ-9 may be (R13)", "days")
-    metabolic_lookback_days: int = setting("how old an eGFR, metabolic panel or other myoclonus work-up lab may be "
-                                           "(R14-R16)", "days")
-    metabolic_value_lookback_days: int = setting("how old a sodium or glucose value may be for myoclonus (R14)",
-                                                 "days")
+    metabolic_lookback_days: int = setting(
+        "how old an eGFR, metabolic panel or other myoclonus work-up lab may be (R14-R16)", "days"
+    )
+    metabolic_value_lookback_days: int = setting("how old a sodium or glucose value may be for myoclonus (R14)", "days")
     renal_lookback_days: int = setting("how old an eGFR may be for renal dosing (R23)", "days")
     plms_index_lookback_days: int = setting("how old a PLMS index may be (R7)", "days")
     prior_emg_window_days: int = setting("an EMG within this many days counts as a recent one (R12)", "days")
-    akathisia_window_days: int = setting("restlessness starting within this many days of a dopamine antagonist "
-                                         "suggests akathisia (R17)", "days")
-    gbs_onset_window_days: int = setting("weakness with areflexia recorded within this many days counts as acute "
-                                         "(R9, off by default)", "days")
-    acute_deficit_window_days: int = setting("a neurological deficit recorded within this many days counts as new "
-                                             "(R10, off by default)", "days")
-    new_start_window_days: int = setting("no dopaminergic drug ordered within this many days makes a draft a new "
-                                         "start (R20); also how long a stopped order counts as recent", "days")
-    renal_dose_egfr_threshold: float = setting("an eGFR below this with a renally cleared draft asks for a dose "
-                                               "check (R23, off by default; unverified cut-off)", "mL/min/1.73m2")
-    plms_index_threshold_adult: float = setting("PLMS index above which an adult meets the PLMD index criterion "
-                                                "(R7)", "/h")
+    akathisia_window_days: int = setting(
+        "restlessness starting within this many days of a dopamine antagonist suggests akathisia (R17)", "days"
+    )
+    gbs_onset_window_days: int = setting(
+        "weakness with areflexia recorded within this many days counts as acute (R9, off by default)", "days"
+    )
+    acute_deficit_window_days: int = setting(
+        "a neurological deficit recorded within this many days counts as new (R10, off by default)", "days"
+    )
+    new_start_window_days: int = setting(
+        "no dopaminergic drug ordered within this many days makes a draft a new "
+        "start (R20); also how long a stopped order counts as recent",
+        "days",
+    )
+    renal_dose_egfr_threshold: float = setting(
+        "an eGFR below this with a renally cleared draft asks for a dose "
+        "check (R23, off by default; unverified cut-off)",
+        "mL/min/1.73m2",
+    )
+    plms_index_threshold_adult: float = setting(
+        "PLMS index above which an adult meets the PLMD index criterion (R7)", "/h"
+    )
     plms_index_threshold_child: float = setting("PLMS index above which a child meets it (R7)", "/h")
-    plms_index_code: LocalCode = setting("the local code of the PLMS index (replace the placeholder system with "
-                                         "one the deployment owns)")
-    show_guideline_disagreement: bool = setting("with the `seed` profile, an info card when only the AASM 2024 "
-                                                "thresholds call for iron (R2)")
-    r8_weak_red_flags: bool = setting("count nonspecific findings (abnormal reflexes R29.2, weakness R53.1) as "
-                                      "fasciculation red flags (R8)")
-    r13_skip_if_diagnosed: bool = setting("no anxiety/depression screening card when anxiety or depression is "
-                                          "already coded (R13)")
-    cbc_accepts_hb_only: bool = setting("reserved: a haemoglobin alone would count as a CBC on file; no rule reads it "
-                                        "yet")
+    plms_index_code: LocalCode = setting(
+        "the local code of the PLMS index (replace the placeholder system with one the deployment owns)"
+    )
+    show_guideline_disagreement: bool = setting(
+        "with the `seed` profile, an info card when only the AASM 2024 thresholds call for iron (R2)"
+    )
+    r8_weak_red_flags: bool = setting(
+        "count nonspecific findings (abnormal reflexes R29.2, weakness R53.1) as fasciculation red flags (R8)"
+    )
+    r13_skip_if_diagnosed: bool = setting(
+        "no anxiety/depression screening card when anxiety or depression is already coded (R13)"
+    )
+    cbc_accepts_hb_only: bool = setting(
+        "reserved: a haemoglobin alone would count as a CBC on file; no rule reads it yet"
+    )
     emg_order_code: OrderCode = setting("what R8's suggested EMG/NCS order asks for")
     neurology_referral_code: OrderCode = setting("what R8's suggested neurology referral asks for")
     head_imaging_order_code: OrderCode = setting("what R10's suggested emergent head imaging asks for")
     r7_documentation_check: bool = setting("R7 also checks that a coded PLMD has its index and a sleep complaint")
-    pregnancy_max_days: int = setting("a pregnancy counts for this many days from its onset (else its recorded "
-                                      "date): pregnancies left active for years do not", "days")
-    suppress_overridden_days: float = setting("a card a clinician dismissed stays away this long for the same "
-                                              "evidence", "days")
+    pregnancy_max_days: int = setting(
+        "a pregnancy counts for this many days from its onset (else its recorded "
+        "date): pregnancies left active for years do not",
+        "days",
+    )
+    suppress_overridden_days: float = setting(
+        "a card a clinician dismissed stays away this long for the same evidence", "days"
+    )
     suppress_accepted_days: float = setting("a card whose suggestion was accepted stays away this long", "days")
     suppress_days_by_rule: Mapping[str, Mapping[str, float]] = setting(
-        'per-rule windows, e.g. `{"R3": {"overridden": 7, "accepted": 30}}`', "days")
-    order_sign_dedup_hours: float = setting("an order-select card is not repeated on order-sign of the same draft "
-                                            "within this long", "hours")
+        'per-rule windows, e.g. `{"R3": {"overridden": 7, "accepted": 30}}`', "days"
+    )
+    order_sign_dedup_hours: float = setting(
+        "an order-select card is not repeated on order-sign of the same draft within this long", "hours"
+    )
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -205,11 +238,13 @@ def _plain(value):
     return value
 
 
-_DAY_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings)
-                        if f.type == "int" and f.metadata.get("unit") == "days")
+_DAY_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(Settings) if f.type == "int" and f.metadata.get("unit") == "days"
+)
 
 
 # ---- building -----------------------------------------------------------------------------------
+
 
 def defaults() -> dict:
     """settings.json without its comment keys."""
@@ -235,8 +270,10 @@ def resolve_overrides(overrides) -> dict:
         try:
             overrides = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SettingsError(f"KNOWLEDGE_OVERRIDES file {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno}, "
-                                f"column {exc.colno}") from None
+            raise SettingsError(
+                f"KNOWLEDGE_OVERRIDES file {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno}, "
+                f"column {exc.colno}"
+            ) from None
     if not isinstance(overrides, Mapping):
         raise SettingsError(f"KNOWLEDGE_OVERRIDES must be a JSON object of settings, got {type(overrides).__name__}")
     return dict(overrides)
@@ -252,13 +289,17 @@ def load(overrides=None) -> Settings:
 def from_mapping(values: Mapping) -> Settings:
     settings = _build(Settings, values, "")
     if settings.iron_profile not in _field_names(IronProfiles):
-        raise SettingsError(f"knowledge setting iron_profile {settings.iron_profile!r} is not one of "
-                            f"{sorted(_field_names(IronProfiles))}")
+        raise SettingsError(
+            f"knowledge setting iron_profile {settings.iron_profile!r} is not one of "
+            f"{sorted(_field_names(IronProfiles))}"
+        )
     for name in ("emg_order_code", "neurology_referral_code", "head_imaging_order_code"):
         getattr(settings, name).check(name)
     for name in _DAY_FIELDS:
         if getattr(settings, name) < 0:
-            raise SettingsError(f"knowledge setting {name} must be a number of days from 0, got {getattr(settings, name)}")
+            raise SettingsError(
+                f"knowledge setting {name} must be a number of days from 0, got {getattr(settings, name)}"
+            )
     return settings
 
 
@@ -336,6 +377,7 @@ def _convert(kind, value, where: str):
 
 # ---- documentation ------------------------------------------------------------------------------
 
+
 def _rows(cls, values: Mapping, prefix: str = "") -> list[tuple[str, str, str, str]]:
     hints = typing.get_type_hints(cls)
     rows = []
@@ -348,8 +390,14 @@ def _rows(cls, values: Mapping, prefix: str = "") -> list[tuple[str, str, str, s
             continue
         if not spec.metadata.get("listed", True) or (value is None and spec.name not in values):
             continue
-        rows.append((key, json.dumps(value, ensure_ascii=False), spec.metadata.get("unit", ""),
-                     spec.metadata.get("meaning", "")))
+        rows.append(
+            (
+                key,
+                json.dumps(value, ensure_ascii=False),
+                spec.metadata.get("unit", ""),
+                spec.metadata.get("meaning", ""),
+            )
+        )
     return rows
 
 
@@ -362,7 +410,9 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-TABLE_START = "<!-- settings table: generated by `python -m cds_service.knowledge.settings --write docs/knowledge.md` -->"
+TABLE_START = (
+    "<!-- settings table: generated by `python -m cds_service.knowledge.settings --write docs/knowledge.md` -->"
+)
 TABLE_END = "<!-- end of the settings table -->"
 
 
@@ -378,9 +428,11 @@ def with_table(document: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cds_service.knowledge.settings",
-                                     description="Print the settings table, or write it into a document between "
-                                                 "its markers; check an overrides file with --check.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cds_service.knowledge.settings",
+        description="Print the settings table, or write it into a document between "
+        "its markers; check an overrides file with --check.",
+    )
     parser.add_argument("--write", metavar="DOCUMENT", help="replace the table in DOCUMENT (docs/knowledge.md)")
     parser.add_argument("--check", metavar="OVERRIDES", help="load these overrides (a JSON file or object) and report")
     args = parser.parse_args(argv)

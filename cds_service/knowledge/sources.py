@@ -5,6 +5,7 @@ Cards and rule pages must cite by human title and publisher, never by file name 
 section Source: the label is what a clinician reads). This module is the one mapping between the
 two, so every renderer uses the same words and the same links.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,22 +25,45 @@ class Source:
 SEED_PUBLISHER = "Dr.Oracle Medical Advisory Board, 2025"
 
 SOURCES: tuple[Source, ...] = (
-    Source("seed-000", "review article on involuntary leg jerking",
-           f"Differential Diagnosis of Involuntary Lower Left Leg Jerking, {SEED_PUBLISHER}",
-           file="000_e09f97222edeabb3.txt"),
-    Source("seed-001", "review article on intractable leg spasms",
-           f"Differential Diagnoses for Intractable Leg Spasms, {SEED_PUBLISHER}", file="001_9c4bd8494c6f1f15.txt"),
-    Source("seed-002", "review article on new leg fasciculation",
-           f"New Involuntary Leg Fasciculation: Evaluation and Management, {SEED_PUBLISHER}",
-           file="002_bc010253c106cbbd.txt"),
-    Source("seed-003", "review article on myoclonic jerks",
-           f"What are the causes of myoclonic jerks?, {SEED_PUBLISHER}", file="003_34900d95d68d4bde.txt"),
-    Source("aasm-2024", "AASM 2024 guideline",
-           "AASM 2024 clinical practice guideline on RLS and PLMD, Winkelman et al., J Clin Sleep Med 2024",
-           url="https://doi.org/10.5664/jcsm.11390", guideline=True),
-    Source("fda-2010", "FDA 2010 safety communication",
-           "FDA Drug Safety Communication on quinine (Qualaquin) for leg cramps, 2010, and the Qualaquin boxed warning"),
-    Source("us-labels", "US product labels", "US product labels (renal dosing; cut-offs not verified for this service)"),
+    Source(
+        "seed-000",
+        "review article on involuntary leg jerking",
+        f"Differential Diagnosis of Involuntary Lower Left Leg Jerking, {SEED_PUBLISHER}",
+        file="000_e09f97222edeabb3.txt",
+    ),
+    Source(
+        "seed-001",
+        "review article on intractable leg spasms",
+        f"Differential Diagnoses for Intractable Leg Spasms, {SEED_PUBLISHER}",
+        file="001_9c4bd8494c6f1f15.txt",
+    ),
+    Source(
+        "seed-002",
+        "review article on new leg fasciculation",
+        f"New Involuntary Leg Fasciculation: Evaluation and Management, {SEED_PUBLISHER}",
+        file="002_bc010253c106cbbd.txt",
+    ),
+    Source(
+        "seed-003",
+        "review article on myoclonic jerks",
+        f"What are the causes of myoclonic jerks?, {SEED_PUBLISHER}",
+        file="003_34900d95d68d4bde.txt",
+    ),
+    Source(
+        "aasm-2024",
+        "AASM 2024 guideline",
+        "AASM 2024 clinical practice guideline on RLS and PLMD, Winkelman et al., J Clin Sleep Med 2024",
+        url="https://doi.org/10.5664/jcsm.11390",
+        guideline=True,
+    ),
+    Source(
+        "fda-2010",
+        "FDA 2010 safety communication",
+        "FDA Drug Safety Communication on quinine (Qualaquin) for leg cramps, 2010, and the Qualaquin boxed warning",
+    ),
+    Source(
+        "us-labels", "US product labels", "US product labels (renal dosing; cut-offs not verified for this service)"
+    ),
 )
 BY_KEY = {s.key: s for s in SOURCES}
 AASM_2024 = BY_KEY["aasm-2024"]

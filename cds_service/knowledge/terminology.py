@@ -4,6 +4,7 @@ Everything clinical that is a *list* (codes, units, drug classes) lives in data 
 clinical informaticist can review it without reading Python. This module only knows how to
 match against those lists, and it never guesses: an unknown code, unit or drug matches nothing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,8 @@ from cds_service.knowledge.codesets import ATC, LOINC, RXNORM, CodeSetMatcher
 from cds_service.knowledge.labs import Analyte
 from cds_service.knowledge.medications import DrugRow, MedicationMatch, normalise_name, route_is_non_systemic
 from cds_service.knowledge.procedures import ProcedureMatcher
-from cds_service.knowledge.settings import Settings, SettingsError, load as load_settings
+from cds_service.knowledge.settings import Settings, SettingsError
+from cds_service.knowledge.settings import load as load_settings
 
 KNOWLEDGE_DIR = Path(__file__).parent
 
@@ -45,27 +47,53 @@ class Terminology:
         self.loinc_to_analyte = {code: a for a in self.analytes.values() for code in a.loinc}
         self.observation_codes = {(LOINC, code): a for code, a in self.loinc_to_analyte.items()}
         for name, entry in labs.items():  # local codes (PLMS index) are deployment settings, not data
-            local = getattr(self.settings, entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
+            local = (
+                getattr(self.settings, entry.get("local_code_setting", ""), None) if isinstance(entry, dict) else None
+            )
             if local:
                 self.observation_codes[(local.system, local.code)] = self.analytes[name]
         self._rows_by_rxcui, self._rows_by_ingredient = self._load_drug_table()
         for rxcui, extra in self.drugs["extra_ingredients"].items():
             if not rxcui.startswith("_"):
-                row = DrugRow(rxcui=rxcui, name=extra["name"], ingredient_key=rxcui, ingredient_name=extra["name"],
-                              drug_class=extra["class"], atc=extra["atc"], systemic=True)
+                row = DrugRow(
+                    rxcui=rxcui,
+                    name=extra["name"],
+                    ingredient_key=rxcui,
+                    ingredient_name=extra["name"],
+                    drug_class=extra["class"],
+                    atc=extra["atc"],
+                    systemic=True,
+                )
                 self._rows_by_ingredient.setdefault(rxcui, []).append(row)
-        self._rows_by_name = [DrugRow(rxcui="", name=name, ingredient_key=name, ingredient_name=name,
-                                      drug_class=extra["class"], atc=extra["atc"], systemic=True)
-                              for name, extra in self.drugs["name_only_ingredients"].items() if not name.startswith("_")]
+        self._rows_by_name = [
+            DrugRow(
+                rxcui="",
+                name=name,
+                ingredient_key=name,
+                ingredient_name=name,
+                drug_class=extra["class"],
+                atc=extra["atc"],
+                systemic=True,
+            )
+            for name, extra in self.drugs["name_only_ingredients"].items()
+            if not name.startswith("_")
+        ]
         self.groups = self._groups()
 
     @staticmethod
     def _load_analytes(data: dict) -> dict[str, Analyte]:
         return {
-            name: Analyte(name, e["title"], tuple(e["loinc"]), e["unit"], dict(e["factors"]), e["lookback"],
-                          panel=bool(e.get("panel")),
-                          text=tuple(re.compile(rf"\b{re.escape(t)}\b") for t in e.get("text", [])),
-                          text_exclude=tuple(e.get("text_exclude", [])))
+            name: Analyte(
+                name,
+                e["title"],
+                tuple(e["loinc"]),
+                e["unit"],
+                dict(e["factors"]),
+                e["lookback"],
+                panel=bool(e.get("panel")),
+                text=tuple(re.compile(rf"\b{re.escape(t)}\b") for t in e.get("text", [])),
+                text_exclude=tuple(e.get("text_exclude", [])),
+            )
             for name, e in data.items()
             if not name.startswith("_")
         }
@@ -123,8 +151,10 @@ class Terminology:
         groups = {name: set(classes) for name, classes in self.drugs["groups"].items()}
         unknown = sorted(set(self.settings.rls_worsening_additions) - set(self.drugs["class_titles"]))
         if unknown:  # a misspelt class would add nothing, silently
-            raise SettingsError(f"knowledge setting rls_worsening_additions names unknown drug classes {unknown} "
-                                f"(known: {', '.join(sorted(self.drugs['class_titles']))})")
+            raise SettingsError(
+                f"knowledge setting rls_worsening_additions names unknown drug classes {unknown} "
+                f"(known: {', '.join(sorted(self.drugs['class_titles']))})"
+            )
         groups["rls_worsening"].update(self.settings.rls_worsening_additions)
         return {name: frozenset(classes) for name, classes in groups.items()}
 
@@ -159,8 +189,12 @@ class Terminology:
             self._add_name_only_ingredients(match, texts)
         if match is None or not match.classes:
             return match
-        atc_codes = [c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
-        words = {w for t in [*texts, match.name, *match.ingredients] for w in normalise_name(str(t), self.salt_words).split()}
+        atc_codes = [
+            c["code"].strip().upper() for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)
+        ]
+        words = {
+            w for t in [*texts, match.name, *match.ingredients] for w in normalise_name(str(t), self.salt_words).split()
+        }
         for name, spec in self.drugs["subclasses"].items():
             if name.startswith("_"):
                 continue
@@ -185,7 +219,9 @@ class Terminology:
         for code in rx_codes:
             rows = self._rows_by_rxcui.get(code.strip())
             if rows:
-                return self._from_rows(rows, "rxnorm-product", code, display or rows[0].name, route_texts, table_route=True)
+                return self._from_rows(
+                    rows, "rxnorm-product", code, display or rows[0].name, route_texts, table_route=True
+                )
         for code in rx_codes:
             rows = self._rows_by_ingredient.get(code.strip())
             if rows:
@@ -214,7 +250,9 @@ class Terminology:
         )
         if table_route:
             if route_is_non_systemic(route_texts, self.drugs["non_systemic_route_words"]):
-                match.notes.append("the order's route looks non-systemic, but the product code is systemic; the code wins")
+                match.notes.append(
+                    "the order's route looks non-systemic, but the product code is systemic; the code wins"
+                )
             return match
         return self._checked_route(match, route_texts)
 
@@ -224,7 +262,9 @@ class Terminology:
         return match
 
     def _match_atc(self, code: str, display: str | None) -> MedicationMatch | None:
-        classes = [cls for cls, prefixes in self.drugs["atc_prefixes"].items() if any(code.startswith(p) for p in prefixes)]
+        classes = [
+            cls for cls, prefixes in self.drugs["atc_prefixes"].items() if any(code.startswith(p) for p in prefixes)
+        ]
         if any(code.startswith(prefix) for prefix in self.drugs["atc_not_antipsychotic"]):
             classes = [cls for cls in classes if cls != "antipsychotic"]  # lithium, pimavanserin, xanomeline
         if "antipsychotic" in classes:
@@ -232,7 +272,13 @@ class Terminology:
             classes = [c for c in classes if c != "antipsychotic"] + (specific or ["antipsychotic"])
         if not classes:
             return None
-        return MedicationMatch(name=display or f"ATC {code}", classes=tuple(classes), ingredients=(f"atc:{code}",), matched_by="atc", code=code)
+        return MedicationMatch(
+            name=display or f"ATC {code}",
+            classes=tuple(classes),
+            ingredients=(f"atc:{code}",),
+            matched_by="atc",
+            code=code,
+        )
 
     def _match_text(self, text: str) -> list[DrugRow]:
         words = normalise_name(text, self.salt_words).split()

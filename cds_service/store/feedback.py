@@ -14,6 +14,7 @@ The schema comes from the Alembic migrations in `cds_service/store/migrations/`,
 module at request time. A 200 to a feedback call is sent only after every item's transaction
 has committed.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,30 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, MetaData, String, Table, Text, UniqueConstraint, create_engine, event,
-                        insert, select)
+from sqlalchemy import (
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
 
 metadata = MetaData()
 issued_card = Table(
-    "issued_card", metadata,
+    "issued_card",
+    metadata,
     Column("card_uuid", String(36), primary_key=True),
     Column("rule_id", String(32), nullable=False),
     Column("service_id", String(64), nullable=False),
@@ -41,7 +54,8 @@ issued_card = Table(
     Column("issued_at", DateTime(timezone=True), nullable=False),
 )
 card_feedback = Table(
-    "card_feedback", metadata,
+    "card_feedback",
+    metadata,
     Column("card_uuid", String(36), nullable=False),
     Column("rule_id", String(32), nullable=False),
     Column("outcome", String(16), nullable=False),
@@ -54,7 +68,8 @@ card_feedback = Table(
     UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="one_report_per_outcome"),
 )
 unmatched_feedback = Table(
-    "unmatched_feedback", metadata,
+    "unmatched_feedback",
+    metadata,
     Column("service_id", String(64), nullable=False),
     Column("card_uuid", String(36), nullable=False),
     Column("outcome", String(16), nullable=False),
@@ -89,7 +104,7 @@ class FeedbackItem:
 
 def parse_feedback(body) -> list[FeedbackItem]:
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
-        raise BadFeedback("the body must be {\"feedback\": [ ... ]} with at least one item")
+        raise BadFeedback('the body must be {"feedback": [ ... ]} with at least one item')
     if len(body["feedback"]) > 500:
         raise BadFeedback("at most 500 feedback items per call")
     return [_item(raw, i) for i, raw in enumerate(body["feedback"])]
@@ -105,9 +120,12 @@ def _item(raw, i: int) -> FeedbackItem:
     if outcome not in ("accepted", "overridden"):
         raise BadFeedback(f"{where}.outcome must be 'accepted' or 'overridden'")
     accepted = raw.get("acceptedSuggestions", [])
-    if (not isinstance(accepted, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in accepted)
-            or (outcome == "accepted" and not accepted)):
-        raise BadFeedback(f"{where}.acceptedSuggestions must be a non-empty array of {{\"id\": uuid}} when accepted")
+    if (
+        not isinstance(accepted, list)
+        or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in accepted)
+        or (outcome == "accepted" and not accepted)
+    ):
+        raise BadFeedback(f'{where}.acceptedSuggestions must be a non-empty array of {{"id": uuid}} when accepted')
     reason = raw.get("overrideReason")
     coding = {}
     comment = None
@@ -120,8 +138,15 @@ def _item(raw, i: int) -> FeedbackItem:
             raise BadFeedback(f"{where}.overrideReason.reason must be a Coding")
         if comment is not None and not isinstance(comment, str):
             raise BadFeedback(f"{where}.overrideReason.userComment must be a string")
-    return FeedbackItem(card, outcome, tuple(a["id"][:64] for a in accepted), (coding.get("system") or None),
-                        (coding.get("code") or None), comment, _timestamp(raw.get("outcomeTimestamp"), where))
+    return FeedbackItem(
+        card,
+        outcome,
+        tuple(a["id"][:64] for a in accepted),
+        (coding.get("system") or None),
+        (coding.get("code") or None),
+        comment,
+        _timestamp(raw.get("outcomeTimestamp"), where),
+    )
 
 
 def _timestamp(value, where: str) -> datetime:
@@ -134,7 +159,7 @@ def _timestamp(value, where: str) -> datetime:
         raise BadFeedback(f"{where}.outcomeTimestamp is not an RFC 3339 date-time") from None
     if parsed.tzinfo is None:
         raise BadFeedback(f"{where}.outcomeTimestamp needs a time zone")
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def _sqlite_wal(dbapi_connection, _record) -> None:
@@ -172,7 +197,7 @@ class CardLedger:
                 self._schema_check = None
             if self._engine is None or self._pid != os.getpid():
                 if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:////"):
-                    Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                    Path(self.url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
                 engine = create_engine(self.url, pool_pre_ping=True)
                 if engine.dialect.name == "sqlite":
                     event.listen(engine, "connect", _sqlite_wal)
@@ -192,7 +217,7 @@ class CardLedger:
         the call log's transaction instead: `insert_issued`.)"""
         try:
             with self.engine().begin() as conn:
-                self.insert_issued(conn, service_id, hook, cards, datetime.now(timezone.utc))
+                self.insert_issued(conn, service_id, hook, cards, datetime.now(UTC))
         except (SQLAlchemyError, StoreUnavailable) as exc:
             log.warning("could not record issued cards: %s", type(exc).__name__)
 
@@ -201,17 +226,28 @@ class CardLedger:
         """The issued_card rows of `cards`, in the caller's transaction (one multi-row INSERT)."""
         if not cards:
             return
-        conn.execute(insert(issued_card), [
-            {"card_uuid": card["uuid"], "rule_id": card["extension"]["org.legmove-cds.explanation"]["rule"],
-             "service_id": service_id, "hook": hook, "issued_at": now,
-             "suggestion_uuids": json.dumps([s["uuid"] for s in card.get("suggestions", [])])} for card in cards])
+        conn.execute(
+            insert(issued_card),
+            [
+                {
+                    "card_uuid": card["uuid"],
+                    "rule_id": card["extension"]["org.legmove-cds.explanation"]["rule"],
+                    "service_id": service_id,
+                    "hook": hook,
+                    "issued_at": now,
+                    "suggestion_uuids": json.dumps([s["uuid"] for s in card.get("suggestions", [])]),
+                }
+                for card in cards
+            ],
+        )
 
-    def record_feedback(self, endpoint_id: str, service_ids: tuple[str, ...],
-                        items: list[FeedbackItem]) -> dict[str, int]:
+    def record_feedback(
+        self, endpoint_id: str, service_ids: tuple[str, ...], items: list[FeedbackItem]
+    ) -> dict[str, int]:
         """`endpoint_id`: the service id whose feedback URL was called; `service_ids`: the ids whose
         cards it accepts (its own, or an alias's targets). Unknown cards are kept in unmatched_feedback."""
         counts = {"stored": 0, "repeated": 0, "unknown_card": 0}
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             for item in items:
                 counts[self._store(endpoint_id, service_ids, item, now)] += 1
@@ -228,21 +264,40 @@ class CardLedger:
             return "repeated"
 
     def _insert(self, conn, endpoint_id: str, service_ids: tuple[str, ...], item: FeedbackItem, now: datetime) -> str:
-        issued = conn.execute(select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
-            (issued_card.c.card_uuid == item.card) & issued_card.c.service_id.in_(service_ids))).first()
+        issued = conn.execute(
+            select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
+                (issued_card.c.card_uuid == item.card) & issued_card.c.service_id.in_(service_ids)
+            )
+        ).first()
         if issued is None:  # another deployment's card, one issued before a store reset, or never recorded
-            conn.execute(insert(unmatched_feedback), {
-                "service_id": endpoint_id, "card_uuid": item.card, "outcome": item.outcome,
-                "accepted_suggestions": json.dumps(list(item.accepted)), "reason_system": item.reason_system,
-                "reason_code": item.reason_code, "user_comment": item.comment if self.store_comments else None,
-                "outcome_timestamp": item.timestamp, "received_at": now})
+            conn.execute(
+                insert(unmatched_feedback),
+                {
+                    "service_id": endpoint_id,
+                    "card_uuid": item.card,
+                    "outcome": item.outcome,
+                    "accepted_suggestions": json.dumps(list(item.accepted)),
+                    "reason_system": item.reason_system,
+                    "reason_code": item.reason_code,
+                    "user_comment": item.comment if self.store_comments else None,
+                    "outcome_timestamp": item.timestamp,
+                    "received_at": now,
+                },
+            )
             return "unknown_card"
         offered = set(json.loads(issued.suggestion_uuids))
         accepted = [s for s in item.accepted if s in offered]
-        row = {"card_uuid": item.card, "rule_id": issued.rule_id, "outcome": item.outcome,
-               "accepted_suggestions": json.dumps(accepted), "reason_system": item.reason_system,
-               "reason_code": item.reason_code, "user_comment": item.comment if self.store_comments else None,
-               "outcome_timestamp": item.timestamp, "received_at": now}
+        row = {
+            "card_uuid": item.card,
+            "rule_id": issued.rule_id,
+            "outcome": item.outcome,
+            "accepted_suggestions": json.dumps(accepted),
+            "reason_system": item.reason_system,
+            "reason_code": item.reason_code,
+            "user_comment": item.comment if self.store_comments else None,
+            "outcome_timestamp": item.timestamp,
+            "received_at": now,
+        }
         conn.execute(insert(card_feedback), row)
         return "stored"
 
@@ -255,6 +310,9 @@ class CardLedger:
     def unmatched_for(self, card_uuid: str) -> list[dict]:
         """Feedback kept for a card uuid the store did not know (tests and reports)."""
         with self.engine().connect() as conn:
-            rows = conn.execute(select(unmatched_feedback).where(
-                unmatched_feedback.c.card_uuid == card_uuid)).mappings().all()
+            rows = (
+                conn.execute(select(unmatched_feedback).where(unmatched_feedback.c.card_uuid == card_uuid))
+                .mappings()
+                .all()
+            )
         return [dict(row) for row in rows]

@@ -24,25 +24,25 @@ Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): 
 configuration, the same on every instance, never stored. If the store cannot be read, every card
 is shown (advice never disappears because its bookkeeping failed).
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata as package_metadata
 from pathlib import Path
-from collections.abc import Mapping
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.authoring.rulebook import CARD, RuleSpec
-from cds_service.knowledge.settings import Settings
 from cds_service.cards.render import EXTENSION_KEY
+from cds_service.knowledge.settings import Settings
 from cds_service.store.feedback import (
     CardLedger,
     StoreUnavailable,
@@ -59,7 +59,8 @@ DEVELOPMENT_KEY = "legmove-development-patient-hash-key"
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "knowledge"
 
 hook_call = Table(
-    "hook_call", metadata,
+    "hook_call",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("called_at", DateTime(timezone=True), nullable=False),
     Column("service_id", String(64), nullable=False),
@@ -72,7 +73,8 @@ hook_call = Table(
     Column("service_version", String(32), nullable=False),
 )
 card_event = Table(
-    "card_event", metadata,
+    "card_event",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("call_id", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -139,14 +141,20 @@ def patient_key(config) -> bytes:
     """The HMAC key. Production has no default: the service refuses to start without one."""
     key = config.get("PATIENT_HASH_KEY")
     if not key or not isinstance(key, str):
-        raise GovernanceConfigError("PATIENT_HASH_KEY is not set: set LEGMOVE_PATIENT_HASH_KEY to a long random secret, "
-                                    "the same on every instance (patients are recorded only as a hash keyed with it)")
+        raise GovernanceConfigError(
+            "PATIENT_HASH_KEY is not set: set LEGMOVE_PATIENT_HASH_KEY to a long random secret, "
+            "the same on every instance (patients are recorded only as a hash keyed with it)"
+        )
     if len(key) < 16:
-        raise GovernanceConfigError("PATIENT_HASH_KEY is too short: use at least 16 characters of a random secret "
-                                    "(a short key lets patient ids be guessed from their hashes)")
+        raise GovernanceConfigError(
+            "PATIENT_HASH_KEY is too short: use at least 16 characters of a random secret "
+            "(a short key lets patient ids be guessed from their hashes)"
+        )
     if key == DEVELOPMENT_KEY:
-        log.warning("PATIENT_HASH_KEY is the public development key: patient hashes in the governance log can be "
-                    "reversed by anyone with a list of patient ids; set LEGMOVE_PATIENT_HASH_KEY outside development")
+        log.warning(
+            "PATIENT_HASH_KEY is the public development key: patient hashes in the governance log can be "
+            "reversed by anyone with a list of patient ids; set LEGMOVE_PATIENT_HASH_KEY outside development"
+        )
     return key.encode("utf-8")
 
 
@@ -178,8 +186,14 @@ def _utc(moment: datetime) -> datetime:
 class Governance:
     """Records calls and cards and decides suppression, on the feedback store's engine."""
 
-    def __init__(self, ledger: CardLedger, key: bytes, settings: Settings, knowledge: str,
-                 clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        ledger: CardLedger,
+        key: bytes,
+        settings: Settings,
+        knowledge: str,
+        clock: Callable[[], datetime] | None = None,
+    ):
         self.ledger = ledger
         self.key = key
         self.settings = settings
@@ -192,8 +206,9 @@ class Governance:
     def window(self, rule_id: str, outcome: str) -> timedelta:
         """How long feedback of this outcome keeps a rule's card away (per rule, else default)."""
         per_rule = self.settings.suppress_days_by_rule.get(rule_id, {})
-        default = (self.settings.suppress_overridden_days if outcome == "overridden"
-                   else self.settings.suppress_accepted_days)
+        default = (
+            self.settings.suppress_overridden_days if outcome == "overridden" else self.settings.suppress_accepted_days
+        )
         return timedelta(days=float(per_rule.get(outcome, default)))
 
     def _dedup_window(self) -> timedelta:
@@ -201,8 +216,17 @@ class Governance:
 
     # ---- one hook call -------------------------------------------------------------------
 
-    def apply(self, service_id: str, hook: str, patient_id: str, fhir_server: str | None, draft_refs: set[str],
-              cards: list[dict], silent_cards: list[dict], record_issued: bool = False) -> Outcome:
+    def apply(
+        self,
+        service_id: str,
+        hook: str,
+        patient_id: str,
+        fhir_server: str | None,
+        draft_refs: set[str],
+        cards: list[dict],
+        silent_cards: list[dict],
+        record_issued: bool = False,
+    ) -> Outcome:
         """Suppress what feedback says to, record the call and every card, return what to show.
         With `record_issued`, the shown cards' issued_card rows (what feedback is matched against)
         are written in the same transaction as the call log: one connection and one commit per
@@ -223,19 +247,27 @@ class Governance:
                     conn.close()  # a connection that failed is not reused for the write
                     conn = None
             shown = [card for card in cards if card["uuid"] not in reasons]
-            outcome = Outcome(shown, [{"rule": _explanation(c)["rule"], "reason": reasons[c["uuid"]]}
-                                      for c in cards if c["uuid"] in reasons],
-                              sorted(_explanation(c)["rule"] for c in silent_cards))
-            events = ([("issued", c, None) for c in shown] + [("suppressed", c, reasons[c["uuid"]]) for c in cards
-                                                               if c["uuid"] in reasons]
-                      + [("silent", c, None) for c in silent_cards])
+            outcome = Outcome(
+                shown,
+                [
+                    {"rule": _explanation(c)["rule"], "reason": reasons[c["uuid"]]}
+                    for c in cards
+                    if c["uuid"] in reasons
+                ],
+                sorted(_explanation(c)["rule"] for c in silent_cards),
+            )
+            events = (
+                [("issued", c, None) for c in shown]
+                + [("suppressed", c, reasons[c["uuid"]]) for c in cards if c["uuid"] in reasons]
+                + [("silent", c, None) for c in silent_cards]
+            )
             try:
                 if conn is None:
                     conn = self.ledger.engine().connect()
                 with conn.begin():
                     self._record(conn, service_id, hook, who, now, outcome, events, draft_refs)
                     if record_issued:
-                        self.ledger.insert_issued(conn, service_id, hook, shown, datetime.now(timezone.utc))
+                        self.ledger.insert_issued(conn, service_id, hook, shown, datetime.now(UTC))
             except (SQLAlchemyError, StoreUnavailable) as exc:
                 log.warning("could not record the hook call: %s", type(exc).__name__)
                 if record_issued and shown:
@@ -253,13 +285,26 @@ class Governance:
         prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
         rules = {_explanation(c)["rule"] for c in candidates}
         longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
-        query = (select(card_event.c.rule_id, card_event.c.rule_version, card_event.c.evidence_fingerprint, card_event.c.hook,
-                        card_event.c.draft_refs, card_feedback.c.outcome, card_feedback.c.received_at)
-                 .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
-                 .where(card_event.c.kind == "issued", card_event.c.patient_hash == who,
-                        card_event.c.evidence_fingerprint.in_(sorted(prints)), card_event.c.rule_id.in_(sorted(rules)),
-                        card_feedback.c.received_at >= now - longest)
-                 .order_by(card_feedback.c.received_at.desc()))  # the newest feedback decides
+        query = (
+            select(
+                card_event.c.rule_id,
+                card_event.c.rule_version,
+                card_event.c.evidence_fingerprint,
+                card_event.c.hook,
+                card_event.c.draft_refs,
+                card_feedback.c.outcome,
+                card_feedback.c.received_at,
+            )
+            .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
+            .where(
+                card_event.c.kind == "issued",
+                card_event.c.patient_hash == who,
+                card_event.c.evidence_fingerprint.in_(sorted(prints)),
+                card_event.c.rule_id.in_(sorted(rules)),
+                card_feedback.c.received_at >= now - longest,
+            )
+            .order_by(card_feedback.c.received_at.desc())
+        )  # the newest feedback decides
         history = conn.execute(query).all()
         reasons = {}
         for card in candidates:
@@ -271,8 +316,13 @@ class Governance:
                 if (row.rule_id, row.rule_version, row.evidence_fingerprint) != key:
                     continue  # another rule, another version of it (new advice), or other evidence
                 age = now - _utc(row.received_at)
-                if (hook == "order-sign" and row.hook == "order-select" and mine
-                        and json.loads(row.draft_refs) == mine and age <= self._dedup_window()):
+                if (
+                    hook == "order-sign"
+                    and row.hook == "order-select"
+                    and mine
+                    and json.loads(row.draft_refs) == mine
+                    and age <= self._dedup_window()
+                ):
                     reasons[card["uuid"]] = "answered-at-order-select"
                     break
                 if age <= self.window(rule, row.outcome):
@@ -280,21 +330,50 @@ class Governance:
                     break
         return reasons
 
-    def _record(self, conn, service_id: str, hook: str, who: str, now: datetime, outcome: Outcome, events: list,
-                draft_refs: set[str]) -> None:
+    def _record(
+        self,
+        conn,
+        service_id: str,
+        hook: str,
+        who: str,
+        now: datetime,
+        outcome: Outcome,
+        events: list,
+        draft_refs: set[str],
+    ) -> None:
         """The call and its card events, in the caller's transaction."""
-        call_id = conn.execute(insert(hook_call).values(
-            called_at=now, service_id=service_id, hook=hook, patient_hash=who, cards_issued=len(outcome.cards),
-            silent=len(outcome.silent), suppressed=len(outcome.suppressed),
-            knowledge_version=self.knowledge_version, service_version=self.service_version)).inserted_primary_key[0]
-        rows = [{"call_id": call_id, "created_at": now, "kind": kind,
-                 "card_uuid": card["uuid"] if kind == "issued" else None,
-                 "rule_id": _explanation(card)["rule"], "rule_version": _explanation(card)["ruleVersion"],
-                 "knowledge_version": self.knowledge_version, "service_id": service_id, "hook": hook,
-                 "indicator": card["indicator"], "patient_hash": who,
-                 "evidence_fingerprint": _explanation(card)["evidenceFingerprint"],
-                 "draft_refs": json.dumps(sorted(card_drafts(card, draft_refs))), "reason": reason}
-                for kind, card, reason in events]
+        call_id = conn.execute(
+            insert(hook_call).values(
+                called_at=now,
+                service_id=service_id,
+                hook=hook,
+                patient_hash=who,
+                cards_issued=len(outcome.cards),
+                silent=len(outcome.silent),
+                suppressed=len(outcome.suppressed),
+                knowledge_version=self.knowledge_version,
+                service_version=self.service_version,
+            )
+        ).inserted_primary_key[0]
+        rows = [
+            {
+                "call_id": call_id,
+                "created_at": now,
+                "kind": kind,
+                "card_uuid": card["uuid"] if kind == "issued" else None,
+                "rule_id": _explanation(card)["rule"],
+                "rule_version": _explanation(card)["ruleVersion"],
+                "knowledge_version": self.knowledge_version,
+                "service_id": service_id,
+                "hook": hook,
+                "indicator": card["indicator"],
+                "patient_hash": who,
+                "evidence_fingerprint": _explanation(card)["evidenceFingerprint"],
+                "draft_refs": json.dumps(sorted(card_drafts(card, draft_refs))),
+                "reason": reason,
+            }
+            for kind, card, reason in events
+        ]
         if rows:
             conn.execute(insert(card_event), rows)
 
@@ -308,9 +387,13 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
     cutoff = now - timedelta(days=float(days))
     removed = {}
     with engine.begin() as conn:
-        for table, column in ((hook_call, hook_call.c.called_at), (card_event, card_event.c.created_at),
-                              (issued_card, issued_card.c.issued_at), (card_feedback, card_feedback.c.received_at),
-                              (unmatched_feedback, unmatched_feedback.c.received_at)):
+        for table, column in (
+            (hook_call, hook_call.c.called_at),
+            (card_event, card_event.c.created_at),
+            (issued_card, issued_card.c.issued_at),
+            (card_feedback, card_feedback.c.received_at),
+            (unmatched_feedback, unmatched_feedback.c.received_at),
+        ):
             removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
     return removed
 
@@ -318,10 +401,12 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
 def check_windows(settings: Settings) -> None:
     """Suppression windows are checked at start-up, so a typo never fails a hook call (their types
     already were, when the settings were built: cds_service.knowledge.settings)."""
+
     def number(value, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 36500:
-            raise GovernanceConfigError(f"{where} must be a number of days (hours for order_sign_dedup_hours) "
-                                        f"from 0, got {value!r}")
+            raise GovernanceConfigError(
+                f"{where} must be a number of days (hours for order_sign_dedup_hours) from 0, got {value!r}"
+            )
 
     for key in ("suppress_overridden_days", "suppress_accepted_days", "order_sign_dedup_hours"):
         number(getattr(settings, key), key)
@@ -349,4 +434,6 @@ def governance_from_config(config, ledger: CardLedger | None, terminology_settin
     if ledger is None:
         return None  # no store: no hash is ever made, so no key is needed
     check_windows(terminology_settings)
-    return Governance(ledger, patient_key(config), terminology_settings, knowledge_version(config.get("KNOWLEDGE_OVERRIDES") or {}))
+    return Governance(
+        ledger, patient_key(config), terminology_settings, knowledge_version(config.get("KNOWLEDGE_OVERRIDES") or {})
+    )

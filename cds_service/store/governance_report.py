@@ -13,6 +13,7 @@ Definitions (also in the README, section Governance):
 - acceptance rate: accepted / (accepted + overridden), of the cards that got feedback;
 - cards per 100 patient-views: cards issued * 100 / patient-views.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,19 @@ from sqlalchemy import create_engine, distinct, func, select
 from cds_service.store.feedback import card_feedback
 from cds_service.store.governance import card_event, hook_call, prune_rows
 
-COLUMNS = ["rule", "version", "patient_views", "cards_issued", "would_have_fired", "suppressed", "accepted",
-           "overridden", "acceptance_rate", "override_reasons", "cards_per_100_patient_views"]
+COLUMNS = [
+    "rule",
+    "version",
+    "patient_views",
+    "cards_issued",
+    "would_have_fired",
+    "suppressed",
+    "accepted",
+    "overridden",
+    "acceptance_rate",
+    "override_reasons",
+    "cards_per_100_patient_views",
+]
 
 
 @dataclass
@@ -51,10 +63,22 @@ class RuleRow:
         return round(self.cards_issued * 100 / self.patient_views, 2) if self.patient_views else None
 
     def values(self) -> list:
-        reasons = "; ".join(f"{code} x{n}" for code, n in sorted(self.override_reasons.items(), key=lambda i: (-i[1], i[0])))
-        return [self.rule, self.version, self.patient_views, self.cards_issued, self.would_have_fired, self.suppressed,
-                self.accepted, self.overridden, "" if self.acceptance_rate is None else self.acceptance_rate, reasons,
-                "" if self.cards_per_100_patient_views is None else self.cards_per_100_patient_views]
+        reasons = "; ".join(
+            f"{code} x{n}" for code, n in sorted(self.override_reasons.items(), key=lambda i: (-i[1], i[0]))
+        )
+        return [
+            self.rule,
+            self.version,
+            self.patient_views,
+            self.cards_issued,
+            self.would_have_fired,
+            self.suppressed,
+            self.accepted,
+            self.overridden,
+            "" if self.acceptance_rate is None else self.acceptance_rate,
+            reasons,
+            "" if self.cards_per_100_patient_views is None else self.cards_per_100_patient_views,
+        ]
 
 
 def _bounds(since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
@@ -77,25 +101,42 @@ def build(engine, since: date | None = None, until: date | None = None) -> list[
 
     in_period = _within(card_event.c.created_at, start, end)
     with engine.connect() as conn:
-        views = conn.execute(select(func.count()).select_from(hook_call).where(
-            hook_call.c.hook == "patient-view", *_within(hook_call.c.called_at, start, end))).scalar_one()
+        views = conn.execute(
+            select(func.count())
+            .select_from(hook_call)
+            .where(hook_call.c.hook == "patient-view", *_within(hook_call.c.called_at, start, end))
+        ).scalar_one()
         for rule, version, kind, count in conn.execute(
-                select(card_event.c.rule_id, card_event.c.rule_version, card_event.c.kind, func.count())
-                .where(*in_period).group_by(card_event.c.rule_id, card_event.c.rule_version, card_event.c.kind)):
+            select(card_event.c.rule_id, card_event.c.rule_version, card_event.c.kind, func.count())
+            .where(*in_period)
+            .group_by(card_event.c.rule_id, card_event.c.rule_version, card_event.c.kind)
+        ):
             attribute = {"issued": "cards_issued", "silent": "would_have_fired", "suppressed": "suppressed"}[kind]
             setattr(row(rule, version), attribute, count)
-        answered = (select(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.outcome,
-                           func.count(distinct(card_feedback.c.card_uuid)))
-                    .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
-                    .where(card_event.c.kind == "issued", *in_period)
-                    .group_by(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.outcome))
+        answered = (
+            select(
+                card_event.c.rule_id,
+                card_event.c.rule_version,
+                card_feedback.c.outcome,
+                func.count(distinct(card_feedback.c.card_uuid)),
+            )
+            .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
+            .where(card_event.c.kind == "issued", *in_period)
+            .group_by(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.outcome)
+        )
         for rule, version, outcome, count in conn.execute(answered):
             setattr(row(rule, version), outcome, count)
-        reasons = (select(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.reason_code,
-                          func.count(distinct(card_feedback.c.card_uuid)))
-                   .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
-                   .where(card_event.c.kind == "issued", card_feedback.c.outcome == "overridden", *in_period)
-                   .group_by(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.reason_code))
+        reasons = (
+            select(
+                card_event.c.rule_id,
+                card_event.c.rule_version,
+                card_feedback.c.reason_code,
+                func.count(distinct(card_feedback.c.card_uuid)),
+            )
+            .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
+            .where(card_event.c.kind == "issued", card_feedback.c.outcome == "overridden", *in_period)
+            .group_by(card_event.c.rule_id, card_event.c.rule_version, card_feedback.c.reason_code)
+        )
         for rule, version, code, count in conn.execute(reasons):
             row(rule, version).override_reasons[code or "(no reason given)"] = count
     for item in rows.values():
@@ -112,12 +153,35 @@ def text_table(rows: list[RuleRow], since: date | None, until: date | None) -> s
     period = f"{since or 'start'} .. {until or 'now'}"
     if not rows:
         return f"Governance report {period}: no cards recorded.\n"
-    headers: list[object] = ["rule", "ver", "views", "issued", "silent", "suppr.", "acc.", "overr.", "acc.rate", "/100 views",
-               "override reasons"]
-    table: list[list[object]] = [[r.rule, r.version, r.patient_views, r.cards_issued, r.would_have_fired, r.suppressed, r.accepted,
-              r.overridden, "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
-              "-" if r.cards_per_100_patient_views is None else f"{r.cards_per_100_patient_views:g}",
-              r.values()[9] or "-"] for r in rows]
+    headers: list[object] = [
+        "rule",
+        "ver",
+        "views",
+        "issued",
+        "silent",
+        "suppr.",
+        "acc.",
+        "overr.",
+        "acc.rate",
+        "/100 views",
+        "override reasons",
+    ]
+    table: list[list[object]] = [
+        [
+            r.rule,
+            r.version,
+            r.patient_views,
+            r.cards_issued,
+            r.would_have_fired,
+            r.suppressed,
+            r.accepted,
+            r.overridden,
+            "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.0%}",
+            "-" if r.cards_per_100_patient_views is None else f"{r.cards_per_100_patient_views:g}",
+            r.values()[9] or "-",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *table, strict=True)]
     lines = [f"Governance report {period} (patient-views: {rows[0].patient_views})", ""]
     for line in [headers, *table]:
@@ -142,8 +206,13 @@ def write_png(rows: list[RuleRow], path: str, title: str) -> None:
     from matplotlib import pyplot
     from matplotlib.ticker import MaxNLocator
 
-    series = [("issued", "cards_issued"), ("would have fired", "would_have_fired"), ("suppressed", "suppressed"),
-              ("accepted", "accepted"), ("overridden", "overridden")]
+    series = [
+        ("issued", "cards_issued"),
+        ("would have fired", "would_have_fired"),
+        ("suppressed", "suppressed"),
+        ("accepted", "accepted"),
+        ("overridden", "overridden"),
+    ]
     labels = [f"{r.rule} v{r.version}" for r in rows]
     figure, axes = pyplot.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4.5), dpi=100)
     width = 0.8 / len(series)
@@ -156,8 +225,14 @@ def write_png(rows: list[RuleRow], path: str, title: str) -> None:
     axes.legend(fontsize="small")
     for x, r in enumerate(rows):
         if r.acceptance_rate is not None:
-            axes.annotate(f"{r.acceptance_rate:.0%} accepted", (x + 0.4 - width / 2, 0), textcoords="offset points",
-                          xytext=(0, -28), ha="center", fontsize="x-small")
+            axes.annotate(
+                f"{r.acceptance_rate:.0%} accepted",
+                (x + 0.4 - width / 2, 0),
+                textcoords="offset points",
+                xytext=(0, -28),
+                ha="center",
+                fontsize="x-small",
+            )
     figure.tight_layout()
     figure.savefig(path, format="png")
     pyplot.close(figure)
@@ -196,8 +271,10 @@ def command(args) -> int:
     try:
         if args.command == "prune":
             removed = prune_rows(engine, datetime.now(UTC), config["RETENTION_DAYS"])
-            print(f"pruned rows older than {config['RETENTION_DAYS']} days: "
-                  + ", ".join(f"{table} {count}" for table, count in removed.items()))
+            print(
+                f"pruned rows older than {config['RETENTION_DAYS']} days: "
+                + ", ".join(f"{table} {count}" for table, count in removed.items())
+            )
             return 0
         since, until = _day(args.since, "since"), _day(args.until, "until")
         rows = build(engine, since, until)

@@ -20,6 +20,7 @@ what it says:
 changed but the version did not, and says what to do. After bumping, regenerate with one
 command: `legmove-cds rules --lock` (or `python -m cds_service.store.rule_versions --write`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,10 @@ def _sources(fn) -> dict[str, str]:
             if isinstance(value, types.FunctionType) and _ours(value.__module__):
                 stack.append(value)
             elif isinstance(value, (str, int, float, tuple, list, dict, frozenset, set)) and not name.startswith("__"):
-                out.setdefault(f"{current.__module__}.{name}", repr(sorted(value) if isinstance(value, (set, frozenset))
-                                                                     else value))
+                out.setdefault(
+                    f"{current.__module__}.{name}",
+                    repr(sorted(value) if isinstance(value, (set, frozenset)) else value),
+                )
     return out
 
 
@@ -108,9 +111,18 @@ def fingerprint_parts(spec: RuleSpec) -> dict:
     sources = _sources(spec.render or spec.derive)
     text = criteria + "\n".join(sources.values())
     settings = settings_read(text)
-    meta = {"title": spec.title, "citation": spec.citation, "logic": spec.logic, "stratum": spec.stratum,
-            "hooks": list(spec.hooks), "needs": list(spec.needs), "supersedes": list(spec.supersedes),
-            "enabled_by_default": spec.enabled_by_default, "produces": spec.produces, "source_url": spec.source_url}
+    meta = {
+        "title": spec.title,
+        "citation": spec.citation,
+        "logic": spec.logic,
+        "stratum": spec.stratum,
+        "hooks": list(spec.hooks),
+        "needs": list(spec.needs),
+        "supersedes": list(spec.supersedes),
+        "enabled_by_default": spec.enabled_by_default,
+        "produces": spec.produces,
+        "source_url": spec.source_url,
+    }
     return {"criteria": criteria, "sources": sources, "settings": settings, "meta": meta}
 
 
@@ -126,10 +138,14 @@ def bundled() -> dict[str, RuleSpec]:
 
 def current_lock(registry: dict[str, RuleSpec] | None = None) -> dict:
     registry = bundled() if registry is None else registry
-    return {"_about": f"Rule versions and fingerprints. A rule whose fingerprint changes needs a version bump "
-                      f"(version= in its decorator); then regenerate this file: {REGENERATE}.",
-            "rules": {spec.id: {"version": spec.version, "fingerprint": fingerprint(spec)}
-                      for spec in sorted(registry.values(), key=lambda s: s.id)}}
+    return {
+        "_about": f"Rule versions and fingerprints. A rule whose fingerprint changes needs a version bump "
+        f"(version= in its decorator); then regenerate this file: {REGENERATE}.",
+        "rules": {
+            spec.id: {"version": spec.version, "fingerprint": fingerprint(spec)}
+            for spec in sorted(registry.values(), key=lambda s: s.id)
+        },
+    }
 
 
 def read_lock(path: Path = LOCK_FILE) -> dict:
@@ -149,15 +165,20 @@ def check(registry: dict[str, RuleSpec] | None = None, lock: dict | None = None)
         if entry is None:
             problems.append(f"{rule_id} is not in the lock file: regenerate it with {REGENERATE}")
         elif now != entry["fingerprint"] and spec.version == entry["version"]:
-            problems.append(f"{rule_id} changed (criteria, code, texts or settings it reads) but its version is "
-                            f"still {spec.version}: set version={spec.version + 1} in its decorator "
-                            f"({spec.module}), then regenerate the lock file with {REGENERATE}")
+            problems.append(
+                f"{rule_id} changed (criteria, code, texts or settings it reads) but its version is "
+                f"still {spec.version}: set version={spec.version + 1} in its decorator "
+                f"({spec.module}), then regenerate the lock file with {REGENERATE}"
+            )
         elif spec.version < entry["version"]:
-            problems.append(f"{rule_id} is at version {spec.version}, below the locked {entry['version']}: "
-                            "versions only go up")
+            problems.append(
+                f"{rule_id} is at version {spec.version}, below the locked {entry['version']}: versions only go up"
+            )
         elif spec.version != entry["version"] or now != entry["fingerprint"]:
-            problems.append(f"{rule_id} was bumped to version {spec.version} but the lock file still has version "
-                            f"{entry['version']}: regenerate it with {REGENERATE}")
+            problems.append(
+                f"{rule_id} was bumped to version {spec.version} but the lock file still has version "
+                f"{entry['version']}: regenerate it with {REGENERATE}"
+            )
     for rule_id in sorted(set(locked) - set(registry)):
         problems.append(f"{rule_id} is in the lock file but no longer defined: regenerate it with {REGENERATE}")
     return problems
@@ -168,11 +189,16 @@ def write_lock(path: Path = LOCK_FILE) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cds_service.store.rule_versions", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cds_service.store.rule_versions", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--write", action="store_true", help=f"regenerate {LOCK_FILE.name} from the code")
-    parser.add_argument("--accept-unbumped", action="store_true",
-                        help="with --write: also lock rules that changed without a bump (a pure refactor that "
-                             "changes nothing a clinician sees)")
+    parser.add_argument(
+        "--accept-unbumped",
+        action="store_true",
+        help="with --write: also lock rules that changed without a bump (a pure refactor that "
+        "changes nothing a clinician sees)",
+    )
     args = parser.parse_args(argv)
     return run(write=args.write, accept_unbumped=args.accept_unbumped)
 
@@ -184,8 +210,11 @@ def run(write: bool = False, accept_unbumped: bool = False) -> int:
 
     rules.load_all()
     if write:
-        problems = [p for p in check() if "versions only go up" in p
-                    or ("but its version is still" in p and not accept_unbumped)]
+        problems = [
+            p
+            for p in check()
+            if "versions only go up" in p or ("but its version is still" in p and not accept_unbumped)
+        ]
         if problems:
             print("\n".join(problems), file=sys.stderr)
             return 1

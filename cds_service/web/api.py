@@ -1,4 +1,5 @@
 """HTTP surface: discovery and hook calls (CDS Hooks 2.0), as a Flask blueprint."""
+
 from __future__ import annotations
 
 import gc
@@ -17,12 +18,12 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service import metrics
 from cds_service.advice import Knowledge, advise
-from cds_service.web.client_auth import ReplayStoreUnavailable, Unauthorized
+from cds_service.fhir.prefetch import BadPrefetch, PreconditionFailed
+from cds_service.hook_request import BadRequest, parse_hook_request
+from cds_service.services import ALIASES, canonical_ids, services_at
 from cds_service.store.feedback import BadFeedback, StoreUnavailable, parse_feedback
 from cds_service.store.governance import draft_references, service_version
-from cds_service.hook_request import BadRequest, parse_hook_request
-from cds_service.fhir.prefetch import BadPrefetch, PreconditionFailed
-from cds_service.services import ALIASES, canonical_ids, services_at
+from cds_service.web.client_auth import ReplayStoreUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__)
@@ -59,8 +60,9 @@ def authenticate_client():
         log.warning("401 on %s %s: %s", request.method, request.path, exc)
         return outcome(401, "security", "unauthorized")
     except ReplayStoreUnavailable as exc:
-        log.error("503 on %s %s: the JWT replay store (REPLAY_STORE) is unreachable: %s", request.method,
-                  request.path, exc)
+        log.error(
+            "503 on %s %s: the JWT replay store (REPLAY_STORE) is unreachable: %s", request.method, request.path, exc
+        )
         return outcome(503, "transient", "the service cannot verify callers right now; retry later")
     log.debug("client %s authenticated (jti %s)", claims["iss"], claims["jti"])
     return None
@@ -74,8 +76,7 @@ def openapi():
 
 @bp.get("/cds-services", strict_slashes=False)
 def discovery():
-    versions = {"org.legmove-cds.versions": {"service": service_version(),
-                                             "knowledge": knowledge().knowledge_version}}
+    versions = {"org.legmove-cds.versions": {"service": service_version(), "knowledge": knowledge().knowledge_version}}
     services = [{**s.discovery_entry(), "extension": versions} for s in knowledge().services.values()]
     return json_response({"services": services})
 
@@ -133,9 +134,16 @@ def _call_service(service_id: str, record: dict) -> Response:
     stored = time.perf_counter()
     governance = current_app.extensions.get("legmove_governance")
     if governance is not None:  # suppression by earlier feedback, and the call and card log
-        decided = governance.apply(service.id, hook_request.hook, hook_request.patient_id, hook_request.fhir_server,
-                                   draft_references(hook_request.draft_orders), result.cards, result.silent,
-                                   record_issued=True)  # the cards shown, in the call log's transaction
+        decided = governance.apply(
+            service.id,
+            hook_request.hook,
+            hook_request.patient_id,
+            hook_request.fhir_server,
+            draft_references(hook_request.draft_orders),
+            result.cards,
+            result.silent,
+            record_issued=True,
+        )  # the cards shown, in the call log's transaction
         cards = decided.cards
         record.update(silent=decided.silent, suppressed=decided.suppressed)
     else:
@@ -144,9 +152,16 @@ def _call_service(service_id: str, record: dict) -> Response:
             ledger.record_issued(service.id, hook_request.hook, cards)  # the per-hook id, also via the alias
     # "store": suppression lookups and recording the call and its cards (governance, ledger)
     timings = {**result.timings_ms, "store": round((time.perf_counter() - stored) * 1000, 2)}
-    record.update(rules=result.rule_ids, cards=len(cards), timings_ms=timings,
-                  fetched=result.fetched_keys, incomplete=result.incomplete_keys, missing=sorted(result.missing_keys),
-                  missing_reasons=result.missing_keys, outcome="cards")
+    record.update(
+        rules=result.rule_ids,
+        cards=len(cards),
+        timings_ms=timings,
+        fetched=result.fetched_keys,
+        incomplete=result.incomplete_keys,
+        missing=sorted(result.missing_keys),
+        missing_reasons=result.missing_keys,
+        outcome="cards",
+    )
     metrics.advice_given(hook_request.hook, cards, timings)
     return json_response({"cards": cards})
 

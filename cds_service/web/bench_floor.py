@@ -5,6 +5,7 @@ Latency and throughput of the real hook endpoints are reported against it, so a 
 says how much the service adds on top of Flask, gunicorn and JSON. Registered only when
 `BENCH_FLOOR` is true; never in a deployment.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint

@@ -9,6 +9,7 @@ numeric `exp`/`iat`/`nbf` checked with leeway, a lifetime `exp - iat` of at most
 Failure reasons are logged; the client only ever sees a bare 401 (or a 503 when the replay store
 cannot be reached).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,8 @@ class TrustedIssuer:
     jku_allowlist: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, iss: str, entry: dict) -> "TrustedIssuer":
-        issuer = cls(iss, entry.get("jwks"), entry.get("jwks_file"), entry.get("jwks_url"),
-                     tuple(entry.get("jku", ())))
+    def from_config(cls, iss: str, entry: dict) -> TrustedIssuer:
+        issuer = cls(iss, entry.get("jwks"), entry.get("jwks_file"), entry.get("jwks_url"), tuple(entry.get("jku", ())))
         if not (issuer.jwks or issuer.jwks_file or issuer.jwks_url or issuer.jku_allowlist):
             raise ValueError(f"trusted issuer {iss} has no key source (jwks, jwks_file, jwks_url or jku)")
         return issuer
@@ -172,7 +172,7 @@ def replay_store(url: str):
     if url.startswith("redis://") or url.startswith("rediss://"):
         return RedisReplayStore(url)
     if url.startswith("sqlite:///"):
-        return SqliteReplayStore(url[len("sqlite:///"):])
+        return SqliteReplayStore(url[len("sqlite:///") :])
     raise ValueError(f"unsupported REPLAY_STORE {url!r} (sqlite:///path or redis://host:port/db)")
 
 
@@ -191,8 +191,15 @@ def _key_fits(algorithm: str, key) -> bool:
 
 
 class ClientVerifier:
-    def __init__(self, issuers: dict[str, dict], public_base_url: str, leeway: float, store, resolver: KeyResolver,
-                 max_lifetime: float = 300):
+    def __init__(
+        self,
+        issuers: dict[str, dict],
+        public_base_url: str,
+        leeway: float,
+        store,
+        resolver: KeyResolver,
+        max_lifetime: float = 300,
+    ):
         self.issuers = {iss: TrustedIssuer.from_config(iss, entry) for iss, entry in issuers.items()}
         self.public_base_url = public_base_url.rstrip("/")
         self.leeway = leeway
@@ -236,12 +243,21 @@ class ClientVerifier:
         audience = self.public_base_url + path
         audiences = [audience.rstrip("/"), audience.rstrip("/") + "/"]  # with or without a trailing slash
         try:
-            claims = jwt.decode(token, key, algorithms=[algorithm], audience=audiences, issuer=issuer.iss,
-                                leeway=self.leeway, options={"require": REQUIRED_CLAIMS})
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=audiences,
+                issuer=issuer.iss,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"token rejected: {type(exc).__name__}: {exc}") from exc
         if claims["exp"] - claims["iat"] > self.max_lifetime:
-            raise Unauthorized(f"token lifetime {claims['exp'] - claims['iat']:.0f} s exceeds {self.max_lifetime:.0f} s")
+            raise Unauthorized(
+                f"token lifetime {claims['exp'] - claims['iat']:.0f} s exceeds {self.max_lifetime:.0f} s"
+            )
         if not isinstance(claims["jti"], str) or not claims["jti"]:
             raise Unauthorized("jti is not a non-empty string")
         if not self.store.first_use(issuer.iss, claims["jti"], float(claims["exp"]) + self.leeway):
@@ -256,5 +272,11 @@ def verifier_from_config(config) -> ClientVerifier | None:
     if not config["PUBLIC_BASE_URL"] or not config["TRUSTED_ISSUERS"]:
         raise ValueError("CLIENT_AUTH needs PUBLIC_BASE_URL and at least one TRUSTED_ISSUERS entry")
     resolver = KeyResolver(url_ttl=float(config["JWKS_URL_TTL"]), allow_http=bool(config["JWKS_ALLOW_HTTP"]))
-    return ClientVerifier(config["TRUSTED_ISSUERS"], config["PUBLIC_BASE_URL"], float(config["JWT_LEEWAY"]),
-                          replay_store(config["REPLAY_STORE"]), resolver, float(config["JWT_MAX_LIFETIME"]))
+    return ClientVerifier(
+        config["TRUSTED_ISSUERS"],
+        config["PUBLIC_BASE_URL"],
+        float(config["JWT_LEEWAY"]),
+        replay_store(config["REPLAY_STORE"]),
+        resolver,
+        float(config["JWT_MAX_LIFETIME"]),
+    )

@@ -3,6 +3,7 @@ procedure from the procedure knowledge, or the orders in a file.
 
 Used by `legmove-cds invoke` and the preview page, which both act as an EHR placing an order.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,11 @@ def medication_products() -> tuple[dict, ...]:
     """Every row of the bundled RxNorm table (products and ingredients), as {rxcui, tty, name}."""
     table = importlib.resources.files("cds_service.knowledge").joinpath("rxnorm_leg_movement_drug_products.csv")
     with table.open(encoding="utf-8", newline="") as fh:
-        return tuple({"rxcui": r["rxcui"].strip(), "tty": r["tty"].strip(), "name": r["name"].strip()}
-                     for r in csv.DictReader(fh) if r["rxcui"].strip())
+        return tuple(
+            {"rxcui": r["rxcui"].strip(), "tty": r["tty"].strip(), "name": r["name"].strip()}
+            for r in csv.DictReader(fh)
+            if r["rxcui"].strip()
+        )
 
 
 def search_medications(text: str, limit: int = 20) -> list[dict]:
@@ -42,18 +46,26 @@ def medication_draft(rxcui: str, patient_id: str) -> dict:
     row = next((r for r in medication_products() if r["rxcui"] == rxcui), None)
     if row is None:
         raise DraftError(f"RxNorm code {rxcui!r} is not in the bundled table; give the order as a file instead")
-    return {"resourceType": "MedicationRequest", "id": f"draft-rxnorm-{rxcui}"[:64], "status": "draft",
-            "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-            "authoredOn": date.today().isoformat(),
-            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rxcui, "display": row["name"]}],
-                                          "text": row["name"]}}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"draft-rxnorm-{rxcui}"[:64],
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": date.today().isoformat(),
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": rxcui, "display": row["name"]}],
+            "text": row["name"],
+        },
+    }
 
 
 @lru_cache(maxsize=1)
 def procedure_kinds() -> dict[str, dict]:
     """Orderable procedures the rules know (polysomnography, EMG, imaging, ...): key -> {title, coding}."""
-    data = json.loads(importlib.resources.files("cds_service.knowledge").joinpath("procedures.json")
-                      .read_text(encoding="utf-8"))
+    data = json.loads(
+        importlib.resources.files("cds_service.knowledge").joinpath("procedures.json").read_text(encoding="utf-8")
+    )
     kinds = {}
     for key, entry in data.items():
         if key.startswith("_") or not isinstance(entry, dict):
@@ -70,9 +82,15 @@ def procedure_draft(kind: str, patient_id: str) -> dict:
     code = {"text": entry["title"]}
     if entry["coding"]:
         code["coding"] = [dict(entry["coding"][0], display=entry["title"])]
-    return {"resourceType": "ServiceRequest", "id": f"draft-{kind}".replace("_", "-"), "status": "draft",
-            "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-            "authoredOn": date.today().isoformat(), "code": code}
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"draft-{kind}".replace("_", "-"),
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": date.today().isoformat(),
+        "code": code,
+    }
 
 
 def drafts_from_file(path: Path) -> list[dict]:
@@ -85,7 +103,7 @@ def drafts_from_file(path: Path) -> list[dict]:
         data = data["request"].get("context", {}).get("draftOrders") or {}
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise DraftError(f"{path} holds no FHIR resource")
-    resources = ([e.get("resource") for e in data.get("entry") or []] if data["resourceType"] == "Bundle" else [data])
+    resources = [e.get("resource") for e in data.get("entry") or []] if data["resourceType"] == "Bundle" else [data]
     resources = [r for r in resources if isinstance(r, dict) and isinstance(r.get("resourceType"), str)]
     if not resources:
         raise DraftError(f"{path} holds no draft orders")

@@ -13,6 +13,7 @@ event loop has nothing else to do (`gevent.idle()`: every connection whose reque
 the accept loop run first), then reads that connection's next request. A lone client loses
 nothing measurable (the loop is idle at once); with many, requests are served in arrival order.
 """
+
 from __future__ import annotations
 
 import gevent

@@ -11,6 +11,7 @@ Bodies follow the shape of the IETF draft "Health Check Response Format for HTTP
 (draft-inadarei-api-health-check): `status` pass/fail and one entry per check. They name the
 kind of failure only (an exception type), never a URL, host or credential.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ class CheckFailed(Exception):
 
 
 def _respond(body: dict, status: int) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=MEDIA_TYPE,
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        mimetype=MEDIA_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @bp.get("/health")
@@ -44,8 +49,11 @@ def live():
 @bp.get("/health/ready")
 def ready():
     app = current_app._get_current_object()
-    checks = {"rules": lambda: _rules(app), "feedback_store": lambda: _feedback_store(app),
-              "replay_store": lambda: _replay_store(app)}
+    checks = {
+        "rules": lambda: _rules(app),
+        "feedback_store": lambda: _feedback_store(app),
+        "replay_store": lambda: _replay_store(app),
+    }
     timeout = float(app.config["HEALTH_CHECK_TIMEOUT"])
     # the checks run side by side under one deadline, so a hanging database cannot hang the probe
     pool = ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="legmove-health")

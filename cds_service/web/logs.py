@@ -4,6 +4,7 @@ Patient identifiers, resource references and clinical values are logged only at 
 facts layer's skip reasons). Each hook call ends with one `hook_call` record carrying the
 request id, service, hook, rule ids fired, stage timings and the outcome.
 """
+
 from __future__ import annotations
 
 import json

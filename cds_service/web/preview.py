@@ -13,6 +13,7 @@ client auth is off. With client auth on the page is not served: a browser holds 
 and a page that signed for it server-side would let anyone who can load the page call as a
 trusted client.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,25 +21,34 @@ import logging
 from flask import Blueprint, Flask, Response, abort, jsonify, render_template, request
 
 from cds_service.fhir.bundle_search import search
-from cds_service.web.drafts import DraftError, medication_draft, procedure_draft, procedure_kinds, search_medications
 from cds_service.fhir.examples import all_examples
 from cds_service.fhir.prefetch import expand
+from cds_service.web.drafts import DraftError, medication_draft, procedure_draft, procedure_kinds, search_medications
 
 log = logging.getLogger(__name__)
-bp = Blueprint("preview", __name__, url_prefix="/preview", template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "preview",
+    __name__,
+    url_prefix="/preview",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 # The page loads its own script and style only; card text is inserted as text, never as HTML.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def register_preview(app: Flask) -> None:
     if not app.config.get("PREVIEW_ENABLED"):
         return
     if app.config.get("CLIENT_AUTH"):
-        log.warning("PREVIEW_ENABLED is set but CLIENT_AUTH is on: /preview is not served (a browser holds no "
-                    "client key)")
+        log.warning(
+            "PREVIEW_ENABLED is set but CLIENT_AUTH is on: /preview is not served (a browser holds no client key)"
+        )
         return
     app.register_blueprint(bp)
     log.info("card preview page served at /preview")
@@ -91,7 +101,7 @@ def example_call():
     the page picked from discovery)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("templates"), dict):
-        return _problem("send {\"example\": name, \"templates\": {key: template}}")
+        return _problem('send {"example": name, "templates": {key: template}}')
     example = all_examples().get(body.get("example"))
     if example is None:
         abort(404)
@@ -102,10 +112,13 @@ def example_call():
         query = expand(template, context) if isinstance(template, str) else None
         if query is not None:
             prefetch[str(key)], _ = search(chart, query)
-    return jsonify({"context": context, "prefetch": prefetch, "description": example.description,
-                    "hook": example.hook})
+    return jsonify({"context": context, "prefetch": prefetch, "description": example.description, "hook": example.hook})
 
 
 def _problem(message: str, status: int = 400):
-    return jsonify({"resourceType": "OperationOutcome",
-                    "issue": [{"severity": "error", "code": "invalid", "diagnostics": message}]}), status
+    return jsonify(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "diagnostics": message}],
+        }
+    ), status

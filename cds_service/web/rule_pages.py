@@ -7,6 +7,7 @@ process (overrides included, so the page shows the numbers the cards print) and 
 the rule's test examples. They live on their own blueprint, outside the CDS blueprint's client-JWT
 check, so they are open like discovery even when client auth is on.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,25 +30,42 @@ pages = Blueprint("rule_pages", __name__, template_folder="templates")
 # configurable default, no external source). Values are read from the running configuration.
 RULE_SETTINGS: dict[str, tuple[str, ...]] = {
     "R1": ("ferritin_lookback_days",),
-    "R2": ("ferritin_lookback_days", "iron_profile", "seed.ferritin_iron_indicated_below",
-           "aasm2024.ferritin_iron_indicated_at_or_below", "aasm2024.tsat_iron_indicated_below",
-           "aasm2024.iv_only_up_to", "aasm2024.child_ferritin_iron_indicated_below", "show_guideline_disagreement"),
-    "R3": ("rls_worsening_additions",), "R4": ("rls_worsening_additions",),
+    "R2": (
+        "ferritin_lookback_days",
+        "iron_profile",
+        "seed.ferritin_iron_indicated_below",
+        "aasm2024.ferritin_iron_indicated_at_or_below",
+        "aasm2024.tsat_iron_indicated_below",
+        "aasm2024.iv_only_up_to",
+        "aasm2024.child_ferritin_iron_indicated_below",
+        "show_guideline_disagreement",
+    ),
+    "R3": ("rls_worsening_additions",),
+    "R4": ("rls_worsening_additions",),
     "R7": ("plms_index_threshold_adult", "plms_index_threshold_child", "plms_index_lookback_days"),
-    "R9": ("gbs_onset_window_days",), "R10": ("acute_deficit_window_days",),
-    "R11": ("fasciculation_lab_lookback_days",), "R12": ("prior_emg_window_days",),
+    "R9": ("gbs_onset_window_days",),
+    "R10": ("acute_deficit_window_days",),
+    "R11": ("fasciculation_lab_lookback_days",),
+    "R12": ("prior_emg_window_days",),
     "R13": ("screening_lookback_days",),
     "R14": ("metabolic_lookback_days", "metabolic_value_lookback_days"),
     "R16": ("metabolic_lookback_days", "metabolic_value_lookback_days"),
-    "R17": ("akathisia_window_days",), "R19": ("ferritin_lookback_days", "pregnancy_max_days"),
+    "R17": ("akathisia_window_days",),
+    "R19": ("ferritin_lookback_days", "pregnancy_max_days"),
     "R20": ("new_start_window_days", "pregnancy_max_days", "iron_profile"),
     "R23": ("renal_dose_egfr_threshold",),
 }
-SETTING_SOURCES = {"seed.ferritin_iron_indicated_below": "seed-000", "plms_index_threshold_adult": "seed-000",
-                   "aasm2024.ferritin_iron_indicated_at_or_below": "aasm-2024",
-                   "aasm2024.tsat_iron_indicated_below": "aasm-2024", "aasm2024.iv_only_up_to": "aasm-2024",
-                   "aasm2024.child_ferritin_iron_indicated_below": "aasm-2024", "plms_index_threshold_child": "aasm-2024",
-                   "rls_worsening_additions": "aasm-2024", "renal_dose_egfr_threshold": "us-labels"}
+SETTING_SOURCES = {
+    "seed.ferritin_iron_indicated_below": "seed-000",
+    "plms_index_threshold_adult": "seed-000",
+    "aasm2024.ferritin_iron_indicated_at_or_below": "aasm-2024",
+    "aasm2024.tsat_iron_indicated_below": "aasm-2024",
+    "aasm2024.iv_only_up_to": "aasm-2024",
+    "aasm2024.child_ferritin_iron_indicated_below": "aasm-2024",
+    "plms_index_threshold_child": "aasm-2024",
+    "rls_worsening_additions": "aasm-2024",
+    "renal_dose_egfr_threshold": "us-labels",
+}
 
 
 def _setting(settings: Settings, key: str):
@@ -65,9 +83,14 @@ def _thresholds(rule_id: str, settings: Settings) -> list[dict]:
         if value is None:
             continue
         source = BY_KEY.get(SETTING_SOURCES.get(key, ""))
-        rows.append({"key": key, "value": ", ".join(map(str, value)) if isinstance(value, tuple) else value,
-                     "source": source.title if source else "Service default (configurable)",
-                     "url": source.url if source else None})
+        rows.append(
+            {
+                "key": key,
+                "value": ", ".join(map(str, value)) if isinstance(value, tuple) else value,
+                "source": source.title if source else "Service default (configurable)",
+                "url": source.url if source else None,
+            }
+        )
     return rows
 
 
@@ -142,11 +165,17 @@ def rule_page(rule_id: str):
     if spec is None:
         abort(404, f"no rule {rule_id!r}")
     settings = current_app.extensions["legmove"].terminology.settings
-    page = render_template("rule_page.html", spec=spec, enabled=spec.id in _enabled(), checks=plain(spec.logic),
-                           sources=cited(spec.citation), thresholds=_thresholds(spec.id, settings),
-                           examples=examples().get(spec.id, {"fires": [], "silent": []}),
-                           version=getattr(spec, "version", None),
-                           supersedes=spec.supersedes)
+    page = render_template(
+        "rule_page.html",
+        spec=spec,
+        enabled=spec.id in _enabled(),
+        checks=plain(spec.logic),
+        sources=cited(spec.citation),
+        thresholds=_thresholds(spec.id, settings),
+        examples=examples().get(spec.id, {"fires": [], "silent": []}),
+        version=getattr(spec, "version", None),
+        supersedes=spec.supersedes,
+    )
     return _html(page)
 
 

@@ -13,6 +13,7 @@ whose revision this build does not know, or one that is behind.
 Revision 0001 is the schema that `metadata.create_all` made before migrations existed: on such
 a database it creates nothing and only records the revision ("stamps" it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,9 +51,9 @@ def head() -> str:
 
 def _engine(url: str):
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)  # relative path
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)  # relative path
     elif url.startswith("sqlite:////"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return create_engine(url)
 
 
@@ -87,5 +88,7 @@ def require_current(url: str) -> None:
     found, wanted = current(url), head()
     if found != wanted:
         state = "has no schema" if found is None else f"is at revision {found}"
-        raise SchemaMismatch(f"the feedback store {state}; this build needs {wanted}: "
-                             "run `legmove-cds db upgrade` (or start through gunicorn.conf.py, which does it)")
+        raise SchemaMismatch(
+            f"the feedback store {state}; this build needs {wanted}: "
+            "run `legmove-cds db upgrade` (or start through gunicorn.conf.py, which does it)"
+        )

@@ -1,5 +1,6 @@
 """`python -m cds_service.store.migrations upgrade|current|head`: the feedback store's schema, for the
 store configured by LEGMOVE_CONFIG and LEGMOVE_FEEDBACK_STORE (the same settings the app reads)."""
+
 from __future__ import annotations
 
 import sys

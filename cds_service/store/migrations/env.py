@@ -1,4 +1,5 @@
 """Alembic environment: run the migrations on the URL handed in by `cds_service.store.migrations`."""
+
 from __future__ import annotations
 
 from alembic import context

@@ -6,6 +6,7 @@ only records this revision.
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -8,6 +8,7 @@ keyed hash; the key is configuration, never stored here.
 Revision ID: 0003
 Revises: 0002
 """
+
 import sqlalchemy as sa
 from alembic import op
 
