@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from cds_service.facts.medications import _Medications
-from cds_service.facts.project import UNKNOWN_DAYS, _Projection
+from cds_service.facts.project import UNKNOWN_DAYS
 from cds_service.facts.schema import CONTEXT, DATA_GAP, PARAMS, PATIENT, FactSchemaError
-from cds_service.facts.select import _Selection
 from cds_service.fhir.fhir_read import fhir_date_range, reference_of
 from cds_service.knowledge.terminology import Terminology
 
@@ -50,14 +49,14 @@ def build_facts(data: PatientData, terminology: Terminology, today: date) -> Fac
     return builder.build()
 
 
-class _Builder(_Selection, _Projection, _Medications):
+class _Builder(_Medications):
     def __init__(self, data: PatientData, terminology: Terminology, today: date):
         self.data = data
         self.term = terminology
         self.today = today
         self.skipped: list[tuple[str, str]] = []
         self.medications = self._index_medications()
-        self._matches: dict[tuple, object] = {}  # lives for this call only, like all patient data
+        self._matches = {}  # lives for this call only, like all patient data
 
     def build(self) -> FactSet:
         facts: list[dict] = [CONTEXT.new(hook=self.data.hook), params_fact(self.term)]
@@ -72,7 +71,7 @@ class _Builder(_Selection, _Projection, _Medications):
                 seen.add(ref)
                 if not self._belongs_to_patient(res, ref):
                     continue
-                by_type.setdefault(res.get("resourceType"), []).append(res)
+                by_type.setdefault(str(res.get("resourceType")), []).append(res)
         facts.append(self._patient(by_type.get("Patient", [])))
         facts += self._capped("condition", self._convert(by_type.get("Condition", []), self._condition))
         facts += self._observations(by_type.get("Observation", []))
@@ -147,7 +146,7 @@ def params_fact(term: Terminology) -> dict:
     name = settings["iron_profile"]
     if name not in settings["profiles"]:
         raise ValueError(f"iron_profile {name!r} is not one of {sorted(settings['profiles'])}")
-    fact = {
+    fact: dict[str, object] = {
         k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
         for k, v in settings.items()
         if isinstance(v, (int, float, bool))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from cds_service.facts.project import UNKNOWN_DAYS
+from cds_service.facts.project import UNKNOWN_DAYS, _Projection
 from cds_service.facts.schema import MEDICATION
-from cds_service.fhir.fhir_read import as_list, clip, codings_of, reference_of, refers_to_patient, string, text_of
+from cds_service.fhir.fhir_read import (
+    as_list,
+    clip,
+    codings_of,
+    mapping,
+    reference_of,
+    refers_to_patient,
+    string,
+    text_of,
+)
 
 CHART_MED_REQUEST_INTENTS = {"order", "plan", "original-order"}
 ACTIVE_STATEMENT = {"active", "intended"}
@@ -12,7 +21,7 @@ RECENT_MED_REQUEST = {"completed", "stopped", "on-hold"}  # "recent therapy" for
 DROPPED_DRAFT_STATUS = {"entered-in-error", "cancelled"}
 
 
-class _Medications:
+class _Medications(_Projection):
     """The fact builder's medication steps; mixed into `_Builder`."""
 
     def _chart_medication(self, res: dict) -> dict | None:
@@ -23,7 +32,9 @@ class _Medications:
                 string(res.get("intent")) not in CHART_MED_REQUEST_INTENTS
                 or status not in {"active"} | RECENT_MED_REQUEST
             ):
-                return None if status != "entered-in-error" else self._skip(res, "entered-in-error")
+                if status == "entered-in-error":
+                    self._skip(res, "entered-in-error")
+                return None
             if status != "active":
                 origin = "recent"  # stopped or completed: history for new-start checks, never "on it now"
         elif status not in ACTIVE_STATEMENT:
@@ -60,7 +71,8 @@ class _Medications:
     def _indications(self, order: dict) -> dict:
         """What the order is for, as coded: labels for the card ("Generalized anxiety disorder
         (F41.1)") and the code sets they fall in (an allergic indication, say)."""
-        labels, sets = [], set()
+        labels: list[str] = []
+        sets: set[str] = set()
         for concept in as_list(order.get("reasonCode"))[:5]:
             codings = codings_of(concept)
             text = text_of(concept) or next((c["display"] for c in codings if isinstance(c.get("display"), str)), None)
@@ -100,7 +112,8 @@ class _Medications:
             if t
         ]
         if not codings and not texts:
-            return self._skip(res, "medication has no code and no text")
+            self._skip(res, "medication has no code and no text")
+            return None
         key = (tuple((c.get("system"), c.get("code")) for c in codings), tuple(texts), tuple(routes))
         if key not in self._matches:  # refills repeat one product: classify it once per call
             self._matches[key] = self.term.match_medication(codings, texts, routes)
@@ -110,7 +123,7 @@ class _Medications:
         for note in match.notes:
             self._skip(reference_of(res), note)
         groups = sorted(g for g, classes in self.term.groups.items() if classes & set(match.classes))
-        period = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
+        period = mapping(res.get("effectivePeriod"))
         started = (
             res.get("authoredOn") or res.get("effectiveDateTime") or period.get("start") or res.get("dateAsserted")
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from cds_service.facts.schema import CONDITION, LAB, ORDER, PENDING_TEST, PROCEDURE_DONE, UNREADABLE_RESULT
+from cds_service.facts.select import _Selection
 from cds_service.fhir.fhir_read import (
     as_list,
     clip,
     codings_of,
     fhir_date_range,
     first_code,
+    mapping,
     observation_date,
     parse_fhir_date,
     quantity_of,
@@ -28,7 +30,7 @@ FINAL_REPORT = {"final", "amended", "corrected"}
 UNKNOWN_DAYS = -1  # a date we could not read: rules that need a date treat -1 as "unknown"
 
 
-class _Projection:
+class _Projection(_Selection):
     """The fact builder's per-resource projections; mixed into `_Builder`."""
 
     def _days_ago(self, value) -> int:
@@ -38,10 +40,12 @@ class _Projection:
     def _condition(self, res: dict) -> dict | None:
         verification = first_code(res.get("verificationStatus"))
         if verification in EXCLUDED_VERIFICATION:
-            return self._skip(res, f"verificationStatus {verification}")
+            self._skip(res, f"verificationStatus {verification}")
+            return None
         clinical = first_code(res.get("clinicalStatus"))
         if clinical not in ACTIVE_CONDITION:
-            return self._skip(res, f"clinicalStatus {clinical or 'missing'}")
+            self._skip(res, f"clinicalStatus {clinical or 'missing'}")
+            return None
         onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
         dates = {
             "recorded": clip(str(res.get("recordedDate") or onset or ""), 10) or "undated",
@@ -89,16 +93,20 @@ class _Projection:
                 analyte=analyte.name, resource_ref=reference_of(res), status=status, origin="result"
             )
         if status not in FINAL_OBSERVATION:
-            return self._skip(res, f"status {status}")
+            self._skip(res, f"status {status}")
+            return None
         when = observation_date(res)
         if when is None:
-            return self._skip(res, "no parseable effective date")
+            self._skip(res, "no parseable effective date")
+            return None
         days_ago = (self.today - when).days
         if days_ago < -1:
-            return self._skip(res, "effective date in the future")
+            self._skip(res, "effective date in the future")
+            return None
         lookback = self.term.settings.days(analyte.lookback_setting)
         if days_ago > lookback:
-            return self._skip(res, f"older than the {lookback}-day lookback")
+            self._skip(res, f"older than the {lookback}-day lookback")
+            return None
         fact = {
             "kind": "lab",
             "analyte": analyte.name,
@@ -142,7 +150,7 @@ class _Projection:
         for an absence rule, and named by the rule that then fires."""
         self._skip(res, f"{fact['analyte']}: {reason}")
         raw = res.get("valueString") if isinstance(res.get("valueString"), str) else fact.get("raw_value")
-        quantity = res.get("valueQuantity") if isinstance(res.get("valueQuantity"), dict) else {}
+        quantity = mapping(res.get("valueQuantity"))
         unit = quantity.get("code") or quantity.get("unit") or fact.get("raw_unit")
         return UNREADABLE_RESULT.new(
             analyte=fact["analyte"],
@@ -196,8 +204,8 @@ class _Projection:
         )
         if procedure is None:
             return None
-        period = res.get("performedPeriod") if isinstance(res.get("performedPeriod"), dict) else {}
-        effective = res.get("effectivePeriod") if isinstance(res.get("effectivePeriod"), dict) else {}
+        period = mapping(res.get("performedPeriod"))
+        effective = mapping(res.get("effectivePeriod"))
         when = (
             res.get("performedDateTime")
             or period.get("end")
@@ -208,7 +216,8 @@ class _Projection:
         )
         days_ago = self._days_ago(when)
         if days_ago < 0:
-            return self._skip(res, "no parseable date (or a future one) on a procedure")
+            self._skip(res, "no parseable date (or a future one) on a procedure")
+            return None
         return PROCEDURE_DONE.new(
             procedure=procedure[0],
             matched_by=procedure[1],

@@ -99,7 +99,7 @@ class Field:
             outside = [item for item in value if item not in self.values] if self.values is not None else ()
         else:
             outside = [value] if self.values is not None and type(value) is str and value not in self.values else ()
-        if outside:
+        if outside and self.values is not None:
             return f"holds {outside[0]!r}, not one of {_value_list(self.values)}{_suggest(outside[0], self.values)}"
         return None
 

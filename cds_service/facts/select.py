@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import date
+from typing import TYPE_CHECKING
+
 from cds_service.facts.schema import FactSchemaError
 from cds_service.fhir.fhir_read import reference_of, refers_to_patient
+
+if TYPE_CHECKING:  # build.py imports this module; the annotation only needs the name
+    from cds_service.facts.build import PatientData
+    from cds_service.knowledge.medications import MedicationMatch
+    from cds_service.knowledge.terminology import Terminology
 
 MAX_FACTS_PER_KIND = 200
 
 
 class _Selection:
-    """The fact builder's selection steps (which resources become facts at all); mixed into `_Builder`."""
+    """The fact builder's selection steps (which resources become facts at all): the first of the
+    builder's layers (selection <- projection <- medications <- `_Builder`), and the one that declares
+    the state of one build, which `_Builder.__init__` sets."""
+
+    data: PatientData
+    term: Terminology
+    today: date
+    skipped: list[tuple[str, str]]
+    medications: dict[str, dict]
+    _matches: dict[tuple, MedicationMatch | None]  # medication classification per call
 
     def _convert(self, resources: list[dict], convert, many: bool = False) -> list[dict]:
         """Apply a converter to each resource. A resource whose shape defeats the converter (a list

@@ -21,6 +21,11 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def mapping(value) -> dict:
+    """`value` when it is a JSON object, else an empty one: a lenient read of an optional object field."""
+    return value if isinstance(value, dict) else {}
+
+
 def codings_of(concept) -> list[dict]:
     if not isinstance(concept, dict):
         return []
