@@ -8,6 +8,7 @@ import copy
 import itertools
 import json
 import logging
+import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -19,7 +20,14 @@ from cds_service.app import create_app
 from cds_service.authoring.rulebook import REGISTRY
 from cds_service.knowledge.settings import SettingsError
 from cds_service.store import governance
-from cds_service.store.governance import GovernanceConfigError, card_event, hook_call, patient_hash, rule_modes
+from cds_service.store.governance import (
+    GovernanceConfigError,
+    card_event,
+    hook_call,
+    knowledge_version,
+    patient_hash,
+    rule_modes,
+)
 from conftest import EXTENSION, ROOT, load_fixture, patient_variant
 
 R3 = load_fixture(ROOT / "fhir_fixtures/R3/fires-sertraline-order-sign.json")
@@ -228,6 +236,22 @@ def test_knowledge_overrides_change_the_knowledge_version(tmp_path):
         "test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None, KNOWLEDGE_OVERRIDES={"iron_profile": "aasm2024"}
     )
     assert plain.extensions["legmove"].knowledge_version != tuned.extensions["legmove"].knowledge_version
+
+
+def test_the_knowledge_version_follows_the_data_not_the_notes(tmp_path, monkeypatch):
+    """Rewording a knowledge file's `_about` note is documentation: the version stays; a changed code moves it."""
+    copy_dir = tmp_path / "knowledge"
+    shutil.copytree(governance.KNOWLEDGE_DIR, copy_dir)
+    monkeypatch.setattr(governance, "KNOWLEDGE_DIR", copy_dir)
+    before = knowledge_version({})
+    labs = copy_dir / "labs.json"
+    data = json.loads(labs.read_text(encoding="utf-8"))
+    data["_about"] = "Reworded note."
+    labs.write_text(json.dumps(data), encoding="utf-8")
+    assert knowledge_version({}) == before
+    data["ferritin"]["loinc"] = [*data["ferritin"]["loinc"], "99999-9"]
+    labs.write_text(json.dumps(data), encoding="utf-8")
+    assert knowledge_version({}) != before
 
 
 def test_evidence_fingerprint_ignores_request_identity_and_hook(sqlite_app):

@@ -107,13 +107,30 @@ def service_version() -> str:
 
 def knowledge_version(overrides: dict) -> str:
     """A hash of the knowledge files (code sets, drugs, labs, product table, settings) and of the
-    deployment's KNOWLEDGE_OVERRIDES: two services answer alike exactly when this matches."""
+    deployment's KNOWLEDGE_OVERRIDES: two services answer alike exactly when this matches.
+
+    JSON files are hashed as data without their `_about` notes, so rewording a note (documentation)
+    does not make governance treat the knowledge as changed."""
     digest = hashlib.sha256()
     for path in sorted(KNOWLEDGE_DIR.iterdir()):
-        if path.suffix in (".json", ".csv"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if path.suffix == ".json":
+            content = json.dumps(_without_notes(json.loads(path.read_bytes())), sort_keys=True).encode()
+        elif path.suffix == ".csv":
+            content = path.read_bytes()
+        else:
+            continue
+        digest.update(path.name.encode() + b"\0" + content + b"\0")
     digest.update(json.dumps(overrides or {}, sort_keys=True, default=str).encode())
     return "kb-" + digest.hexdigest()[:16]
+
+
+def _without_notes(value):
+    """`value` with every `_about` key removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_notes(v) for k, v in value.items() if k != "_about"}
+    if isinstance(value, list):
+        return [_without_notes(v) for v in value]
+    return value
 
 
 def rule_modes(registry: dict[str, RuleSpec], config) -> dict[str, str]:
