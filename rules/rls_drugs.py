@@ -309,9 +309,9 @@ def dopaminergic_for_rls(matches, ctx):
         + ("options for adults in general " if withheld else "options ")
         + "(recommendation strengths come from secondary summaries and are not quoted here)."
     )
-    if iron in ("indicated", "iv_only"):
+    if assessment and iron in ("indicated", "iv_only"):
         notes.insert(0, f"**Iron stores are low (ferritin {_ferritin_text(assessment)}): treat iron first.**")
-    elif iron == "disagreement":
+    elif assessment and iron == "disagreement":
         notes.insert(
             0,
             f"Ferritin {_ferritin_text(assessment)} is within the AASM 2024 guideline's iron threshold but "

@@ -13,7 +13,7 @@ from cds_service.knowledge.settings import OrderCode
 
 
 def lab_order(patient_id: str, loinc: str, display: str, note: str | None = None) -> ActionDraft:
-    resource = {
+    resource: dict[str, object] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "proposal",
@@ -30,10 +30,10 @@ def procedure_order(
 ) -> ActionDraft:
     """A ServiceRequest for a procedure or referral; `code` is a configured setting: a coding
     (system, code, display) or only a text. Sites replace the unverified defaults (docs/knowledge.md)."""
-    concept = {"text": code.label}
+    concept: dict[str, object] = {"text": code.label}
     if code.system and code.code:
         concept["coding"] = [{"system": code.system, "code": code.code, "display": code.display}]
-    resource = {
+    resource: dict[str, object] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "proposal",
@@ -49,7 +49,7 @@ def procedure_order(
 
 
 def medication_proposal(patient_id: str, rxcui: str, display: str) -> ActionDraft:
-    resource = {
+    resource: dict[str, object] = {
         "resourceType": "MedicationRequest",
         "status": "draft",
         "intent": "proposal",

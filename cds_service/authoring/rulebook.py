@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from cds_service.knowledge.settings import Settings
 
@@ -132,7 +133,7 @@ class RuleSpec:
     title: str
     citation: str
     stratum: str
-    condition: object  # a durable.lang when_all/when_any rule object
+    condition: Any  # a durable.lang when_all/when_any rule object (durable-rules carries no types)
     module: str
     hooks: tuple[str, ...] = ()
     logic: str = ""  # one line for the rule catalog

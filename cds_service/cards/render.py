@@ -42,8 +42,13 @@ class SuggestionInvalid(Exception):
 def render_cards(
     specs: dict[str, RuleSpec], card_matches: dict, facts_by_id: dict[str, dict], ctx: RenderContext
 ) -> list[dict]:
-    drafts = {rule_id: specs[rule_id].render(matches, ctx) for rule_id, matches in card_matches.items()}
-    drafts = {rule_id: draft for rule_id, draft in drafts.items() if draft is not None}
+    drafts: dict[str, CardDraft] = {}
+    for rule_id, matches in card_matches.items():
+        render = specs[rule_id].render
+        assert render is not None  # the start-up lint refuses a card rule without one
+        draft = render(matches, ctx)
+        if draft is not None:
+            drafts[rule_id] = draft
     # one card per problem: a rule that reaches the same advice more strongly supersedes the weaker one
     superseded = {loser: winner for winner in drafts for loser in specs[winner].supersedes if loser in drafts}
     cards = []
@@ -204,6 +209,7 @@ def warm_up() -> None:
         lab_order("warm-up", "2276-4", "Ferritin", "note"),
         medication_proposal("warm-up", "310325", "iron"),
     ):
+        assert action.resource is not None  # the order builders always attach one
         validated(action.resource)
 
 

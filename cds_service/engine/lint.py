@@ -112,7 +112,7 @@ def lint(specs: list[RuleSpec], definition: dict) -> None:
             problems.append(f"{spec.id}: card rule without a render function")
         if not (spec.title and spec.citation):
             problems.append(f"{spec.id}: missing title or citation")
-    for finding in sorted(produced - consumed_findings):
+    for finding in sorted(f for f in produced - consumed_findings if f):
         problems.append(f"finding {finding!r} is derived but consumed by no rule")
     if problems:
         raise RuleDefinitionError("rule lint failed:\n  " + "\n  ".join(problems))
@@ -187,7 +187,7 @@ def fact_model_problems(specs: list[RuleSpec], definition: dict) -> list[str]:
     problems = []
     produced = {s.produces for s in specs if s.stratum == DERIVE and s.produces}
     for spec in specs:
-        if spec.stratum == DERIVE and spec.produces not in FINDINGS:
+        if spec.stratum == DERIVE and spec.produces is not None and spec.produces not in FINDINGS:
             problems.append(
                 f"{spec.id}: it derives finding {spec.produces!r}, which the fact model does not declare "
                 f"(declare_finding in the rule's module){_did_you_mean(spec.produces, FINDINGS)}"
@@ -217,7 +217,8 @@ def _pins(expression, field_name: str) -> set[str] | None:
         return set.intersection(*found) if found else None
     if key == "$or" and isinstance(value, list):
         branches = [_pins(term, field_name) for term in value]
-        return None if not branches or any(b is None for b in branches) else set().union(*branches)
+        pinned = [b for b in branches if b is not None]
+        return None if not branches or len(pinned) < len(branches) else set().union(*pinned)
     return None
 
 

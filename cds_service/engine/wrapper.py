@@ -54,7 +54,9 @@ def _fnv1a_32(text: str) -> int:
 
 def _collision_free_ids(count: int) -> tuple[str, ...]:
     """f0, f1, ... skipping any id whose 32-bit FNV-1a hash repeats: the engine keys facts by that hash."""
-    ids, seen, n = [], set(), 0
+    ids: list[str] = []
+    seen: set[int] = set()
+    n = 0
     while len(ids) < count:
         candidate = f"f{n}"
         digest = _fnv1a_32(candidate)
@@ -147,6 +149,7 @@ class RuleEngine:
             try:
                 match = _bound_facts(closure, aliases)
                 if spec.stratum == DERIVE:
+                    assert spec.derive is not None and spec.produces is not None  # derivation() sets both
                     fields = spec.derive(match)
                     if fields is None:  # the match failed a check the DSL cannot express (e.g. a date window)
                         return

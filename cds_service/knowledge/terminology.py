@@ -107,7 +107,12 @@ class Terminology:
     def observation_analyte(self, codings: list[dict], texts: list[str]) -> tuple[Analyte, str, str] | None:
         """(analyte, code or text, how) for an Observation or a lab order; None if not ours."""
         for coding in codings:
-            analyte = self.observation_codes.get((coding.get("system"), coding.get("code")))
+            system, code = coding.get("system"), coding.get("code")
+            analyte = (
+                self.observation_codes.get((system, code))
+                if isinstance(system, str) and isinstance(code, str)
+                else None
+            )
             if analyte:
                 return analyte, coding["code"], "code"
         for text in texts:
@@ -183,7 +188,7 @@ class Terminology:
         return frozenset(self.drugs["salt_words"])
 
     def match_medication(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
-        """Classify one medication (section 9), then add the finer classes some rules need."""
+        """Classify one medication (in the order of `_match_steps`), then add the finer classes rules need."""
         match = self._match_steps(codings, texts, route_texts)
         if match is not None and match.matched_by != "text":
             self._add_name_only_ingredients(match, texts)
@@ -213,8 +218,8 @@ class Terminology:
                 match.ingredients = (*match.ingredients, row.ingredient_key)
 
     def _match_steps(self, codings: list[dict], texts: list[str], route_texts: list[str]) -> MedicationMatch | None:
-        """The first step that matches wins (section 9, steps 1-5)."""
-        rx_codes = [c.get("code") for c in codings if c.get("system") == RXNORM and isinstance(c.get("code"), str)]
+        """The first step that matches wins: RxNorm product, RxNorm ingredient, ATC class, then name."""
+        rx_codes = [c["code"] for c in codings if c.get("system") == RXNORM and isinstance(c.get("code"), str)]
         display = next((t for t in texts if t), None)
         for code in rx_codes:
             rows = self._rows_by_rxcui.get(code.strip())
@@ -226,7 +231,7 @@ class Terminology:
             rows = self._rows_by_ingredient.get(code.strip())
             if rows:
                 return self._from_rows(rows, "rxnorm-ingredient", code, display or rows[0].ingredient_name, route_texts)
-        atc_codes = [c.get("code") for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
+        atc_codes = [c["code"] for c in codings if c.get("system") == ATC and isinstance(c.get("code"), str)]
         for code in atc_codes:
             match = self._match_atc(code.strip().upper(), display)
             if match:

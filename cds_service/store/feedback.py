@@ -38,6 +38,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _item(raw, i: int) -> FeedbackItem:
     ):
         raise BadFeedback(f'{where}.acceptedSuggestions must be a non-empty array of {{"id": uuid}} when accepted')
     reason = raw.get("overrideReason")
-    coding = {}
+    coding: dict[str, str] = {}
     comment = None
     if reason is not None:
         if not isinstance(reason, dict):
@@ -182,8 +183,8 @@ class CardLedger:
         self.url = url
         self.store_comments = store_comments
         self._schema_check = schema_check  # pending start-up check when the store was unreachable then
-        self._engine = None
-        self._pid = None
+        self._engine: Engine | None = None
+        self._pid: int | None = None
         self._lock = threading.Lock()
 
     def engine(self):

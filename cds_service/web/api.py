@@ -84,7 +84,7 @@ def discovery():
 @bp.post("/cds-services/<service_id>", strict_slashes=False)
 def call_service(service_id: str):
     started = time.perf_counter()
-    record = {"event": "hook_call", "service": service_id}
+    record: dict[str, object] = {"event": "hook_call", "service": service_id}
     status = 500
     try:
         with GC_PAUSE.held(_large_call()):

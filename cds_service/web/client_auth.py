@@ -231,7 +231,8 @@ class ClientVerifier:
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise Unauthorized(f"algorithm {algorithm!r} not allowed")
-        issuer = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
+        claimed = unverified.get("iss")
+        issuer = self.issuers.get(claimed) if isinstance(claimed, str) else None
         if issuer is None:
             raise Unauthorized("issuer not trusted")
         for claim in ("exp", "iat", "nbf"):

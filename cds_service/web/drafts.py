@@ -24,7 +24,7 @@ class DraftError(ValueError):
 def medication_products() -> tuple[dict, ...]:
     """Every row of the bundled RxNorm table (products and ingredients), as {rxcui, tty, name}."""
     table = importlib.resources.files("cds_service.knowledge").joinpath("rxnorm_leg_movement_drug_products.csv")
-    with table.open(encoding="utf-8", newline="") as fh:
+    with table.open("r", encoding="utf-8", newline="") as fh:  # type: ignore[call-overload]  # typeshed's Traversable.open lacks newline; the real file object takes it
         return tuple(
             {"rxcui": r["rxcui"].strip(), "tty": r["tty"].strip(), "name": r["name"].strip()}
             for r in csv.DictReader(fh)

@@ -48,7 +48,7 @@ def live():
 
 @bp.get("/health/ready")
 def ready():
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxy's target; Flask's stubs type the proxy as Flask
     checks = {
         "rules": lambda: _rules(app),
         "feedback_store": lambda: _feedback_store(app),

@@ -102,7 +102,8 @@ def example_call():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("templates"), dict):
         return _problem('send {"example": name, "templates": {key: template}}')
-    example = all_examples().get(body.get("example"))
+    name = body.get("example")
+    example = all_examples().get(name) if isinstance(name, str) else None
     if example is None:
         abort(404)
     chart = example.resources()
