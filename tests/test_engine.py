@@ -1,5 +1,6 @@
 """The durable-rules wrapper against the defects measured in durable-rules-notes.md (R10)."""
 
+import logging
 import re
 import threading
 
@@ -226,3 +227,40 @@ def test_findings_with_tiny_floats_reach_card_rules():
     )
     evaluation = engine.evaluate([{"kind": "a"}])
     assert evaluation.card_matches["USE"][0]["f"]["ratio"] == pytest.approx(1e-05)
+
+
+def test_a_registration_the_c_engine_refuses_once_is_tried_again(monkeypatch, caplog):
+    """The C parser has refused the same, deterministic definition once in a few hundred start-ups
+    (error 102); a worker must not fail to boot for it. A definition refused every time still stops."""
+    from durable import engine as durable_engine
+
+    real = durable_engine.durable_rules_engine.create_ruleset
+    calls = []
+
+    def refuse_first(name, text):
+        calls.append(name)
+        if len(calls) == 1:
+            raise durable_engine.durable_rules_engine.error("Could not create ruleset, error code: 102")
+        return real(name, text)
+
+    monkeypatch.setattr(durable_engine.durable_rules_engine, "create_ruleset", refuse_first)
+    spec = RuleSpec(
+        id="T1",
+        title="t",
+        citation="c",
+        stratum=CARD,
+        module=__name__,
+        condition=when_all(c.a << (m.kind == "a")),
+        render=lambda matches, ctx: None,
+    )
+    with caplog.at_level(logging.WARNING, logger="cds_service.engine.wrapper"):
+        engine = RuleEngine([spec], "retry_once")
+    assert len(calls) == 2 and engine is not None
+    assert "registering it again (attempt 2 of 3)" in caplog.text
+
+    def refuse_always(name, text):
+        raise durable_engine.durable_rules_engine.error("Could not create ruleset, error code: 102")
+
+    monkeypatch.setattr(durable_engine.durable_rules_engine, "create_ruleset", refuse_always)
+    with pytest.raises(RuleDefinitionError, match="durable-rules rejected ruleset retry_always: .*102"):
+        RuleEngine([spec], "retry_always")

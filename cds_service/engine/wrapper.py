@@ -98,6 +98,36 @@ class _ThreadlessHost(durable_engine.Host):
         return None
 
 
+REGISTRATION_ATTEMPTS = 3
+
+
+def _register(name: str, definition: dict) -> _ThreadlessHost:
+    """Register the ruleset on a new host, trying again when the C engine refuses it.
+
+    durable-rules' C parser now and then rejects a definition it accepts on the next try: the same
+    bytes (the definition is deterministic) failed with "error code: 102" (unexpected type) once in
+    a few hundred start-ups, which in a gunicorn worker means "worker failed to boot" and the whole
+    service stops. A definition that is really wrong fails every time, so it still stops start-up,
+    after the last attempt, with the engine's error."""
+    for attempt in range(1, REGISTRATION_ATTEMPTS + 1):
+        host = _ThreadlessHost()
+        try:
+            # a copy each time: registering deletes each rule's 'run' action from the definition
+            host.register_rulesets({name: {rule_id: dict(rule) for rule_id, rule in definition.items()}})
+            return host
+        except Exception as exc:  # C errors are bare numbers: say which ruleset failed
+            if attempt == REGISTRATION_ATTEMPTS:
+                raise RuleDefinitionError(f"durable-rules rejected ruleset {name}: {exc}") from exc
+            log.warning(
+                "durable-rules rejected ruleset %s (%s); registering it again (attempt %d of %d)",
+                name,
+                exc,
+                attempt + 1,
+                REGISTRATION_ATTEMPTS,
+            )
+    raise AssertionError("unreachable")
+
+
 def _bound_facts(closure, aliases: list[str]) -> Match:
     message = closure._m or {}
     return {alias: dict(message[alias]) for alias in aliases if alias in message}
@@ -120,11 +150,7 @@ class RuleEngine:
         if fact_model:
             lint_fact_model(specs, definition)
         self.negated_kinds = negated_kinds(definition)
-        self._host = _ThreadlessHost()
-        try:
-            self._host.register_rulesets({name: definition})
-        except Exception as exc:  # C errors are bare numbers: say which ruleset failed
-            raise RuleDefinitionError(f"durable-rules rejected ruleset {name}: {exc}") from exc
+        self._host = _register(name, definition)
         self._ruleset = self._host.get_ruleset(name)
         self._lock = threading.Lock()
 
