@@ -32,7 +32,7 @@ from typing import Any
 
 from durable.lang import c, item, m, none, when_all
 
-from cds_service.authoring.rulebook import HOOKS
+from cds_service.authoring.rulebook import HOOKS, RESERVED_ALIASES
 from cds_service.facts.schema import FINDINGS, KINDS, FactSchemaError
 from cds_service.knowledge.terminology import KNOWLEDGE_DIR
 
@@ -138,7 +138,7 @@ def _check_alias(alias: str | None, where: str) -> None:
         return
     if not (isinstance(alias, str) and alias.isidentifier()) or alias.startswith("_"):
         raise CriteriaError(f"{where}: alias {alias!r} is not a plain name")
-    if alias in _RESERVED_ALIASES:
+    if alias in RESERVED_ALIASES:
         raise CriteriaError(f"{where}: alias {alias!r} clashes with the engine's action closure; choose another name")
 
 
@@ -159,25 +159,6 @@ COMPILED_FIELDS = {
 }
 for _kind_name, _field_names in COMPILED_FIELDS.items():
     _check_fields(_kind_name, _field_names, "cds_service.authoring.criteria")
-
-
-# the action closure's own attributes, and `m`, the DSL's default alias (the engine lint checks the same)
-_RESERVED_ALIASES = frozenset(
-    {
-        "s",
-        "m",
-        "host",
-        "post",
-        "assert_fact",
-        "retract_fact",
-        "start_timer",
-        "cancel_timer",
-        "renew_action_lease",
-        "delete_state",
-        "get_facts",
-        "get_pending_events",
-    }
-)
 
 
 # ---- values compared with another fact --------------------------------------------------------

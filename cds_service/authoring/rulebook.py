@@ -126,6 +126,25 @@ class CardDraft:
 
 Match = dict[str, dict]  # alias -> bound fact
 
+# Names a criterion may not bind a fact to: the attributes of durable-rules' action closure, and `m`,
+# the DSL's default alias. The criteria vocabulary refuses them on import, the engine lint at start-up.
+RESERVED_ALIASES = frozenset(
+    {
+        "s",
+        "m",
+        "host",
+        "post",
+        "assert_fact",
+        "retract_fact",
+        "start_timer",
+        "cancel_timer",
+        "renew_action_lease",
+        "delete_state",
+        "get_facts",
+        "get_pending_events",
+    }
+)
+
 
 @dataclass
 class RuleSpec:

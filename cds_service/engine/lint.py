@@ -4,24 +4,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
+from cds_service.authoring.rulebook import CARD, DERIVE, RESERVED_ALIASES, RuleSpec
 from cds_service.engine.hygiene import RESERVED_FIELDS
-from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, close_match
-
-RESERVED_ALIASES = {
-    "s",
-    "m",
-    "host",
-    "post",
-    "assert_fact",
-    "retract_fact",
-    "start_timer",
-    "cancel_timer",
-    "renew_action_lease",
-    "delete_state",
-    "get_facts",
-    "get_pending_events",
-}
+from cds_service.facts.schema import FINDINGS, KINDS, FactKind, FactSchemaError, did_you_mean
 
 
 class RuleDefinitionError(Exception):
@@ -190,18 +175,13 @@ def fact_model_problems(specs: list[RuleSpec], definition: dict) -> list[str]:
         if spec.stratum == DERIVE and spec.produces is not None and spec.produces not in FINDINGS:
             problems.append(
                 f"{spec.id}: it derives finding {spec.produces!r}, which the fact model does not declare "
-                f"(declare_finding in the rule's module){_did_you_mean(spec.produces, FINDINGS)}"
+                f"(declare_finding in the rule's module){did_you_mean(spec.produces, FINDINGS)}"
             )
     known_findings = set(FINDINGS) | produced
     for spec in specs:
         rule = definition.get(spec.id, {})
         problems += _RuleCheck(spec.id, known_findings).run(rule.get("all", rule.get("any")) or [])
     return problems
-
-
-def _did_you_mean(name: str, candidates) -> str:
-    match = close_match(name, candidates)
-    return f" (did you mean {match!r}?)" if match else ""
 
 
 def _pins(expression, field_name: str) -> set[str] | None:
@@ -272,7 +252,7 @@ class _RuleCheck:
         for kind in sorted(kinds):
             if kind not in KINDS:
                 if report:
-                    self._problem(f"{where}kind {kind!r} is not a kind of fact{_did_you_mean(kind, KINDS)}")
+                    self._problem(f"{where}kind {kind!r} is not a kind of fact{did_you_mean(kind, KINDS)}")
                 continue
             if kind != "finding":
                 targets.append(KINDS[kind])
@@ -287,7 +267,7 @@ class _RuleCheck:
                     if report:
                         self._problem(
                             f"{where}finding {name!r} is derived by no rule and declared nowhere"
-                            f"{_did_you_mean(name, self.known_findings)}"
+                            f"{did_you_mean(name, self.known_findings)}"
                         )
                 elif name in FINDINGS:
                     targets.append(FINDINGS[name])
@@ -393,7 +373,7 @@ class _RuleCheck:
             if isinstance(literal, str) and literal not in self.known_findings:
                 self._problem(
                     f"{where}finding {literal!r} is derived by no rule and declared nowhere"
-                    f"{_did_you_mean(literal, self.known_findings)}"
+                    f"{did_you_mean(literal, self.known_findings)}"
                 )
             return
         if (
@@ -403,7 +383,7 @@ class _RuleCheck:
             and literal not in spec.values
         ):
             self._problem(
-                f"{where}{what} of {target._what()} never holds {literal!r}{_did_you_mean(literal, spec.values)}"
+                f"{where}{what} of {target._what()} never holds {literal!r}{did_you_mean(literal, spec.values)}"
             )
 
     def _operand(self, operand: dict, where: str) -> None:
@@ -417,7 +397,7 @@ class _RuleCheck:
                 if key not in self.aliases:
                     self._problem(
                         f"{where}c.{key}.{value} refers to an alias no condition of this rule binds"
-                        f"{_did_you_mean(key, self.aliases)}"
+                        f"{did_you_mean(key, self.aliases)}"
                     )
                     continue
                 targets = self._targets(self.aliases[key], None, where, report=False) or []

@@ -100,7 +100,7 @@ class Field:
         else:
             outside = [value] if self.values is not None and type(value) is str and value not in self.values else ()
         if outside and self.values is not None:
-            return f"holds {outside[0]!r}, not one of {_value_list(self.values)}{_suggest(outside[0], self.values)}"
+            return f"holds {outside[0]!r}, not one of {_value_list(self.values)}{did_you_mean(outside[0], self.values)}"
         return None
 
 
@@ -130,7 +130,7 @@ class FactKind:
             spec = fields.get(name)
             if spec is None:
                 if name not in ENGINE_FIELDS:
-                    problems.append(f"{name!r} is not a field of {self._what()}{_suggest(name, fields)}")
+                    problems.append(f"{name!r} is not a field of {self._what()}{did_you_mean(name, fields)}")
                 continue
             problem = spec.problem(value)
             if problem:
@@ -157,7 +157,7 @@ class FactKind:
             return self.fields[name]
         except KeyError:
             raise FactSchemaError(
-                f"field {name!r} is not a field of {self._what()}{_suggest(name, self.fields)}"
+                f"field {name!r} is not a field of {self._what()}{did_you_mean(name, self.fields)}"
             ) from None
 
     def _what(self, article: bool = False) -> str:
@@ -202,7 +202,8 @@ def close_match(name: str, candidates) -> str | None:
     return found[0] if found else None
 
 
-def _suggest(name: str, candidates) -> str:
+def did_you_mean(name: str, candidates) -> str:
+    """ " (did you mean 'x'?)" for the closest candidate, or nothing: the tail of every schema and lint message."""
     match = close_match(name, candidates)
     return f" (did you mean {match!r}?)" if match else ""
 
@@ -566,7 +567,7 @@ def finding_fact(name: str, fields: Mapping, *, rule: str, basis: list[str], che
     if checked:
         kind = FINDINGS.get(name)
         if kind is None:
-            raise FactSchemaError(f"rule {rule}: finding {name!r} is not declared{_suggest(name, FINDINGS)}")
+            raise FactSchemaError(f"rule {rule}: finding {name!r} is not declared{did_you_mean(name, FINDINGS)}")
         try:
             kind.check(fact)
         except FactSchemaError as exc:
