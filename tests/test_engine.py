@@ -1,6 +1,7 @@
 """The durable-rules wrapper against the defects measured in durable-rules-notes.md (R10)."""
 
 import logging
+import random
 import re
 import threading
 
@@ -9,7 +10,7 @@ from durable.lang import c, m, none, when_all
 
 from cds_service.advice import Knowledge
 from cds_service.authoring.rulebook import CARD, DERIVE, RuleSpec
-from cds_service.engine.hygiene import EngineError, fact_json
+from cds_service.engine.hygiene import MAX_PROPERTIES, EngineError, fact_json, general_fact_json
 from cds_service.engine.lint import RuleDefinitionError
 from cds_service.engine.wrapper import RuleEngine as _RuleEngine
 from cds_service.engine.wrapper import RuleError
@@ -264,3 +265,50 @@ def test_a_registration_the_c_engine_refuses_once_is_tried_again(monkeypatch, ca
     monkeypatch.setattr(durable_engine.durable_rules_engine, "create_ruleset", refuse_always)
     with pytest.raises(RuleDefinitionError, match="durable-rules rejected ruleset retry_always: .*102"):
         RuleEngine([spec], "retry_always")
+
+
+def _text_or_error(write, fact):
+    try:
+        return write(fact)
+    except EngineError as exc:
+        return f"EngineError: {exc}"
+
+
+def test_the_fast_fact_writer_accepts_rejects_and_writes_exactly_like_the_general_one():
+    """fact_json's orjson path is taken only where it is indistinguishable from validate-then-json.dumps."""
+    rng = random.Random(20261204)
+
+    class Code(str):
+        pass
+
+    def value():
+        pick = rng.randrange(12)
+        if pick == 0:
+            return rng.choice([0.0, -0.0, 1e-4, 9.999e15, 1e16, 1e-5, float("inf"), float("nan")])
+        if pick in (1, 2, 3):
+            return rng.choice([1, -1]) * 10 ** rng.uniform(-8, 20)
+        if pick == 4:
+            return round(rng.uniform(-500, 500), rng.randrange(4))
+        if pick == 5:
+            return rng.choice([2**63, -(2**63) - 1, 2**70, 0, -7, 10**6])
+        if pick == 6:
+            return rng.choice(["", "é ü", "\u2028", "\x00\x1f", "\ud800", "ferritin"])
+        if pick == 7:
+            return rng.choice([True, False, None])
+        if pick == 8:
+            items = [1, "a", 2.5, 1e-9, None, True, Code("x")]
+            return [rng.choice(items) for _ in range(rng.choice([0, 1, 2, 40, 41]))]
+        if pick == 9:
+            return Code("G25.81")
+        if pick == 10:
+            return {"nested": 1}
+        return rng.randrange(1000)
+
+    names = ["kind", "value", "unit", "days", "id", "sid", "$x", "_y", "items", "alias", "code", "age"]
+    for _ in range(20_000):
+        fact = {rng.choice(names): value() for _ in range(rng.randrange(1, 8))}
+        assert _text_or_error(fact_json, fact) == _text_or_error(general_fact_json, fact), fact
+    big = {f"p{i}": i for i in range(MAX_PROPERTIES + 1)}
+    assert _text_or_error(fact_json, big) == _text_or_error(general_fact_json, big)
+    for number in [rng.choice([1, -1]) * 10 ** rng.uniform(-4, 16) for _ in range(200_000)]:
+        assert fact_json({"v": number}) == general_fact_json({"v": number})

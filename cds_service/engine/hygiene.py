@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import orjson
+
 MAX_PROPERTIES = 50
 RESERVED_FIELDS = {"id", "sid", "alias", "define", "matches", "imatches", "anyItem", "allItems", "items"}
 
@@ -49,9 +51,21 @@ def _format_number(value: float) -> str:
 def fact_json(fact: dict) -> str:
     """JSON text for the engine, with every float written in a form its parser accepts.
 
-    One `json.dumps` of the whole fact when no float needs rewriting (the usual case: it writes
-    floats with `repr`, as `_format_number` does); field by field only for a float in exponent
-    form without a fraction, which the engine's parser rejects."""
+    This runs for every fact of every evaluation (the parameters fact alone has dozens of fields),
+    so the usual case takes one pass over plain str/int/bool/None/float fields and one orjson call.
+    Anything else (a str subclass, a list, a float that Python writes in exponent form, an int beyond
+    64 bits) goes through `validate_fact` and the standard library writer, which were the only path
+    before: both paths accept and reject the same facts and write the same text."""
+    if _plain(fact):
+        try:
+            return orjson.dumps(fact).decode()
+        except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate: the general path decides
+            pass
+    return general_fact_json(fact)
+
+
+def general_fact_json(fact: dict) -> str:
+    """Validate, then write with the standard library, rewriting the floats the engine would reject."""
     validate_fact(fact)
     if not any(_needs_rewrite(value) for value in fact.values()):
         return json.dumps(fact, ensure_ascii=False, separators=(",", ":"))
@@ -59,6 +73,34 @@ def fact_json(fact: dict) -> str:
     for key, value in fact.items():
         parts.append(f"{json.dumps(key, ensure_ascii=False)}:{_value_json(value)}")
     return "{" + ",".join(parts) + "}"
+
+
+_REJECTED_NAMES = frozenset(RESERVED_FIELDS - {"id", "sid"})
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _plain(fact: dict) -> bool:
+    """True when `validate_fact` would accept the fact and no float needs rewriting, judged by exact
+    types (in lists too): floats from 1e-4 to 1e16 (and zero) are written by Python and orjson alike,
+    the shortest round-trip digits without an exponent (tests/test_engine.py compares the two paths)."""
+    if len(fact) > MAX_PROPERTIES:
+        return False
+    for key, value in fact.items():
+        if type(key) is not str or key[:1] in ("$", "_") or key in _REJECTED_NAMES:
+            return False
+        kind = type(value)
+        if kind in _PLAIN_TYPES or (kind is float and _plain_float(value)):
+            continue
+        if kind is not list or len(value) > 40:
+            return False  # other types, non-finite and exponent-form floats, long lists: the general path
+        for item in value:
+            if type(item) not in _PLAIN_TYPES and not (type(item) is float and _plain_float(item)):
+                return False
+    return True
+
+
+def _plain_float(value: float) -> bool:
+    return value == 0.0 or 1e-4 <= abs(value) < 1e16
 
 
 def _needs_rewrite(value) -> bool:
