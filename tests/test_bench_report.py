@@ -62,3 +62,13 @@ def test_a_series_that_answered_nothing_meets_no_budget():
 def test_failed_calls_fail_the_budget():
     verdicts = _verdicts(_series(_run(rps=400, p99_ms=1, non2xx=5), {1: _run(p99_ms=1, errors=1)}), {1: 0.0})
     assert set(verdicts.values()) == {"**not met**"}, verdicts
+
+
+def test_a_report_of_some_series_marks_the_other_budgets_not_run():
+    """`make bench BENCH_ARGS="--only 200"` runs the floor and the 200-resource series: the report is
+    printed with the 20,000-resource budget marked "not run" (it used to stop with StopIteration)."""
+    floor, s200, _ = _series(_run(rps=400, p99_ms=40), {})
+    verdicts = _verdicts([floor, s200])
+    assert verdicts[next(k for k in verdicts if k.startswith("20,000"))] == "not run"
+    assert verdicts[next(k for k in verdicts if k.startswith("p99"))] == "met"
+    assert set(_verdicts([floor]).values()) == {"not run", "met"}  # memory is always measured
