@@ -77,13 +77,22 @@ def _result(name: str, future, timeout: float) -> dict:
         log.warning("readiness check %s failed: %s", name, exc)
         return {"status": "fail", "output": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of a dependency means "not ready"
-        # name the root cause (OperationalError), not a wrapper of ours (StoreUnavailable)
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        cause = _named_cause(exc)
         log.warning("readiness check %s failed: %s", name, type(cause).__name__)
         return {"status": "fail", "output": type(cause).__name__}
     if output == "skipped":
         return {"status": "skipped", "output": "not used by this configuration"}
     return {"status": "pass", "output": output}
+
+
+def _named_cause(exc: BaseException) -> BaseException:
+    """The failure a readiness check names: through our own wrappers (StoreUnavailable) to the
+    library's error (OperationalError), and no further. Libraries chain their own causes too
+    (redis-py 8.2 raises its ConnectionError from the socket's ConnectionRefusedError): their error
+    is the stable, documented name an operator searches for, so it is where the walk stops."""
+    while exc.__cause__ is not None and type(exc).__module__.split(".")[0] == "cds_service":
+        exc = exc.__cause__
+    return exc
 
 
 def _rules(app) -> str:
