@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.authoring.rulebook import CARD, RuleSpec
@@ -46,9 +46,11 @@ from cds_service.knowledge.settings import Settings
 from cds_service.store.feedback import (
     CardLedger,
     StoreUnavailable,
+    card_event,
     card_feedback,
+    hook_call,
     issued_card,
-    metadata,
+    patient_feedback,
     unmatched_feedback,
 )
 
@@ -58,38 +60,27 @@ MODES = ("active", "silent", "off")
 DEVELOPMENT_KEY = "legmove-development-patient-hash-key"
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "knowledge"
 
-hook_call = Table(
-    "hook_call",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("called_at", DateTime(timezone=True), nullable=False),
-    Column("service_id", String(64), nullable=False),
-    Column("hook", String(32), nullable=False),
-    Column("patient_hash", String(64), nullable=False),
-    Column("cards_issued", Integer, nullable=False),
-    Column("silent", Integer, nullable=False),
-    Column("suppressed", Integer, nullable=False),
-    Column("knowledge_version", String(40), nullable=False),
-    Column("service_version", String(32), nullable=False),
-)
-card_event = Table(
-    "card_event",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("call_id", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("card_uuid", String(36)),
-    Column("rule_id", String(32), nullable=False),
-    Column("rule_version", Integer, nullable=False),
-    Column("knowledge_version", String(40), nullable=False),
-    Column("service_id", String(64), nullable=False),
-    Column("hook", String(32), nullable=False),
-    Column("indicator", String(16), nullable=False),
-    Column("patient_hash", String(64), nullable=False),
-    Column("evidence_fingerprint", String(64), nullable=False),
-    Column("draft_refs", Text, nullable=False),
-    Column("reason", String(48)),
+# The suppression lookup: the patient's feedback (patient_feedback, written with each feedback
+# item) on these rules and fingerprints, newest first (the newest feedback decides). It reads no
+# card_event row, so a chart opened thousands of times costs what a new one does. Built once with
+# bind parameters; per call only the values change.
+_FEEDBACK_FOR_PATIENT = (
+    select(
+        patient_feedback.c.rule_id,
+        patient_feedback.c.rule_version,
+        patient_feedback.c.evidence_fingerprint,
+        patient_feedback.c.hook,
+        patient_feedback.c.draft_refs,
+        patient_feedback.c.outcome,
+        patient_feedback.c.received_at,
+    )
+    .where(
+        patient_feedback.c.patient_hash == bindparam("who"),
+        patient_feedback.c.evidence_fingerprint.in_(bindparam("prints", expanding=True)),
+        patient_feedback.c.rule_id.in_(bindparam("rules", expanding=True)),
+        patient_feedback.c.received_at >= bindparam("since"),
+    )
+    .order_by(patient_feedback.c.received_at.desc())
 )
 
 
@@ -302,27 +293,10 @@ class Governance:
         prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
         rules = {_explanation(c)["rule"] for c in candidates}
         longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
-        query = (
-            select(
-                card_event.c.rule_id,
-                card_event.c.rule_version,
-                card_event.c.evidence_fingerprint,
-                card_event.c.hook,
-                card_event.c.draft_refs,
-                card_feedback.c.outcome,
-                card_feedback.c.received_at,
-            )
-            .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
-            .where(
-                card_event.c.kind == "issued",
-                card_event.c.patient_hash == who,
-                card_event.c.evidence_fingerprint.in_(sorted(prints)),
-                card_event.c.rule_id.in_(sorted(rules)),
-                card_feedback.c.received_at >= now - longest,
-            )
-            .order_by(card_feedback.c.received_at.desc())
-        )  # the newest feedback decides
-        history = conn.execute(query).all()
+        history = conn.execute(
+            _FEEDBACK_FOR_PATIENT,
+            {"who": who, "prints": sorted(prints), "rules": sorted(rules), "since": now - longest},
+        ).all()
         reasons = {}
         for card in candidates:
             explanation = _explanation(card)
@@ -399,8 +373,9 @@ class Governance:
 
 
 def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
-    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS);
-    returns the rows deleted per table. Suppression windows longer than this end early."""
+    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS), and the
+    patient_feedback rows of the card or feedback rows deleted; returns the rows deleted per table.
+    Suppression windows longer than this end early."""
     cutoff = now - timedelta(days=float(days))
     removed = {}
     with engine.begin() as conn:
@@ -412,6 +387,13 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
             (unmatched_feedback, unmatched_feedback.c.received_at),
         ):
             removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
+        # a patient_feedback row stands for a card_event row joined to a card_feedback row: it goes
+        # when either of them goes, so suppression ends exactly when the join it replaces would
+        removed[patient_feedback.name] = conn.execute(
+            delete(patient_feedback).where(
+                or_(patient_feedback.c.issued_at < cutoff, patient_feedback.c.received_at < cutoff)
+            )
+        ).rowcount
     return removed
 
 
