@@ -60,10 +60,17 @@ MODES = ("active", "silent", "off")
 DEVELOPMENT_KEY = "legmove-development-patient-hash-key"
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "knowledge"
 
-# The suppression lookup: the patient's feedback (patient_feedback, written with each feedback
-# item) on these rules and fingerprints, newest first (the newest feedback decides). It reads no
-# card_event row, so a chart opened thousands of times costs what a new one does. Built once with
-# bind parameters; per call only the values change.
+# Recording: INSERTs built once and given plain parameter dicts. `insert(...).values(...)` per
+# call built a new statement and its cache key every time (about a third of the recording's CPU).
+_INSERT_CALL = insert(hook_call)
+_INSERT_EVENTS = insert(card_event)
+
+# The suppression lookup: the patient's feedback within the longest window (patient_feedback,
+# written with each feedback item), newest first (the newest feedback decides). It reads no
+# card_event row, so a chart opened thousands of times costs what a new one does. Rule, version
+# and fingerprint are matched per card in Python, as before: feedback on one patient is a handful
+# of rows, and an IN list of expanding parameters cost more to render per call than the rows it
+# would filter. Built once with bind parameters; per call only the values change.
 _FEEDBACK_FOR_PATIENT = (
     select(
         patient_feedback.c.rule_id,
@@ -74,12 +81,7 @@ _FEEDBACK_FOR_PATIENT = (
         patient_feedback.c.outcome,
         patient_feedback.c.received_at,
     )
-    .where(
-        patient_feedback.c.patient_hash == bindparam("who"),
-        patient_feedback.c.evidence_fingerprint.in_(bindparam("prints", expanding=True)),
-        patient_feedback.c.rule_id.in_(bindparam("rules", expanding=True)),
-        patient_feedback.c.received_at >= bindparam("since"),
-    )
+    .where(patient_feedback.c.patient_hash == bindparam("who"), patient_feedback.c.received_at >= bindparam("since"))
     .order_by(patient_feedback.c.received_at.desc())
 )
 
@@ -237,23 +239,29 @@ class Governance:
     ) -> Outcome:
         """Suppress what feedback says to, record the call and every card, return what to show.
         With `record_issued`, the shown cards' issued_card rows (what feedback is matched against)
-        are written in the same transaction as the call log: one connection and one commit per
-        call instead of three and two. If that transaction fails, the issued rows are tried on
-        their own, so feedback on a shown card still finds its rule whenever the store can write."""
+        are written in the same transaction as the call log. The suppression read runs in that
+        transaction too: one connection and one commit per call (the commit is done before this
+        returns, so an answered call's rows are committed). If the write fails, the issued rows
+        are tried on their own, so feedback on a shown card still finds its rule whenever the
+        store can write.
+
+        On SQLite the read does not hold a snapshot into the write: the driver opens the
+        transaction at the first INSERT, so the read sees the newest commits and the write waits
+        for the lock like any other (no SQLITE_BUSY from upgrading a stale read transaction)."""
         now = self.clock()
         who = patient_hash(self.key, patient_id, fhir_server)
-        conn = None
+        conn = transaction = None
         try:
             try:
                 conn = self.ledger.engine().connect()
+                transaction = conn.begin()
                 reasons = self._suppression(conn, who, hook, cards, draft_refs, now)
-                conn.commit()  # the read ends here: the write below is a transaction of its own
             except (SQLAlchemyError, StoreUnavailable) as exc:
                 log.warning("suppression not checked, every card shown: %s", type(exc).__name__)
                 reasons = {}
                 if conn is not None:
-                    conn.close()  # a connection that failed is not reused for the write
-                    conn = None
+                    conn.close()  # rolls back; a connection that failed is not reused for the write
+                    conn = transaction = None
             shown = [card for card in cards if card["uuid"] not in reasons]
             outcome = Outcome(
                 shown,
@@ -272,7 +280,8 @@ class Governance:
             try:
                 if conn is None:
                     conn = self.ledger.engine().connect()
-                with conn.begin():
+                    transaction = conn.begin()
+                with transaction:  # commits here; an error rolls back before the retry below
                     self._record(conn, service_id, hook, who, now, outcome, events, draft_refs)
                     if record_issued:
                         self.ledger.insert_issued(conn, service_id, hook, shown, datetime.now(UTC))
@@ -290,13 +299,9 @@ class Governance:
         candidates = [c for c in cards if c["indicator"] != "critical"]  # critical: never suppressed
         if not candidates:
             return {}
-        prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
         rules = {_explanation(c)["rule"] for c in candidates}
         longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
-        history = conn.execute(
-            _FEEDBACK_FOR_PATIENT,
-            {"who": who, "prints": sorted(prints), "rules": sorted(rules), "since": now - longest},
-        ).all()
+        history = conn.execute(_FEEDBACK_FOR_PATIENT, {"who": who, "since": now - longest}).all()
         reasons = {}
         for card in candidates:
             explanation = _explanation(card)
@@ -334,17 +339,18 @@ class Governance:
     ) -> None:
         """The call and its card events, in the caller's transaction."""
         call_id = conn.execute(
-            insert(hook_call).values(
-                called_at=now,
-                service_id=service_id,
-                hook=hook,
-                patient_hash=who,
-                cards_issued=len(outcome.cards),
-                silent=len(outcome.silent),
-                suppressed=len(outcome.suppressed),
-                knowledge_version=self.knowledge_version,
-                service_version=self.service_version,
-            )
+            _INSERT_CALL,
+            {
+                "called_at": now,
+                "service_id": service_id,
+                "hook": hook,
+                "patient_hash": who,
+                "cards_issued": len(outcome.cards),
+                "silent": len(outcome.silent),
+                "suppressed": len(outcome.suppressed),
+                "knowledge_version": self.knowledge_version,
+                "service_version": self.service_version,
+            },
         ).inserted_primary_key[0]
         rows = [
             {
@@ -366,7 +372,7 @@ class Governance:
             for kind, card, reason in events
         ]
         if rows:
-            conn.execute(insert(card_event), rows)
+            conn.execute(_INSERT_EVENTS, rows)  # one executemany
 
     def prune(self, days: float) -> dict[str, int]:
         return prune_rows(self.ledger.engine(), self.clock(), days)

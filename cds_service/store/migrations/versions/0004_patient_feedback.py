@@ -44,7 +44,8 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index("patient_feedback_lookup", "patient_feedback", ["patient_hash", "evidence_fingerprint"])
+    # the lookup: one patient's feedback since the start of the longest window, newest first
+    op.create_index("patient_feedback_lookup", "patient_feedback", ["patient_hash", "received_at"])
     op.execute(
         "INSERT INTO patient_feedback (patient_hash, rule_id, rule_version, evidence_fingerprint, hook,"
         " draft_refs, card_uuid, issued_at, outcome, received_at)"
