@@ -38,6 +38,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy.engine import Connection, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.authoring.rulebook import CARD, RuleSpec
@@ -250,7 +251,8 @@ class Governance:
         for the lock like any other (no SQLITE_BUSY from upgrading a stale read transaction)."""
         now = self.clock()
         who = patient_hash(self.key, patient_id, fhir_server)
-        conn = transaction = None
+        conn: Connection | None = None
+        transaction: RootTransaction | None = None
         try:
             try:
                 conn = self.ledger.engine().connect()
@@ -278,7 +280,7 @@ class Governance:
                 + [("silent", c, None) for c in silent_cards]
             )
             try:
-                if conn is None:
+                if conn is None or transaction is None:
                     conn = self.ledger.engine().connect()
                     transaction = conn.begin()
                 with transaction:  # commits here; an error rolls back before the retry below
