@@ -18,7 +18,13 @@ store, the feedback database (same URL, same Alembic migrations):
   All three need the same rule, the same rule version and the same evidence fingerprint: a new
   value, a new draft, a changed condition or a new version of the rule shows the card again.
   `critical` cards are never suppressed. The decision reads the database, so every process
-  sharing it decides alike.
+  sharing it decides alike. It reads `patient_feedback` (what the decision needs of each
+  feedback item on an issued card, keyed by patient hash, written when the feedback is stored),
+  never the call log: its cost follows the patient's feedback, which is rare, not the number of
+  times the chart was opened (each opening adds `card_event` rows).
+- Cost. One connection and one transaction per call: the suppression read, then the call and its
+  card events (and, from the web layer, the issued cards), committed before the call answers.
+  Statements are built once at import; per call only their parameters change.
 
 Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): the key is
 configuration, the same on every instance, never stored. If the store cannot be read, every card
