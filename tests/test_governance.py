@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata
 
 import pytest
-from sqlalchemy import select
+import sqlalchemy
+from sqlalchemy import insert, select
 
 from cds_service.app import create_app
 from cds_service.authoring.rulebook import REGISTRY
@@ -339,6 +340,86 @@ def test_new_evidence_lifts_the_suppression(store_url):
     ferritin = next(e["resource"] for e in changed["prefetch"]["labs"]["entry"] if e["resource"].get("valueQuantity"))
     ferritin["valueQuantity"]["value"] = ferritin["valueQuantity"]["value"] - 3
     assert rules_of(call(client, changed, "legmove-patient-view")) == ["R2"]
+    app.extensions["legmove_ledger"].close()
+
+
+def reads_during(app, action) -> list[str]:
+    """The SELECT statements the store ran while `action()` ran (a listener on the store's engine)."""
+    engine = app.extensions["legmove_ledger"].engine()
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement, *_):
+        seen.append(statement)
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", note)
+    try:
+        action()
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", note)
+    return [s for s in seen if s.lstrip().upper().startswith("SELECT")]
+
+
+def open_chart_again(app, card: dict, times: int) -> None:
+    """`times` earlier openings of the chart that showed `card`: copies of its issued card_event row
+    (same patient, rule, version and fingerprint), each with its own card uuid, inserted directly."""
+    (issued,) = events(app, card_uuid=card["uuid"])
+    earlier = issued["created_at"] - timedelta(days=1)
+    copied = {k: v for k, v in issued.items() if k != "id"}
+    rows = [
+        {**copied, "card_uuid": str(uuid.uuid4()), "created_at": earlier - timedelta(minutes=n)} for n in range(times)
+    ]
+    with app.extensions["legmove_ledger"].engine().begin() as conn:
+        conn.execute(insert(card_event), rows)
+
+
+@pytest.mark.parametrize("answered", [True, False])
+def test_a_chart_opened_many_times_decides_alike_without_reading_card_events(store_url, caplog, answered):
+    """The suppression lookup starts from the patient's feedback: 2,000 earlier openings of the
+    chart (card_event rows of the same patient and evidence) change neither the decision nor what
+    the lookup reads (no statement of the hook call reads card_event)."""
+    app = make_app(store_url, caplog)
+    client = app.test_client()
+    body = new_patient(R3)
+    (card,) = call(client, body, "legmove-orders")
+    if answered:
+        feedback(client, card, "overridden", "legmove-orders")
+    open_chart_again(app, card, 2000)
+    assert len(events(app, rule_id="R3", patient_hash=events(app, card_uuid=card["uuid"])[0]["patient_hash"])) > 2000
+    caplog.set_level("INFO", logger="cds_service.web.api")
+    shown: list[list[dict]] = []
+    reads = reads_during(app, lambda: shown.append(call(client, body, "legmove-orders")))
+    assert rules_of(shown[0]) == ([] if answered else ["R3"])
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "hook_call"]
+    assert line.suppressed == ([{"rule": "R3", "reason": "overridden"}] if answered else [])
+    (lookup,) = [s for s in reads if "patient_feedback" in s]
+    assert [s for s in reads if "card_event" in s] == [], reads
+    if store_url.startswith("sqlite"):
+        engine = app.extensions["legmove_ledger"].engine()
+        with engine.connect() as conn:
+            who = events(app, card_uuid=card["uuid"])[0]["patient_hash"]
+            since = (datetime.now(UTC) - timedelta(days=90)).isoformat(" ")
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + lookup, (who, since)).all()
+        details = " ".join(row[-1] for row in plan)
+        assert "patient_feedback_lookup" in details and "card_event" not in details, details
+    app.extensions["legmove_ledger"].close()
+
+
+def test_retention_ends_a_suppression_with_the_card_row_it_rests_on(tmp_path):
+    """Feedback on a card issued 400 days ago still suppresses it today; once retention (365 days)
+    deletes that card's row, the card is shown again, as when the lookup joined card_event."""
+    app = make_app(f"sqlite:///{tmp_path / 'retention.sqlite3'}")
+    client = app.test_client()
+    gov = app.extensions["legmove_governance"]
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    gov.clock = lambda: long_ago
+    body = new_patient(R3)
+    (card,) = call(client, body, "legmove-orders")
+    gov.clock = lambda: datetime.now(UTC)
+    feedback(client, card, "overridden", "legmove-orders")  # received now
+    assert call(client, body, "legmove-orders") == []
+    removed = governance.prune_rows(app.extensions["legmove_ledger"].engine(), datetime.now(UTC), 365)
+    assert (removed["card_event"], removed["card_feedback"], removed["patient_feedback"]) == (1, 0, 1)
+    assert rules_of(call(client, body, "legmove-orders")) == ["R3"]
     app.extensions["legmove_ledger"].close()
 
 

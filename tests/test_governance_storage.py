@@ -4,8 +4,9 @@ revision, with its data) and suppression shared by two real service processes on
 from __future__ import annotations
 
 import copy
+import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -13,8 +14,10 @@ import sqlalchemy
 from alembic import command
 from sqlalchemy import insert, inspect, select
 
+from cds_service.app import create_app
 from cds_service.store import migrations
-from cds_service.store.feedback import card_feedback, issued_card
+from cds_service.store.feedback import card_event, card_feedback, issued_card, patient_feedback
+from cds_service.store.governance import DEVELOPMENT_KEY, patient_hash
 from conftest import EXTENSION
 from serving import Service
 from test_governance import R3, R8, new_patient
@@ -38,8 +41,9 @@ def empty_store(request, tmp_path):
 def test_migrations_from_an_empty_database(empty_store):
     url = empty_store
     assert migrations.current(url) is None
-    assert migrations.upgrade(url) == migrations.head() == "0003"
-    assert {"issued_card", "card_feedback", "unmatched_feedback", "hook_call", "card_event"} <= table_names(url)
+    assert migrations.upgrade(url) == migrations.head() == "0004"
+    tables = {"issued_card", "card_feedback", "unmatched_feedback", "hook_call", "card_event", "patient_feedback"}
+    assert tables <= table_names(url)
     migrations.require_current(url)
 
 
@@ -72,14 +76,86 @@ def test_migrations_from_the_previous_revision_keep_its_data(empty_store):
                 "received_at": now,
             },
         )
-    with pytest.raises(migrations.SchemaMismatch, match="0003"):
+    with pytest.raises(migrations.SchemaMismatch, match=migrations.head()):
         migrations.require_current(url)  # a build with governance refuses the old schema until upgraded
-    assert migrations.upgrade(url) == "0003"
+    assert migrations.upgrade(url) == migrations.head()
     with engine.connect() as conn:
         assert conn.execute(select(card_feedback.c.card_uuid)).scalars().all() == ["c-old"]
         assert conn.execute(select(issued_card.c.rule_id)).scalars().all() == ["R3"]
     engine.dispose()
     assert {"hook_call", "card_event"} <= table_names(url)
+
+
+def test_feedback_stored_before_the_patient_feedback_revision_still_suppresses_after_it(empty_store):
+    """A store at 0003 holds a card shown to a patient (its issued card_event and issued_card rows,
+    as that build wrote them) and a clinician's override of it. After `migrations.upgrade` (0004
+    backfills patient_feedback from card_feedback x card_event), the same call through the app
+    finds the override: the card is still suppressed; another patient's card is not."""
+    url = empty_store
+    command.upgrade(migrations._config(url), "0003")
+    body = new_patient(R3)
+    offline = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=None)  # the card, with its fingerprint
+    (card,) = offline.test_client().post("/cds-services/legmove-orders", json=body).get_json()["cards"]
+    explanation = card["extension"][EXTENSION]
+    who = patient_hash(DEVELOPMENT_KEY.encode(), body["context"]["patientId"], body.get("fhirServer"))
+    issued_at = datetime.now(UTC) - timedelta(days=2)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(card_event),
+            {
+                "call_id": 1,
+                "created_at": issued_at,
+                "kind": "issued",
+                "card_uuid": card["uuid"],
+                "rule_id": explanation["rule"],
+                "rule_version": explanation["ruleVersion"],
+                "knowledge_version": explanation["knowledgeVersion"],
+                "service_id": "legmove-orders",
+                "hook": "order-sign",
+                "indicator": card["indicator"],
+                "patient_hash": who,
+                "evidence_fingerprint": explanation["evidenceFingerprint"],
+                "draft_refs": json.dumps(["MedicationRequest/draft-sertraline"]),
+                "reason": None,
+            },
+        )
+        conn.execute(
+            insert(issued_card),
+            {
+                "card_uuid": card["uuid"],
+                "rule_id": "R3",
+                "service_id": "legmove-orders",
+                "hook": "order-sign",
+                "suggestion_uuids": "[]",
+                "issued_at": issued_at,
+            },
+        )
+        conn.execute(
+            insert(card_feedback),
+            {
+                "card_uuid": card["uuid"],
+                "rule_id": "R3",
+                "outcome": "overridden",
+                "accepted_suggestions": "[]",
+                "outcome_timestamp": issued_at,
+                "received_at": datetime.now(UTC) - timedelta(days=1),
+            },
+        )
+    assert migrations.upgrade(url) == migrations.head()  # the project's runner, as `legmove-cds db upgrade`
+    with engine.connect() as conn:
+        (row,) = conn.execute(select(patient_feedback)).mappings().all()
+    engine.dispose()
+    assert (row["patient_hash"], row["card_uuid"], row["outcome"]) == (who, card["uuid"], "overridden")
+    app = create_app("test", LOG_LEVEL="WARNING", FEEDBACK_STORE=url)
+    client = app.test_client()
+    try:
+        response = client.post("/cds-services/legmove-orders", json=body)
+        assert response.status_code == 200 and response.get_json()["cards"] == []
+        other = client.post("/cds-services/legmove-orders", json=new_patient(R3)).get_json()["cards"]
+        assert [c["extension"][EXTENSION]["rule"] for c in other] == ["R3"]
+    finally:
+        app.extensions["legmove_ledger"].close()
 
 
 _ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -1,13 +1,22 @@
 """Card feedback (CDS Hooks 2.0, section Feedback): which cards clinicians accepted or
 overrode, and why. This is how clinical informaticists learn which rules help and which annoy.
 
-Three tables, through SQLAlchemy Core so SQLite (the embedded default) and PostgreSQL both work:
+The store's tables, through SQLAlchemy Core so SQLite (the embedded default) and PostgreSQL both work:
 - `issued_card`: each card uuid we returned, with its rule, service and suggestion uuids. Written
   only when a hook call returns cards, so a feedback item can be tied back to its rule.
 - `card_feedback`: one row per (card, outcome, timestamp); a client resending the same report is
   absorbed, as the spec asks.
 - `unmatched_feedback`: feedback on a card uuid `issued_card` does not know, kept rather than
   dropped (another deployment's card, one issued before a store reset, or one whose recording failed).
+- `hook_call` and `card_event`: governance's call log (cds_service/store/governance.py), one row
+  per answered hook call and one per card a rule made in it. They are defined here, beside the
+  feedback tables, because storing feedback reads `card_event`.
+- `patient_feedback`: what suppression needs of each feedback row, keyed by patient hash: the
+  card's rule, rule version, evidence fingerprint, hook and draft orders (from its issued
+  `card_event` row) with the outcome and when it arrived. It is written in the feedback item's
+  transaction, so the suppression lookup of a hook call starts from the patient's (rare)
+  feedback instead of from every card the chart was ever shown (one `card_event` row per card
+  per opening), and its cost does not grow with how often the chart was opened.
 Free-text `userComment` may hold patient details, so it is stored only when configured.
 
 The schema comes from the Alembic migrations in `cds_service/store/migrations/`, never from this
@@ -28,11 +37,13 @@ from pathlib import Path
 from sqlalchemy import (
     Column,
     DateTime,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -81,6 +92,93 @@ unmatched_feedback = Table(
     Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp", name="one_unmatched_report"),
+)
+
+
+hook_call = Table(
+    "hook_call",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("called_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("patient_hash", String(64), nullable=False),
+    Column("cards_issued", Integer, nullable=False),
+    Column("silent", Integer, nullable=False),
+    Column("suppressed", Integer, nullable=False),
+    Column("knowledge_version", String(40), nullable=False),
+    Column("service_version", String(32), nullable=False),
+)
+card_event = Table(
+    "card_event",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("card_uuid", String(36)),
+    Column("rule_id", String(32), nullable=False),
+    Column("rule_version", Integer, nullable=False),
+    Column("knowledge_version", String(40), nullable=False),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("patient_hash", String(64), nullable=False),
+    Column("evidence_fingerprint", String(64), nullable=False),
+    Column("draft_refs", Text, nullable=False),
+    Column("reason", String(48)),
+)
+
+
+patient_feedback = Table(
+    "patient_feedback",
+    metadata,
+    Column("patient_hash", String(64), nullable=False),
+    Column("rule_id", String(32), nullable=False),
+    Column("rule_version", Integer, nullable=False),
+    Column("evidence_fingerprint", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("draft_refs", Text, nullable=False),  # JSON array, as on the card_event row
+    Column("card_uuid", String(36), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),  # card_event.created_at: retention
+    Column("outcome", String(16), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),  # card_feedback.received_at
+)
+
+# Statements built once: constructing them per call was a measurable part of the store stage.
+_ISSUED_BY_UUID = select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
+    issued_card.c.card_uuid == bindparam("card"), issued_card.c.service_id.in_(bindparam("services", expanding=True))
+)
+_INSERT_ISSUED = insert(issued_card)
+_INSERT_FEEDBACK = insert(card_feedback)
+_INSERT_UNMATCHED = insert(unmatched_feedback)
+# the feedback's patient_feedback row(s), copied from the card's issued card_event row in one statement
+_PATIENT_FEEDBACK_COLUMNS = (
+    "patient_hash",
+    "rule_id",
+    "rule_version",
+    "evidence_fingerprint",
+    "hook",
+    "draft_refs",
+    "card_uuid",
+    "issued_at",
+    "outcome",
+    "received_at",
+)
+_INSERT_PATIENT_FEEDBACK = insert(patient_feedback).from_select(
+    list(_PATIENT_FEEDBACK_COLUMNS),
+    select(
+        card_event.c.patient_hash,
+        card_event.c.rule_id,
+        card_event.c.rule_version,
+        card_event.c.evidence_fingerprint,
+        card_event.c.hook,
+        card_event.c.draft_refs,
+        card_event.c.card_uuid,
+        card_event.c.created_at,
+        bindparam("outcome", type_=String(16)),
+        bindparam("received_at", type_=DateTime(timezone=True)),
+    ).where(card_event.c.card_uuid == bindparam("card"), card_event.c.kind == "issued"),
 )
 
 
@@ -228,7 +326,7 @@ class CardLedger:
         if not cards:
             return
         conn.execute(
-            insert(issued_card),
+            _INSERT_ISSUED,
             [
                 {
                     "card_uuid": card["uuid"],
@@ -265,14 +363,10 @@ class CardLedger:
             return "repeated"
 
     def _insert(self, conn, endpoint_id: str, service_ids: tuple[str, ...], item: FeedbackItem, now: datetime) -> str:
-        issued = conn.execute(
-            select(issued_card.c.rule_id, issued_card.c.suggestion_uuids).where(
-                (issued_card.c.card_uuid == item.card) & issued_card.c.service_id.in_(service_ids)
-            )
-        ).first()
+        issued = conn.execute(_ISSUED_BY_UUID, {"card": item.card, "services": list(service_ids)}).first()
         if issued is None:  # another deployment's card, one issued before a store reset, or never recorded
             conn.execute(
-                insert(unmatched_feedback),
+                _INSERT_UNMATCHED,
                 {
                     "service_id": endpoint_id,
                     "card_uuid": item.card,
@@ -299,7 +393,8 @@ class CardLedger:
             "outcome_timestamp": item.timestamp,
             "received_at": now,
         }
-        conn.execute(insert(card_feedback), row)
+        conn.execute(_INSERT_FEEDBACK, row)  # a repeated report fails here, before its patient_feedback row
+        conn.execute(_INSERT_PATIENT_FEEDBACK, {"card": item.card, "outcome": item.outcome, "received_at": now})
         return "stored"
 
     def feedback_for(self, card_uuid: str) -> list[dict]:

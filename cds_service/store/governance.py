@@ -18,7 +18,13 @@ store, the feedback database (same URL, same Alembic migrations):
   All three need the same rule, the same rule version and the same evidence fingerprint: a new
   value, a new draft, a changed condition or a new version of the rule shows the card again.
   `critical` cards are never suppressed. The decision reads the database, so every process
-  sharing it decides alike.
+  sharing it decides alike. It reads `patient_feedback` (what the decision needs of each
+  feedback item on an issued card, keyed by patient hash, written when the feedback is stored),
+  never the call log: its cost follows the patient's feedback, which is rare, not the number of
+  times the chart was opened (each opening adds `card_event` rows).
+- Cost. One connection and one transaction per call: the suppression read, then the call and its
+  card events (and, from the web layer, the issued cards), committed before the call answers.
+  Statements are built once at import; per call only their parameters change.
 
 Patients appear only as HMAC-SHA256(PATIENT_HASH_KEY, fhirServer | patient id): the key is
 configuration, the same on every instance, never stored. If the store cannot be read, every card
@@ -37,7 +43,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, delete, insert, select
+from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy.engine import Connection, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.authoring.rulebook import CARD, RuleSpec
@@ -46,9 +53,11 @@ from cds_service.knowledge.settings import Settings
 from cds_service.store.feedback import (
     CardLedger,
     StoreUnavailable,
+    card_event,
     card_feedback,
+    hook_call,
     issued_card,
-    metadata,
+    patient_feedback,
     unmatched_feedback,
 )
 
@@ -58,38 +67,29 @@ MODES = ("active", "silent", "off")
 DEVELOPMENT_KEY = "legmove-development-patient-hash-key"
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "knowledge"
 
-hook_call = Table(
-    "hook_call",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("called_at", DateTime(timezone=True), nullable=False),
-    Column("service_id", String(64), nullable=False),
-    Column("hook", String(32), nullable=False),
-    Column("patient_hash", String(64), nullable=False),
-    Column("cards_issued", Integer, nullable=False),
-    Column("silent", Integer, nullable=False),
-    Column("suppressed", Integer, nullable=False),
-    Column("knowledge_version", String(40), nullable=False),
-    Column("service_version", String(32), nullable=False),
-)
-card_event = Table(
-    "card_event",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("call_id", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("card_uuid", String(36)),
-    Column("rule_id", String(32), nullable=False),
-    Column("rule_version", Integer, nullable=False),
-    Column("knowledge_version", String(40), nullable=False),
-    Column("service_id", String(64), nullable=False),
-    Column("hook", String(32), nullable=False),
-    Column("indicator", String(16), nullable=False),
-    Column("patient_hash", String(64), nullable=False),
-    Column("evidence_fingerprint", String(64), nullable=False),
-    Column("draft_refs", Text, nullable=False),
-    Column("reason", String(48)),
+# Recording: INSERTs built once and given plain parameter dicts. `insert(...).values(...)` per
+# call built a new statement and its cache key every time (about a third of the recording's CPU).
+_INSERT_CALL = insert(hook_call)
+_INSERT_EVENTS = insert(card_event)
+
+# The suppression lookup: the patient's feedback within the longest window (patient_feedback,
+# written with each feedback item), newest first (the newest feedback decides). It reads no
+# card_event row, so a chart opened thousands of times costs what a new one does. Rule, version
+# and fingerprint are matched per card in Python, as before: feedback on one patient is a handful
+# of rows, and an IN list of expanding parameters cost more to render per call than the rows it
+# would filter. Built once with bind parameters; per call only the values change.
+_FEEDBACK_FOR_PATIENT = (
+    select(
+        patient_feedback.c.rule_id,
+        patient_feedback.c.rule_version,
+        patient_feedback.c.evidence_fingerprint,
+        patient_feedback.c.hook,
+        patient_feedback.c.draft_refs,
+        patient_feedback.c.outcome,
+        patient_feedback.c.received_at,
+    )
+    .where(patient_feedback.c.patient_hash == bindparam("who"), patient_feedback.c.received_at >= bindparam("since"))
+    .order_by(patient_feedback.c.received_at.desc())
 )
 
 
@@ -246,23 +246,30 @@ class Governance:
     ) -> Outcome:
         """Suppress what feedback says to, record the call and every card, return what to show.
         With `record_issued`, the shown cards' issued_card rows (what feedback is matched against)
-        are written in the same transaction as the call log: one connection and one commit per
-        call instead of three and two. If that transaction fails, the issued rows are tried on
-        their own, so feedback on a shown card still finds its rule whenever the store can write."""
+        are written in the same transaction as the call log. The suppression read runs in that
+        transaction too: one connection and one commit per call (the commit is done before this
+        returns, so an answered call's rows are committed). If the write fails, the issued rows
+        are tried on their own, so feedback on a shown card still finds its rule whenever the
+        store can write.
+
+        On SQLite the read does not hold a snapshot into the write: the driver opens the
+        transaction at the first INSERT, so the read sees the newest commits and the write waits
+        for the lock like any other (no SQLITE_BUSY from upgrading a stale read transaction)."""
         now = self.clock()
         who = patient_hash(self.key, patient_id, fhir_server)
-        conn = None
+        conn: Connection | None = None
+        transaction: RootTransaction | None = None
         try:
             try:
                 conn = self.ledger.engine().connect()
+                transaction = conn.begin()
                 reasons = self._suppression(conn, who, hook, cards, draft_refs, now)
-                conn.commit()  # the read ends here: the write below is a transaction of its own
             except (SQLAlchemyError, StoreUnavailable) as exc:
                 log.warning("suppression not checked, every card shown: %s", type(exc).__name__)
                 reasons = {}
                 if conn is not None:
-                    conn.close()  # a connection that failed is not reused for the write
-                    conn = None
+                    conn.close()  # rolls back; a connection that failed is not reused for the write
+                    conn = transaction = None
             shown = [card for card in cards if card["uuid"] not in reasons]
             outcome = Outcome(
                 shown,
@@ -279,9 +286,10 @@ class Governance:
                 + [("silent", c, None) for c in silent_cards]
             )
             try:
-                if conn is None:
+                if conn is None or transaction is None:
                     conn = self.ledger.engine().connect()
-                with conn.begin():
+                    transaction = conn.begin()
+                with transaction:  # commits here; an error rolls back before the retry below
                     self._record(conn, service_id, hook, who, now, outcome, events, draft_refs)
                     if record_issued:
                         self.ledger.insert_issued(conn, service_id, hook, shown, datetime.now(UTC))
@@ -299,30 +307,9 @@ class Governance:
         candidates = [c for c in cards if c["indicator"] != "critical"]  # critical: never suppressed
         if not candidates:
             return {}
-        prints = {_explanation(c)["evidenceFingerprint"] for c in candidates}
         rules = {_explanation(c)["rule"] for c in candidates}
         longest = max([self._dedup_window()] + [self.window(r, o) for r in rules for o in ("overridden", "accepted")])
-        query = (
-            select(
-                card_event.c.rule_id,
-                card_event.c.rule_version,
-                card_event.c.evidence_fingerprint,
-                card_event.c.hook,
-                card_event.c.draft_refs,
-                card_feedback.c.outcome,
-                card_feedback.c.received_at,
-            )
-            .join(card_feedback, card_feedback.c.card_uuid == card_event.c.card_uuid)
-            .where(
-                card_event.c.kind == "issued",
-                card_event.c.patient_hash == who,
-                card_event.c.evidence_fingerprint.in_(sorted(prints)),
-                card_event.c.rule_id.in_(sorted(rules)),
-                card_feedback.c.received_at >= now - longest,
-            )
-            .order_by(card_feedback.c.received_at.desc())
-        )  # the newest feedback decides
-        history = conn.execute(query).all()
+        history = conn.execute(_FEEDBACK_FOR_PATIENT, {"who": who, "since": now - longest}).all()
         reasons = {}
         for card in candidates:
             explanation = _explanation(card)
@@ -360,17 +347,18 @@ class Governance:
     ) -> None:
         """The call and its card events, in the caller's transaction."""
         call_id = conn.execute(
-            insert(hook_call).values(
-                called_at=now,
-                service_id=service_id,
-                hook=hook,
-                patient_hash=who,
-                cards_issued=len(outcome.cards),
-                silent=len(outcome.silent),
-                suppressed=len(outcome.suppressed),
-                knowledge_version=self.knowledge_version,
-                service_version=self.service_version,
-            )
+            _INSERT_CALL,
+            {
+                "called_at": now,
+                "service_id": service_id,
+                "hook": hook,
+                "patient_hash": who,
+                "cards_issued": len(outcome.cards),
+                "silent": len(outcome.silent),
+                "suppressed": len(outcome.suppressed),
+                "knowledge_version": self.knowledge_version,
+                "service_version": self.service_version,
+            },
         ).inserted_primary_key[0]
         rows = [
             {
@@ -392,15 +380,16 @@ class Governance:
             for kind, card, reason in events
         ]
         if rows:
-            conn.execute(insert(card_event), rows)
+            conn.execute(_INSERT_EVENTS, rows)  # one executemany
 
     def prune(self, days: float) -> dict[str, int]:
         return prune_rows(self.ledger.engine(), self.clock(), days)
 
 
 def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
-    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS);
-    returns the rows deleted per table. Suppression windows longer than this end early."""
+    """Retention: delete call, card and feedback rows older than `days` (RETENTION_DAYS), and the
+    patient_feedback rows of the card or feedback rows deleted; returns the rows deleted per table.
+    Suppression windows longer than this end early."""
     cutoff = now - timedelta(days=float(days))
     removed = {}
     with engine.begin() as conn:
@@ -412,6 +401,13 @@ def prune_rows(engine, now: datetime, days: float) -> dict[str, int]:
             (unmatched_feedback, unmatched_feedback.c.received_at),
         ):
             removed[table.name] = conn.execute(delete(table).where(column < cutoff)).rowcount
+        # a patient_feedback row stands for a card_event row joined to a card_feedback row: it goes
+        # when either of them goes, so suppression ends exactly when the join it replaces would
+        removed[patient_feedback.name] = conn.execute(
+            delete(patient_feedback).where(
+                or_(patient_feedback.c.issued_at < cutoff, patient_feedback.c.received_at < cutoff)
+            )
+        ).rowcount
     return removed
 
 
