@@ -330,12 +330,14 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
         "",
         "Feedback store (SQLite) and card recording were on, as in `make run`. Latency in milliseconds; "
         "throughput in requests per second; CPU is the share of one core used by wrk and by all workers "
-        "together during the run (2.00 = both cores). Load average when the report was written (1, 5, 15 min): "
+        "together during the run (2.00 = both cores), and per answered call. Load average when the report "
+        "was written (1, 5, 15 min): "
         + ", ".join(f"{x:.1f}" for x in os.getloadavg())
         + " (above 2, other work shared the cores).",
         "",
-        "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers "
+        "| worker CPU ms per call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in series:
         for c, r in s.runs.items():
@@ -344,7 +346,7 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
             lines.append(
                 f"| {s.name} | {c} | {r['p50_us'] / 1000:.1f} | {r['p95_us'] / 1000:.1f} | "
                 f"{r['p99_us'] / 1000:.1f} | {r['rps']:.0f} | {share} | {r['non2xx']} | "
-                f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} |"
+                f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} | {_cpu_per_call(r)} |"
             )
     lines += [
         "",
@@ -377,6 +379,12 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
     lines += [f"| {name} | {value} | {verdict} |" for name, value, verdict in budgets(floor, pv200, pv20k, peaks)]
     lines.append("")
     return "\n".join(lines)
+
+
+def _cpu_per_call(run: dict) -> str:
+    """Worker CPU milliseconds per answered call: what the throughput ratio comes down to, and a
+    figure that holds when wrk or other work takes part of the cores (the ratio does not)."""
+    return f"{1000 * run['workers_cpu'] / run['rps']:.2f}" if run.get("rps") else ""
 
 
 def budgets(floor: Series, pv200: Series | None, pv20k: Series | None, peaks: dict) -> list[tuple[str, str, str]]:

@@ -72,3 +72,13 @@ def test_a_report_of_some_series_marks_the_other_budgets_not_run():
     assert verdicts[next(k for k in verdicts if k.startswith("20,000"))] == "not run"
     assert verdicts[next(k for k in verdicts if k.startswith("p99"))] == "met"
     assert set(_verdicts([floor]).values()) == {"not run", "met"}  # memory is always measured
+
+
+def test_each_run_reports_worker_cpu_per_call():
+    floor, s200, s20k = _series(_run(rps=400, p99_ms=40), {1: _run(rps=0, requests=0)})
+    text = render(
+        [floor, s200, s20k], {}, {1: 150.0}, "make run", datetime(2026, 12, 4, tzinfo=UTC), Namespace(duration=5)
+    )
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
+    assert rows[("patient-view, 200 resources", "8")].rstrip(" |").endswith("4.75")  # 1.9 CPU-s/s over 400 calls/s
+    assert rows[("patient-view, 20,000 resources", "1")].rstrip().endswith("|  |")  # nothing answered: no figure
