@@ -55,7 +55,6 @@ class _Builder(_Medications):
         self.term = terminology
         self.today = today
         self.skipped: list[tuple[str, str]] = []
-        self.medications = self._index_medications()
         self._matches = {}  # lives for this call only, like all patient data
 
     def build(self) -> FactSet:
