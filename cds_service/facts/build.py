@@ -65,7 +65,7 @@ class _Builder(_Medications):
         facts += [DATA_GAP.new(key=key) for key in sorted(self.data.incomplete_keys)]
         seen: set[str] = set()
         by_type: dict[str, list[dict]] = {}
-        may_matter = for_terminology(self.term).may_matter
+        may_matter = for_terminology(self.term).for_one_call()
         for resources in self.data.resources.values():
             for res in resources:
                 rid = res.get("id")  # reference_of, inline: this loop sees every resource of the chart

@@ -83,6 +83,37 @@ class Relevance:
         except Exception:  # whatever the shape, the full projection decides (and logs) as before
             return True
 
+    def for_one_call(self) -> Callable[[dict], bool]:
+        """`may_matter` with a memo that lives for one call, like all patient data. A chart that
+        is mostly noise repeats a few concepts thousands of times (one height code, one metformin
+        product), so the test for such a resource is one dictionary lookup. The memo's key holds
+        everything the test reads for a resource with one coding (type, status, the concept's
+        text, the coding's system, code and display) and only strings or nulls; any other shape
+        goes to `may_matter` itself, unremembered."""
+        memo: dict[tuple, bool] = {}
+        decide = self.may_matter
+
+        def may_matter(res: dict) -> bool:
+            kind = res.get("resourceType")
+            medication = kind == "MedicationRequest" or kind == "MedicationStatement"
+            concept = res.get("medicationCodeableConcept" if medication else "code")
+            if not isinstance(concept, dict):
+                return decide(res)
+            coding = concept.get("coding")
+            if not isinstance(coding, list) or len(coding) != 1 or not isinstance(coding[0], dict):
+                return decide(res)
+            first = coding[0]
+            text, status = concept.get("text"), res.get("status")
+            key = (kind, status, text, first.get("system"), first.get("code"), first.get("display"))
+            if not all(part is None or type(part) is str for part in key):
+                return decide(res)
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = decide(res)
+            return found
+
+        return may_matter
+
     def _condition(self, res: dict) -> bool:
         parts = _concept(res.get("code"))
         if parts is None:
