@@ -105,11 +105,14 @@ class Relevance:
             first = coding[0]
             text, status = concept.get("text"), res.get("status")
             key = (kind, status, text, first.get("system"), first.get("code"), first.get("display"))
-            if not all(part is None or type(part) is str for part in key):
+            try:
+                found = memo.get(key)  # only keys of strings and nulls are stored: another never hits
+            except TypeError:  # a list or an object where a string belongs
                 return decide(res)
-            found = memo.get(key)
             if found is None:
-                found = memo[key] = decide(res)
+                found = decide(res)
+                if all(part is None or type(part) is str for part in key):
+                    memo[key] = found
             return found
 
         return may_matter
