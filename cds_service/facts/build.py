@@ -2,8 +2,11 @@
 
 This is the safety boundary. Entered-in-error, refuted, inactive, stale, foreign-patient and
 unparseable data stop here and are logged with the reason; only clean projections reach the
-rules. Resources are read as plain JSON (leniently, as real EHRs send them) and only the kinds
-the rules use are looked at, so the cost follows the relevant data, not the chart size.
+rules. Resources are read as plain JSON (leniently, as real EHRs send them). Before any
+projection, a resource whose type no projection reads, or whose concept names nothing any rule
+knows, is dropped (relevance.py): it could not have yielded a fact, so it is counted, not listed
+with a reason, and the cost follows the data the rules use, not the chart size. Everything else,
+including what cannot be read, takes the full projection with its checks.
 """
 
 from __future__ import annotations
