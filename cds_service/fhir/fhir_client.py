@@ -340,15 +340,11 @@ def entries_of(bundle: dict) -> list[dict]:
     return read_entries(bundle)[0]
 
 
-def failed_outcome(bundle: dict) -> bool:
-    """An OperationOutcome entry of severity error/fatal means the search failed."""
-    return read_entries(bundle)[1]
-
-
 def read_entries(bundle: dict) -> tuple[list[dict], bool]:
-    """`entries_of` and `failed_outcome` in one walk of the entries: a prefetched Bundle needs
-    both, and walking a 20,000-entry Bundle twice was most of the data stage. Outcome entries
-    are looked at until the first error/fatal one, as `failed_outcome` alone would."""
+    """The resources of a Bundle (as `entries_of`) and whether the search failed: an
+    OperationOutcome entry of severity error/fatal. One walk of the entries for both, since a
+    prefetched Bundle needs both and walking a 20,000-entry Bundle twice was most of the data
+    stage. Outcome entries are read up to the first error/fatal one."""
     out: list[dict] = []
     failed = False
     for entry in bundle.get("entry") or []:
