@@ -109,8 +109,12 @@ def _advise(req: HookRequest, service: Service, knowledge: Knowledge, config, cl
     cards = render_cards(knowledge.specs, active, evaluation.facts_by_id, ctx)
     silent = _silent_cards(knowledge, matches, active, evaluation.facts_by_id, ctx)
     clock.lap("cards")
-    if fact_set.skipped:
-        log.info("%d resources or values were not used (see debug log)", len(fact_set.skipped))
+    if fact_set.skipped or fact_set.dropped:  # skipped: data a rule could use, refused (listed at DEBUG)
+        log.info(
+            "%d resources or values were not used (see debug log); %d resources no rule reads were left out",
+            len(fact_set.skipped),
+            fact_set.dropped,
+        )
     return Advice(
         cards, sorted(active), clock.laps, resolved.fetched, sorted(resolved.incomplete), resolved.unknown, silent
     )

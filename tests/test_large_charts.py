@@ -349,3 +349,87 @@ def test_a_very_large_body_allocates_far_less_than_orjson_needs():
 
     lean, fast = peak_over_result(api._parse), peak_over_result(api.orjson.loads)
     assert lean < 0.25 * fast, f"transient MB above the result: service parse {lean:.0f}, orjson {fast:.0f}"
+
+
+# ---- what no rule reads is dropped before projection (facts/relevance.py): safe where it could go wrong ----
+
+R4_CHART = load_fixture(ROOT / "fhir_fixtures/R4/fires-chart-review.json")
+R4_BY_REFERENCE = load_fixture(ROOT / "fhir_fixtures/R4/fires-lithium-by-reference.json")
+R11_FIRES = load_fixture(ROOT / "fhir_fixtures/R11/fires-labs-missing.json")
+
+
+def _resource(request: dict, key: str, rid: str) -> dict:
+    return next(e["resource"] for e in request["prefetch"][key]["entry"] if e["resource"]["id"] == rid)
+
+
+def _same_buried(client, request: dict, count: int = 700) -> dict:
+    """The answer to `request`, after checking that burying it in `count` resources no rule reads
+    changes nothing."""
+    plain = client.post("/cds-services/legmove-patient-view", json=request)
+    buried = client.post("/cds-services/legmove-patient-view", json=_buried(request, count))
+    assert plain.status_code == buried.status_code == 200
+    assert _answer(buried.get_json()) == _answer(plain.get_json())
+    return plain.get_json()
+
+
+def _fired(body: dict) -> set[str]:
+    return {card["extension"][EXTENSION]["rule"] for card in body["cards"]}
+
+
+def test_a_condition_known_only_by_its_text_is_kept_among_conditions_no_rule_knows(big_client):
+    """A local code no code set lists, with a text a code set's phrases name: the cheap test must
+    read the text too, or benign fasciculation would be dropped with the hypertensions."""
+    request = copy.deepcopy(R11_FIRES["request"])
+    _resource(request, "conditions", "fasc-1")["code"] = {
+        "coding": [{"system": "http://example.org/local-problems", "code": "FAS-9"}],
+        "text": "Benign fasciculation syndrome",
+    }
+    assert "R11" in _fired(_same_buried(big_client, request))
+
+
+def test_a_medication_known_only_by_its_text_or_by_reference_is_kept(big_client):
+    """Among metformin refills: a sertraline order with no code at all, and a lithium order that
+    names a Medication supplied in another key (only the projection can resolve it)."""
+    request = copy.deepcopy(R4_CHART["request"])
+    for key, rid in (("medication_requests", "mr-sertraline"), ("medication_statements", "ms-sertraline")):
+        _resource(request, key, rid)["medicationCodeableConcept"] = {"text": "sertraline 50 MG Oral Tablet"}
+    assert "R4" in _fired(_same_buried(big_client, request))
+    assert "R4" in _fired(_same_buried(big_client, R4_BY_REFERENCE["request"]))
+
+
+def test_a_relevant_resource_of_another_patient_still_yields_no_fact_and_is_listed(big_client, caplog):
+    request = copy.deepcopy(R2_FIRES["request"])
+    _resource(request, "labs", "fer-low")["subject"] = {"reference": "Patient/someone-else"}
+    caplog.set_level("DEBUG", logger="cds_service.facts.build")
+    assert "R2" not in _fired(_same_buried(big_client, request))
+    assert "skipped Observation/fer-low: not the context patient's resource" in caplog.messages
+
+
+def test_an_unparseable_relevant_resource_is_refused_and_listed_as_before(big_client, caplog):
+    """The restless legs diagnosis with an onset its projection cannot read: skipped as
+    unparseable and named at DEBUG, so R2 stays silent; noise conditions of the same broken
+    shape are dropped unread, counted on the INFO line and not listed."""
+    request = copy.deepcopy(R2_FIRES["request"])
+    _resource(request, "conditions", "rls-1")["onsetPeriod"] = ["2020-01-01"]
+    caplog.set_level("INFO", logger="cds_service.advice")
+    caplog.set_level("DEBUG", logger="cds_service.facts.build")  # last: it also sets the capture's level
+    assert "R2" not in _fired(_same_buried(big_client, request))
+    buried = _buried(request, 70)
+    for entry in buried["prefetch"]["conditions"]["entry"]:
+        entry["resource"]["onsetPeriod"] = ["2020-01-01"]
+    before = len(caplog.records)
+    assert big_client.post("/cds-services/legmove-patient-view", json=buried).status_code == 200
+    messages = [r.getMessage() for r in caplog.records[before:]]
+    skipped = [m for m in messages if m.startswith("skipped ")]
+    assert skipped == ["skipped Condition/rls-1: unparseable (AttributeError)"], "dropped ones are counted, not listed"
+    assert "1 resources or values were not used (see debug log); 70 resources no rule reads were left out" in messages
+
+
+def test_one_reference_is_one_resource_even_when_its_first_copy_is_dropped(big_client):
+    """Two resources under one reference: the first copy decides, as it always has. Dropping it
+    early (no rule knows body height) must not let the second, a low ferritin, take its place."""
+    request = copy.deepcopy(R2_FIRES["request"])
+    twin = _noise(request["context"]["patientId"], 1)["labs"][0]
+    twin["id"] = "fer-low"
+    request["prefetch"]["labs"]["entry"].insert(0, {"resource": twin})
+    assert "R2" not in _fired(_same_buried(big_client, request))

@@ -2,8 +2,11 @@
 
 This is the safety boundary. Entered-in-error, refuted, inactive, stale, foreign-patient and
 unparseable data stop here and are logged with the reason; only clean projections reach the
-rules. Resources are read as plain JSON (leniently, as real EHRs send them) and only the kinds
-the rules use are looked at, so the cost follows the relevant data, not the chart size.
+rules. Resources are read as plain JSON (leniently, as real EHRs send them). Before any
+projection, a resource whose type no projection reads, or whose concept names nothing any rule
+knows, is dropped (relevance.py): it could not have yielded a fact, so it is counted, not listed
+with a reason, and the cost follows the data the rules use, not the chart size. Everything else,
+including what cannot be read, takes the full projection with its checks.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from datetime import date
 
 from cds_service.facts.medications import _Medications
 from cds_service.facts.project import UNKNOWN_DAYS
+from cds_service.facts.relevance import for_terminology
 from cds_service.facts.schema import CONTEXT, DATA_GAP, PARAMS, PATIENT, FactSchemaError
-from cds_service.fhir.fhir_read import fhir_date_range, reference_of
+from cds_service.fhir.fhir_read import fhir_date_range
 from cds_service.knowledge.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ class PatientData:
 class FactSet:
     facts: list[dict]
     skipped: list[tuple[str, str]]  # (resource reference, reason): logged, never shown to rules
+    dropped: int = 0  # resources whose code no rule knows, left out before projection (relevance.py)
 
     @property
     def deceased(self) -> bool:
@@ -55,7 +60,7 @@ class _Builder(_Medications):
         self.term = terminology
         self.today = today
         self.skipped: list[tuple[str, str]] = []
-        self.medications = self._index_medications()
+        self.dropped = 0
         self._matches = {}  # lives for this call only, like all patient data
 
     def build(self) -> FactSet:
@@ -63,12 +68,17 @@ class _Builder(_Medications):
         facts += [DATA_GAP.new(key=key) for key in sorted(self.data.incomplete_keys)]
         seen: set[str] = set()
         by_type: dict[str, list[dict]] = {}
+        may_matter = for_terminology(self.term).for_one_call()
         for resources in self.data.resources.values():
             for res in resources:
-                ref = reference_of(res)
+                rid = res.get("id")  # reference_of, inline: this loop sees every resource of the chart
+                ref = f"{res.get('resourceType')}/{rid if isinstance(rid, str) else '(no id)'}"
                 if ref in seen:
-                    continue  # the same resource may come in two prefetch keys
+                    continue  # the same resource may come in two prefetch keys: the first copy counts
                 seen.add(ref)
+                if not may_matter(res):
+                    self.dropped += 1  # no rule knows its code: counted, not listed (see relevance.py)
+                    continue
                 if not self._belongs_to_patient(res, ref):
                     continue
                 by_type.setdefault(str(res.get("resourceType")), []).append(res)
@@ -89,7 +99,7 @@ class _Builder(_Medications):
         facts += self._convert(self.data.draft_orders, self._draft_facts, many=True)
         for ref, reason in self.skipped:
             log.debug("skipped %s: %s", ref, reason)  # references identify a patient: never at INFO
-        return FactSet(facts, self.skipped)
+        return FactSet(facts, self.skipped, self.dropped)
 
     def _patient(self, patients: list[dict]) -> dict:
         """Always one patient fact, so rules can test age without an optional match.

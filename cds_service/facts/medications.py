@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from cds_service.facts.project import UNKNOWN_DAYS, _Projection
 from cds_service.facts.schema import MEDICATION
 from cds_service.fhir.fhir_read import (
@@ -97,7 +99,11 @@ class _Medications(_Projection):
             windowed=False,
         )  # the reason is current by definition
 
-    def _index_medications(self) -> dict[str, dict]:
+    @cached_property
+    def medications(self) -> dict[str, dict]:
+        """The Medications supplied with the call, by `Medication/{id}`: built on the first
+        `medicationReference` to resolve, so a chart whose orders carry their own code never
+        walks its resources for it."""
         return supplied_medications(self.data.resources, self.data.draft_orders)
 
     def _medication(self, res: dict, origin: str, selected: bool, extra=None) -> dict | None:
@@ -192,14 +198,17 @@ def unresolved_medication_references(resources: dict[str, list[dict]], draft_ord
     """Step 0 of medication matching, what is left for a read: each `medicationReference` that is
     neither contained nor supplied with the call -> the data keys whose resources use it
     ("draftOrders" for a draft). Only relative `Medication/{id}` references qualify."""
-    supplied = supplied_medications(resources, draft_orders)
-    wanted: dict[str, set[str]] = {}
-    sources = [("draftOrders", r) for r in draft_orders] + [(k, r) for k, rs in resources.items() for r in rs]
-    for key, res in sources:
-        if res.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
-            continue
-        reference = res.get("medicationReference")
-        target = reference.get("reference") if isinstance(reference, dict) else None
-        if isinstance(target, str) and not target.startswith("#") and medication_key(target) not in supplied:
-            wanted.setdefault(target, set()).add(key)
-    return wanted
+    referenced: dict[str, set[str]] = {}
+    supplied: set[str] = set()
+    for key, group in [("draftOrders", draft_orders), *resources.items()]:
+        for res in group:  # one walk of the chart: most resources are neither orders nor Medications
+            kind = res.get("resourceType")
+            if kind == "Medication":
+                if isinstance(res.get("id"), str):
+                    supplied.add(f"Medication/{res['id']}")
+            elif kind == "MedicationRequest" or kind == "MedicationStatement":
+                reference = res.get("medicationReference")
+                target = reference.get("reference") if isinstance(reference, dict) else None
+                if isinstance(target, str) and not target.startswith("#"):
+                    referenced.setdefault(target, set()).add(key)
+    return {target: keys for target, keys in referenced.items() if medication_key(target) not in supplied}

@@ -25,7 +25,7 @@ class _Selection:
     term: Terminology
     today: date
     skipped: list[tuple[str, str]]
-    medications: dict[str, dict]
+    dropped: int  # resources left out before projection: no rule knows their code
     _matches: dict[tuple, MedicationMatch | None]  # medication classification per call
 
     def _convert(self, resources: list[dict], convert, many: bool = False) -> list[dict]:

@@ -23,9 +23,8 @@ from cds_service.fhir.fhir_client import (
     FhirClient,
     FhirUnavailable,
     bundle_defect,
-    entries_of,
-    failed_outcome,
     next_link,
+    read_entries,
 )
 from cds_service.fhir.scopes import Grant, Scopes
 from cds_service.knowledge.terminology import Terminology
@@ -242,20 +241,20 @@ def _resolve(
             raise BadPrefetch(f"prefetch key '{key}' is not a FHIR resource, a Bundle or null")
         elif value["resourceType"] == "Bundle" and bundle_defect(value):
             raise BadPrefetch(f"prefetch key '{key}': {bundle_defect(value)}")
-        elif value["resourceType"] == "OperationOutcome" or (
-            value["resourceType"] == "Bundle" and failed_outcome(value)
-        ):
-            if key not in OPTIONAL:  # an optional key that failed is as good as one left out
-                log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
-                to_fetch.append(key)
-        elif value["resourceType"] not in ("Bundle", expected_type(template)):
+        elif value["resourceType"] == "Bundle":
+            entries, failed = read_entries(value)  # one walk of the entries for both answers
+            if failed:
+                _refetch(key, to_fetch)
+            else:
+                resolved.resources[key] = entries
+                if next_link(value):
+                    partial[key] = value
+        elif value["resourceType"] == "OperationOutcome":
+            _refetch(key, to_fetch)
+        elif value["resourceType"] != expected_type(template):
             raise BadPrefetch(
                 f"prefetch key '{key}' holds a {value['resourceType'][:40]}, not a Bundle of {expected_type(template)}"
             )
-        elif value["resourceType"] == "Bundle":
-            resolved.resources[key] = entries_of(value)
-            if next_link(value):
-                partial[key] = value
         else:
             resolved.resources[key] = [value]
     if not to_fetch and not partial:
@@ -286,6 +285,13 @@ def _resolve(
     if queries_by_key or partial:
         _fetch(resolved, queries_by_key, partial, access, client_factory)
     return resolved
+
+
+def _refetch(key: str, to_fetch: list[str]) -> None:
+    """A prefetched value that is an error OperationOutcome (or a Bundle holding one)."""
+    if key not in OPTIONAL:  # an optional key that failed is as good as one left out
+        log.info("prefetch key %s carries an error OperationOutcome; querying the FHIR server", key)
+        to_fetch.append(key)
 
 
 def _grant(access: FhirAccess, query: str) -> Grant | None:
