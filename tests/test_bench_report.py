@@ -82,3 +82,11 @@ def test_each_run_reports_worker_cpu_per_call():
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
     assert rows[("patient-view, 200 resources", "8")].rstrip(" |").endswith("4.75")  # 1.9 CPU-s/s over 400 calls/s
     assert rows[("patient-view, 20,000 resources", "1")].rstrip().endswith("|  |")  # nothing answered: no figure
+
+
+def test_the_memory_budget_reads_the_highest_peak_of_any_run():
+    """A worker recycled by max_requests takes its peak with it: the peak sampled during a run counts."""
+    series = _series(_run(rps=400, p99_ms=40), {1: _run(p99_ms=800)})
+    series[2].runs[1]["peak_rss_mb"] = 230.0  # the worker that held the 20,000-resource bodies
+    verdicts = _verdicts(series, {1: 118.0})  # the workers alive at the end
+    assert verdicts["worker memory under 200 MB"] == "**not met**"
