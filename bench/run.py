@@ -244,6 +244,7 @@ class _WorkerSampler(threading.Thread):
 def drive(service: Service, s: Series, connections: int, duration: int) -> dict:
     """One wrk run; CPU time of wrk (this process's children) is read around it, the workers'
     CPU time and peak memory sampled during it (`_WorkerSampler`)."""
+    probe = speed_probe()
     sampler = _WorkerSampler(service)
     sampler.start()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -277,7 +278,20 @@ def drive(service: Service, s: Series, connections: int, duration: int) -> dict:
     ) / seconds
     result["workers_cpu"] = workers_cpu / seconds
     result["peak_rss_mb"] = peak_mb
+    result["probe"] = probe
     return result
+
+
+def speed_probe(seconds: float = 0.2) -> float:
+    """Millions of iterations per second of a fixed Python loop, run on one core just before a run
+    while the service is idle. On a shared host the same code has run 1.6 times slower in one
+    minute than in the next (every stage alike); a probe that moves between rows says the host's
+    speed changed, not the service's."""
+    count, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(1000):
+            count += 1
+    return count / seconds / 1e6
 
 
 def _print_run(s: Series, c: int) -> None:
@@ -372,11 +386,12 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
         "together during the run (2.00 = both cores), and per answered call. Load average when the report "
         "was written (1, 5, 15 min): "
         + ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        + " (above 2, other work shared the cores).",
+        + " (above 2, other work shared the cores). The speed probe is a fixed Python loop on one core just "
+        "before each run (millions of iterations per second): where it moves, the host's speed moved.",
         "",
         "| series | conns | p50 | p95 | p99 | req/s | % of floor | non-2xx | CPU wrk | CPU workers "
-        "| worker CPU ms per call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| worker CPU ms per call | speed probe |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in series:
         for c, r in s.runs.items():
@@ -385,7 +400,7 @@ def render(series: list[Series], split: dict, peaks: dict, command: str, started
             lines.append(
                 f"| {s.name} | {c} | {r['p50_us'] / 1000:.1f} | {r['p95_us'] / 1000:.1f} | "
                 f"{r['p99_us'] / 1000:.1f} | {r['rps']:.0f} | {share} | {r['non2xx']} | "
-                f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} | {_cpu_per_call(r)} |"
+                f"{r['wrk_cpu']:.2f} | {r['workers_cpu']:.2f} | {_cpu_per_call(r)} | {r.get('probe', 0):.1f} |"
             )
     lines += [
         "",
