@@ -22,33 +22,22 @@ import weakref
 from collections.abc import Callable
 
 from cds_service.facts.project import DONE_ORDER_STATUS, DONE_PROCEDURE, FINAL_REPORT, PENDING_ORDER_STATUS
-from cds_service.fhir.fhir_read import as_list, string
+from cds_service.fhir.fhir_read import codings_of, string
 from cds_service.knowledge.terminology import Terminology
 
 _UNREADABLE = None  # a concept with nothing to match on: the projection decides
 
 
 def _concept(concept) -> tuple[list[dict], list[str]] | None:
-    """(codings with a string code, texts) of a CodeableConcept: the codings `codings_of` gives
-    and every text and display the projections may match on. None when there is nothing to match
-    on, or a text is not a string. One walk of the codings: this runs for every resource."""
+    """(codings with a string code, texts) of a CodeableConcept: `codings_of`, and the concept's
+    text and the codings' displays, which the projections match on too. None when there is
+    nothing to match on, or a text is not a string."""
     if not isinstance(concept, dict):
         return _UNREADABLE
-    text = concept.get("text")
-    texts = [text] if text else []
-    codings = []
-    coding = concept.get("coding")
-    for c in coding if isinstance(coding, list) else as_list(coding):
-        if isinstance(c, dict) and isinstance(c.get("code"), str):
-            codings.append(c)
-            display = c.get("display")
-            if display:
-                texts.append(display)
-    if not codings and not texts:
+    codings = codings_of(concept)
+    texts = [t for t in [concept.get("text"), *(c.get("display") for c in codings)] if t]
+    if (not codings and not texts) or not all(isinstance(t, str) for t in texts):
         return _UNREADABLE
-    for t in texts:
-        if not isinstance(t, str):
-            return _UNREADABLE
     return codings, texts
 
 

@@ -207,32 +207,14 @@ class Terminology:
                 match.classes = (*match.classes, name)
         return match
 
-    @cached_property
-    def _table_rxcuis(self) -> frozenset[str]:
-        """Every RxNorm code the first two matching steps know: products and ingredients."""
-        return frozenset(self._rows_by_rxcui) | frozenset(self._rows_by_ingredient)
-
-    @cached_property
-    def _atc_class_prefixes(self) -> tuple[str, ...]:
-        return tuple(p for prefixes in self.drugs["atc_prefixes"].values() for p in prefixes)
-
     def may_match_medication(self, codings: list[dict], texts: list[str]) -> bool:
-        """False only when `match_medication(codings, texts, routes)` is None for every route: no
-        RxNorm code of the drug table, no ATC code under a class prefix, no text naming a drug of
-        the table (routes can only take a match away). The fact builder's cheap test for the many
-        orders of drugs no rule knows (metformin refills), before their full classification.
-        Texts must be strings (callers keep anything else for the full path)."""
-        for coding in codings:
-            system, code = coding.get("system"), coding["code"]
-            if system == RXNORM and code.strip() in self._table_rxcuis:
-                return True
-            if system == ATC and code.strip().upper().startswith(self._atc_class_prefixes):
-                return True
-        return any(self._names_a_medication(text) for text in texts)
-
-    @functools.lru_cache(maxsize=8192)  # noqa: B019 - one terminology per process, texts repeat across charts
-    def _names_a_medication(self, text: str) -> bool:
-        return bool(self._match_text(text))
+        """False only when `match_medication(codings, texts, routes)` is None for every route: the
+        fact builder's cheap test for the many orders of drugs no rule knows (metformin refills),
+        before their full classification. It runs the same matching steps without route texts;
+        routes can only take a match away (a non-systemic route), never add one, so no match here
+        means no match with any route. Texts must be strings (callers keep anything else for the
+        full path)."""
+        return self._match_steps(codings, texts, []) is not None
 
     def _add_name_only_ingredients(self, match: MedicationMatch, texts: list[str]) -> None:
         """A product matched by code whose table rows omit an ingredient the table lacks (codeine /
